@@ -1,0 +1,192 @@
+"""Recipes that build worlds: ``paper-c``, ``ginc`` and ``random``.
+
+Every recipe is a pure function of its options and an integer seed (numpy's PCG64 through
+``np.random.default_rng``), so ``make_world(preset, seed)`` is identical on every run.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .world import World
+
+# Each preset: its defaults (the allowed override names and their types come from these).
+PRESETS: dict[str, dict] = {
+    # The paper's Appendix C check: ONE random HMM shared by all tasks, a task = a start state.
+    "paper-c": dict(n_states=80, n_symbols=100, n_tasks=8, concentration=0.1, n_labels=4,
+                    delimiter=0, restart=True, smoothing=0.0),
+    # GINC (Xie et al. 2022): state = (entity, property), one-hot emissions through a memory
+    # matrix, concept = the property transition matrix.  smoothing is our one deliberate
+    # change to GINC's numbers: see docs/theory.md, "The GINC trap".
+    "ginc": dict(n_symbols=50, n_entities=10, n_properties=10, n_concepts=10, trans=0.1,
+                 start=10.0, vic=0.9, restart=False, smoothing=1e-3, n_labels=0),
+    # Small fully random mixtures (each concept its own Dirichlet HMM), for tests and sweeps.
+    "random": dict(n_concepts=4, n_states=8, n_symbols=12, concentration=1.0, n_labels=0,
+                   delimiter=0, restart=True, smoothing=0.0),
+}
+
+
+def make_world(preset: str = "paper-c", seed: int = 0, **overrides) -> World:
+    """Build a world from a preset plus overrides (see ``PRESETS`` for names and defaults).
+
+    ``n_labels=0`` means every symbol but the delimiter is a label."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    seed = check_seed(seed)
+    opts = dict(PRESETS[preset])
+    for name, value in overrides.items():
+        if name not in opts:
+            raise ValueError(f"unknown option {name!r} for preset {preset!r}; allowed: {', '.join(opts)}")
+        opts[name] = _coerce(preset, name, value, opts[name])
+    rng = np.random.default_rng(seed)
+    builder = {"paper-c": _paper_c, "ginc": _ginc, "random": _random}[preset]
+    world = builder(rng, **opts)
+    meta = dict(world.meta, preset=preset, seed=seed, options=opts)
+    world = World.from_arrays(world.prior, world.start, world.transition, world.emission,
+                              world.delimiter, world.labels, world.restart, meta, world.extras)
+    return world
+
+
+def check_seed(seed) -> int:
+    """A seed is a non-negative Python/numpy integer (not a bool, not a float)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _coerce(preset, name, value, default):
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {name!r} of preset {preset!r} must be {kind.__name__}, got {value!r}") from None
+
+
+def _positive(name, value, minimum=1):
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _dirichlet_rows(rng, concentration, shape):
+    """Rows of the last axis ~ Dirichlet(concentration); renormalised so that float64
+    round-off never trips the 1e-6 row-sum check."""
+    if not concentration > 0:
+        raise ValueError(f"concentration must be > 0, got {concentration}")
+    g = rng.gamma(concentration, size=shape)
+    # Gamma(0.1) underflows to exactly 0 on rare draws; an all-zero row gets the uniform.
+    s = g.sum(axis=-1, keepdims=True)
+    g = np.where(s > 0, g, 1.0)
+    return g / g.sum(axis=-1, keepdims=True)
+
+
+def _pick_labels(rng, V, delimiter, n_labels):
+    others = np.array([o for o in range(V) if o != delimiter])
+    if n_labels == 0:
+        return others
+    if not 1 <= n_labels <= len(others):
+        raise ValueError(f"n_labels must be in 0..{len(others)} (0 = every non-delimiter symbol), got {n_labels}")
+    return np.sort(rng.choice(others, size=n_labels, replace=False))
+
+
+def _paper_c(rng, *, n_states, n_symbols, n_tasks, concentration, n_labels, delimiter, restart, smoothing):
+    _positive("n_states", n_states)
+    _positive("n_symbols", n_symbols, 2)
+    _positive("n_tasks", n_tasks)
+    if n_tasks > n_states:
+        raise ValueError(f"n_tasks must be <= n_states ({n_states}): each task is its own start state, got {n_tasks}")
+    if not 0 <= delimiter < n_symbols:
+        raise ValueError(f"delimiter {delimiter} is outside the vocabulary 0..{n_symbols - 1}")
+    T = _dirichlet_rows(rng, concentration, (n_states, n_states))
+    E = _dirichlet_rows(rng, concentration, (n_states, n_symbols))
+    task_states = rng.choice(n_states, size=n_tasks, replace=False)
+    labels = _pick_labels(rng, n_symbols, delimiter, n_labels)
+    start = np.zeros((n_tasks, n_states))
+    start[np.arange(n_tasks), task_states] = 1.0
+    world = World.from_arrays(np.full(n_tasks, 1.0 / n_tasks), start,
+                              np.broadcast_to(T, (n_tasks, n_states, n_states)),
+                              np.broadcast_to(E, (n_tasks, n_states, n_symbols)),
+                              delimiter, labels, restart,
+                              extras={"task_states": task_states})
+    return world.smoothed(smoothing) if smoothing else world
+
+
+def permutation_mixture(rng, m, temp):
+    """GINC's transition block: m random m x m permutation matrices weighted by
+    softmax((U(0,1)^m - 0.5) / temp).  Doubly stochastic; exact zeros where no drawn
+    permutation maps i to j."""
+    logits = (rng.random(m) - 0.5) / temp
+    w = np.exp(logits - logits.max())
+    w /= w.sum()
+    out = np.zeros((m, m))
+    for weight in w:
+        out[np.arange(m), rng.permutation(m)] += weight
+    return out
+
+
+def _ginc(rng, *, n_symbols, n_entities, n_properties, n_concepts, trans, start, vic, restart,
+          smoothing, n_labels):
+    _positive("n_symbols", n_symbols, 2)
+    _positive("n_entities", n_entities)
+    _positive("n_properties", n_properties, 2)
+    _positive("n_concepts", n_concepts, 2)
+    if not trans > 0 or not start > 0:
+        raise ValueError(f"trans and start temperatures must be > 0, got trans={trans}, start={start}")
+    if not 0 <= vic <= 1:
+        raise ValueError(f"vic must be in [0, 1], got {vic}")
+    if not 0 <= smoothing <= 1:
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+    ne, npr = n_entities, n_properties
+    S = ne * npr
+    # Memory matrix: entity x property -> symbol, property 0 emits the delimiter (symbol 0).
+    memory = rng.integers(1, n_symbols, size=(ne, npr))
+    memory[:, 0] = 0
+    # One entity chain for every concept, mixed with the identity (slowly changing entities).
+    value_T = (1 - vic) * permutation_mixture(rng, ne, trans) + vic * np.eye(ne)
+    slot_T = np.stack([permutation_mixture(rng, npr, trans) for _ in range(n_concepts)])
+    start_logits = (rng.random((n_concepts, S)) - 0.5) / start
+    start_p = np.exp(start_logits - start_logits.max(axis=1, keepdims=True))
+    start_p /= start_p.sum(axis=1, keepdims=True)
+    if smoothing:
+        # Floor the factors, not the Kronecker product: entity and property stay independent
+        # chains and the property matrix stays doubly stochastic.
+        value_T = (1 - smoothing) * value_T + smoothing / ne
+        slot_T = (1 - smoothing) * slot_T + smoothing / npr
+    # State i = (entity i // npr, property i % npr)  ->  transition = kron(entity, property).
+    transition = np.stack([np.kron(value_T, slot_T[k]) for k in range(n_concepts)])
+    emission = np.zeros((S, n_symbols))
+    emission[np.arange(S), memory.reshape(-1)] = 1.0
+    n_id = n_concepts // 2
+    prior = np.zeros(n_concepts)
+    prior[:n_id] = 1.0 / n_id
+    labels = _pick_labels(rng, n_symbols, 0, n_labels)
+    extras = {"memory": memory, "slot_transition": slot_T,
+              "value_transition": np.broadcast_to(value_T, (n_concepts, ne, ne)).copy()}
+    return World.from_arrays(prior, start_p, transition,
+                             np.broadcast_to(emission, (n_concepts, S, n_symbols)), 0, labels,
+                             restart, meta={"in_distribution": list(range(n_id))}, extras=extras)
+
+
+def _random(rng, *, n_concepts, n_states, n_symbols, concentration, n_labels, delimiter, restart, smoothing):
+    _positive("n_concepts", n_concepts)
+    _positive("n_states", n_states)
+    _positive("n_symbols", n_symbols, 2)
+    if not 0 <= delimiter < n_symbols:
+        raise ValueError(f"delimiter {delimiter} is outside the vocabulary 0..{n_symbols - 1}")
+    K, S, V = n_concepts, n_states, n_symbols
+    world = World.from_arrays(np.full(K, 1.0 / K), _dirichlet_rows(rng, concentration, (K, S)),
+                              _dirichlet_rows(rng, concentration, (K, S, S)),
+                              _dirichlet_rows(rng, concentration, (K, S, V)), delimiter,
+                              _pick_labels(rng, V, delimiter, n_labels), restart)
+    return world.smoothed(smoothing) if smoothing else world
