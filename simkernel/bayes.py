@@ -38,16 +38,21 @@ METHODS = ("auto", "dense", "sparse")
 
 # ---------------------------------------------------------------------- Numba kernels
 @nb.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _dense_unit(T, ET, start, delim, restart, tokens, init, rec_pos, scale_out, pred_out, rec_out):
-    """One concept, R prompts.  T (S,S); ET (V,S) = emission.T; tokens (R,L);
-    init (R,S); rec_pos (P,) ascending positions in [0, L).  Writes the per-step
-    normalisers c_t into scale_out (R,L), pred_{L} into pred_out (R,S) and pred_q for each
-    recorded q into rec_out (R,P,S)."""
-    R, L = tokens.shape
+def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, scaleT, pred_out, rec_out):
+    """One concept, R prompts, time-major.  T (S,S); ET (V,S) = emission.T; tokT (L,R);
+    init (R,S); rec_pos (P,) ascending positions in [0, L).  Writes the per-step normalisers
+    c_t into scaleT (L,R), pred_L into pred_out (R,S) and pred_q for each recorded q into
+    rec_out (R,P,S).
+
+    Normalisation is deferred by one step so that the emission product, the normaliser and
+    the rescale are one pass over the row: alpha keeps total mass c_{t-1}, and the next
+    emission pass multiplies by 1/c_{t-1}."""
+    L, R = tokT.shape
     S = T.shape[0]
     P = rec_pos.shape[0]
     alpha = np.empty((R, S))
     pred = np.empty((R, S))
+    inv_prev = np.ones(R)
     pred[:, :] = init
     p_idx = 0
     for t in range(L):
@@ -55,40 +60,45 @@ def _dense_unit(T, ET, start, delim, restart, tokens, init, rec_pos, scale_out, 
             np.dot(alpha, T, pred)
             if restart:
                 for r in range(R):
-                    if tokens[r, t - 1] == delim:
+                    if tokT[t - 1, r] == delim:
                         pred[r, :] = start
+                        inv_prev[r] = 1.0
         while p_idx < P and rec_pos[p_idx] == t:
-            rec_out[:, p_idx, :] = pred
+            for r in range(R):
+                for j in range(S):
+                    rec_out[r, p_idx, j] = pred[r, j] * inv_prev[r]
             p_idx += 1
         for r in range(R):
-            e = ET[tokens[r, t]]
+            e = ET[tokT[t, r]]
+            f = inv_prev[r]
             s = 0.0
             for j in range(S):
-                a = pred[r, j] * e[j]
+                a = pred[r, j] * e[j] * f
                 alpha[r, j] = a
                 s += a
-            scale_out[r, t] = s
-            if s > 0.0:
-                inv = 1.0 / s
-                for j in range(S):
-                    alpha[r, j] *= inv
+            scaleT[t, r] = s
+            inv_prev[r] = 1.0 / s if s > 0.0 else 0.0
     if L > 0:
         np.dot(alpha, T, pred)
-        if restart:
-            for r in range(R):
-                if tokens[r, L - 1] == delim:
-                    pred[r, :] = start
+        for r in range(R):
+            if restart and tokT[L - 1, r] == delim:
+                pred[r, :] = start
+            else:
+                for j in range(S):
+                    pred[r, j] *= inv_prev[r]
     pred_out[:, :] = pred
 
 
 @nb.njit(nogil=True, cache=True)
-def _sparse_unit(TT, start, sup_ptr, sup_idx, sup_val, delim, restart, tokens, init, rec_pos,
+def _sparse_unit(T, TX, startx, sup_ptr, sup_idx, sup_val, start, delim, restart, tokens, init, rec_pos,
                  scale_out, pred_out, rec_out):
-    """Same contract as _dense_unit, for sparse emissions.  TT (S,S) = T.T (so the inner
-    loop reads a row); sup_ptr (V+1,), sup_idx/sup_val: CSR list of the states that emit
-    each symbol with their emission probabilities."""
+    """Same contract as _dense_unit for sparse emissions, prompt-major (tokens (R,L),
+    scale_out (R,L)).  States are expanded by symbol: sup_ptr (V+1,)/sup_idx (nnz,) list the
+    states that emit each symbol (sup_val: their emission probabilities), TX (nnz,nnz) = T[sup_idx][:, sup_idx] * emission of the
+    target's symbol, startx (nnz,) = start[sup_idx] * emission.  A step from symbol a to
+    symbol b is then a small dense block of TX, read row by row."""
     R, L = tokens.shape
-    S = TT.shape[0]
+    S = T.shape[0]
     P = rec_pos.shape[0]
     maxsup = 1
     for o in range(sup_ptr.shape[0] - 1):
@@ -104,36 +114,37 @@ def _sparse_unit(TT, start, sup_ptr, sup_idx, sup_val, delim, restart, tokens, i
             o = tokens[r, t]
             c0 = sup_ptr[o]
             nc = sup_ptr[o + 1] - c0
-            fresh = t == 0 or (restart and prev_o == delim)
-            if p_idx < P and rec_pos[p_idx] == t:
+            fresh = t > 0 and restart and prev_o == delim
+            while p_idx < P and rec_pos[p_idx] == t:
                 # the dense predicted distribution is needed only at recorded positions
-                while p_idx < P and rec_pos[p_idx] == t:
-                    for s in range(S):
-                        if t == 0:
-                            rec_out[r, p_idx, s] = init[r, s]
-                        elif fresh:
-                            rec_out[r, p_idx, s] = start[s]
-                        else:
-                            acc = 0.0
-                            for i in range(n_prev):
-                                acc += a[i] * TT[s, sup_idx[p0 + i]]
-                            rec_out[r, p_idx, s] = acc
-                    p_idx += 1
+                for s in range(S):
+                    if t == 0:
+                        v = init[r, s]
+                    elif fresh:
+                        v = start[s]
+                    else:
+                        v = 0.0
+                        for i in range(n_prev):
+                            v += a[i] * T[sup_idx[p0 + i], s]
+                    rec_out[r, p_idx, s] = v
+                p_idx += 1
+            if t == 0:
+                for j in range(nc):
+                    anew[j] = init[r, sup_idx[c0 + j]] * sup_val[c0 + j]
+            elif fresh:
+                for j in range(nc):
+                    anew[j] = startx[c0 + j]
+            else:
+                for j in range(nc):
+                    anew[j] = 0.0
+                for i in range(n_prev):
+                    ai = a[i]
+                    row = TX[p0 + i]
+                    for j in range(nc):
+                        anew[j] += ai * row[c0 + j]
             s_tot = 0.0
             for j in range(nc):
-                sj = sup_idx[c0 + j]
-                if t == 0:
-                    acc = init[r, sj]
-                elif fresh:
-                    acc = start[sj]
-                else:
-                    acc = 0.0
-                    row = TT[sj]
-                    for i in range(n_prev):
-                        acc += a[i] * row[sup_idx[p0 + i]]
-                v = acc * sup_val[c0 + j]
-                anew[j] = v
-                s_tot += v
+                s_tot += anew[j]
             scale_out[r, t] = s_tot
             inv = 1.0 / s_tot if s_tot > 0.0 else 0.0
             for j in range(nc):
@@ -143,14 +154,14 @@ def _sparse_unit(TT, start, sup_ptr, sup_idx, sup_val, delim, restart, tokens, i
             prev_o = o
         for s in range(S):
             if L == 0:
-                pred_out[r, s] = init[r, s]
+                v = init[r, s]
             elif restart and prev_o == delim:
-                pred_out[r, s] = start[s]
+                v = start[s]
             else:
-                acc = 0.0
+                v = 0.0
                 for i in range(n_prev):
-                    acc += a[i] * TT[s, sup_idx[p0 + i]]
-                pred_out[r, s] = acc
+                    v += a[i] * T[sup_idx[p0 + i], s]
+            pred_out[r, s] = v
 
 
 # ---------------------------------------------------------------------- driver
@@ -189,20 +200,32 @@ def check_tokens(world: World, tokens) -> np.ndarray:
 
 
 def emission_support(world: World):
-    """CSR lists of the states that can emit each symbol, per concept:
-    ptr (K, V+1) int64, idx (K, nnz_max) int64, val (K, nnz_max) float64."""
+    """Per concept, the states that can emit each symbol, expanded into one list ordered by
+    symbol: ptr (K, V+1) int64 (symbol o owns entries ptr[o]:ptr[o+1]), idx (K, n) int64
+    (the state), val (K, n) float64 (its emission probability of o); n = the largest number
+    of non-zero emissions of any concept (shorter lists are zero-padded)."""
     K, S, V = world.emission.shape
     nz = world.emission > 0
-    nnz_max = int(nz.sum(axis=(1, 2)).max())
+    n = max(int(nz.sum(axis=(1, 2)).max()), 1)
     ptr = np.zeros((K, V + 1), dtype=np.int64)
-    idx = np.zeros((K, max(nnz_max, 1)), dtype=np.int64)
-    val = np.zeros((K, max(nnz_max, 1)))
+    idx = np.zeros((K, n), dtype=np.int64)
+    val = np.zeros((K, n))
     for k in range(K):
         sym, st = np.nonzero(nz[k].T)          # sorted by symbol, then state
         ptr[k, 1:] = np.cumsum(np.bincount(sym, minlength=V))
         idx[k, :len(st)] = st
         val[k, :len(st)] = world.emission[k, st, sym]
     return ptr, idx, val
+
+
+def expanded_tables(world: World):
+    """The sparse path's tables: TX (K, n, n) = T[k][idx][:, idx] * val (emission of the
+    target entry folded in), startx (K, n) = start[k][idx] * val, plus ptr, idx, val."""
+    ptr, idx, val = emission_support(world)
+    K = world.n_concepts
+    TX = np.stack([world.transition[k][np.ix_(idx[k], idx[k])] * val[k][None, :] for k in range(K)])
+    startx = np.stack([world.start[k][idx[k]] * val[k] for k in range(K)])
+    return TX, startx, ptr, idx, val
 
 
 def choose_method(world: World, method: str = "auto") -> str:
@@ -242,17 +265,19 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         if init.shape != (B, K, S):
             raise ValueError(f"init has shape {init.shape}, expected (B, K, S) = {(B, K, S)}")
         init_k = np.ascontiguousarray(init.transpose(1, 0, 2))
-    scale = np.empty((K, B, L))
     nxt = np.empty((K, B, S))
     recorded = np.empty((K, B, len(inner), S))
     n_threads = default_threads() if n_threads is None else max(1, int(n_threads))
 
     if method == "dense":
+        # time-major: each step touches one contiguous row of tokens and of normalisers
+        scale = np.empty((K, L, B))
+        tokT = np.ascontiguousarray(tokens.T)
         ET = np.ascontiguousarray(world.emission.transpose(0, 2, 1))
         block = 256
     else:
-        ptr, idx, val = emission_support(world)
-        TT = np.ascontiguousarray(world.transition.transpose(0, 2, 1))
+        scale = np.empty((K, B, L))
+        TX, startx, ptr, idx, val = expanded_tables(world)
         block = 64
     # enough units to keep every thread busy, but blocks big enough for an efficient GEMM
     n_blocks = max(1, math.ceil(B / block), math.ceil(2 * n_threads / K))
@@ -263,10 +288,11 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         k, a, b = unit
         if method == "dense":
             _dense_unit(world.transition[k], ET[k], world.start[k], world.delimiter, world.restart,
-                        tokens[a:b], init_k[k, a:b], inner, scale[k, a:b], nxt[k, a:b], recorded[k, a:b])
+                        tokT[:, a:b], init_k[k, a:b], inner, scale[k, :, a:b], nxt[k, a:b], recorded[k, a:b])
         else:
-            _sparse_unit(TT[k], world.start[k], ptr[k], idx[k], val[k], world.delimiter, world.restart,
-                         tokens[a:b], init_k[k, a:b], inner, scale[k, a:b], nxt[k, a:b], recorded[k, a:b])
+            _sparse_unit(world.transition[k], TX[k], startx[k], ptr[k], idx[k], val[k], world.start[k],
+                         world.delimiter, world.restart, tokens[a:b], init_k[k, a:b], inner,
+                         scale[k, a:b], nxt[k, a:b], recorded[k, a:b])
 
     if B and units:
         with threadpool_limits(1, user_api="blas"):
@@ -276,12 +302,14 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
             else:
                 with ThreadPoolExecutor(n_threads) as pool:
                     list(pool.map(run, units))
+    time_axis = 1 if method == "dense" else 2
     with np.errstate(divide="ignore"):
         np.log(scale, out=scale)
-    np.cumsum(scale, axis=2, out=scale)
+    np.cumsum(scale, axis=time_axis, out=scale)
+    loglik = scale.transpose(2, 0, 1) if method == "dense" else scale.transpose(1, 0, 2)
     if rec.size > inner.size:   # positions == L: the state after the last token
         recorded = np.concatenate([recorded, np.repeat(nxt[:, :, None, :], rec.size - inner.size, axis=2)], axis=2)
-    return Forward(scale.transpose(1, 0, 2), nxt.transpose(1, 0, 2), recorded.transpose(1, 0, 2, 3))
+    return Forward(loglik, nxt.transpose(1, 0, 2), recorded.transpose(1, 0, 2, 3))
 
 
 def _final_loglik(fw: Forward) -> np.ndarray:

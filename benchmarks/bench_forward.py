@@ -1,0 +1,449 @@
+#!/usr/bin/env python
+"""Benchmark of simkernel's exact forward pass (log-likelihood of every prefix).
+
+Every contender runs in this one process on the same prompts, and the script prints
+seconds, GFLOP/s and speed-ups, then the performance bars marked PASS/FAIL.
+
+Part 1, dense medium workload (``--prompts/--demos/--k`` to resize it)
+    world   make_world("random", seed=0, n_concepts=10, n_states=100, n_symbols=50,
+            restart=False)
+    prompts sample_prompts(world, 256, 256, 10, seed=0)  -> B = 256 rows of L = 2,825 tokens
+    flops   2 * S^2 * K * B * L   (one (1 x S) @ (S x S) product per token, concept, prompt;
+            every contender is charged this same nominal count, so its GFLOP/s is
+            "effective": nominal flops / its seconds)
+    contenders
+      simkernel.forward(method="dense") with n_threads = 1 and 2
+      a batched vectorised-numpy reference (below), BLAS limited to 1 and to 2 threads
+      hmmlearn CategoricalHMM.score, one call per (concept, prompt), implementation="log"
+      (hmmlearn's default) and "scaling"; these are timed on the first few prompts x all
+      concepts (at least --hmm-min-seconds each) and scaled linearly to all B prompts
+      (every prompt has the same length, so the per-call cost is the same).
+    plus the machine's single-thread float64 GEMM peak (best of --peak-repeats
+    n x n @ n x n, BLAS limited to 1 thread), measured with numpy's and with scipy's
+    OpenBLAS (simkernel's Numba kernels call scipy's); the larger is the peak.
+
+Part 2, GINC preset: make_world("ginc") (S = 100, one-hot emissions), the same prompt
+    shape by default, method="sparse" against method="dense", same thread count.
+
+Bars (simkernel at 2 threads, i.e. the default on this 2-core machine, unless stated):
+    >= 150x hmmlearn default (log), >= 15x hmmlearn scaling, >= 3x batched numpy (against
+    numpy's faster BLAS setting), one thread >= 70% of the one-core GEMM peak, two threads
+    >= 1.7x one thread, GINC sparse >= 20x GINC dense.
+
+Run:  python benchmarks/bench_forward.py            (full workload, a few minutes)
+      python benchmarks/bench_forward.py --quick    (small sizes, seconds; bars not meaningful)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (load scipy's BLAS now, so threadpoolctl sees and caps it)
+import scipy.linalg.blas as sblas
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import numba
+
+import simkernel
+from simkernel import forward, make_world, sample_prompts
+
+BARS = dict(hmm_log=150.0, hmm_scaling=15.0, numpy=3.0, peak_fraction=0.70, two_threads=1.7,
+            sparse=20.0)
+AGREE_TOL = 1e-8
+
+
+# ---------------------------------------------------------------------- helpers
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes for a smoke run: 32 prompts x 16 demos, GINC 64 x 16, "
+                        "1000^3 peak, 1 repeat, 0.3 s hmmlearn subsets (bars are not meaningful)")
+    p.add_argument("--prompts", type=int, default=None, help="B for the dense workload [256]")
+    p.add_argument("--demos", type=int, default=None, help="demonstrations per prompt [256]")
+    p.add_argument("--k", type=int, default=10, help="example length (tokens per demonstration)")
+    p.add_argument("--concepts", type=int, default=10, help="K of the random world")
+    p.add_argument("--states", type=int, default=100, help="S of the random world")
+    p.add_argument("--symbols", type=int, default=50, help="V of the random world")
+    p.add_argument("--ginc-prompts", type=int, default=None, help="B for the GINC workload [256]")
+    p.add_argument("--ginc-demos", type=int, default=None, help="demonstrations per GINC prompt [256]")
+    p.add_argument("--ginc-k", type=int, default=10, help="example length of the GINC prompts")
+    p.add_argument("--ginc-threads", type=int, default=2, help="n_threads for both GINC methods")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of each fast contender (best is kept) [3]")
+    p.add_argument("--hmm-min-seconds", type=float, default=None,
+                   help="time hmmlearn on whole prompts (all concepts) until at least this long [2.0]")
+    p.add_argument("--hmm-min-prompts", type=int, default=2, help="at least this many prompts for hmmlearn")
+    p.add_argument("--skip-hmmlearn", action="store_true", help="leave hmmlearn out (its bars are then SKIP)")
+    p.add_argument("--peak-n", type=int, default=None, help="matrix size of the peak GEMM [2000]")
+    p.add_argument("--peak-repeats", type=int, default=5, help="repeats of the peak GEMM (best is kept)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the worlds and prompts")
+    a = p.parse_args(argv)
+    quick = dict(prompts=32, demos=16, ginc_prompts=64, ginc_demos=16, repeats=1, hmm_min_seconds=0.3,
+                 peak_n=1000)
+    full = dict(prompts=256, demos=256, ginc_prompts=256, ginc_demos=256, repeats=3, hmm_min_seconds=2.0,
+                peak_n=2000)
+    for name, value in (quick if a.quick else full).items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
+    return a
+
+
+def best_of(fn, repeats):
+    """(best seconds, all seconds, result of the last call)."""
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), times, out
+
+
+def fmt_times(times):
+    return "[" + ", ".join(f"{t:.3f}" for t in times) + "]"
+
+
+def git_state():
+    here = os.path.dirname(os.path.abspath(simkernel.__file__))
+    try:
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return f"{rev}{' + uncommitted changes in simkernel/' if dirty else ''}" if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def print_environment():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"machine   : {cpu_name()}, {cores} usable cores, {platform.system()} {platform.release()}")
+    print(f"python    : {sys.version.split()[0]}; numpy {np.__version__}, scipy {scipy_version()}, "
+          f"numba {numba.__version__}, threadpoolctl {threadpoolctl_version()}, hmmlearn {hmmlearn_version()}")
+    print(f"simkernel : {simkernel.__version__} at {os.path.dirname(simkernel.__file__)} (git {git_state()})")
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            print(f"BLAS      : {lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')}, "
+                  f"{lib.get('num_threads')} threads) {os.path.basename(lib.get('filepath', ''))}")
+
+
+def scipy_version():
+    import scipy
+    return scipy.__version__
+
+
+def threadpoolctl_version():
+    import threadpoolctl
+    return threadpoolctl.__version__
+
+
+def hmmlearn_version():
+    try:
+        import hmmlearn
+        return hmmlearn.__version__
+    except ImportError:
+        return "not installed"
+
+
+def numba_signature_count():
+    """Compiled specialisations of simkernel's forward kernels (to catch a compile inside a timing)."""
+    from simkernel import bayes
+    return sum(len(getattr(bayes, f).signatures) for f in ("_dense_unit", "_sparse_unit")
+               if hasattr(getattr(bayes, f, None), "signatures"))
+
+
+def max_abs_diff(a, b):
+    """Max |a - b| where both are finite; inf if they disagree on which entries are -inf/nan."""
+    a, b = np.asarray(a), np.asarray(b)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(fa, fb) or not np.array_equal(a[~fa], b[~fb]):
+        return float("inf")
+    return float(np.max(np.abs(a[fa] - b[fb]))) if fa.any() else 0.0
+
+
+# ---------------------------------------------------------------------- contenders
+def numpy_forward(world, tokens):
+    """Batched, vectorised-numpy scaled forward pass: every concept and every prompt advance
+    together, one step per token.  Returns log P(tokens[:, :t+1] | concept k), (B, K, L).
+
+    Per step t:  pred = alpha @ T            (K, B, S) @ (K, S, S), np.matmul -> K BLAS GEMMs
+                 alpha = pred * E[:, :, o_t] (emission columns gathered per prompt)
+                 c_t = alpha.sum(-1); alpha /= c_t;  log-likelihood = cumsum(log c_t)
+    All buffers are preallocated and every op writes in place (out=), as a numpy-fluent
+    user would write it."""
+    tokens = np.asarray(tokens)
+    B, L = tokens.shape
+    K, S = world.n_concepts, world.n_states
+    T = world.transition                                               # (K, S, S)
+    ET = np.ascontiguousarray(world.emission.transpose(0, 2, 1))       # (K, V, S)
+    tok_t = np.ascontiguousarray(tokens.T.astype(np.intp))             # (L, B)
+    start = world.start[:, None, :]                                    # (K, 1, S)
+    pred = np.empty((K, B, S))
+    alpha = np.empty((K, B, S))
+    emis = np.empty((K, B, S))
+    c = np.empty((K, B))
+    logc = np.empty((L, K, B))
+    pred[...] = start
+    for t in range(L):
+        if t > 0:
+            np.matmul(alpha, T, out=pred)
+            if world.restart:
+                rows = tok_t[t - 1] == world.delimiter
+                if rows.any():
+                    pred[:, rows, :] = start
+        np.take(ET, tok_t[t], axis=1, out=emis, mode="clip")        # (K, B, S)
+        np.multiply(pred, emis, out=alpha)
+        np.sum(alpha, axis=2, out=c)
+        logc[t] = c
+        c[c == 0.0] = 1.0                                              # impossible prefix: keep alpha = 0
+        np.divide(alpha, c[:, :, None], out=alpha)
+    with np.errstate(divide="ignore"):
+        np.log(logc, out=logc)
+    np.cumsum(logc, axis=0, out=logc)
+    return logc.transpose(2, 1, 0)                                     # (B, K, L)
+
+
+def hmmlearn_models(world, implementation):
+    from hmmlearn.hmm import CategoricalHMM
+    models = []
+    for k in range(world.n_concepts):
+        m = CategoricalHMM(n_components=world.n_states, n_features=world.n_symbols,
+                           implementation=implementation, params="", init_params="")
+        m.startprob_ = world.start[k].copy()
+        m.transmat_ = world.transition[k].copy()
+        m.emissionprob_ = world.emission[k].copy()
+        models.append(m)
+    return models
+
+
+def time_hmmlearn(world, tokens, implementation, min_seconds, min_prompts):
+    """score() once per (concept, prompt), whole prompts at a time, until both min_seconds and
+    min_prompts are reached.  Returns (seconds, prompts done, (n, K) log-likelihoods)."""
+    models = hmmlearn_models(world, implementation)
+    xs = [np.ascontiguousarray(tokens[b].astype(np.int64)[:, None]) for b in range(tokens.shape[0])]
+    for m in models:                       # warm-up: first-call imports and checks
+        m.score(xs[0][:20])
+    rows = []
+    elapsed = 0.0
+    for b in range(tokens.shape[0]):
+        t0 = time.perf_counter()
+        rows.append([m.score(xs[b]) for m in models])
+        elapsed += time.perf_counter() - t0
+        if elapsed >= min_seconds and b + 1 >= min_prompts:
+            break
+    return elapsed, len(rows), np.array(rows)
+
+
+def gemm_peak(n, repeats):
+    """Best single-thread float64 GEMM rate (GFLOP/s) of numpy's and of scipy's BLAS."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n))
+    b = rng.standard_normal((n, n))
+    out = np.empty((n, n))
+    af, bf = np.asfortranarray(a), np.asfortranarray(b)
+    flops = 2.0 * n ** 3
+    with threadpool_limits(1, user_api="blas"):
+        np.matmul(a, b, out=out)
+        t_np, times_np, _ = best_of(lambda: np.matmul(a, b, out=out), repeats)
+        sblas.dgemm(1.0, af, bf)
+        t_sp, times_sp, _ = best_of(lambda: sblas.dgemm(1.0, af, bf), repeats)
+    return flops / t_np / 1e9, times_np, flops / t_sp / 1e9, times_sp
+
+
+# ---------------------------------------------------------------------- report
+def bar_line(label, value, threshold, unit, passed=None, note=""):
+    if value is None:
+        print(f"  SKIP  {label:<46} (not measured){note}")
+        return None
+    ok = value >= threshold if passed is None else passed
+    print(f"  {'PASS' if ok else 'FAIL'}  {label:<46} measured {value:{'.1%' if unit == '%' else '.2f'}}"
+          f"{'' if unit == '%' else unit}  (bar >= {threshold:{'.0%' if unit == '%' else 'g'}}"
+          f"{'' if unit == '%' else unit}){note}")
+    return ok
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    print("=" * 100)
+    print("simkernel forward-pass benchmark" + ("  [--quick: small sizes, bars not meaningful]" if a.quick else ""))
+    print("=" * 100)
+    print_environment()
+    print()
+
+    # ------------------------------------------------------------------ peak
+    print(f"[peak] single-thread float64 GEMM, {a.peak_n} x {a.peak_n} @ {a.peak_n} x {a.peak_n}, "
+          f"BLAS limited to 1 thread, best of {a.peak_repeats}")
+    peak_np, times_np, peak_sp, times_sp = gemm_peak(a.peak_n, a.peak_repeats)
+    peak = max(peak_np, peak_sp)
+    print(f"  numpy.matmul (numpy's OpenBLAS)         : {peak_np:7.2f} GFLOP/s  seconds {fmt_times(times_np)}")
+    print(f"  scipy.linalg.blas.dgemm (scipy's OpenBLAS): {peak_sp:7.2f} GFLOP/s  seconds {fmt_times(times_sp)}")
+    print(f"  one-core peak used below                : {peak:7.2f} GFLOP/s")
+    print()
+
+    # ------------------------------------------------------------------ dense workload
+    world = make_world("random", seed=a.seed, n_concepts=a.concepts, n_states=a.states,
+                       n_symbols=a.symbols, restart=False)
+    prompts = sample_prompts(world, a.prompts, a.demos, a.k, seed=a.seed)
+    tokens = prompts.tokens
+    B, L = tokens.shape
+    K, S = world.n_concepts, world.n_states
+    flops = 2.0 * S * S * K * B * L
+    print(f"[dense] {world!r}")
+    print(f"  prompts: B = {B} x L = {L} tokens ({a.demos} demonstrations x k = {a.k}), float64, "
+          f"log-likelihood of every prefix")
+    print(f"  nominal flops 2*S^2*K*B*L = {flops / 1e9:.2f} GFLOP")
+
+    t0 = time.perf_counter()
+    warm = tokens[: min(B, 4), : min(L, 64)]
+    for nt in (1, 2):
+        forward(world, warm, method="dense", n_threads=nt)
+    print(f"  warm-up (Numba compile or cache load of the dense kernel): {time.perf_counter() - t0:.2f} s")
+    n_sig = numba_signature_count()
+
+    results = {}        # name -> (label, threads, seconds, note)
+    sk = {}
+    for nt in (1, 2):
+        t, times, fw = best_of(lambda: forward(world, tokens, method="dense", n_threads=nt), a.repeats)
+        sk[nt] = (t, fw)
+        results[f"sk{nt}"] = (f"simkernel forward dense", nt, t, f"best of {fmt_times(times)}")
+        print(f"  simkernel dense, n_threads={nt}: best {t:.3f} s  {fmt_times(times)}")
+    ref_ll = np.ascontiguousarray(sk[1][1].loglik)
+    d12 = max_abs_diff(sk[2][1].loglik, ref_ll)
+    print(f"  simkernel 1 vs 2 threads, max |diff| over all prefixes: {d12:.2e}")
+
+    np_res = {}
+    for nt in (1, 2):
+        with threadpool_limits(nt, user_api="blas"):
+            numpy_forward(world, warm)
+            t, times, ll = best_of(lambda: numpy_forward(world, tokens), a.repeats)
+        np_res[nt] = t
+        results[f"np{nt}"] = ("numpy batched reference", nt, t, f"best of {fmt_times(times)}")
+        d_final = max_abs_diff(ll[:, :, -1], ref_ll[:, :, -1])
+        d_all = max_abs_diff(ll, ref_ll)
+        print(f"  numpy batched, BLAS {nt} thread(s): best {t:.3f} s  {fmt_times(times)};  vs simkernel "
+              f"max |diff| final {d_final:.2e}, all prefixes {d_all:.2e}  "
+              f"[{'agree' if d_final < AGREE_TOL else 'DISAGREE'}]")
+        results[f"np{nt}_agree"] = d_final
+        del ll
+
+    hmm = {}
+    if not a.skip_hmmlearn:
+        try:
+            import hmmlearn  # noqa: F401
+        except ImportError:
+            print("  hmmlearn is not installed: its contenders are skipped (pip install 'hmmlearn>=0.3,<0.4')")
+            a.skip_hmmlearn = True
+    if not a.skip_hmmlearn:
+        for impl in ("log", "scaling"):
+            sec, n_done, ll = time_hmmlearn(world, tokens, impl, a.hmm_min_seconds, a.hmm_min_prompts)
+            full = sec * B / n_done
+            d = max_abs_diff(ll, ref_ll[:n_done, :, -1])
+            hmm[impl] = (full, sec, n_done, d)
+            name = "default, log-space" if impl == "log" else "scaling"
+            results[f"hmm_{impl}"] = (f"hmmlearn CategoricalHMM.score ({name})", 1, full,
+                                      f"SCALED: {sec:.2f} s measured on {n_done}/{B} prompts x {K} concepts "
+                                      f"({n_done * K} score calls), x {B / n_done:.1f}")
+            print(f"  hmmlearn implementation={impl!r}: {sec:.3f} s for {n_done} prompts x {K} concepts "
+                  f"= {sec / (n_done * K) * 1e3:.1f} ms per score call; scaled to all {B} prompts: {full:.1f} s;"
+                  f"  vs simkernel max |diff| {d:.2e} [{'agree' if d < AGREE_TOL else 'DISAGREE'}]")
+
+    if numba_signature_count() != n_sig:
+        print("  WARNING: a simkernel Numba kernel was compiled during the timed runs; the times include it")
+
+    # table
+    t1, t2 = sk[1][0], sk[2][0]
+    print()
+    print(f"  {'contender':<50} {'threads':>7} {'seconds':>10} {'GFLOP/s':>8} {'sk 2t x':>9} {'sk 1t x':>9}  note")
+    print("  " + "-" * 130)
+    for key in ("sk1", "sk2", "np1", "np2", "hmm_log", "hmm_scaling"):
+        if key not in results:
+            continue
+        label, nt, t, note = results[key]
+        print(f"  {label:<50} {nt:>7} {t:>10.3f} {flops / t / 1e9:>8.2f} {t / t2:>8.1f}x {t / t1:>8.1f}x  {note}")
+    print(f"  GFLOP/s = nominal 2*S^2*K*B*L / seconds for every contender.  'sk 2t x' = contender seconds / "
+          f"simkernel 2-thread seconds.")
+    print(f"  hmmlearn rows are single-threaded (one score call at a time, as a user would call it) and "
+          f"SCALED linearly from a subset of prompts.")
+    frac = flops / t1 / 1e9 / peak
+    print(f"  simkernel one thread: {flops / t1 / 1e9:.2f} GFLOP/s = {frac:.1%} of the one-core GEMM peak "
+          f"({peak:.2f} GFLOP/s)")
+    print()
+
+    # ------------------------------------------------------------------ GINC
+    gw = make_world("ginc", seed=a.seed)
+    gp = sample_prompts(gw, a.ginc_prompts, a.ginc_demos, a.ginc_k, seed=a.seed)
+    gt = gp.tokens
+    gB, gL = gt.shape
+    gflops = 2.0 * gw.n_states ** 2 * gw.n_concepts * gB * gL
+    nnz = (gw.emission > 0).sum(axis=1)
+    print(f"[ginc] {gw!r}")
+    print(f"  prompts: B = {gB} x L = {gL} tokens ({a.ginc_demos} demonstrations x k = {a.ginc_k}); "
+          f"states per symbol: mean {nnz.mean():.1f}, max {nnz.max()}; n_threads = {a.ginc_threads} for both")
+    t0 = time.perf_counter()
+    for m in ("sparse", "dense"):
+        forward(gw, gt[: min(gB, 4), : min(gL, 64)], method=m, n_threads=a.ginc_threads)
+    print(f"  warm-up (Numba compile or cache load of both kernels): {time.perf_counter() - t0:.2f} s")
+    n_sig = numba_signature_count()
+    g = {}
+    for m in ("sparse", "dense"):
+        t, times, fw = best_of(lambda: forward(gw, gt, method=m, n_threads=a.ginc_threads), a.repeats)
+        g[m] = (t, fw.loglik)
+        print(f"  {m:<6}: best {t:8.3f} s  {fmt_times(times)}  ({gflops / t / 1e9:8.2f} dense-equivalent GFLOP/s)")
+    if numba_signature_count() != n_sig:
+        print("  WARNING: a simkernel Numba kernel was compiled during the timed runs; the times include it")
+    g_final = max_abs_diff(g["sparse"][1][:, :, -1], g["dense"][1][:, :, -1])
+    g_all = max_abs_diff(g["sparse"][1], g["dense"][1])
+    print(f"  sparse vs dense max |diff|: final {g_final:.2e}, all prefixes {g_all:.2e} "
+          f"[{'agree' if g_final < AGREE_TOL else 'DISAGREE'}]")
+    print()
+
+    # ------------------------------------------------------------------ bars
+    print("bars (speed-ups are contender seconds / simkernel seconds; simkernel at 2 threads unless stated):")
+    oks = []
+    if hmm:
+        oks.append(bar_line("vs hmmlearn default (log-space), scaled", hmm["log"][0] / t2, BARS["hmm_log"], "x",
+                            note=f"  [1 thread: {hmm['log'][0] / t1:.1f}x]"))
+        oks.append(bar_line("vs hmmlearn implementation='scaling', scaled", hmm["scaling"][0] / t2,
+                            BARS["hmm_scaling"], "x", note=f"  [1 thread: {hmm['scaling'][0] / t1:.1f}x]"))
+    else:
+        bar_line("vs hmmlearn default (log-space)", None, BARS["hmm_log"], "x")
+        bar_line("vs hmmlearn implementation='scaling'", None, BARS["hmm_scaling"], "x")
+    best_np = min(np_res.values())
+    best_np_nt = min(np_res, key=np_res.get)
+    oks.append(bar_line(f"vs batched numpy (its best: BLAS {best_np_nt} thr)", best_np / t2, BARS["numpy"], "x",
+                        note=f"  [like for like: 1t/1t {np_res[1] / t1:.2f}x, 2t/2t {np_res[2] / t2:.2f}x]"))
+    oks.append(bar_line("one thread, fraction of one-core GEMM peak", frac, BARS["peak_fraction"], "%",
+                        note=f"  [{flops / t1 / 1e9:.2f} of {peak:.2f} GFLOP/s]"))
+    oks.append(bar_line("two threads over one thread", t1 / t2, BARS["two_threads"], "x"))
+    oks.append(bar_line(f"GINC sparse over dense ({a.ginc_threads} threads each)", g["dense"][0] / g["sparse"][0],
+                        BARS["sparse"], "x"))
+    agree = {"numpy BLAS 1t": results["np1_agree"], "numpy BLAS 2t": results["np2_agree"],
+             **{f"hmmlearn {k}": v[3] for k, v in hmm.items()}, "GINC sparse/dense": g_final}
+    worst = max(agree.values())
+    ok = worst < AGREE_TOL
+    oks.append(ok)
+    print(f"  {'PASS' if ok else 'FAIL'}  {'agreement, max |diff| of final log-liks':<46} measured {worst:.2e}  "
+          f"(bar < {AGREE_TOL:g})  [" + ", ".join(f"{k} {v:.1e}" for k, v in agree.items()) + "]")
+    n_fail = sum(1 for o in oks if o is False)
+    print(f"{len(oks) - n_fail}/{len(oks)} bars pass" + ("" if not a.quick else "  (--quick sizes: not meaningful)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
