@@ -83,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--peak-n", type=int, default=None, help="matrix size of the peak GEMM [2000]")
     p.add_argument("--peak-repeats", type=int, default=5, help="repeats of the peak GEMM (best is kept)")
     p.add_argument("--seed", type=int, default=0, help="seed of the worlds and prompts")
+    p.add_argument("--wait-idle", type=float, default=0.0,
+                   help="before each timing, wait up to this many seconds for other processes to use "
+                        "< 10%% of a core (0: don't wait; disturbed timings are flagged either way)")
     a = p.parse_args(argv)
     quick = dict(prompts=32, demos=16, ginc_prompts=64, ginc_demos=16, repeats=1, hmm_min_seconds=0.3,
                  peak_n=1000)
@@ -94,14 +97,80 @@ def parse_args(argv=None):
     return a
 
 
+class CpuMeter:
+    """CPU time that OTHER processes used on this machine while a block ran: busy time from
+    /proc/stat minus this process's own CPU time (os.times).  A timing taken while other work
+    shares the cores is flagged, since it is then not a clean measurement."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.ok = os.path.exists("/proc/stat")
+
+    def read(self):
+        busy = steal = 0.0
+        if self.ok:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / self.hz      # user nice system irq softirq
+            steal = (v[7] if len(v) > 7 else 0) / self.hz
+        t = os.times()
+        return busy, steal, t.user + t.system, time.perf_counter()
+
+    @staticmethod
+    def others(r0, r1):
+        """(other processes' CPU seconds, steal seconds, wall seconds) between two reads."""
+        return max(0.0, (r1[0] - r0[0]) - (r1[2] - r0[2])), r1[1] - r0[1], r1[3] - r0[3]
+
+
+METER = CpuMeter()
+NCORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+WAIT_IDLE = 0.0       # set from --wait-idle
+
+
+def other_load(r0, r1):
+    """Other processes' CPU use between two reads, as a fraction of one core; None when the
+    interval is too short for /proc/stat's 10 ms ticks to say."""
+    other, _, wall = CpuMeter.others(r0, r1)
+    return min(other / wall, float(NCORES)) if wall >= 0.25 else None
+
+
+def wait_until_idle():
+    """With --wait-idle S: wait (at most S seconds in all per call) until other processes use
+    < 10% of a core over a 1 s window.  Returns the seconds waited."""
+    if WAIT_IDLE <= 0 or not METER.ok:
+        return 0.0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < WAIT_IDLE:
+        r0 = METER.read()
+        time.sleep(1.0)
+        if (other_load(r0, METER.read()) or 0.0) < 0.10:
+            break
+    return time.perf_counter() - t0
+
+
 def best_of(fn, repeats):
-    """(best seconds, all seconds, result of the last call)."""
-    times, out = [], None
+    """(best seconds, all seconds, result of the last call, other-process load during the best
+    call as a fraction of one core)."""
+    times, loads, out = [], [], None
     for _ in range(max(1, repeats)):
+        wait_until_idle()
+        r0 = METER.read()
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return min(times), times, out
+        loads.append(other_load(r0, METER.read()))
+    i = int(np.argmin(times))
+    return times[i], times, out, loads[i]
+
+
+def is_disturbed(load):
+    return load is not None and load > 0.10
+
+
+def load_note(load):
+    if load is None:
+        return "others n/a (too short to measure)"
+    return f"others {load:.0%} of a core" + ("  <-- DISTURBED" if is_disturbed(load) else "")
 
 
 def fmt_times(times):
@@ -260,26 +329,34 @@ def gemm_peak(n, repeats):
     flops = 2.0 * n ** 3
     with threadpool_limits(1, user_api="blas"):
         np.matmul(a, b, out=out)
-        t_np, times_np, _ = best_of(lambda: np.matmul(a, b, out=out), repeats)
+        t_np, times_np, _, l_np = best_of(lambda: np.matmul(a, b, out=out), repeats)
         sblas.dgemm(1.0, af, bf)
-        t_sp, times_sp, _ = best_of(lambda: sblas.dgemm(1.0, af, bf), repeats)
-    return flops / t_np / 1e9, times_np, flops / t_sp / 1e9, times_sp
+        t_sp, times_sp, _, l_sp = best_of(lambda: sblas.dgemm(1.0, af, bf), repeats)
+    return (flops / t_np / 1e9, times_np, l_np), (flops / t_sp / 1e9, times_sp, l_sp)
 
 
 # ---------------------------------------------------------------------- report
-def bar_line(label, value, threshold, unit, passed=None, note=""):
+def bar_line(label, value, threshold, unit, passed=None, note="", keys=(), disturbed=None):
     if value is None:
         print(f"  SKIP  {label:<46} (not measured){note}")
         return None
     ok = value >= threshold if passed is None else passed
     print(f"  {'PASS' if ok else 'FAIL'}  {label:<46} measured {value:{'.1%' if unit == '%' else '.2f'}}"
           f"{'' if unit == '%' else unit}  (bar >= {threshold:{'.0%' if unit == '%' else 'g'}}"
-          f"{'' if unit == '%' else unit}){note}")
+          f"{'' if unit == '%' else unit}){note}{disturbed_note(keys, disturbed)}")
     return ok
 
 
+def disturbed_note(keys, disturbed):
+    hit = [disturbed[k] for k in keys if disturbed and k in disturbed]
+    return f"  [DISTURBED input: {', '.join(hit)}]" if hit else ""
+
+
 def main(argv=None):
+    global WAIT_IDLE
     a = parse_args(argv)
+    WAIT_IDLE = a.wait_idle
+    run_start = METER.read()
     print("=" * 100)
     print("simkernel forward-pass benchmark" + ("  [--quick: small sizes, bars not meaningful]" if a.quick else ""))
     print("=" * 100)
@@ -289,11 +366,15 @@ def main(argv=None):
     # ------------------------------------------------------------------ peak
     print(f"[peak] single-thread float64 GEMM, {a.peak_n} x {a.peak_n} @ {a.peak_n} x {a.peak_n}, "
           f"BLAS limited to 1 thread, best of {a.peak_repeats}")
-    peak_np, times_np, peak_sp, times_sp = gemm_peak(a.peak_n, a.peak_repeats)
+    (peak_np, times_np, l_np), (peak_sp, times_sp, l_sp) = gemm_peak(a.peak_n, a.peak_repeats)
     peak = max(peak_np, peak_sp)
-    print(f"  numpy.matmul (numpy's OpenBLAS)         : {peak_np:7.2f} GFLOP/s  seconds {fmt_times(times_np)}")
-    print(f"  scipy.linalg.blas.dgemm (scipy's OpenBLAS): {peak_sp:7.2f} GFLOP/s  seconds {fmt_times(times_sp)}")
-    print(f"  one-core peak used below                : {peak:7.2f} GFLOP/s")
+    disturbed = {}        # key -> label of every timing taken while other processes were busy
+    for name, rate, times, load in (("numpy.matmul (numpy's OpenBLAS)", peak_np, times_np, l_np),
+                                    ("scipy.linalg.blas.dgemm (scipy's OpenBLAS)", peak_sp, times_sp, l_sp)):
+        print(f"  {name:<44}: {rate:7.2f} GFLOP/s  seconds {fmt_times(times)}  {load_note(load)}")
+        if is_disturbed(load):
+            disturbed["peak"] = "peak " + name.split()[0]
+    print(f"  {'one-core peak used below':<44}: {peak:7.2f} GFLOP/s")
     print()
 
     # ------------------------------------------------------------------ dense workload
@@ -319,10 +400,12 @@ def main(argv=None):
     results = {}        # name -> (label, threads, seconds, note)
     sk = {}
     for nt in (1, 2):
-        t, times, fw = best_of(lambda: forward(world, tokens, method="dense", n_threads=nt), a.repeats)
+        t, times, fw, load = best_of(lambda: forward(world, tokens, method="dense", n_threads=nt), a.repeats)
         sk[nt] = (t, fw)
-        results[f"sk{nt}"] = (f"simkernel forward dense", nt, t, f"best of {fmt_times(times)}")
-        print(f"  simkernel dense, n_threads={nt}: best {t:.3f} s  {fmt_times(times)}")
+        results[f"sk{nt}"] = (f"simkernel forward dense", nt, t, f"best of {fmt_times(times)}; {load_note(load)}")
+        print(f"  simkernel dense, n_threads={nt}: best {t:.3f} s  {fmt_times(times)}  {load_note(load)}")
+        if is_disturbed(load):
+            disturbed[f"sk{nt}"] = f"simkernel {nt}t"
     ref_ll = np.ascontiguousarray(sk[1][1].loglik)
     d12 = max_abs_diff(sk[2][1].loglik, ref_ll)
     print(f"  simkernel 1 vs 2 threads, max |diff| over all prefixes: {d12:.2e}")
@@ -331,12 +414,14 @@ def main(argv=None):
     for nt in (1, 2):
         with threadpool_limits(nt, user_api="blas"):
             numpy_forward(world, warm)
-            t, times, ll = best_of(lambda: numpy_forward(world, tokens), a.repeats)
+            t, times, ll, load = best_of(lambda: numpy_forward(world, tokens), a.repeats)
         np_res[nt] = t
-        results[f"np{nt}"] = ("numpy batched reference", nt, t, f"best of {fmt_times(times)}")
+        results[f"np{nt}"] = ("numpy batched reference", nt, t, f"best of {fmt_times(times)}; {load_note(load)}")
+        if is_disturbed(load):
+            disturbed[f"np{nt}"] = f"numpy {nt}t"
         d_final = max_abs_diff(ll[:, :, -1], ref_ll[:, :, -1])
         d_all = max_abs_diff(ll, ref_ll)
-        print(f"  numpy batched, BLAS {nt} thread(s): best {t:.3f} s  {fmt_times(times)};  vs simkernel "
+        print(f"  numpy batched, BLAS {nt} thread(s): best {t:.3f} s  {fmt_times(times)}  {load_note(load)};  vs simkernel "
               f"max |diff| final {d_final:.2e}, all prefixes {d_all:.2e}  "
               f"[{'agree' if d_final < AGREE_TOL else 'DISAGREE'}]")
         results[f"np{nt}_agree"] = d_final
@@ -351,17 +436,22 @@ def main(argv=None):
             a.skip_hmmlearn = True
     if not a.skip_hmmlearn:
         for impl in ("log", "scaling"):
+            wait_until_idle()
+            r0 = METER.read()
             sec, n_done, ll = time_hmmlearn(world, tokens, impl, a.hmm_min_seconds, a.hmm_min_prompts)
+            load = other_load(r0, METER.read())
+            if is_disturbed(load):
+                disturbed[f"hmm_{impl}"] = f"hmmlearn {impl}"
             full = sec * B / n_done
             d = max_abs_diff(ll, ref_ll[:n_done, :, -1])
             hmm[impl] = (full, sec, n_done, d)
             name = "default, log-space" if impl == "log" else "scaling"
             results[f"hmm_{impl}"] = (f"hmmlearn CategoricalHMM.score ({name})", 1, full,
                                       f"SCALED: {sec:.2f} s measured on {n_done}/{B} prompts x {K} concepts "
-                                      f"({n_done * K} score calls), x {B / n_done:.1f}")
+                                      f"({n_done * K} score calls), x {B / n_done:.1f}; {load_note(load)}")
             print(f"  hmmlearn implementation={impl!r}: {sec:.3f} s for {n_done} prompts x {K} concepts "
                   f"= {sec / (n_done * K) * 1e3:.1f} ms per score call; scaled to all {B} prompts: {full:.1f} s;"
-                  f"  vs simkernel max |diff| {d:.2e} [{'agree' if d < AGREE_TOL else 'DISAGREE'}]")
+                  f"  vs simkernel max |diff| {d:.2e} [{'agree' if d < AGREE_TOL else 'DISAGREE'}]  {load_note(load)}")
 
     if numba_signature_count() != n_sig:
         print("  WARNING: a simkernel Numba kernel was compiled during the timed runs; the times include it")
@@ -383,6 +473,13 @@ def main(argv=None):
     frac = flops / t1 / 1e9 / peak
     print(f"  simkernel one thread: {flops / t1 / 1e9:.2f} GFLOP/s = {frac:.1%} of the one-core GEMM peak "
           f"({peak:.2f} GFLOP/s)")
+    # The numpy reference does the same GEMMs through BLAS, so no GEMM-based forward can beat it
+    # by more than (numpy seconds) / (nominal flops at the GEMM peak).
+    ideal = {nt: flops / (nt * peak * 1e9) for nt in (1, 2)}
+    np_best_nt = min(np_res, key=np_res.get)
+    print(f"  [info] ceiling: at 100% of the GEMM peak a forward takes {ideal[1]:.2f} s on 1 core, {ideal[2]:.2f} s "
+          f"on 2; so at most {np_res[1] / ideal[1]:.2f}x over numpy 1t (1 core), {np_res[2] / ideal[2]:.2f}x over "
+          f"numpy 2t (2 cores), {np_res[np_best_nt] / ideal[2]:.2f}x over numpy's best on 2 cores")
     print()
 
     # ------------------------------------------------------------------ GINC
@@ -402,11 +499,26 @@ def main(argv=None):
     n_sig = numba_signature_count()
     g = {}
     for m in ("sparse", "dense"):
-        t, times, fw = best_of(lambda: forward(gw, gt, method=m, n_threads=a.ginc_threads), a.repeats)
+        t, times, fw, load = best_of(lambda: forward(gw, gt, method=m, n_threads=a.ginc_threads), a.repeats)
         g[m] = (t, fw.loglik)
-        print(f"  {m:<6}: best {t:8.3f} s  {fmt_times(times)}  ({gflops / t / 1e9:8.2f} dense-equivalent GFLOP/s)")
+        print(f"  {m:<6}: best {t:8.3f} s  {fmt_times(times)}  ({gflops / t / 1e9:8.2f} dense-equivalent GFLOP/s)"
+              f"  {load_note(load)}")
+        if is_disturbed(load):
+            disturbed[f"ginc_{m}"] = f"GINC {m}"
     if numba_signature_count() != n_sig:
         print("  WARNING: a simkernel Numba kernel was compiled during the timed runs; the times include it")
+    # the part of any forward that returns every prefix's log-likelihood as numpy float64:
+    # allocate (K, B, L), log of the normalisers, cumsum over time (single-threaded numpy)
+    def output_floor():
+        arr = np.empty((gw.n_concepts, gB, gL))
+        arr.fill(0.5)
+        np.log(arr, out=arr)
+        np.cumsum(arr, axis=2, out=arr)
+    t_floor, times_floor, _, load = best_of(output_floor, a.repeats)
+    print(f"  [info] allocating + log + cumsum of one (K, B, L) = ({gw.n_concepts}, {gB}, {gL}) float64 "
+          f"output in numpy: best {t_floor:.3f} s {fmt_times(times_floor)} = {t_floor / g['sparse'][0]:.0%} of the "
+          f"sparse time; with it, sparse >= {BARS['sparse']:g}x dense needs sparse <= "
+          f"{g['dense'][0] / BARS['sparse']:.3f} s  {load_note(load)}")
     g_final = max_abs_diff(g["sparse"][1][:, :, -1], g["dense"][1][:, :, -1])
     g_all = max_abs_diff(g["sparse"][1], g["dense"][1])
     print(f"  sparse vs dense max |diff|: final {g_final:.2e}, all prefixes {g_all:.2e} "
@@ -414,25 +526,35 @@ def main(argv=None):
     print()
 
     # ------------------------------------------------------------------ bars
+    if disturbed:
+        print(f"WARNING: {len(disturbed)} timing(s) ran while other processes used > 10% of a core "
+              f"({', '.join(disturbed.values())}); their numbers (and the bars built on them) are not clean: "
+              f"rerun on a quiet machine, or with --wait-idle 60.")
+        print()
     print("bars (speed-ups are contender seconds / simkernel seconds; simkernel at 2 threads unless stated):")
     oks = []
     if hmm:
         oks.append(bar_line("vs hmmlearn default (log-space), scaled", hmm["log"][0] / t2, BARS["hmm_log"], "x",
-                            note=f"  [1 thread: {hmm['log'][0] / t1:.1f}x]"))
+                            note=f"  [1 thread: {hmm['log'][0] / t1:.1f}x]", keys=("hmm_log", "sk2"),
+                            disturbed=disturbed))
         oks.append(bar_line("vs hmmlearn implementation='scaling', scaled", hmm["scaling"][0] / t2,
-                            BARS["hmm_scaling"], "x", note=f"  [1 thread: {hmm['scaling'][0] / t1:.1f}x]"))
+                            BARS["hmm_scaling"], "x", note=f"  [1 thread: {hmm['scaling'][0] / t1:.1f}x]",
+                            keys=("hmm_scaling", "sk2"), disturbed=disturbed))
     else:
         bar_line("vs hmmlearn default (log-space)", None, BARS["hmm_log"], "x")
         bar_line("vs hmmlearn implementation='scaling'", None, BARS["hmm_scaling"], "x")
     best_np = min(np_res.values())
     best_np_nt = min(np_res, key=np_res.get)
     oks.append(bar_line(f"vs batched numpy (its best: BLAS {best_np_nt} thr)", best_np / t2, BARS["numpy"], "x",
-                        note=f"  [like for like: 1t/1t {np_res[1] / t1:.2f}x, 2t/2t {np_res[2] / t2:.2f}x]"))
+                        note=f"  [like for like: 1t/1t {np_res[1] / t1:.2f}x, 2t/2t {np_res[2] / t2:.2f}x]",
+                        keys=(f"np{best_np_nt}", "sk2"), disturbed=disturbed))
     oks.append(bar_line("one thread, fraction of one-core GEMM peak", frac, BARS["peak_fraction"], "%",
-                        note=f"  [{flops / t1 / 1e9:.2f} of {peak:.2f} GFLOP/s]"))
-    oks.append(bar_line("two threads over one thread", t1 / t2, BARS["two_threads"], "x"))
+                        note=f"  [{flops / t1 / 1e9:.2f} of {peak:.2f} GFLOP/s]", keys=("sk1", "peak"),
+                        disturbed=disturbed))
+    oks.append(bar_line("two threads over one thread", t1 / t2, BARS["two_threads"], "x", keys=("sk1", "sk2"),
+                        disturbed=disturbed))
     oks.append(bar_line(f"GINC sparse over dense ({a.ginc_threads} threads each)", g["dense"][0] / g["sparse"][0],
-                        BARS["sparse"], "x"))
+                        BARS["sparse"], "x", keys=("ginc_sparse", "ginc_dense"), disturbed=disturbed))
     agree = {"numpy BLAS 1t": results["np1_agree"], "numpy BLAS 2t": results["np2_agree"],
              **{f"hmmlearn {k}": v[3] for k, v in hmm.items()}, "GINC sparse/dense": g_final}
     worst = max(agree.values())
@@ -441,6 +563,9 @@ def main(argv=None):
     print(f"  {'PASS' if ok else 'FAIL'}  {'agreement, max |diff| of final log-liks':<46} measured {worst:.2e}  "
           f"(bar < {AGREE_TOL:g})  [" + ", ".join(f"{k} {v:.1e}" for k, v in agree.items()) + "]")
     n_fail = sum(1 for o in oks if o is False)
+    other, steal, wall = CpuMeter.others(run_start, METER.read())
+    print(f"whole run: {wall:.1f} s wall; other processes used {other:.1f} CPU-s ({other / wall:.0%} of a core on "
+          f"average), hypervisor steal {steal:.1f} CPU-s")
     print(f"{len(oks) - n_fail}/{len(oks)} bars pass" + ("" if not a.quick else "  (--quick sizes: not meaningful)"))
     return 0
 

@@ -32,6 +32,42 @@ import time
 BAR_TOTAL_S = 20.0
 
 
+class CpuMeter:
+    """CPU time that OTHER processes used on this machine while a block ran: busy time from
+    /proc/stat minus this process's own CPU time (os.times), to flag disturbed timings."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.ok = os.path.exists("/proc/stat")
+
+    def read(self):
+        busy = 0.0
+        if self.ok:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / self.hz      # user nice system irq softirq
+        t = os.times()
+        return busy, t.user + t.system, time.perf_counter()
+
+    @staticmethod
+    def load(r0, r1):
+        """Other processes' CPU use between two reads, as a fraction of one core."""
+        wall = r1[2] - r0[2]
+        other = max(0.0, (r1[0] - r0[0]) - (r1[1] - r0[1]))
+        return min(other / wall, float(os.cpu_count() or 1)) if wall >= 0.25 else 0.0
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -44,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="Numba threads")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the whole dataset")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-idle", type=float, default=0.0,
+                   help="before each pass, wait up to this many seconds for other processes to use "
+                        "< 10%% of a core (0: don't wait; disturbed passes are flagged either way)")
     p.add_argument("--use-cache", action="store_true",
                    help="use Numba's normal on-disk cache instead of a fresh temporary one")
     a = p.parse_args(argv)
@@ -83,7 +122,7 @@ def run(a, cache_dir):
     print("=" * 100)
     print("simkernel sampling benchmark: the GINC-default dataset" + ("  [--quick]" if a.quick else ""))
     print("=" * 100)
-    print(f"machine   : {platform.processor() or platform.machine()}, {cores} usable cores; python "
+    print(f"machine   : {cpu_name()}, {cores} usable cores; python "
           f"{sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__} "
           f"(threading layer {numba.config.THREADING_LAYER}, {numba.get_num_threads()} threads)")
     print(f"simkernel : {simkernel.__version__} at {os.path.dirname(simkernel.__file__)}")
@@ -110,9 +149,17 @@ def run(a, cache_dir):
     print()
 
     # ---------------------------------------------------------------- timed passes
+    meter = CpuMeter()
     passes = []
-    per_k_last = {}
+    disturbed = 0
     for r in range(a.repeats):
+        t_wait = time.perf_counter()
+        while meter.ok and time.perf_counter() - t_wait < a.wait_idle:
+            w0 = meter.read()
+            time.sleep(1.0)
+            if CpuMeter.load(w0, meter.read()) < 0.10:
+                break
+        r0 = meter.read()
         t0 = time.perf_counter()
         corpus = sample_corpus(world, a.docs, a.doc_length, seed=a.seed)
         t_corpus = time.perf_counter() - t0
@@ -126,10 +173,12 @@ def run(a, cache_dir):
             per_k[k] = time.perf_counter() - tk
         t_prompts = time.perf_counter() - t1
         total = t_corpus + t_prompts
+        load = CpuMeter.load(r0, meter.read())
+        disturbed += load > 0.10
         passes.append((t_corpus, t_prompts, total))
-        per_k_last = per_k
         print(f"pass {r + 1}: corpus {t_corpus:7.3f} s   prompts {t_prompts:7.3f} s   total {total:7.3f} s   "
-              f"(prompts per k: " + ", ".join(f"k={k} {t:.3f} s" for k, t in per_k.items()) + ")")
+              f"(prompts per k: " + ", ".join(f"k={k} {t:.3f} s" for k, t in per_k.items()) + ")"
+              f"   others {load:.0%} of a core" + ("  <-- DISTURBED" if load > 0.10 else ""))
         assert corpus.tokens.shape == (a.docs * a.doc_length,)
         del corpus, batches
 
@@ -142,6 +191,8 @@ def run(a, cache_dir):
           f"{a.prompts * n_batches / best[1]:,.0f} prompts/s")
     print(f"{'total':<10} {best[2]:>8.3f}s {worst[2]:>8.3f}s")
     print()
+    if disturbed:
+        print(f"WARNING: {disturbed} pass(es) ran while other processes used > 10% of a core: not clean timings.")
     ok = worst[2] <= BAR_TOTAL_S
     print(f"bar: {'PASS' if ok else 'FAIL'}  whole dataset (corpus + prompts) on {numba.get_num_threads()} threads, "
           f"slowest of {a.repeats} passes: {worst[2]:.3f} s  (bar <= {BAR_TOTAL_S:g} s)"

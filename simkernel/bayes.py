@@ -279,8 +279,10 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         scale = np.empty((K, B, L))
         TX, startx, ptr, idx, val = expanded_tables(world)
         block = 64
-    # enough units to keep every thread busy, but blocks big enough for an efficient GEMM
-    n_blocks = max(1, math.ceil(B / block), math.ceil(2 * n_threads / K))
+    # Enough units to keep a few threads busy, but blocks big enough for an efficient GEMM.
+    # The split depends on (B, K) only, never on n_threads: BLAS rounds a product of R rows
+    # differently for different R, and results must not change with the thread count.
+    n_blocks = max(1, math.ceil(B / block), math.ceil(4 / K))
     bounds = np.linspace(0, B, min(n_blocks, max(B, 1)) + 1).astype(int)
     units = [(k, a, b) for k in range(K) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 

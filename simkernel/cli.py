@@ -57,6 +57,7 @@ EXAMPLE_LENGTH = _Int(2)
 
 BAYES_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
 BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+BAYES_CHUNK = 128          # prompts per icl_curve call (one progress-bar step)
 
 
 # ---------------------------------------------------------------------- error handling
@@ -121,7 +122,8 @@ def check_out_file(path: Path, suffix: str = ".npz") -> Path:
         raise ValueError(f"--out {str(path)!r} is a folder; expected a {suffix} file")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} {why}")
     from .store import check_writable
     check_writable(parent, path)
     return path
@@ -209,7 +211,7 @@ def _bar(total, desc, unit):
 
 
 # ---------------------------------------------------------------------- the group
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group("simkernel", cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="simkernel", message="%(prog)s %(version)s")
 def main():
     """simkernel: exact Bayesian in-context learning on mixtures of HMMs, to test the
@@ -242,7 +244,7 @@ def main():
                    "Without --out nothing is written.")
 def world_cmd(preset, from_file, seed, overrides, out):
     """Build a world from a preset (or check an existing one), print a summary, save it."""
-    from .store import provenance
+    from .store import provenance, public_mode
 
     if out is not None:
         check_out_file(out)
@@ -255,6 +257,7 @@ def world_cmd(preset, from_file, seed, overrides, out):
             config["source_provenance"] = world.meta["provenance"]
         meta["provenance"] = provenance(config, seed if from_file is None else world.meta.get("seed"))
         dataclasses.replace(world, meta=meta).save(out)
+        public_mode(out)
     click.echo(repr(world))
     if out is not None:
         click.echo(f"wrote {out}")
@@ -345,7 +348,6 @@ def demo_counts(n_max: int) -> list[int]:
 
 
 def _mean_ci(values):
-    import numpy as np
     m = int(values.size)
     if m == 0:
         return float("nan"), float("nan"), float("nan"), 0
@@ -456,7 +458,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     t0 = time.perf_counter()
     prompts = sample_prompts(world, n_prompts, n_demos, example_length, seed, concept=concept)
     parts = []
-    chunk = 128
+    chunk = BAYES_CHUNK
     with _bar(n_prompts, "exact Bayes", "prompt") as bar:
         for a in range(0, n_prompts, chunk):
             b = min(a + chunk, n_prompts)

@@ -11,15 +11,13 @@ Prompt layout for ``n`` demonstrations and example length ``k`` (``x`` = k-1 tok
 
 length ``L = n (k + 1) + k - 1``; demonstration ``i`` (0-based) starts at ``i (k + 1)``.
 
-How an example is drawn from concept ``c`` (docs/theory.md, "Prompts"):
-- its first hidden state comes from ``start[c]`` in a restart world, and from the chain
-  continuing through the previous delimiter otherwise (the first example always uses start);
-- x runs the HMM (a delimiter inside x restarts the state in a restart world, like the
-  forward pass does);
-- y's state and symbol are drawn conditioned on y being in the label set, and the delimiter's
-  state conditioned on emitting the delimiter, so every prompt has non-zero probability under
-  its world; an example after which neither is possible is redrawn (rejection), and after
-  ``MAX_TRIES`` failures sampling stops with an error.
+How an example is drawn from concept ``c`` (docs/theory.md, "Prompts"): exactly from the
+concept's HMM conditioned on y being a label (and, for demonstrations, on a delimiter being
+possible after y), using backward messages precomputed once per concept; so y_test given x_test
+follows the oracle P(y | x_test, c, y in labels) exactly, and every prompt has non-zero
+probability under its concept.  Its first hidden state comes from ``start[c]`` in a restart
+world (and for the first example), and from the chain continuing through the previous
+delimiter otherwise.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ import numpy as np
 
 from .presets import check_seed
 from .world import World
-
-MAX_TRIES = 10_000
-
 
 # ---------------------------------------------------------------------- RNG and draws
 @nb.njit(cache=True, inline="always")
@@ -59,24 +54,6 @@ def _draw(cum, u):
         else:
             lo = mid + 1
     return lo
-
-
-@nb.njit(cache=True, inline="always")
-def _draw_weighted(w, u):
-    """Index drawn with probability w[i] / sum(w) (w >= 0, sum > 0), by a linear scan."""
-    total = 0.0
-    for i in range(w.shape[0]):
-        total += w[i]
-    target = u * total
-    acc = 0.0
-    last = 0
-    for i in range(w.shape[0]):
-        if w[i] > 0.0:
-            acc += w[i]
-            last = i
-            if acc > target:
-                return i
-    return last
 
 
 def _cumulative(p):
@@ -144,6 +121,10 @@ def sample_corpus(world: World, n_docs: int, doc_length: int, seed: int = 0, fir
     n_docs = _check_count("n_docs", n_docs, 1)
     doc_length = _check_count("doc_length", doc_length, 1)
     n_total = first_doc + n_docs if n_total_docs is None else n_total_docs
+    if isinstance(first_doc, bool) or not isinstance(first_doc, (int, np.integer)) or first_doc < 0 \
+            or n_total < first_doc + n_docs:
+        raise ValueError(f"documents {first_doc}..{first_doc + n_docs - 1} are not inside a corpus of "
+                         f"{n_total} documents (need 0 <= first_doc and first_doc + n_docs <= n_total_docs)")
     seeds = stream_seeds(seed, n_total, salt=1)[first_doc:first_doc + n_docs]
     tabs = _sampling_tables(world)
     tokens = np.empty(n_docs * doc_length, dtype=token_dtype(world.n_symbols))
@@ -160,20 +141,57 @@ def token_dtype(n_symbols: int):
 
 
 # ---------------------------------------------------------------------- prompts
-@nb.njit(cache=True, inline="always")
-def _next_state_dist(c, h, o, restart, delim, start, T):
-    """Distribution of the hidden state after state h emitted symbol o."""
-    if restart and o == delim:
-        return start[c]
-    return T[c, h]
+def _example_tables(world: World, k: int):
+    """Backward messages that make every example an exact draw from the concept's HMM
+    conditioned on "y is a label" (docs/theory.md, "Prompts").
+
+    beta[v, c, j, s] ∝ P(the example's y is an allowed label | state s at position j, concept c),
+    j = 0..k-1 (j = k-1 is y's own position).  Variant v = 0 (demonstrations) also requires
+    that a delimiter can follow y; v = 1 (the test example) does not.  Each message is
+    rescaled to max 1 (only ratios matter), so long examples never underflow.
+    Returns cumulative tables for the forward draws (see _prompt_kernel)."""
+    K, S, V = world.emission.shape
+    T, st, E, d = world.transition, world.start, world.emission, world.delimiter
+    m = E[:, :, world.labels].sum(axis=2)                              # (K, S)
+    can_delim = (T @ E[:, :, d][..., None])[..., 0] > 0                # (K, S) after a label
+    beta = np.zeros((2, K, k, S))
+    beta[0, :, k - 1] = m * can_delim
+    beta[1, :, k - 1] = m
+    for j in range(k - 2, -1, -1):
+        nxt = beta[:, :, j + 1]                                        # (2, K, S)
+        via_T = np.einsum("kst,vkt->vks", T, nxt)
+        if world.restart:
+            via_start = np.einsum("ks,vks->vk", st, nxt)[..., None]
+            pd = E[None, :, :, d]
+            beta[:, :, j] = pd * via_start + (1 - pd) * via_T
+        else:
+            beta[:, :, j] = via_T
+        mx = beta[:, :, j].max(axis=-1, keepdims=True)
+        beta[:, :, j] /= np.where(mx > 0, mx, 1.0)
+    Tb = T[None, :, None, :, :] * beta[:, :, :, None, :]               # (2, K, k, S, S)
+    Sb = st[None, :, None, :] * beta                                   # (2, K, k, S)
+    E_nod = E.copy()
+    E_nod[:, :, d] = 0.0
+    label_E = E[:, :, world.labels]
+    safe_label_E = np.where(m[..., None] > 0, label_E, 1.0)
+    return dict(cum_Tb=_cumulative(Tb), cum_Sb=_cumulative(Sb),
+                cum_E=_cumulative(E), cum_E_nod=_cumulative(np.where(E_nod.sum(-1, keepdims=True) > 0, E_nod, 1.0)),
+                p_delim=np.ascontiguousarray(E[:, :, d]),
+                cum_label_E=_cumulative(safe_label_E),
+                cum_Td=_cumulative(T * E[:, None, :, d]))
 
 
 @nb.njit(cache=True, parallel=True)
-def _prompt_kernel(seeds, concepts_in, n_demos, k, start, T, cum_start, cum_T, cum_E, label_mass,
-                   cum_label_E, delim_E, labels, delim, restart, max_tries,
-                   out_tokens, out_y_test, out_concepts, out_status, cum_prior):
+def _prompt_kernel(seeds, concepts_in, cum_prior, n_demos, k, labels, delim, restart,
+                   cum_Tb, cum_Sb, cum_E, cum_E_nod, p_delim, cum_label_E, cum_Td,
+                   out_tokens, out_y_test, out_concepts, out_status):
+    """Draw B prompts.  Within an example at x position j with state h: in a restart world the
+    symbol is the delimiter with probability ∝ p_delim[h] * (start · beta_{j+1}), otherwise a
+    non-delimiter ∝ (1 - p_delim[h]) * (T[h] · beta_{j+1}); the next state ∝ (start or T[h]) ∘
+    beta_{j+1}.  In a non-restart world the symbol does not change the future, so it is drawn
+    from the plain emission.  y ∝ emission restricted to the labels.  The delimiter's state
+    (which the next example continues from in a non-restart world) ∝ T[h_y] ∘ emission[:, delim]."""
     B = seeds.shape[0]
-    S = T.shape[1]
     for b in nb.prange(B):
         st = seeds[b]
         c = concepts_in[b]
@@ -181,65 +199,47 @@ def _prompt_kernel(seeds, concepts_in, n_demos, k, start, T, cum_start, cum_T, c
             st, u = _next(st)
             c = _draw(cum_prior, u)
         out_concepts[b] = c
-        w = np.empty(S)
-        have_prev = False
-        h_prev = 0        # state that emitted the previous delimiter (non-restart worlds)
+        h_d = -1
         for i in range(n_demos + 1):
             base = i * (k + 1)
-            is_test = i == n_demos
-            ok = False
-            for _ in range(max_tries):
-                # first hidden state of x
+            v = 1 if i == n_demos else 0
+            # first state of the example
+            if restart or h_d < 0:
+                tab = cum_Sb[v, c, 0]
+            else:
+                tab = cum_Tb[v, c, 0, h_d]
+            if tab[tab.shape[0] - 1] <= 0.0:
+                out_status[b] = i + 1
+                break
+            st, u = _next(st)
+            h = _draw(tab, u)
+            for j in range(k - 1):
                 st, u = _next(st)
-                if restart or not have_prev:
-                    h = _draw(cum_start[c], u)
-                else:
-                    h = _draw(cum_T[c, h_prev], u)
-                o = 0
-                for j in range(k - 1):
-                    if j > 0:
+                if restart:
+                    w_d = p_delim[c, h] * cum_Sb[v, c, j + 1][cum_Sb.shape[3] - 1]
+                    w_o = (1.0 - p_delim[c, h]) * cum_Tb[v, c, j + 1, h][cum_Tb.shape[4] - 1]
+                    if u * (w_d + w_o) < w_d:
+                        o = delim
+                    else:
                         st, u = _next(st)
-                        if restart and o == delim:
-                            h = _draw(cum_start[c], u)
-                        else:
-                            h = _draw(cum_T[c, h], u)
-                    st, u = _next(st)
+                        o = _draw(cum_E_nod[c, h], u)
+                else:
                     o = _draw(cum_E[c, h], u)
-                    out_tokens[b, base + j] = o
-                # y: state and symbol conditioned on y being a label
-                q = _next_state_dist(c, h, o, restart, delim, start, T)
-                total = 0.0
-                for s in range(S):
-                    w[s] = q[s] * label_mass[c, s]
-                    total += w[s]
-                if total <= 0.0:
-                    continue
+                out_tokens[b, base + j] = o
                 st, u = _next(st)
-                h = _draw_weighted(w, u)
-                st, u = _next(st)
-                y = labels[_draw(cum_label_E[c, h], u)]
-                if is_test:
-                    out_y_test[b] = y
-                    ok = True
-                    break
+                if restart and o == delim:
+                    h = _draw(cum_Sb[v, c, j + 1], u)
+                else:
+                    h = _draw(cum_Tb[v, c, j + 1, h], u)
+            st, u = _next(st)
+            y = labels[_draw(cum_label_E[c, h], u)]
+            if v == 1:
+                out_y_test[b] = y
+            else:
                 out_tokens[b, base + k - 1] = y
-                # the delimiter's state, conditioned on emitting the delimiter
-                q = T[c, h]
-                total = 0.0
-                for s in range(S):
-                    w[s] = q[s] * delim_E[c, s]
-                    total += w[s]
-                if total <= 0.0:
-                    continue
-                st, u = _next(st)
-                h_prev = _draw_weighted(w, u)
-                have_prev = True
                 out_tokens[b, base + k] = delim
-                ok = True
-                break
-            if not ok:
-                out_status[b] = i + 1   # 1-based index of the example that could not be drawn
-                break
+                st, u = _next(st)
+                h_d = _draw(cum_Td[c, h], u)
 
 
 @dataclass(frozen=True)
@@ -321,23 +321,16 @@ def sample_prompts(world: World, n_prompts: int, n_demos: int, example_length: i
     y_test = np.zeros(B, dtype=np.int32)
     concepts = np.zeros(B, dtype=np.int64)
     status = np.zeros(B, dtype=np.int64)
-    E = world.emission
-    lab = world.labels
-    label_E = E[:, :, lab]
-    label_mass = label_E.sum(axis=2)
-    # rows that cannot emit a label are never chosen (their mass is 0); give them a dummy cum
-    safe = np.where(label_mass[..., None] > 0, label_E, 1.0)
-    tabs = _sampling_tables(world)
-    _prompt_kernel(stream_seeds(seed, B, salt=2), concepts_in, n, k, world.start, world.transition,
-                   tabs["cum_start"], tabs["cum_T"], tabs["cum_E"], np.ascontiguousarray(label_mass),
-                   _cumulative(safe), np.ascontiguousarray(E[:, :, world.delimiter]),
-                   lab.astype(np.int64), world.delimiter, world.restart, MAX_TRIES,
-                   tokens, y_test, concepts, status, tabs["cum_prior"])
+    tabs = _example_tables(world, k)
+    _prompt_kernel(stream_seeds(seed, B, salt=2), concepts_in, _cumulative(world.prior), n, k,
+                   world.labels.astype(np.int64), world.delimiter, world.restart,
+                   tabs["cum_Tb"], tabs["cum_Sb"], tabs["cum_E"], tabs["cum_E_nod"], tabs["p_delim"],
+                   tabs["cum_label_E"], tabs["cum_Td"], tokens, y_test, concepts, status)
     failed = np.flatnonzero(status)
     if failed.size:
         b = failed[0]
-        raise ValueError(f"concept {concepts[b]} could not produce example {status[b]} of prompt {b} "
-                         f"(x of {k - 1} tokens, a label, then the delimiter) in {MAX_TRIES} tries: "
-                         f"the world gives it (near) zero probability; raise the smoothing floor")
+        raise ValueError(f"concept {concepts[b]} cannot produce example {status[b]} of prompt {b} "
+                         f"(x of {k - 1} tokens, then a label, then the delimiter): the world gives "
+                         f"it probability 0; raise the smoothing floor or change the label set")
     labels = tokens[:, np.arange(n) * (k + 1) + k - 1] if n else np.zeros((B, 0), dtype=np.int32)
     return prompt_layout(tokens, n, k, labels, y_test, concepts)

@@ -74,6 +74,24 @@ def world_summary(world: World) -> dict:
             "labels": [int(x) for x in world.labels]}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path) -> None:
+    """Give a file or folder made through ``tempfile`` (mode 0600 / 0700) the permissions an
+    ordinary ``open``/``mkdir`` would have given it (0666 / 0777 less the umask)."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _atomic(path: Path, write) -> None:
+    atomic_write(path, write)
+    public_mode(path)
+
+
 # ---------------------------------------------------------------------- JSON / CSV
 def _dumps(obj) -> str:
     return json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
@@ -83,7 +101,7 @@ def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically.  numpy scalars and arrays are converted."""
     path = Path(path)
     text = _dumps(obj).encode()
-    atomic_write(path, lambda f: f.write(text))
+    _atomic(path, lambda f: f.write(text))
     return path
 
 
@@ -96,7 +114,7 @@ def write_csv(path, rows, columns) -> Path:
     for row in rows:
         w.writerow({c: row[c] for c in columns})
     data = buf.getvalue().encode()
-    atomic_write(path, lambda f: f.write(data))
+    _atomic(path, lambda f: f.write(data))
     return path
 
 
@@ -112,7 +130,8 @@ def check_out_dir(out_dir, overwrite: bool = False) -> Path:
         raise ValueError(f"output folder {str(out_dir)!r} already exists and is not empty; "
                          f"choose another, or pass --overwrite (overwrite=True) to replace it")
     if not parent.is_dir():
-        raise ValueError(f"cannot write {str(out_dir)!r}: folder {str(parent)!r} does not exist")
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {str(out_dir)!r}: folder {str(parent)!r} {why}")
     check_writable(parent, out_dir)
     return out_dir
 
@@ -187,7 +206,9 @@ def write_corpus(world: World, out_dir, n_docs: int, doc_length: int, seed: int,
         np.save(tmp / "offsets.npy", np.arange(n_docs + 1, dtype=np.int64) * doc_length)
         np.save(tmp / "concepts.npy", concepts)
         world.save(tmp / "world.npz")
+        public_mode(tmp / "world.npz")
         (tmp / "meta.json").write_text(_dumps(meta))
+        public_mode(tmp)
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -258,7 +279,7 @@ def write_prompts(prompts: sampling.Prompts, path, config: dict, seed) -> Path:
     path = Path(path)
     arrays = {name: np.asarray(getattr(prompts, name)) for name in _PROMPT_FIELDS}
     arrays["meta"] = np.array(_dumps(provenance(config, seed)))
-    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    _atomic(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 

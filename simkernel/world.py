@@ -154,7 +154,10 @@ class World:
         if not path.is_file():
             raise ValueError(f"world file {str(path)!r} does not exist")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
                 data = {k: z[k] for k in z.files}
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise ValueError(f"{str(path)!r} is not a simkernel world: cannot read it as .npz ({type(e).__name__})") from None
@@ -239,11 +242,16 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} {what}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        # mkstemp makes the file owner-only; give it the mode a plain open() would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:

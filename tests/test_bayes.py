@@ -269,7 +269,7 @@ def test_icl_curve_equals_truncated_prompts_random_worlds(data):
     try:
         prompts = sample_prompts(world, 4, n, k, seed=data.draw(st.integers(0, 100)))
     except ValueError as e:
-        assert "could not produce" in str(e)
+        assert "cannot produce" in str(e)
         assume(False)
     _check_icl_against_truncations(world, prompts, data.draw(st.sampled_from(["dense", "sparse"])))
 
@@ -351,10 +351,6 @@ def test_forward_thread_count_is_bitwise_irrelevant_sparse_single_concept():
     _assert_bitwise(*_forward_pair(world, tokens, "sparse"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "package bug: forward(method='dense') splits prompts into blocks whose number depends on "
-    "n_threads (ceil(2*n_threads/K)); with K=1 and B=4 one thread runs one 4-row GEMM, two threads "
-    "run four 1-row GEMMs, and BLAS rounds differently, so results differ in the last bits"))
 def test_forward_thread_count_is_bitwise_irrelevant_dense_single_concept():
     world = make_world("random", seed=2, n_concepts=1, n_states=8, n_symbols=6)
     tokens = sample_prompts(world, 4, 3, 4, seed=1).tokens

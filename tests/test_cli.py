@@ -1,0 +1,342 @@
+"""The simkernel command line, end to end on tiny worlds (click's CliRunner)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import simkernel.sampling as sampling
+import simkernel.store as store
+from simkernel import World, make_world, sample_corpus, sample_prompts
+from simkernel.cli import demo_counts, main
+
+TINY = ["--preset", "random", "--set", "n_states=3", "--set", "n_symbols=6"]
+
+
+def run(args):
+    try:
+        runner = CliRunner(mix_stderr=False)          # click 8.1
+    except TypeError:
+        runner = CliRunner()                          # click >= 8.2 keeps stderr apart
+    result = runner.invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output + result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def ok(args):
+    result = run(args)
+    assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def entries(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------- help and version
+@pytest.mark.parametrize("cmd", [[], ["world"], ["sample"], ["sample", "corpus"],
+                                 ["sample", "prompts"], ["bayes"]])
+def test_help(cmd):
+    out = ok(cmd + ["--help"]).output
+    assert "Usage: simkernel" in out
+    if cmd in (["bayes"], ["sample", "prompts"]):
+        for opt in ("--preset", "--world", "--set", "--n-prompts", "--n-demos",
+                    "--example-length", "--seed", "--concept", "--out"):
+            assert opt in out
+
+
+def test_version_and_no_args():
+    assert ok(["--version"]).output.strip() == "simkernel 0.1.0"
+    assert "Commands:" in ok([]).output
+
+
+# ---------------------------------------------------------------------- world
+def test_world_build_save_and_check(tmp_path):
+    out = tmp_path / "w.npz"
+    r = ok(["world", "--seed", 3, *TINY, "--out", out])
+    w = World.load(out)
+    ref = make_world("random", 3, n_states=3, n_symbols=6)
+    assert r.output.splitlines() == [repr(ref), f"wrote {out}"]
+    np.testing.assert_array_equal(w.emission, ref.emission)
+    prov = w.meta["provenance"]
+    assert prov["seed"] == 3 and prov["config"]["world"]["preset"] == "random"
+    assert prov["config"]["world"]["options"]["n_states"] == 3
+    assert set(prov["versions"]) >= {"numpy", "numba", "simkernel"}
+    # --from: validate and re-save
+    again = tmp_path / "again.npz"
+    r = ok(["world", "--from", out, "--out", again])
+    assert r.output.splitlines()[0] == repr(ref)
+    np.testing.assert_array_equal(World.load(again).transition, ref.transition)
+    assert ok(["world", "--from", out]).output.strip() == repr(ref)    # no --out: nothing written
+    assert entries(tmp_path) == ["again.npz", "w.npz"]
+
+
+def test_world_from_foreign_file(tmp_path):
+    ref = make_world("random", 0, n_states=3, n_symbols=5)
+    path = tmp_path / "plain.npz"
+    np.savez(path, prior=ref.prior, start=ref.start, transition=ref.transition,
+             emission=ref.emission, delimiter=0)
+    out = ok(["world", "--from", path]).output
+    assert "restart=False" in out and "K=4 concepts" in out
+
+
+# ---------------------------------------------------------------------- sample
+def test_sample_corpus(tmp_path):
+    out = tmp_path / "corpus"
+    r = ok(["sample", "corpus", *TINY, "--world-seed", 2, "--n-docs", 7, "--doc-length", 11,
+            "--seed", 4, "--out", out])
+    assert f"wrote 7 documents x 11 symbols to {out}" in r.output
+    c = store.read_corpus(out)
+    ref = sample_corpus(make_world("random", 2, n_states=3, n_symbols=6), 7, 11, seed=4)
+    np.testing.assert_array_equal(c.tokens, ref.tokens)
+    np.testing.assert_array_equal(c.concepts, ref.concepts)
+    meta = store.read_meta(out)
+    assert meta["seed"] == 4 and meta["config"]["command"] == "sample corpus"
+    assert meta["config"]["world"] == {"preset": "random", "seed": 2,
+                                       "options": make_world("random", 2, n_states=3, n_symbols=6).meta["options"]}
+    # an existing corpus is kept unless --overwrite
+    r = run(["sample", "corpus", *TINY, "--n-docs", 3, "--doc-length", 5, "--out", out])
+    assert r.exit_code == 1 and "--overwrite" in r.stderr
+    assert store.read_corpus(out).concepts.size == 7
+    ok(["sample", "corpus", *TINY, "--n-docs", 3, "--doc-length", 5, "--out", out, "--overwrite"])
+    assert store.read_corpus(out).concepts.size == 3
+    assert entries(tmp_path) == ["corpus"]
+
+
+def test_sample_corpus_from_world_file(tmp_path):
+    wpath = tmp_path / "w.npz"
+    ok(["world", *TINY, "--out", wpath])
+    ok(["sample", "corpus", "--world", wpath, "--n-docs", 2, "--doc-length", 3, "--out", tmp_path / "c"])
+    assert store.read_meta(tmp_path / "c")["config"]["world"]["file"] == str(wpath)
+
+
+def test_sample_prompts(tmp_path):
+    out = tmp_path / "p.npz"
+    r = ok(["sample", "prompts", *TINY, "--n-prompts", 6, "--n-demos", 3, "--example-length", 4,
+            "--seed", 9, "--concept", 2, "--out", out])
+    assert "wrote 6 prompts of 3 demonstrations" in r.output
+    p = store.read_prompts(out)
+    ref = sample_prompts(make_world("random", 0, n_states=3, n_symbols=6), 6, 3, 4, seed=9, concept=2)
+    np.testing.assert_array_equal(p.tokens, ref.tokens)
+    np.testing.assert_array_equal(p.y_test, ref.y_test)
+    assert (p.concepts == 2).all()
+    meta = store.read_prompts_meta(out)
+    assert meta["seed"] == 9 and meta["config"]["concept"] == 2 and meta["config"]["example_length"] == 4
+
+
+# ---------------------------------------------------------------------- bayes
+def test_demo_counts():
+    assert demo_counts(0) == [0]
+    assert demo_counts(5) == [0, 1, 2, 4, 5]
+    assert demo_counts(64) == [0, 1, 2, 4, 8, 16, 32, 64]
+
+
+def test_bayes(tmp_path):
+    out = tmp_path / "runs" / "bayes"            # parents are created
+    r = ok(["bayes", *TINY, "--n-prompts", 20, "--n-demos", 5, "--example-length", 2,
+            "--seed", 1, "--out", out])
+    lines = r.output.splitlines()
+    assert lines[0] == repr(make_world("random", 0, n_states=3, n_symbols=6))
+    assert "P(true concept)" in r.output and "impossible under the pretraining mixture" in r.output
+    assert "0 of 20" in r.output
+    with open(out / "bayes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts"]
+    assert sorted({int(x["n_demos"]) for x in rows}) == [0, 1, 2, 4, 5]
+    assert {x["metric"] for x in rows} == {"posterior_true", "bayes_accuracy", "oracle_agreement",
+                                           "tv_oracle", "oracle_accuracy"}
+    for x in rows:
+        assert float(x["ci_low"]) <= float(x["mean"]) <= float(x["ci_high"])
+        assert int(x["n_prompts"]) == 20
+        if x["metric"] != "tv_oracle":
+            assert 0 <= float(x["mean"]) <= 1
+    meta = json.loads((out / "bayes.json").read_text())
+    assert meta["seed"] == 1 and meta["config"]["n_demos"] == 5 and meta["n_impossible"] == 0
+    assert meta["versions"] == store.versions()
+    assert entries(out) == ["bayes.csv", "bayes.json"]
+
+
+def test_bayes_metrics_match_a_direct_computation(tmp_path, monkeypatch):
+    import simkernel.cli
+    from simkernel import icl_curve
+    monkeypatch.setattr(simkernel.cli, "BAYES_CHUNK", 5)       # 12 prompts in 3 chunks
+    out = tmp_path / "b"
+    ok(["bayes", *TINY, "--n-prompts", 12, "--n-demos", 2, "--seed", 3, "--out", out])
+    w = make_world("random", 0, n_states=3, n_symbols=6)
+    p = sample_prompts(w, 12, 2, 2, seed=3)
+    c = icl_curve(w, p)
+    with open(out / "bayes.csv") as f:
+        got = {(int(x["n_demos"]), x["metric"]): float(x["mean"]) for x in csv.DictReader(f)}
+    for n in (0, 1, 2):
+        post_true = c.posterior[np.arange(12), n, p.concepts].mean()
+        acc = (w.labels[np.argmax(c.predictive[:, n, w.labels], axis=1)] == p.y_test).mean()
+        assert got[n, "posterior_true"] == pytest.approx(post_true)
+        assert got[n, "bayes_accuracy"] == pytest.approx(acc)
+        q, pb = c.oracle[:, w.labels], c.predictive[:, n, w.labels]
+        q, pb = q / q.sum(1, keepdims=True), pb / pb.sum(1, keepdims=True)
+        assert got[n, "tv_oracle"] == pytest.approx(0.5 * np.abs(pb - q).sum(1).mean())
+        assert got[n, "oracle_agreement"] == pytest.approx((pb.argmax(1) == q.argmax(1)).mean())
+
+
+def test_bayes_counts_impossible_prompts(tmp_path):
+    # concept 1 has prior 0 and emits symbol 2, which concept 0 never emits: its prompts have
+    # probability 0 under the pretraining mixture, so their posterior is undefined
+    wpath = tmp_path / "w.npz"
+    World.from_arrays(prior=[1.0, 0.0], start=[[1.0], [1.0]], transition=[[[1.0]], [[1.0]]],
+                      emission=[[[0.5, 0.5, 0.0]], [[0.5, 0.0, 0.5]]], delimiter=0).save(wpath)
+    out = tmp_path / "b"
+    r = ok(["bayes", "--world", wpath, "--concept", 1, "--n-prompts", 8, "--n-demos", 2, "--out", out])
+    assert "8 of 8" in r.output
+    assert json.loads((out / "bayes.json").read_text())["n_impossible"] == 8
+
+
+# ---------------------------------------------------------------------- bad input
+def _bad_inputs(tmp_path):
+    out = tmp_path / "out"
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_text("not a world")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    full = out / "corpus"
+    return [
+        # (args, text that the message must contain, exit code)
+        (["world", "--seed", "abc", "--out", out / "w.npz"], "'abc'", 2),
+        (["world", "--seed", "1.5", "--out", out / "w.npz"], "'1.5'", 2),
+        (["world", "--seed", "-1", "--out", out / "w.npz"], "-1", 2),
+        (["world", "--preset", "nope", "--out", out / "w.npz"], "'nope'", 2),
+        (["world", "--set", "foo", "--out", out / "w.npz"], "expected NAME=VALUE, got 'foo'", 2),
+        (["world", "--set", "bogus=1", "--out", out / "w.npz"], "'bogus'", 1),
+        (["world", *TINY[:2], "--set", "n_states=many", "--out", out / "w.npz"], "'many'", 1),
+        (["world", "--from", tmp_path / "missing.npz", "--out", out / "w.npz"], "missing.npz", 1),
+        (["world", "--from", garbage, "--out", out / "w.npz"], "garbage.npz", 1),
+        (["world", "--from", garbage, "--preset", "random"], "--preset", 2),
+        (["world", "--out", out / "w.txt"], "'" + str(out / "w.txt") + "'", 2),
+        (["world", "--out", out / "missing" / "w.npz"], "does not exist", 1),
+        (["world", "--out", afile / "w.npz"], "is not a folder", 1),
+        (["bayes", *TINY, "--n-demos", "-1", "--out", out / "b"], "-1", 2),
+        (["bayes", *TINY, "--example-length", "1", "--out", out / "b"], "1 is too small", 2),
+        (["bayes", *TINY, "--n-prompts", "0", "--out", out / "b"], "0 is too small", 2),
+        (["bayes", *TINY, "--concept", "99", "--out", out / "b"], "99", 2),
+        (["bayes", "--world", tmp_path / "missing.npz", "--out", out / "b"], "missing.npz", 1),
+        (["bayes", *TINY, "--world", garbage, "--out", out / "b"], "--preset", 2),
+        (["bayes", *TINY, "--out", afile], "is a file", 2),
+        (["bayes", *TINY, "--out", afile / "b"], "not a folder", 1),
+        (["sample", "prompts", *TINY, "--example-length", "x", "--out", out / "p.npz"], "'x'", 2),
+        (["sample", "prompts", *TINY, "--out", out / "missing" / "p.npz"], "does not exist", 1),
+        (["sample", "corpus", *TINY, "--n-docs", "0", "--out", full], "0 is too small", 2),
+        (["sample", "corpus", "--world", tmp_path / "missing.npz", "--out", full], "missing.npz", 1),
+        (["sample", "corpus", *TINY, "--out", afile / "c"], "is not a folder", 1),
+        (["sample", "corpus", *TINY, "--out", afile], "is a file", 2),
+        (["sample", "nope"], "'nope'", 2),
+        (["nope"], "'nope'", 2),
+    ]
+
+
+def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
+    out = tmp_path / "out"
+    problems = []
+    for args, needle, code in _bad_inputs(tmp_path):
+        out.mkdir(exist_ok=True)
+        r = run(args)
+        msg = r.stderr.strip()
+        if (r.exit_code != code or len(msg.splitlines()) != 1 or not msg.startswith("error: ")
+                or needle not in msg or r.stdout.strip() or entries(out)
+                or (tmp_path / "afile").read_text() != "x"):
+            problems.append((args[:2], r.exit_code, msg, r.stdout, entries(out)))
+    assert not problems, "\n".join(map(str, problems))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root can write into read-only folders")
+def test_unwritable_out(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        for args in (["world", "--out", ro / "w.npz"], ["bayes", *TINY, "--out", ro / "b"],
+                     ["sample", "corpus", *TINY, "--out", ro / "c"]):
+            r = run(args)
+            assert r.exit_code == 1 and "not writable" in r.stderr, (args, r.stderr)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_unwritable_out_simulated(tmp_path, monkeypatch):
+    # the same check as above, for any user: creating the probe file fails
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(store.tempfile, "TemporaryFile", denied)
+    for args in (["world", "--out", tmp_path / "w.npz"], ["bayes", *TINY, "--out", tmp_path / "b"],
+                 ["sample", "corpus", *TINY, "--out", tmp_path / "c"],
+                 ["sample", "prompts", *TINY, "--out", tmp_path / "p.npz"]):
+        r = run(args)
+        assert r.exit_code == 1, (args, r.stderr)
+        assert r.stderr.strip() == (f"error: cannot write {str(args[-1])!r}: folder {str(tmp_path)!r} "
+                                    f"is not writable (Permission denied)")
+    assert entries(tmp_path) == []
+
+
+def test_interrupted_corpus_leaves_nothing(tmp_path, monkeypatch):
+    real = sampling.sample_corpus
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("simulated failure in chunk 2")
+        return real(*a, **k)
+
+    monkeypatch.setattr(sampling, "sample_corpus", flaky)
+    monkeypatch.setattr(store, "CHUNK_TOKENS", 20)          # 2 documents of 10 per chunk
+    r = run(["sample", "corpus", *TINY, "--n-docs", 6, "--doc-length", 10, "--out", tmp_path / "c"])
+    assert r.exit_code == 1 and r.stderr.strip() == "error: simulated failure in chunk 2"
+    assert entries(tmp_path) == []
+
+
+def test_ctrl_c_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling, "sample_corpus", interrupted)
+    r = run(["sample", "corpus", *TINY, "--n-docs", 6, "--doc-length", 10, "--out", tmp_path / "c"])
+    assert r.exit_code == 130 and r.stderr.strip().startswith("error: interrupted")
+    assert entries(tmp_path) == []
+
+
+def test_failed_bayes_writes_nothing(tmp_path, monkeypatch):
+    import simkernel.bayes
+
+    def broken(*a, **k):
+        raise ValueError("row 0 has probability 0 under every concept")
+
+    monkeypatch.setattr(simkernel.bayes, "icl_curve", broken)
+    r = run(["bayes", *TINY, "--n-prompts", 4, "--n-demos", 1, "--out", tmp_path / "runs" / "b"])
+    assert r.exit_code == 1 and "probability 0" in r.stderr
+    assert entries(tmp_path) == []
+
+
+# ---------------------------------------------------------------------- startup
+def test_cli_never_imports_torch(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        from simkernel.cli import main
+        for args in (["--help"], ["world", "--preset", "random", "--out", r"{tmp_path / 'w.npz'}"],
+                     ["bayes", "--preset", "random", "--n-prompts", "2", "--n-demos", "1",
+                      "--out", r"{tmp_path / 'b'}"]):
+            assert main(args, standalone_mode=False) == 0, args
+        heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+        assert not heavy, heavy
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
