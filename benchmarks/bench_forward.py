@@ -30,7 +30,17 @@ Bars (simkernel at 2 threads, i.e. the default on this 2-core machine, unless st
     numpy's faster BLAS setting), one thread >= 70% of the one-core GEMM peak, two threads
     >= 1.7x one thread, GINC sparse >= 20x GINC dense.
 
-Run:  python benchmarks/bench_forward.py            (full workload, a few minutes)
+Two [info] lines help read the bars: the ceiling on any GEMM-based forward's speed-up over
+the numpy reference (which already spends most of its time in the same BLAS GEMMs), and the
+cost of merely allocating + log + cumsum of the (K, B, L) output in numpy (a floor under the
+sparse path, which returns that same array).
+
+Every timing also records how much CPU other processes used meanwhile (/proc/stat minus this
+process's own CPU time); above 10% of a core the row is marked DISTURBED, and so is every bar
+built on it.  --wait-idle S waits up to S seconds before each timing for a quiet machine.
+
+Run:  python benchmarks/bench_forward.py            (full workload, about 2-3 minutes on an idle 2-core machine)
+      python benchmarks/bench_forward.py --wait-idle 60   (same, on a machine shared with others)
       python benchmarks/bench_forward.py --quick    (small sizes, seconds; bars not meaningful)
 """
 
