@@ -38,11 +38,12 @@ METHODS = ("auto", "dense", "sparse")
 
 # ---------------------------------------------------------------------- Numba kernels
 @nb.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, scaleT, pred_out, rec_out):
+def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, store, scaleT, final_out, pred_out,
+                rec_out):
     """One concept, R prompts, time-major.  T (S,S); ET (V,S) = emission.T; tokT (L,R);
     init (R,S); rec_pos (P,) ascending positions in [0, L).  Writes the per-step normalisers
-    c_t into scaleT (L,R), pred_L into pred_out (R,S) and pred_q for each recorded q into
-    rec_out (R,P,S).
+    c_t into scaleT (L,R) when ``store`` (else only log P(all tokens) into final_out (R,)),
+    pred_L into pred_out (R,S) and pred_q for each recorded q into rec_out (R,P,S).
 
     Normalisation is deferred by one step so that the emission product, the normaliser and
     the rescale are one pass over the row: alpha keeps total mass c_{t-1}, and the next
@@ -53,6 +54,8 @@ def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, scaleT, pred_
     alpha = np.empty((R, S))
     pred = np.empty((R, S))
     inv_prev = np.ones(R)
+    prod = np.ones(R)
+    logacc = np.zeros(R)
     pred[:, :] = init
     p_idx = 0
     for t in range(L):
@@ -76,7 +79,13 @@ def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, scaleT, pred_
                 a = pred[r, j] * e[j] * f
                 alpha[r, j] = a
                 s += a
-            scaleT[t, r] = s
+            if store:
+                scaleT[t, r] = s
+            else:
+                prod[r] *= s
+                if prod[r] < 1e-250:     # rescale by a log now and then, never underflow
+                    logacc[r] += np.log(prod[r])
+                    prod[r] = 1.0
             inv_prev[r] = 1.0 / s if s > 0.0 else 0.0
     if L > 0:
         np.dot(alpha, T, pred)
@@ -86,26 +95,42 @@ def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, scaleT, pred_
             else:
                 for j in range(S):
                     pred[r, j] *= inv_prev[r]
+    if not store:
+        for r in range(R):
+            final_out[r] = logacc[r] + np.log(prod[r])
     pred_out[:, :] = pred
 
 
-@nb.njit(nogil=True, cache=True)
-def _sparse_unit(T, TX, startx, sup_ptr, sup_idx, sup_val, start, delim, restart, tokens, init, rec_pos,
-                 scale_out, pred_out, rec_out):
-    """Same contract as _dense_unit for sparse emissions, prompt-major (tokens (R,L),
-    scale_out (R,L)).  States are expanded by symbol: sup_ptr (V+1,)/sup_idx (nnz,) list the
-    states that emit each symbol (sup_val: their emission probabilities), TX (nnz,nnz) = T[sup_idx][:, sup_idx] * emission of the
-    target's symbol, startx (nnz,) = start[sup_idx] * emission.  A step from symbol a to
-    symbol b is then a small dense block of TX, read row by row."""
+@nb.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _sparse_unit(T, TXb, blk_off, startx, val, sup_ptr, sup_idx, start, delim, restart, tokens, init,
+                 rec_pos, store, scale_out, final_out, pred_out, rec_out):
+    """The recursion for sparse emissions, all K concepts at once, R prompts, prompt-major.
+
+    States are listed by symbol: sup_ptr (V+1,) / sup_idx (n,) give the states that can emit
+    each symbol under some concept.  TX[i, j, k] = T[k][idx[i], idx[j]] * val[j, k] (the
+    emission of the target entry folded in) is stored block by block: the block of the step
+    from symbol a to symbol b, TX[supp(a), supp(b), :], is contiguous at TXb[blk_off[a, b]:],
+    so a step reads one short contiguous run of memory (the whole table is too big for L2).
+    The concept axis is innermost, so each pair of states is one short vector operation.
+    startx (n, K) = start[k][idx] * val[:, k]; val (n, K) the emissions.
+    T (K,S,S) and start (K,S) give the dense state distribution, needed only at recorded
+    positions and after the last token.  tokens (R,L); init (R,K,S); scale_out (R,L,K) when
+    ``store``, else final_out (R,K) = log P(all tokens); pred_out (R,K,S); rec_out (R,K,P,S)."""
     R, L = tokens.shape
-    S = T.shape[0]
+    K = val.shape[1]
+    S = T.shape[1]
     P = rec_pos.shape[0]
     maxsup = 1
     for o in range(sup_ptr.shape[0] - 1):
         maxsup = max(maxsup, sup_ptr[o + 1] - sup_ptr[o])
-    a = np.zeros(maxsup)
-    anew = np.zeros(maxsup)
+    a = np.zeros((maxsup, K))
+    anew = np.zeros((maxsup, K))
+    s_tot = np.zeros(K)
+    prod = np.ones(K)
+    logacc = np.zeros(K)
     for r in range(R):
+        prod[:] = 1.0
+        logacc[:] = 0.0
         p_idx = 0
         n_prev = 0
         p0 = 0
@@ -116,52 +141,71 @@ def _sparse_unit(T, TX, startx, sup_ptr, sup_idx, sup_val, start, delim, restart
             nc = sup_ptr[o + 1] - c0
             fresh = t > 0 and restart and prev_o == delim
             while p_idx < P and rec_pos[p_idx] == t:
-                # the dense predicted distribution is needed only at recorded positions
-                for s in range(S):
-                    if t == 0:
-                        v = init[r, s]
-                    elif fresh:
-                        v = start[s]
-                    else:
-                        v = 0.0
-                        for i in range(n_prev):
-                            v += a[i] * T[sup_idx[p0 + i], s]
-                    rec_out[r, p_idx, s] = v
+                for kk in range(K):
+                    for s in range(S):
+                        if t == 0:
+                            v = init[r, kk, s]
+                        elif fresh:
+                            v = start[kk, s]
+                        else:
+                            v = 0.0
+                            for i in range(n_prev):
+                                v += a[i, kk] * T[kk, sup_idx[p0 + i], s]
+                        rec_out[r, kk, p_idx, s] = v
                 p_idx += 1
             if t == 0:
                 for j in range(nc):
-                    anew[j] = init[r, sup_idx[c0 + j]] * sup_val[c0 + j]
+                    sj = sup_idx[c0 + j]
+                    for kk in range(K):
+                        anew[j, kk] = init[r, kk, sj] * val[c0 + j, kk]
             elif fresh:
                 for j in range(nc):
-                    anew[j] = startx[c0 + j]
+                    for kk in range(K):
+                        anew[j, kk] = startx[c0 + j, kk]
             else:
                 for j in range(nc):
-                    anew[j] = 0.0
+                    for kk in range(K):
+                        anew[j, kk] = 0.0
+                off = blk_off[prev_o, o]
                 for i in range(n_prev):
-                    ai = a[i]
-                    row = TX[p0 + i]
                     for j in range(nc):
-                        anew[j] += ai * row[c0 + j]
-            s_tot = 0.0
+                        base = off + (i * nc + j) * K
+                        for kk in range(K):
+                            anew[j, kk] += a[i, kk] * TXb[base + kk]
+            for kk in range(K):
+                s_tot[kk] = 0.0
             for j in range(nc):
-                s_tot += anew[j]
-            scale_out[r, t] = s_tot
-            inv = 1.0 / s_tot if s_tot > 0.0 else 0.0
+                for kk in range(K):
+                    s_tot[kk] += anew[j, kk]
+            for kk in range(K):
+                if store:
+                    scale_out[r, t, kk] = s_tot[kk]
+                else:
+                    prod[kk] *= s_tot[kk]
+                    if prod[kk] < 1e-250:
+                        logacc[kk] += np.log(prod[kk])
+                        prod[kk] = 1.0
+                s_tot[kk] = 1.0 / s_tot[kk] if s_tot[kk] > 0.0 else 0.0
             for j in range(nc):
-                a[j] = anew[j] * inv
+                for kk in range(K):
+                    a[j, kk] = anew[j, kk] * s_tot[kk]
             n_prev = nc
             p0 = c0
             prev_o = o
-        for s in range(S):
-            if L == 0:
-                v = init[r, s]
-            elif restart and prev_o == delim:
-                v = start[s]
-            else:
-                v = 0.0
-                for i in range(n_prev):
-                    v += a[i] * T[sup_idx[p0 + i], s]
-            pred_out[r, s] = v
+        for kk in range(K):
+            for s in range(S):
+                if L == 0:
+                    v = init[r, kk, s]
+                elif restart and prev_o == delim:
+                    v = start[kk, s]
+                else:
+                    v = 0.0
+                    for i in range(n_prev):
+                        v += a[i, kk] * T[kk, sup_idx[p0 + i], s]
+                pred_out[r, kk, s] = v
+        if not store:
+            for kk in range(K):
+                final_out[r, kk] = logacc[kk] + np.log(prod[kk])
 
 
 # ---------------------------------------------------------------------- driver
@@ -170,13 +214,15 @@ class Forward:
     """Result of :func:`forward` (B prompts, K concepts, L tokens, S states, P records).
 
     loglik     (B, K, L) float64: log P(tokens[:t+1] | concept k) for every prefix (-inf where
-               impossible)
+               impossible); None when forward ran with prefixes=False
+    final      (B, K) float64: log P(all tokens | concept k) (0 for empty rows)
     next_state (B, K, S): distribution of the hidden state of the token after the last one
     recorded   (B, K, P, S): the distribution of the hidden state at each recorded position,
                given the tokens before it
     """
 
-    loglik: np.ndarray
+    loglik: np.ndarray | None
+    final: np.ndarray
     next_state: np.ndarray
     recorded: np.ndarray
 
@@ -199,33 +245,31 @@ def check_tokens(world: World, tokens) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def emission_support(world: World):
-    """Per concept, the states that can emit each symbol, expanded into one list ordered by
-    symbol: ptr (K, V+1) int64 (symbol o owns entries ptr[o]:ptr[o+1]), idx (K, n) int64
-    (the state), val (K, n) float64 (its emission probability of o); n = the largest number
-    of non-zero emissions of any concept (shorter lists are zero-padded)."""
-    K, S, V = world.emission.shape
-    nz = world.emission > 0
-    n = max(int(nz.sum(axis=(1, 2)).max()), 1)
-    ptr = np.zeros((K, V + 1), dtype=np.int64)
-    idx = np.zeros((K, n), dtype=np.int64)
-    val = np.zeros((K, n))
-    for k in range(K):
-        sym, st = np.nonzero(nz[k].T)          # sorted by symbol, then state
-        ptr[k, 1:] = np.cumsum(np.bincount(sym, minlength=V))
-        idx[k, :len(st)] = st
-        val[k, :len(st)] = world.emission[k, st, sym]
-    return ptr, idx, val
-
-
 def expanded_tables(world: World):
-    """The sparse path's tables: TX (K, n, n) = T[k][idx][:, idx] * val (emission of the
-    target entry folded in), startx (K, n) = start[k][idx] * val, plus ptr, idx, val."""
-    ptr, idx, val = emission_support(world)
-    K = world.n_concepts
-    TX = np.stack([world.transition[k][np.ix_(idx[k], idx[k])] * val[k][None, :] for k in range(K)])
-    startx = np.stack([world.start[k][idx[k]] * val[k] for k in range(K)])
-    return TX, startx, ptr, idx, val
+    """The sparse path's tables.  States are listed by symbol: ptr (V+1,) int64 (symbol o owns
+    entries ptr[o]:ptr[o+1]), idx (n,) int64 the state of each entry, for the states that can
+    emit o under at least one concept (a concept that cannot gets emission 0 there, which is
+    exact).  val (n, K) the emission probabilities; startx (n, K) = start[k][idx] * val[:, k];
+    TXb, blk_off: TX[i, j, k] = T[k][idx[i], idx[j]] * val[j, k] laid out block by block, the
+    block of symbol pair (a, b) (shape |supp a| x |supp b| x K) starting at TXb[blk_off[a, b]]."""
+    K, S, V = world.emission.shape
+    nz = (world.emission > 0).any(axis=0)                  # (S, V) union over concepts
+    sym, idx = np.nonzero(nz.T)                            # sorted by symbol, then state
+    ptr = np.zeros(V + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum(np.bincount(sym, minlength=V))
+    val = np.ascontiguousarray(world.emission[:, idx, sym].T)                     # (n, K)
+    TX = (world.transition[:, idx][:, :, idx] * val.T[:, None, :]).transpose(1, 2, 0)  # (n, n, K)
+    sizes = np.diff(ptr)
+    blk_off = np.zeros((V, V), dtype=np.int64)
+    blk_off.reshape(-1)[1:] = np.cumsum(np.outer(sizes, sizes).reshape(-1) * K)[:-1]
+    TXb = np.empty(int((sizes.sum() ** 2) * K))
+    for a_ in range(V):
+        rows = TX[ptr[a_]:ptr[a_ + 1]]
+        for b_ in range(V):
+            blk = rows[:, ptr[b_]:ptr[b_ + 1]]
+            TXb[blk_off[a_, b_]:blk_off[a_, b_] + blk.size] = blk.reshape(-1)
+    startx = world.start[:, idx].T * val                                          # (n, K)
+    return TXb, blk_off, np.ascontiguousarray(startx), val, ptr, idx.astype(np.int64)
 
 
 def choose_method(world: World, method: str = "auto") -> str:
@@ -235,7 +279,7 @@ def choose_method(world: World, method: str = "auto") -> str:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if method != "auto":
         return method
-    sizes = (world.emission > 0).sum(axis=1)          # (K, V) states emitting each symbol
+    sizes = (world.emission > 0).any(axis=0).sum(axis=0)   # (V,) states emitting each symbol
     return "sparse" if 10 * float((sizes.astype(float) ** 2).mean()) < world.n_states ** 2 else "dense"
 
 
@@ -244,12 +288,14 @@ def default_threads() -> int:
 
 
 def forward(world: World, tokens, *, init=None, record=None, method: str = "auto",
-            n_threads: int | None = None) -> Forward:
+            prefixes: bool = True, n_threads: int | None = None) -> Forward:
     """Scaled forward pass of every prompt under every concept.
 
     tokens (B, L) symbols; init (B, K, S) optional distribution of the first hidden state
     (default: each concept's start); record (P,) positions in [0, L] at which to keep the
-    hidden-state distribution given the tokens before (P = 0 by default)."""
+    hidden-state distribution given the tokens before (P = 0 by default); prefixes=False skips
+    the (B, K, L) prefix log-likelihoods and keeps only the final ones (less memory, no
+    per-token log)."""
     tokens = check_tokens(world, tokens)
     method = choose_method(world, method)
     B, L = tokens.shape
@@ -265,36 +311,49 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         if init.shape != (B, K, S):
             raise ValueError(f"init has shape {init.shape}, expected (B, K, S) = {(B, K, S)}")
         init_k = np.ascontiguousarray(init.transpose(1, 0, 2))
-    nxt = np.empty((K, B, S))
-    recorded = np.empty((K, B, len(inner), S))
     n_threads = default_threads() if n_threads is None else max(1, int(n_threads))
-
+    # The split of the work depends on (B, K) only, never on n_threads: BLAS rounds a product
+    # of R rows differently for different R, and results must not change with the thread count.
     if method == "dense":
         # time-major: each step touches one contiguous row of tokens and of normalisers
-        scale = np.empty((K, L, B))
+        scale = np.empty((K, L if prefixes else 0, B))
+        final = np.zeros((K, B))
+        nxt = np.empty((K, B, S))
+        recorded = np.empty((K, B, len(inner), S))
         tokT = np.ascontiguousarray(tokens.T)
         ET = np.ascontiguousarray(world.emission.transpose(0, 2, 1))
-        block = 256
+        # blocks big enough for an efficient GEMM, enough units to keep a few threads busy
+        n_blocks = max(1, math.ceil(B / 256), math.ceil(4 / K))
     else:
-        scale = np.empty((K, B, L))
-        TX, startx, ptr, idx, val = expanded_tables(world)
-        block = 64
-    # Enough units to keep a few threads busy, but blocks big enough for an efficient GEMM.
-    # The split depends on (B, K) only, never on n_threads: BLAS rounds a product of R rows
-    # differently for different R, and results must not change with the thread count.
-    n_blocks = max(1, math.ceil(B / block), math.ceil(4 / K))
+        # all concepts advance together, prompts are independent: split prompts only
+        scale = np.empty((B, L if prefixes else 0, K))
+        final = np.zeros((B, K))
+        nxt = np.empty((B, K, S))
+        recorded = np.empty((B, K, len(inner), S))
+        TXb, blk_off, startx, val, ptr, idx = expanded_tables(world)
+        init_b = np.ascontiguousarray(init_k.transpose(1, 0, 2))
+        n_blocks = max(1, math.ceil(B / 16))   # enough blocks to keep threads busy
     bounds = np.linspace(0, B, min(n_blocks, max(B, 1)) + 1).astype(int)
-    units = [(k, a, b) for k in range(K) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    blocks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    units = [(k, a, b) for k in range(K) for a, b in blocks] if method == "dense" else \
+        [(0, a, b) for a, b in blocks]
 
     def run(unit):
         k, a, b = unit
         if method == "dense":
+            part = scale[k, :, a:b]
             _dense_unit(world.transition[k], ET[k], world.start[k], world.delimiter, world.restart,
-                        tokT[:, a:b], init_k[k, a:b], inner, scale[k, :, a:b], nxt[k, a:b], recorded[k, a:b])
+                        tokT[:, a:b], init_k[k, a:b], inner, prefixes, part, final[k, a:b],
+                        nxt[k, a:b], recorded[k, a:b])
         else:
-            _sparse_unit(world.transition[k], TX[k], startx[k], ptr[k], idx[k], val[k], world.start[k],
-                         world.delimiter, world.restart, tokens[a:b], init_k[k, a:b], inner,
-                         scale[k, a:b], nxt[k, a:b], recorded[k, a:b])
+            part = scale[a:b]
+            _sparse_unit(world.transition, TXb, blk_off, startx, val, ptr, idx, world.start, world.delimiter,
+                         world.restart, tokens[a:b], init_b[a:b], inner, prefixes, part,
+                         final[a:b], nxt[a:b], recorded[a:b])
+        if prefixes:   # normalisers -> prefix log-likelihoods, on the unit's own thread
+            with np.errstate(divide="ignore"):
+                np.log(part, out=part)
+            np.cumsum(part, axis=0 if method == "dense" else 1, out=part)
 
     if B and units:
         with threadpool_limits(1, user_api="blas"):
@@ -304,19 +363,18 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
             else:
                 with ThreadPoolExecutor(n_threads) as pool:
                     list(pool.map(run, units))
-    time_axis = 1 if method == "dense" else 2
-    with np.errstate(divide="ignore"):
-        np.log(scale, out=scale)
-    np.cumsum(scale, axis=time_axis, out=scale)
-    loglik = scale.transpose(2, 0, 1) if method == "dense" else scale.transpose(1, 0, 2)
+    if method == "dense":     # to (B, K, ...) views
+        loglik = scale.transpose(2, 0, 1)
+        final, nxt, recorded = final.T, nxt.transpose(1, 0, 2), recorded.transpose(1, 0, 2, 3)
+    else:
+        loglik = scale.transpose(0, 2, 1)
+    if prefixes:
+        final = np.zeros((B, K)) if L == 0 else loglik[:, :, -1]
+    else:
+        loglik = None
     if rec.size > inner.size:   # positions == L: the state after the last token
         recorded = np.concatenate([recorded, np.repeat(nxt[:, :, None, :], rec.size - inner.size, axis=2)], axis=2)
-    return Forward(loglik, nxt.transpose(1, 0, 2), recorded.transpose(1, 0, 2, 3))
-
-
-def _final_loglik(fw: Forward) -> np.ndarray:
-    B, K, L = fw.loglik.shape
-    return np.zeros((B, K)) if L == 0 else np.ascontiguousarray(fw.loglik[:, :, -1])
+    return Forward(loglik, np.ascontiguousarray(final), nxt, recorded)
 
 
 def next_symbol(world: World, next_state: np.ndarray) -> np.ndarray:
@@ -326,7 +384,7 @@ def next_symbol(world: World, next_state: np.ndarray) -> np.ndarray:
 
 def log_likelihood(world: World, tokens, *, method: str = "auto", n_threads: int | None = None) -> np.ndarray:
     """log P(tokens | concept k) of each whole row, from each concept's start: (B, K) float64."""
-    return _final_loglik(forward(world, tokens, method=method, n_threads=n_threads))
+    return forward(world, tokens, method=method, prefixes=False, n_threads=n_threads).final
 
 
 def log_posterior_weights(world: World, loglik: np.ndarray) -> np.ndarray:
@@ -358,8 +416,8 @@ def concept_posterior(world: World, tokens, *, method: str = "auto") -> np.ndarr
 
 def posterior_predictive(world: World, tokens, *, method: str = "auto") -> np.ndarray:
     """P(next symbol | tokens) under the mixture (prior x likelihood): (B, V), rows sum to 1."""
-    fw = forward(world, tokens, method=method)
-    post = np.exp(log_posterior_weights(world, _final_loglik(fw)))
+    fw = forward(world, tokens, method=method, prefixes=False)
+    post = np.exp(log_posterior_weights(world, fw.final))
     _raise_impossible(post)
     return np.einsum("bk,bkv->bv", post, next_symbol(world, fw.next_state))
 
@@ -369,10 +427,10 @@ def oracle_predictive(world: World, x_tokens, concepts, *, method: str = "auto")
     concept's start: (B, V).  NaN rows where x is impossible under its concept."""
     x_tokens = check_tokens(world, x_tokens)
     concepts = np.asarray(concepts, dtype=np.int64).reshape(-1)
-    fw = forward(world, x_tokens, method=method)
+    fw = forward(world, x_tokens, method=method, prefixes=False)
     rows = np.arange(x_tokens.shape[0])
     pred = next_symbol(world, fw.next_state)[rows, concepts]
-    ok = np.isfinite(_final_loglik(fw)[rows, concepts])
+    ok = np.isfinite(fw.final[rows, concepts])
     return np.where(ok[:, None], pred, np.nan)
 
 
@@ -406,9 +464,9 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
     pred = np.empty((B, N + 1, V))
     logev = np.empty((B, N + 1))
     x_test = prompts.x_test()
-    fx = forward(world, x_test, method=method)
+    fx = forward(world, x_test, method=method, prefixes=False)
     oracle = next_symbol(world, fx.next_state)[np.arange(B), prompts.concepts]
-    oracle = np.where(np.isfinite(_final_loglik(fx)[np.arange(B), prompts.concepts])[:, None], oracle, np.nan)
+    oracle = np.where(np.isfinite(fx.final[np.arange(B), prompts.concepts])[:, None], oracle, np.nan)
     demo_end = np.arange(1, N + 1) * (k + 1)          # first position after delimiter n
     for a in range(0, B, chunk):
         b = min(a + chunk, B)
@@ -416,7 +474,7 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
         if world.restart:
             fw = forward(world, demos, method=method)
             ll_prefix = np.concatenate([np.zeros((b - a, K, 1)), fw.loglik[:, :, demo_end - 1]], axis=2)
-            ll = ll_prefix + _final_loglik(fx)[a:b, :, None]                 # (R, K, N+1)
+            ll = ll_prefix + fx.final[a:b, :, None]                 # (R, K, N+1)
             per_concept = np.broadcast_to(next_symbol(world, fx.next_state[a:b])[:, None], (b - a, N + 1, K, V))
         else:
             fw = forward(world, demos, record=demo_end, method=method)
@@ -425,8 +483,8 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
                                    fw.recorded.transpose(0, 2, 1, 3)], axis=1)   # (R, N+1, K, S)
             R = (b - a) * (N + 1)
             cont = forward(world, np.repeat(x_test[a:b], N + 1, axis=0),
-                           init=init.reshape(R, K, world.n_states), method=method)
-            ll = ll_prefix + _final_loglik(cont).reshape(b - a, N + 1, K).transpose(0, 2, 1)
+                           init=init.reshape(R, K, world.n_states), method=method, prefixes=False)
+            ll = ll_prefix + cont.final.reshape(b - a, N + 1, K).transpose(0, 2, 1)
             per_concept = next_symbol(world, cont.next_state).reshape(b - a, N + 1, K, V)
         logw = log_posterior_weights(world, ll.transpose(0, 2, 1))        # (R, N+1, K)
         w = np.exp(logw)

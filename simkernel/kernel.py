@@ -74,7 +74,7 @@ def features(world: World, x_tokens, kind: str = "belief") -> np.ndarray:
     B = x_tokens.shape[0]
     m = label_mass(world)
     if kind == "belief":
-        nxt = bayes.forward(world, x_tokens).next_state          # (B, K, S) = P(h_y | x, θ)
+        nxt = bayes.forward(world, x_tokens, prefixes=False).next_state   # (B, K, S) = P(h_y | x, θ)
         return _normalise_rows(nxt * m[None]).reshape(B, -1)
     blocks = distinct_blocks(world)
     sub = World.from_arrays(np.full(len(blocks), 1.0 / len(blocks)), world.start[blocks],
@@ -84,7 +84,7 @@ def features(world: World, x_tokens, kind: str = "belief") -> np.ndarray:
     # every start state s0 in turn: B*S rows, each started from a one-hot distribution
     rows = np.repeat(x_tokens, S, axis=0)
     init = np.tile(np.eye(S)[None, :, None, :], (B, 1, len(blocks), 1)).reshape(B * S, len(blocks), S)
-    nxt = bayes.forward(sub, rows, init=init).next_state             # (B*S, Kb, S)
+    nxt = bayes.forward(sub, rows, init=init, prefixes=False).next_state   # (B*S, Kb, S)
     feats = _normalise_rows(nxt * m[blocks][None])                   # (B*S, Kb, S)
     return feats.reshape(B, S, len(blocks), S).transpose(0, 2, 1, 3).reshape(B, -1)
 
@@ -127,8 +127,8 @@ def _example_weights(world: World, x: np.ndarray, concept) -> np.ndarray:
     """P(x, y ∈ labels | θ) mixed over the prior (or for one concept): (M,).  This is the
     marginal of x under the prompt sampler for a world whose examples start from ``start``
     (restart worlds, and the first example of any world)."""
-    fw = bayes.forward(world, x)
-    ll = fw.loglik[:, :, -1] if x.shape[1] else np.zeros((x.shape[0], world.n_concepts))
+    fw = bayes.forward(world, x, prefixes=False)
+    ll = fw.final
     p_label = (fw.next_state * label_mass(world)[None]).sum(axis=2)      # (M, K)
     with np.errstate(divide="ignore"):
         lw = ll + np.log(p_label)
