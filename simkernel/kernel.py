@@ -222,10 +222,20 @@ def estimates(kvals: np.ndarray, labels: np.ndarray, label_set: np.ndarray, form
         return num / den
 
 
-def to_distribution(scores: np.ndarray) -> np.ndarray:
-    """Scores over the label set -> a distribution: negative (or NaN) scores are clipped to 0
-    and the rest renormalised; a row with no positive score becomes uniform."""
+def to_distribution(scores: np.ndarray, form: str = "normalised") -> np.ndarray:
+    """Raw scores over the label set (..., L) -> the estimate compared with Bayes.
+
+    Negative (or NaN) scores are clipped to 0 in both forms: a negative kernel weight cannot be a
+    probability, and Σ⁻¹ makes K(x, x') negative for dissimilar inputs.
+    normalised: the clipped scores renormalised to sum to 1 (a row with no positive score
+        becomes uniform).
+    averaged: the clipped scores as they are.  The averaged estimator estimates the vector
+        P(y | x_test) itself (docs/theory.md: population least squares), so its total mass is
+        part of what is measured; renormalising it would make it identical to the normalised
+        form, which differs from it only by the positive factor n / Σ_i K(x_test, x_i)."""
     s = np.where(np.isfinite(scores), np.clip(scores, 0.0, None), 0.0)
+    if form == "averaged":
+        return s
     tot = s.sum(axis=-1, keepdims=True)
     L = s.shape[-1]
     return np.where(tot > 0, s / np.where(tot > 0, tot, 1.0), 1.0 / L)

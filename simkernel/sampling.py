@@ -334,3 +334,35 @@ def sample_prompts(world: World, n_prompts: int, n_demos: int, example_length: i
                          f"it probability 0; raise the smoothing floor or change the label set")
     labels = tokens[:, np.arange(n) * (k + 1) + k - 1] if n else np.zeros((B, 0), dtype=np.int32)
     return prompt_layout(tokens, n, k, labels, y_test, concepts)
+
+
+def concat_prompts(parts: list[Prompts]) -> Prompts:
+    """Stack batches of prompts that share n_demos and example length."""
+    first = parts[0]
+    if any(p.n_demos != first.n_demos or p.example_length != first.example_length for p in parts):
+        raise ValueError("can only concatenate prompts with the same n_demos and example length")
+    return prompt_layout(np.concatenate([p.tokens for p in parts]), first.n_demos, first.example_length,
+                         np.concatenate([p.labels for p in parts]), np.concatenate([p.y_test for p in parts]),
+                         np.concatenate([p.concepts for p in parts]))
+
+
+def sample_prompt_set(world: World, n_prompts: int, n_demos: int, example_length: int, seed: int = 0,
+                      concepts="prior") -> Prompts:
+    """Like sample_prompts, with ``concepts`` one of: 'prior' (each prompt's concept drawn from
+    the prior), 'id' / 'ood' (spread evenly over the concepts with prior > 0 / prior = 0), or
+    an int (one concept)."""
+    if concepts == "prior" or concepts is None:
+        return sample_prompts(world, n_prompts, n_demos, example_length, seed=seed)
+    if isinstance(concepts, (int, np.integer)) and not isinstance(concepts, bool):
+        return sample_prompts(world, n_prompts, n_demos, example_length, seed=seed, concept=int(concepts))
+    if concepts not in ("id", "ood"):
+        raise ValueError(f"concepts must be 'prior', 'id', 'ood' or a concept index, got {concepts!r}")
+    ids = np.flatnonzero(world.prior > 0 if concepts == "id" else world.prior == 0)
+    if ids.size == 0:
+        raise ValueError(f"the world has no {'in' if concepts == 'id' else 'out-of'}-distribution concepts "
+                         f"(prior {'> 0' if concepts == 'id' else '= 0'})")
+    counts = np.full(ids.size, n_prompts // ids.size)
+    counts[: n_prompts % ids.size] += 1
+    parts = [sample_prompts(world, int(n), n_demos, example_length, seed=seed + 7919 * j, concept=int(c))
+             for j, (c, n) in enumerate(zip(ids, counts)) if n > 0]
+    return concat_prompts(parts)
