@@ -221,7 +221,10 @@ def main():
     simkernel world          build a world (a mixture of concept HMMs) and save it as .npz
     simkernel sample corpus  sample pretraining documents into a folder
     simkernel sample prompts sample in-context prompts into one .npz
-    simkernel bayes          exact Bayes versus n demonstrations: the quick-start job
+    simkernel bayes          exact Bayes versus n demonstrations
+    simkernel converge       the theory's kernel estimators against exact Bayes, n = 1..N,
+                             with a figure: the quick-start job
+    simkernel plot           redraw a figure from its tidy CSV and JSON
 
     Every result carries its config, seed and package versions; outputs are written
     atomically, so a failed run leaves nothing half-written.
@@ -490,6 +493,374 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     click.echo(f"prompts impossible under the pretraining mixture (left out where undefined): "
                f"{n_bad} of {n_prompts}")
     click.echo(f"wrote {out / 'bayes.csv'} and {out / 'bayes.json'} ({elapsed:.1f} s)")
+
+
+# ---------------------------------------------------------------------- converge
+CONVERGE_FILES = ("convergence.csv", "convergence.json", "convergence.png", "convergence.pdf")
+CONVERGE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+CONVERGE_KERNELS = ("theory", "oracle", "similarity")        # = convergence.KERNELS (not imported: Numba)
+CONVERGE_ESTIMATORS = ("averaged", "normalised")             # = kernel.ESTIMATORS
+#: Largest n accepted by --n-demos (each prompt holds n demonstrations; memory grows with B·n·L).
+N_DEMOS_LIMIT = 100_000
+
+
+def parse_n_demos(text, limit: int = N_DEMOS_LIMIT) -> list[int]:
+    """``'1..4'`` -> [1, 2, 3, 4]; ``'1,2,8'`` -> [1, 2, 8]; mixtures ``'1,2,4..8'`` too.
+    ``A..B`` is every n from A to B inclusive.  Returns the sorted distinct values; raises a
+    one-line ValueError for anything else (empty items, n < 1, A > B, n > ``limit``)."""
+    spec = str(text).strip()
+    allowed = "n >= 1 as 'A..B' (every n from A to B), a comma list '1,2,8', or a mixture '1,2,4..8'"
+    if not spec:
+        raise ValueError(f"empty; expected {allowed}")
+    out = set()
+
+    def where(item):
+        return f"{item!r} in {spec!r}" if item != spec else repr(item)
+
+    def number(tok, item):
+        tok = tok.strip()
+        if not (tok.isascii() and tok.isdigit()):            # rejects '', '-1', '+1', '1.5', 'a', '²'
+            what = ("a negative number" if tok.startswith("-") and tok[1:].isascii() and tok[1:].isdigit()
+                    else "not a whole number")
+            raise ValueError(f"{where(item)}: {tok!r} is {what}; expected {allowed}")
+        v = int(tok)
+        if v < 1:
+            raise ValueError(f"{where(item)}: n must be >= 1, got {v}; expected {allowed}")
+        if v > limit:
+            raise ValueError(f"{where(item)}: n must be <= {limit}, got {v}")
+        return v
+
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"empty item in {spec!r}; expected {allowed}")
+        if ".." in item:
+            a, _, b = item.partition("..")
+            lo, hi = number(a, item), number(b, item)
+            if lo > hi:
+                raise ValueError(f"{where(item)}: the range is empty ({lo} > {hi}); write it low..high")
+            out.update(range(lo, hi + 1))
+        else:
+            out.add(number(item, item))
+    return sorted(out)
+
+
+def format_n_demos(ns) -> str:
+    """The shortest spec of a sorted list: [1, 2, 3, 4, 8] -> '1..4,8'."""
+    parts, ns = [], sorted(set(int(n) for n in ns))
+    i = 0
+    while i < len(ns):
+        j = i
+        while j + 1 < len(ns) and ns[j + 1] == ns[j] + 1:
+            j += 1
+        parts.append(str(ns[i]) if j == i else f"{ns[i]},{ns[j]}" if j == i + 1 else f"{ns[i]}..{ns[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+class _NDemos(click.ParamType):
+    name = "n-demos"
+
+    def get_metavar(self, param, ctx=None):
+        return "A..B|N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_n_demos(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class _Concepts(click.ParamType):
+    """'prior', 'id', 'ood' or a concept index (checked against the world later)."""
+
+    name = "concepts"
+
+    def get_metavar(self, param, ctx=None):
+        return "prior|id|ood|INT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        v = str(value).strip().lower()
+        if v in ("prior", "id", "ood"):
+            return v
+        if v.isdigit():
+            return int(v)
+        self.fail(f"{value!r} is not one of prior, id, ood or a concept index 0..K-1", param, ctx)
+
+
+def _choice_list(allowed, what):
+    """A callback for a repeatable option whose values may also be comma lists: returns the
+    distinct values in the order given (the default when none is given)."""
+    def callback(ctx, param, values):
+        out = []
+        for v in values or ():
+            for item in str(v).split(","):
+                item = item.strip().lower()
+                if not item:
+                    raise click.BadParameter(f"empty {what} in {v!r}; allowed: {', '.join(allowed)}", ctx, param)
+                if item not in allowed:
+                    raise click.BadParameter(f"unknown {what} {item!r}; allowed: {', '.join(allowed)}", ctx, param)
+                if item not in out:
+                    out.append(item)
+        return tuple(out) if out else tuple(allowed)
+    return callback
+
+
+def _distinct_seeds(ctx, param, values):
+    values = tuple(values) or (0,)
+    dup = sorted({s for s in values if values.count(s) > 1})
+    if dup:
+        raise click.BadParameter(f"seed {dup[0]} is given twice: its prompts would be counted twice", ctx, param)
+    return values
+
+
+def _check_concepts(concepts, world):
+    import numpy as np
+    if isinstance(concepts, int):
+        if concepts >= world.n_concepts:
+            raise click.BadParameter(f"{concepts} is not a concept of this world; allowed: prior, id, ood or "
+                                     f"0..{world.n_concepts - 1}", param_hint="'--concepts'")
+    elif concepts in ("id", "ood"):
+        has = np.any(world.prior > 0) if concepts == "id" else np.any(world.prior == 0)
+        if not has:
+            raise click.BadParameter(f"the world has no {'in' if concepts == 'id' else 'out-of'}-distribution "
+                                     f"concepts (prior {'> 0' if concepts == 'id' else '= 0'})",
+                                     param_hint="'--concepts'")
+
+
+def _shown_ns(ns) -> list[int]:
+    """The n printed in the table: the powers of two among the requested n, and the largest
+    (every requested n when there are at most 10)."""
+    if len(ns) <= 10:
+        return list(ns)
+    shown = [n for n in ns if n & (n - 1) == 0]
+    if ns[-1] not in shown:
+        shown.append(ns[-1])
+    return shown
+
+
+def _pm(r) -> str:
+    if r is None or not math.isfinite(r["mean"]):
+        return "n/a"
+    half = (r["ci_high"] - r["ci_low"]) / 2
+    return f"{r['mean']:.3f} ± {half:.3f}" if math.isfinite(half) else f"{r['mean']:.3f}"
+
+
+def converge_table(rows, fits, ns, kernels, estimators) -> list[str]:
+    """The printed summary: per shown n and estimator, the first requested kernel's (theory
+    when asked for) L1 distance, agreement and accuracy with 95% CIs, the exact posterior's
+    accuracy and its L1 to the oracle; then the fitted slope and floor per (kernel, estimator)."""
+    by = {(r["n_demos"], r["kernel"], r["estimator"], r["metric"]): r for r in rows}
+    kname = "theory" if "theory" in kernels else kernels[0]
+    out = [f"{kname} kernel vs the exact posterior (mean ± 95% CI over prompts; L1 over the label set = 2 × TV)",
+           f"{'n':>5}  {'estimator':<10}  {'L1 distance':>15}  {'agreement':>15}  {'accuracy':>15}  "
+           f"{'Bayes acc':>9}  {'L1 Bayes-oracle':>15}"]
+    for n in _shown_ns(ns):
+        for i, est in enumerate(estimators):
+            bayes_acc = by.get((n, "bayes", "-", "acc"))
+            bo = by.get((n, "bayes-vs-oracle", "-", "l1"))
+            ref = (f"{bayes_acc['mean']:>9.3f}  {bo['mean']:>15.3f}" if i == 0 and bayes_acc and bo else "")
+            out.append((f"{n if i == 0 else '':>5}  {est:<10}  {_pm(by.get((n, kname, est, 'l1'))):>15}  "
+                        f"{_pm(by.get((n, kname, est, 'agree'))):>15}  {_pm(by.get((n, kname, est, 'acc'))):>15}  "
+                        + ref).rstrip())
+    n_max = ns[-1]
+    out.append(f"power-law fits of the mean distance over every n = 1..{n_max}: L1(n) = a·n^slope + floor")
+    out.append(f"{'kernel':<11} {'estimator':<10}  {'slope':>7}  {'floor (L1)':>10}")
+    for kn in kernels:
+        for est in estimators:
+            f = fits.get(f"{kn}/{est}", {})
+            slope, floor = f.get("slope", float("nan")), 2 * f.get("floor", float("nan"))
+            out.append(f"{kn:<11} {est:<10}  {slope:>7.3f}  {floor:>10.4f}".replace("-0.000 ", " 0.000 "))
+    return out
+
+
+def _matplotlib_version():
+    from importlib import metadata
+    try:
+        return metadata.version("matplotlib")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _world_title(world, source) -> str:
+    name = source.get("preset") or Path(source.get("file", "world")).name
+    return (f"{name}: K={world.n_concepts} concepts, S={world.n_states} states, V={world.n_symbols} "
+            f"symbols, {len(world.labels)} labels")
+
+
+@main.command("converge", short_help="Kernel estimators against exact Bayes for n = 1..N, with a figure.")
+@world_options
+@click.option("--n-demos", type=_NDemos(), default="1..256", show_default=True,
+              help="The n to report: 'A..B' (every n from A to B inclusive), a comma list '1,2,8', or a "
+                   "mixture '1,2,4..8'.  Every prompt holds max(n) demonstrations; the curve for smaller "
+                   "n comes from the same prompts.")
+@click.option("--example-length", type=EXAMPLE_LENGTH, default=2, show_default=True,
+              help="Tokens per example k >= 2 (k-1 input tokens x, one label y).  2: x is a single token, "
+                   "the setting of the paper's Table 3.")
+@click.option("--n-prompts", type=POSITIVE, default=200, show_default=True, help="Prompts per seed.")
+@click.option("--seed", "seeds", type=NONNEG, multiple=True, callback=_distinct_seeds,
+              help="Prompt sampling seed; repeat for several seeds (their prompts are pooled).  Default 0.")
+@click.option("--concepts", type=_Concepts(), default="prior", show_default=True,
+              help="Where the prompts' concepts come from: 'prior' (drawn from the pretraining prior), "
+                   "'id' / 'ood' (spread evenly over the concepts with prior > 0 / prior = 0), or one "
+                   "concept index.")
+@click.option("--estimator", "estimators", multiple=True, metavar="NAME[,NAME]",
+              callback=_choice_list(CONVERGE_ESTIMATORS, "estimator"),
+              help="Kernel-regression estimator(s): averaged, normalised; repeatable or a comma list. "
+                   "Default: both.")
+@click.option("--kernel", "kernels", multiple=True, metavar="NAME[,NAME]",
+              callback=_choice_list(CONVERGE_KERNELS, "kernel"),
+              help="Kernel(s): theory (Σ of the pretraining inputs), oracle (Σ_θ* of the prompt's own "
+                   "concept), similarity (P(o|x)ᵀP(o|x')); repeatable or a comma list.  Default: all three.")
+@click.option("--features", type=click.Choice(["belief", "operator"]), default="belief", show_default=True,
+              help="Feature map ψ(x): belief (label-conditioned beliefs, exactly linear) or operator "
+                   "(the paper's row-normalised vec(T_x)).")
+@click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="Ridge: λ = ridge · trace(Σ) / D is added to Σ before it is inverted.")
+@click.option("--n-samples", type=POSITIVE, default=20_000, show_default=True,
+              help="Monte Carlo inputs for Σ when the V^(k-1) inputs are too many to enumerate.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("figures"),
+              show_default=True,
+              help="Folder for convergence.{png,pdf,csv,json} (created if needed; those four files are "
+                   "replaced only once all four are complete).")
+def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_length, n_prompts, seeds,
+                 concepts, estimators, kernels, features, ridge, n_samples, out):
+    """The theory's kernel-regression estimators against the exact posterior, n = 1..N.
+
+    For every seed: samples prompts with max(n) demonstrations, computes the exact Bayesian
+    posterior predictive for every n in one forward pass, and every requested kernel estimate
+    (kernel x estimator) in one cumulative pass.  Prints, for n = 1, 2, 4, ..., N, the L1
+    distance of the theory kernel's estimate to the exact posterior (over the label set; = 2 x
+    total variation, as in the paper's Table 3), its argmax agreement with the exact posterior
+    and its accuracy, with 95% CIs over prompts, and the power-law fit a n^slope + floor of
+    each (kernel, estimator).  Writes to --out: convergence.png / .pdf (the figure),
+    convergence.csv (tidy: n_demos, estimator, kernel, metric, mean, ci_low, ci_high,
+    n_prompts; metrics l1, tv, kl, agree, acc) and convergence.json (config, seeds, versions,
+    world, fits, Σ info per seed, impossible prompts).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from .store import provenance, public_mode, world_summary, write_csv, write_json
+
+    # ---- everything is validated before the long work
+    check_results_dir(out)
+    world, source = load_or_build_world(preset, world_file, world_seed, overrides)
+    _check_concepts(concepts, world)
+    probe = out                     # the temp folder goes here: out, or its nearest existing ancestor
+    while not probe.exists():
+        probe = probe.parent
+
+    from . import convergence
+    from .plots import plot_convergence
+
+    n_max = n_demos[-1]
+    kernels, estimators = tuple(kernels), tuple(estimators)
+    stages = 1 + any(k in ("theory", "oracle") for k in kernels) + len(kernels)
+    t0 = time.perf_counter()
+    results = []
+    with _bar(len(seeds) * stages, "converge", "step") as bar:
+        for s in seeds:
+            started = [False]
+
+            def tick(msg, s=s, started=started):
+                if started[0]:
+                    bar.update(1)
+                started[0] = True
+                bar.set_description(f"seed {s}: {msg}")
+
+            results.append(convergence.run_seed(world, n_max, example_length, n_prompts, seed=s,
+                                                kernels=kernels, estimators=estimators, features=features,
+                                                concepts=concepts, n_samples=n_samples, ridge=ridge,
+                                                progress=tick))
+            bar.update(1)
+    rows, fits = convergence.summarise(results, n_demos)
+    # 6 significant digits: far below the CI widths, and the CSV (the figure's only source) stays small
+    rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
+    elapsed = time.perf_counter() - t0
+
+    impossible = {str(s): int(r.info.get("impossible_prompts", 0)) for s, r in zip(seeds, results)}
+    sigma = {str(s): {k: v for k, v in r.info.items() if k != "impossible_prompts"} for s, r in zip(seeds, results)}
+    title = (f"{_world_title(world, source)}; k={example_length}, {n_prompts} prompts x {len(seeds)} "
+             f"seed{'s' if len(seeds) > 1 else ''}, concepts {concepts}, {features} features")
+    config = {"command": "converge", "world": source, "n_demos": format_n_demos(n_demos),
+              "example_length": example_length, "n_prompts": n_prompts, "seeds": list(seeds),
+              "concepts": concepts, "estimators": list(estimators), "kernels": list(kernels),
+              "features": features, "ridge": ridge, "n_samples": n_samples, "out": str(out)}
+    meta = provenance(config, list(seeds))
+    meta["versions"]["matplotlib"] = _matplotlib_version()
+    meta.update(
+        title=title, world=world_summary(world),
+        fits={k: dict(v, floor_l1=2 * v["floor"], amplitude_l1=2 * v["amplitude"]) if v.get("metric") == "tv" else v
+              for k, v in fits.items()},
+        fit_note="distance(n) = amplitude * n^slope + floor fitted to the mean total variation over "
+                 "every n = 1..N; floor_l1 / amplitude_l1 are the same fit on the L1 scale (x 2)",
+        sigma=sigma,
+        impossible_prompts={"per_seed": impossible, "total": sum(impossible.values()),
+                            "of": n_prompts * len(seeds)},
+        elapsed_s=round(elapsed, 3),
+        columns=list(CONVERGE_COLUMNS),
+        metrics={"l1": "L1 distance over the label set to the exact posterior (= 2 x TV)",
+                 "tv": "total variation", "kl": f"KL(exact || estimate mixed with {convergence.KL_MIX:g} uniform)",
+                 "agree": "argmax == argmax of the exact posterior", "acc": "argmax == y_test"},
+        reference_rows={"bayes": "the exact posterior's own accuracy against y_test (estimator '-')",
+                        "bayes-vs-oracle": "the exact posterior scored against the oracle P(y | x_test, true concept)"},
+    )
+
+    table = converge_table(rows, fits, n_demos, kernels, estimators)
+
+    # ---- all four files into a temp folder, then renamed into --out together
+    tmp = Path(tempfile.mkdtemp(prefix=".convergence.", suffix=".tmp", dir=probe))
+    try:
+        write_csv(tmp / "convergence.csv", rows, CONVERGE_COLUMNS)
+        write_json(tmp / "convergence.json", meta)
+        plot_convergence(rows, meta["fits"], tmp / "convergence.png", tmp / "convergence.pdf", title=title)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in CONVERGE_FILES:
+            public_mode(tmp / name)
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    click.echo(repr(world))
+    click.echo(f"{n_prompts} prompts x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}), "
+               f"example length {example_length}, concepts {concepts}, {features} features, "
+               f"n = {format_n_demos(n_demos)}")
+    for line in table:
+        click.echo(line)
+    total_bad = sum(impossible.values())
+    if total_bad:
+        click.echo(f"prompts impossible under the pretraining mixture (left out where undefined): "
+                   f"{total_bad} of {n_prompts * len(seeds)}")
+    click.echo(f"wrote {', '.join(str(out / f) for f in CONVERGE_FILES)} ({elapsed:.1f} s)")
+
+
+# ---------------------------------------------------------------------- plot
+@main.group("plot", short_help="Redraw a figure from its tidy CSV and JSON.")
+def plot_group():
+    """Redraw a figure from the tidy CSV and JSON of a results folder (no recomputation)."""
+
+
+@plot_group.command("convergence", short_help="Redraw convergence.png/.pdf from a folder's csv and json.")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for convergence.png and .pdf (default: FOLDER itself).")
+def plot_convergence_cmd(folder, out):
+    """Redraw convergence.png and convergence.pdf from FOLDER's convergence.csv and .json."""
+    from .plots import load_convergence, redraw_convergence
+
+    if out is not None:
+        check_results_dir(out)
+    load_convergence(folder)                     # a one-line error before anything is created
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    paths = redraw_convergence(folder, out)
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

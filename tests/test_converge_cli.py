@@ -1,0 +1,315 @@
+"""`simkernel converge` and `simkernel plot convergence`, end to end on a tiny world, the
+--n-demos parser, bad inputs (one line, nothing written), and experiments/run.py."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import simkernel.plots as plots
+import simkernel.store as store
+from simkernel import make_world
+from simkernel.cli import CONVERGE_COLUMNS, CONVERGE_FILES, format_n_demos, main, parse_n_demos
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "random", "--set", "n_states=3", "--set", "n_symbols=6", "--n-prompts", "6"]
+PAIRS = {(k, e) for k in ("theory", "oracle", "similarity") for e in ("averaged", "normalised")}
+
+
+def run(args):
+    try:
+        runner = CliRunner(mix_stderr=False)          # click 8.1
+    except TypeError:
+        runner = CliRunner()                          # click >= 8.2 keeps stderr apart
+    result = runner.invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output + result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def ok(args):
+    result = run(args)
+    assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+def fails(args, code=None):
+    result = run(args)
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def tree(folder):
+    """Every path under folder (hidden temp files included)."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+# ---------------------------------------------------------------------- --n-demos
+@pytest.mark.parametrize("spec, expected", [
+    ("1..4", [1, 2, 3, 4]),
+    ("1,2,8", [1, 2, 8]),
+    ("1,2,4..8", [1, 2, 4, 5, 6, 7, 8]),
+    ("4..4", [4]),
+    (" 3 ", [3]),
+    ("8, 1,1", [1, 8]),
+    ("2..3,1..2", [1, 2, 3]),
+])
+def test_parse_n_demos(spec, expected):
+    assert parse_n_demos(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["0..", "..3", "1..", "5..2", "a..b", "-1", "-2..3", "0", "0..4", "",
+                                  " ", "1,,2", "1,", "1.5", "1...3", "1..2..3", "x", "1..1000001", "²", "+2"])
+def test_parse_n_demos_rejects(spec):
+    with pytest.raises(ValueError) as e:
+        parse_n_demos(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_choices_match_the_package():
+    from simkernel import convergence, kernel
+    from simkernel.cli import CONVERGE_ESTIMATORS, CONVERGE_KERNELS
+    assert CONVERGE_KERNELS == tuple(convergence.KERNELS)
+    assert CONVERGE_ESTIMATORS == tuple(kernel.ESTIMATORS)
+
+
+def test_format_n_demos_round_trip():
+    for ns in ([1, 2, 3, 4], [1, 2, 8], [1, 2, 4, 5, 6, 7, 8], [3], list(range(1, 257))):
+        assert parse_n_demos(format_n_demos(ns)) == ns
+    assert format_n_demos(range(1, 257)) == "1..256"
+    assert format_n_demos([1, 2, 4, 5, 6, 8]) == "1,2,4..6,8"
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def converged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "out" / "deeper"      # created by the command
+    result = ok(["converge", *TINY, "--n-demos", "1..8", "--seed", "0", "--seed", "3", "--out", out])
+    return out, result
+
+
+def test_converge_outputs(converged):
+    out, result = converged
+    assert sorted(p.name for p in out.iterdir()) == sorted(CONVERGE_FILES)
+    columns, rows = read_csv(out / "convergence.csv")
+    assert tuple(columns) == CONVERGE_COLUMNS
+    pairs = {(r["kernel"], r["estimator"]) for r in rows} - {("bayes", "-"), ("bayes-vs-oracle", "-")}
+    assert pairs == PAIRS
+    for kname, est in PAIRS:
+        for metric in ("l1", "agree", "acc"):
+            ns = sorted(int(r["n_demos"]) for r in rows
+                        if (r["kernel"], r["estimator"], r["metric"]) == (kname, est, metric))
+            assert ns == list(range(1, 9))
+    assert {int(r["n_demos"]) for r in rows if r["kernel"] == "bayes-vs-oracle" and r["metric"] == "l1"} == set(range(1, 9))
+    for r in rows:
+        if r["metric"] == "l1" and np.isfinite(float(r["mean"])):
+            assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
+            assert int(r["n_prompts"]) <= 12
+    assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "convergence.pdf").read_bytes()[:5] == b"%PDF-"
+
+    meta = json.loads((out / "convergence.json").read_text())
+    cfg = meta["config"]
+    assert meta["seed"] == [0, 3] and cfg["seeds"] == [0, 3]
+    assert cfg["n_demos"] == "1..8" and cfg["example_length"] == 2 and cfg["n_prompts"] == 6
+    assert cfg["world"]["preset"] == "random" and cfg["kernels"] == ["theory", "oracle", "similarity"]
+    for key in ("concepts", "estimators", "features", "ridge", "n_samples"):
+        assert key in cfg
+    assert {"simkernel", "numpy", "scipy", "numba", "matplotlib"} <= set(meta["versions"])
+    assert set(meta["fits"]) == {f"{k}/{e}" for k, e in PAIRS}
+    assert {"slope", "floor", "floor_l1"} <= set(meta["fits"]["theory/averaged"])
+    assert set(meta["sigma"]) == {"0", "3"}
+    info = meta["sigma"]["0"]["theory"]
+    assert info["exact"] is True and info["ridge_lambda"] > 0 and info["n_inputs"] > 0
+    assert meta["impossible_prompts"]["of"] == 12
+    assert meta["world"]["K"] == 4
+
+    text = result.output
+    assert "theory kernel vs the exact posterior" in text and "slope" in text
+    for n in ("1", "2", "4", "8"):
+        assert any(line.split()[:1] == [n] for line in text.splitlines())
+
+
+def test_converge_lists_and_subsets(tmp_path):
+    out = tmp_path / "o"
+    ok(["converge", *TINY, "--n-demos", "1,3,5..6", "--kernel", "theory,oracle", "--estimator", "normalised",
+        "--concepts", "id", "--features", "operator", "--out", out])
+    _, rows = read_csv(out / "convergence.csv")
+    assert {int(r["n_demos"]) for r in rows} == {1, 3, 5, 6}
+    assert {(r["kernel"], r["estimator"]) for r in rows} == {
+        ("theory", "normalised"), ("oracle", "normalised"), ("bayes", "-"), ("bayes-vs-oracle", "-")}
+    meta = json.loads((out / "convergence.json").read_text())
+    assert meta["config"]["features"] == "operator" and meta["config"]["concepts"] == "id"
+    assert set(meta["fits"]) == {"theory/normalised", "oracle/normalised"}
+
+
+def test_replaces_old_results(tmp_path, converged):
+    src, _ = converged
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    (out / "convergence.csv").write_text("old")
+    ok(["converge", *TINY, "--n-demos", "1..2", "--kernel", "theory", "--out", out])
+    assert sorted(p.name for p in out.iterdir()) == sorted(CONVERGE_FILES + ("keep.txt",))
+    assert (out / "keep.txt").read_text() == "mine"
+    assert read_csv(out / "convergence.csv")[0] == list(CONVERGE_COLUMNS)
+
+
+# ---------------------------------------------------------------------- redraw
+def test_redraw_from_csv(tmp_path, converged):
+    src, _ = converged
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("convergence.csv", "convergence.json"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    out = ok(["plot", "convergence", folder]).output
+    assert "convergence.png" in out
+    assert (folder / "convergence.png").stat().st_size > 1000 and (folder / "convergence.pdf").is_file()
+    # into another folder, and from the Python API with rows as dicts
+    ok(["plot", "convergence", folder, "--out", tmp_path / "elsewhere"])
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["convergence.pdf", "convergence.png"]
+    rows, meta = plots.load_convergence(folder)
+    written = plots.plot_convergence(rows, meta["fits"], tmp_path / "a.png", None, title="t")
+    assert [p.name for p in written] == ["a.png"]
+
+
+def test_redraw_errors(tmp_path):
+    line = fails(["plot", "convergence", tmp_path])
+    assert "convergence.csv" in line
+    (tmp_path / "convergence.csv").write_text("n_demos,mean\n1,0.5\n")
+    (tmp_path / "convergence.json").write_text("{}")
+    line = fails(["plot", "convergence", tmp_path])
+    assert "estimator" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convergence.csv", "convergence.json"]
+
+
+# ---------------------------------------------------------------------- bad input: one line, nothing written
+@pytest.fixture
+def empty_labels_world(tmp_path):
+    w = make_world("random", 0)
+    path = tmp_path / "empty_labels.npz"
+    np.savez(path, prior=w.prior, start=w.start, transition=w.transition, emission=w.emission,
+             delimiter=w.delimiter, labels=np.array([], dtype=np.int64))
+    return path
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--n-demos", "0.."], "--n-demos"),
+    (["--n-demos", "5..2"], "empty"),
+    (["--n-demos", "a..b"], "--n-demos"),
+    (["--n-demos", "-3"], "negative"),
+    (["--n-demos", "0"], ">= 1"),
+    (["--estimator", "median"], "unknown estimator 'median'"),
+    (["--estimator", "averaged,"], "--estimator"),
+    (["--kernel", "theory,gauss"], "unknown kernel 'gauss'"),
+    (["--concepts", "99"], "not a concept"),
+    (["--concepts", "ood"], "out-of-distribution"),
+    (["--concepts", "some"], "--concepts"),
+    (["--ridge", "0"], "--ridge"),
+    (["--seed", "1", "--seed", "1"], "twice"),
+    (["--world", "w.npz"], "cannot be combined with --preset"),
+    (["--example-length", "1"], "--example-length"),
+])
+def test_bad_input_writes_nothing(tmp_path, extra, needle):
+    out = tmp_path / "out"
+    line = fails(["converge", *TINY, "--n-demos", "1..4", *extra, "--out", out], code=2)
+    assert needle in line
+    assert tree(tmp_path) == []
+
+
+def test_empty_label_world(tmp_path, empty_labels_world):
+    out = tmp_path / "out"
+    line = fails(["converge", "--world", empty_labels_world, "--out", out], code=1)
+    assert "labels is empty" in line
+    assert tree(tmp_path) == ["empty_labels.npz"]
+
+
+def test_unwritable_out(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    line = fails(["converge", *TINY, "--out", tmp_path / "afile" / "sub"])
+    assert "not a folder" in line
+    line = fails(["converge", *TINY, "--out", tmp_path / "afile"])
+    assert "afile" in line
+
+    def refuse(folder, target=None):
+        raise ValueError(f"cannot write {str(target)!r}: folder {str(folder)!r} is not writable (Permission denied)")
+
+    monkeypatch.setattr(store, "check_writable", refuse)
+    line = fails(["converge", *TINY, "--out", tmp_path / "out"], code=1)
+    assert "not writable" in line
+    assert tree(tmp_path) == ["afile"]
+
+
+def test_failure_at_the_end_leaves_old_results(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "convergence.csv").write_text("old")
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(plots, "plot_convergence", broken)
+    line = fails(["converge", *TINY, "--n-demos", "1..3", "--kernel", "theory", "--out", out], code=1)
+    assert line == "error: cannot draw"
+    assert tree(tmp_path) == ["out", "out/convergence.csv"]
+    assert (out / "convergence.csv").read_text() == "old"
+
+
+def test_help_lists_options():
+    text = ok(["converge", "--help"]).output
+    for opt in ("--n-demos", "--preset", "--world", "--set", "--world-seed", "--example-length", "--n-prompts",
+                "--seed", "--concepts", "--estimator", "--kernel", "--features", "--ridge", "--n-samples", "--out"):
+        assert opt in text
+    assert "convergence" in ok(["plot", "--help"]).output
+
+
+# ---------------------------------------------------------------------- experiments/run.py
+def _runner_module():
+    spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", ["paper_c_table3", "ginc", "ginc_ood", "sigma_ablation"])
+def test_experiment_configs_parse(name):
+    import tomllib
+    mod = _runner_module()
+    config = tomllib.loads((ROOT / "experiments" / f"{name}.toml").read_text())
+    args = mod.command_args(config, name)
+    assert args[0] == "converge" and args[-2:] == ["--out", str(ROOT / "figures" / name)]
+    # every option is one the command knows (click parses it without running)
+    ctx = main.commands["converge"].make_context("converge", args[1:], resilient_parsing=True)
+    assert ctx.params["out"] == ROOT / "figures" / name
+
+
+def test_experiment_runner(tmp_path, capsys):
+    mod = _runner_module()
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(f'out = "{tmp_path / "res"}"\n[options]\npreset = "random"\nn-demos = "1..3"\n'
+                   'n-prompts = 4\nkernel = ["theory"]\nseed = [0, 1]\n[options.set]\nn_states = 3\n')
+    assert mod.main([str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("simkernel converge --preset random --n-demos 1..3")
+    assert (tmp_path / "res" / "convergence.png").is_file()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[options]\nn-demos = "0.."\n')
+    assert mod.main([str(bad), "--dry-run"]) == 0          # dry run: nothing is checked or run
+    assert mod.main([str(tmp_path / "missing.toml")]) == 1
+    bad.write_text("[options\n")
+    assert mod.main([str(bad)]) == 1
