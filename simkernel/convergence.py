@@ -21,6 +21,9 @@ METRICS = ("l1", "tv", "kl", "agree", "acc")
 #: KL(Bayes || kernel) mixes the kernel distribution with this much of the uniform one, so a
 #: kernel estimate with a zero where Bayes has mass gives a large but finite KL.
 KL_MIX = 1e-6
+#: The features of every distinct input and of the Σ sample are held in memory; above this many
+#: bytes run_seed refuses with a one-line error instead of exhausting the machine.
+FEATURE_MEMORY_LIMIT = 8 * 2**30
 
 
 @dataclass
@@ -101,6 +104,15 @@ def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed
 
     need_psi = any(kname in ("theory", "oracle") for kname in kernels)
     if need_psi:
+        D = kernel.feature_dim(world, features)
+        n_sigma = min(n_samples, world.n_symbols ** (k - 1)) if world.n_symbols ** (k - 1) <= kernel.EXACT_LIMIT \
+            else n_samples
+        need = 8 * D * (len(uniq) + n_sigma) + (8 * D * D if D <= kernel.DENSE_LIMIT else 8 * n_sigma ** 2)
+        if need > FEATURE_MEMORY_LIMIT:
+            raise ValueError(f"{features} features of this world have D = {D:,} dimensions: {len(uniq):,} "
+                             f"distinct inputs plus {n_sigma:,} Σ inputs need about {need / 2**30:.1f} GiB "
+                             f"(limit {FEATURE_MEMORY_LIMIT / 2**30:.0f} GiB); use fewer prompts or "
+                             f"demonstrations, a smaller --n-samples, or --features belief")
         tick("features")
         psi_u = kernel.features(world, uniq, features)                            # (U, D)
     if "theory" in kernels:

@@ -64,6 +64,14 @@ def distinct_blocks(world: World) -> np.ndarray:
     return np.array(keep, dtype=np.int64)
 
 
+def feature_dim(world: World, kind: str = "belief") -> int:
+    """D, the length of ψ(x): K·S for belief features, (distinct HMM blocks)·S² for operator."""
+    if kind not in FEATURES:
+        raise ValueError(f"unknown features {kind!r}; allowed: {', '.join(FEATURES)}")
+    S = world.n_states
+    return world.n_concepts * S if kind == "belief" else len(distinct_blocks(world)) * S * S
+
+
 def features(world: World, x_tokens, kind: str = "belief") -> np.ndarray:
     """ψ(x) for each row of x_tokens (B, k-1): (B, D) float64 (see the module docstring).
 

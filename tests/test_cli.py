@@ -9,32 +9,16 @@ import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import simkernel.sampling as sampling
 import simkernel.store as store
 from simkernel import World, make_world, sample_corpus, sample_prompts
-from simkernel.cli import demo_counts, main
+from simkernel.cli import demo_counts
+from cli_helpers import ok, run
 
 TINY = ["--preset", "random", "--set", "n_states=3", "--set", "n_symbols=6"]
 
 
-def run(args):
-    try:
-        runner = CliRunner(mix_stderr=False)          # click 8.1
-    except TypeError:
-        runner = CliRunner()                          # click >= 8.2 keeps stderr apart
-    result = runner.invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output + result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def ok(args):
-    result = run(args)
-    assert result.exit_code == 0, result.output + result.stderr
-    return result
 
 
 def entries(folder):

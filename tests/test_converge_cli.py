@@ -8,34 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import simkernel.plots as plots
 import simkernel.store as store
 from simkernel import make_world
 from simkernel.cli import CONVERGE_COLUMNS, CONVERGE_FILES, format_n_demos, main, parse_n_demos
+from cli_helpers import ok, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "random", "--set", "n_states=3", "--set", "n_symbols=6", "--n-prompts", "6"]
 PAIRS = {(k, e) for k in ("theory", "oracle", "similarity") for e in ("averaged", "normalised")}
 
 
-def run(args):
-    try:
-        runner = CliRunner(mix_stderr=False)          # click 8.1
-    except TypeError:
-        runner = CliRunner()                          # click >= 8.2 keeps stderr apart
-    result = runner.invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output + result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def ok(args):
-    result = run(args)
-    assert result.exit_code == 0, result.output + result.stderr
-    return result
 
 
 def fails(args, code=None):
