@@ -9,7 +9,8 @@ Features ψ(x) of a demonstration input x (k-1 tokens), from the exact forward p
   these are the row-normalised rows of the operator T_x at the task start states.
 - ``operator``: the paper's ψ(x) = vec(T_x) with every row normalised (the same label-
   conditioned belief, started from every hidden state s0 instead of the concept's start):
-  D = S² per distinct HMM block.  Exactly linear only when starts are one-hot.
+  D = S² per distinct HMM block (in a restart world the start is part of the block).
+  Exactly linear only when starts are one-hot.
 
 Σ = E_{x ~ p}[ψ(x) ψ(x)ᵀ] (uncentred), p = the pretraining example distribution (prior-weighted
 mixture of the concepts' x distributions) or one concept's (the oracle Σ_θ*), exact by
@@ -54,12 +55,15 @@ def _normalise_rows(a: np.ndarray) -> np.ndarray:
 
 
 def distinct_blocks(world: World) -> np.ndarray:
-    """Indices of concepts whose (transition, emission) differ from every earlier concept's
-    (paper-c's 8 tasks share one HMM: its operator features are computed once)."""
+    """Indices of concepts whose HMM differs from every earlier concept's (paper-c's 8 tasks
+    share one HMM: its operator features are computed once).  In a restart world a delimiter
+    inside x restarts the chain from the concept's own start, so there the start is part of
+    the block too."""
     keep = []
     for k in range(world.n_concepts):
         if not any(np.array_equal(world.transition[k], world.transition[j]) and
-                   np.array_equal(world.emission[k], world.emission[j]) for j in keep):
+                   np.array_equal(world.emission[k], world.emission[j]) and
+                   (not world.restart or np.array_equal(world.start[k], world.start[j])) for j in keep):
             keep.append(k)
     return np.array(keep, dtype=np.int64)
 
@@ -75,15 +79,16 @@ def feature_dim(world: World, kind: str = "belief") -> int:
 def features(world: World, x_tokens, kind: str = "belief") -> np.ndarray:
     """ψ(x) for each row of x_tokens (B, k-1): (B, D) float64 (see the module docstring).
 
-    Rows for a concept under which x is impossible are zero."""
+    The block of a concept under which x is impossible is zero."""
     if kind not in FEATURES:
         raise ValueError(f"unknown features {kind!r}; allowed: {', '.join(FEATURES)}")
     x_tokens = bayes.check_tokens(world, x_tokens)
     B = x_tokens.shape[0]
     m = label_mass(world)
     if kind == "belief":
-        nxt = bayes.forward(world, x_tokens, prefixes=False).next_state   # (B, K, S) = P(h_y | x, θ)
-        return _normalise_rows(nxt * m[None]).reshape(B, -1)
+        fw = bayes.forward(world, x_tokens, prefixes=False)       # next_state = P(h_y | x, θ)
+        possible = np.isfinite(fw.final)[:, :, None]
+        return _normalise_rows(np.where(possible, fw.next_state, 0.0) * m[None]).reshape(B, -1)
     blocks = distinct_blocks(world)
     sub = World.from_arrays(np.full(len(blocks), 1.0 / len(blocks)), world.start[blocks],
                             world.transition[blocks], world.emission[blocks], world.delimiter,
@@ -92,7 +97,8 @@ def features(world: World, x_tokens, kind: str = "belief") -> np.ndarray:
     # every start state s0 in turn: B*S rows, each started from a one-hot distribution
     rows = np.repeat(x_tokens, S, axis=0)
     init = np.tile(np.eye(S)[None, :, None, :], (B, 1, len(blocks), 1)).reshape(B * S, len(blocks), S)
-    nxt = bayes.forward(sub, rows, init=init, prefixes=False).next_state   # (B*S, Kb, S)
+    fw = bayes.forward(sub, rows, init=init, prefixes=False)
+    nxt = np.where(np.isfinite(fw.final)[:, :, None], fw.next_state, 0.0)   # (B*S, Kb, S)
     feats = _normalise_rows(nxt * m[blocks][None])                   # (B*S, Kb, S)
     return feats.reshape(B, S, len(blocks), S).transpose(0, 2, 1, 3).reshape(B, -1)
 
