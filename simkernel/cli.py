@@ -55,7 +55,6 @@ NONNEG = _Int(0)
 POSITIVE = _Int(1)
 EXAMPLE_LENGTH = _Int(2)
 
-BAYES_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
 BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 BAYES_CHUNK = 128          # prompts per icl_curve call (one progress-bar step)
 
@@ -225,6 +224,7 @@ def main():
     simkernel converge       the theory's kernel estimators against exact Bayes, n = 1..N,
                              with a figure: the quick-start job
     simkernel plot           redraw a figure from its tidy CSV and JSON
+    simkernel train          train a small transformer; its gap to the Bayes floor
 
     Every result carries its config, seed and package versions; outputs are written
     atomically, so a failed run leaves nothing half-written.
@@ -350,63 +350,6 @@ def demo_counts(n_max: int) -> list[int]:
     return ns
 
 
-def _mean_ci(values):
-    m = int(values.size)
-    if m == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    mean = float(values.mean())
-    half = 1.959963984540054 * float(values.std(ddof=1)) / math.sqrt(m) if m > 1 else 0.0
-    return mean, mean - half, mean + half, m
-
-
-def bayes_metrics(world, prompts, curve, ns):
-    """Per-n summary of exact Bayes on ``prompts`` (tidy rows) and the number of prompts
-    whose posterior is undefined (probability 0 under the pretraining mixture) at some n.
-
-    Metrics (labels = world.labels; distributions over labels are renormalised):
-      posterior_true    P(true concept | n demonstrations, x_test)
-      bayes_accuracy    argmax over labels of the Bayes predictive == y_test
-      oracle_agreement  that argmax == the oracle's (true concept known) argmax over labels
-      tv_oracle         total variation between Bayes and oracle over labels
-      oracle_accuracy   the oracle's argmax == y_test (a ceiling; the same for every n)
-    Impossible prompts are left out of the means at the n where they are impossible."""
-    import numpy as np
-
-    labels = world.labels
-    B = prompts.tokens.shape[0]
-    rows_idx = np.arange(B)
-    y = prompts.y_test
-    q = curve.oracle[:, labels]
-    q_mass = q.sum(axis=1)
-    q_ok = np.isfinite(q).all(axis=1) & (q_mass > 0)
-    q = q / np.where(q_ok, q_mass, 1.0)[:, None]
-    q_arg = np.argmax(np.where(q_ok[:, None], q, -1.0), axis=1)
-    oracle_acc = (labels[q_arg] == y).astype(float)[q_ok]
-    bad_any = np.zeros(B, dtype=bool)
-    rows = []
-    for n in ns:
-        post = curve.posterior[:, n, :]
-        p = curve.predictive[:, n, labels]
-        p_mass = p.sum(axis=1)
-        ok = np.isfinite(post).all(axis=1) & np.isfinite(p).all(axis=1) & (p_mass > 0)
-        bad_any |= ~ok
-        p = p / np.where(ok, p_mass, 1.0)[:, None]
-        p_arg = np.argmax(np.where(ok[:, None], p, -1.0), axis=1)
-        both = ok & q_ok
-        values = {
-            "posterior_true": post[rows_idx, prompts.concepts][ok],
-            "bayes_accuracy": (labels[p_arg] == y).astype(float)[ok],
-            "oracle_agreement": (p_arg == q_arg).astype(float)[both],
-            "tv_oracle": 0.5 * np.abs(p - q).sum(axis=1)[both],
-            "oracle_accuracy": oracle_acc,
-        }
-        for metric in BAYES_METRICS:
-            mean, lo, hi, m = _mean_ci(values[metric])
-            rows.append({"n_demos": n, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
-                         "n_prompts": m})
-    return rows, int(bad_any.sum())
-
-
 def _subset(prompts, a, b):
     return dataclasses.replace(prompts, tokens=prompts.tokens[a:b], labels=prompts.labels[a:b],
                                y_test=prompts.y_test[a:b], concepts=prompts.concepts[a:b])
@@ -451,6 +394,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     """
     import numpy as np
 
+    from . import convergence
     from .bayes import icl_curve
     from .sampling import sample_prompts
     from .store import provenance, world_summary, write_csv, write_json
@@ -470,7 +414,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     curve = type(parts[0])(*(np.concatenate([getattr(p, f.name) for p in parts])
                              for f in dataclasses.fields(parts[0])))
     ns = demo_counts(n_demos)
-    rows, n_bad = bayes_metrics(world, prompts, curve, ns)
+    rows, n_bad = convergence.bayes_summary(world, prompts, curve, ns)
     elapsed = time.perf_counter() - t0
 
     config = {"command": "bayes", "world": source, "n_prompts": n_prompts, "n_demos": n_demos,
@@ -478,7 +422,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     meta = provenance(config, seed)
     meta.update(world=world_summary(world), n_impossible=n_bad, elapsed_s=round(elapsed, 3),
                 files={"bayes.csv": "tidy table: " + ", ".join(BAYES_COLUMNS)},
-                metrics=list(BAYES_METRICS))
+                metrics=list(convergence.BAYES_METRICS))
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "bayes.csv", rows, BAYES_COLUMNS)
     write_json(out / "bayes.json", meta)
@@ -838,6 +782,140 @@ def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_len
         click.echo(f"prompts impossible under the pretraining mixture (left out where undefined): "
                    f"{total_bad} of {n_prompts * len(seeds)}")
     click.echo(f"wrote {', '.join(str(out / f) for f in CONVERGE_FILES)} ({elapsed:.1f} s)")
+
+
+# ---------------------------------------------------------------------- train
+#: simkernel.model.MODEL_PRESETS's names (kept here so that --help does not import torch).
+MODEL_NAMES = ("tiny", "cpu", "ginc-4", "ginc-12", "ginc-16")
+TRAIN_PRESET = "random"
+TRAIN_WORLD_DEFAULTS = {"random": {"concentration": "0.1"}}
+
+
+class _PositiveFloat(click.ParamType):
+    name = "float"
+
+    def __init__(self, what):
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number; allowed: {self.what} > 0", param, ctx)
+        if not (v > 0 and math.isfinite(v)):
+            self.fail(f"{value} is not allowed; {self.what} must be > 0", param, ctx)
+        return v
+
+
+@main.command("train", short_help="Train a small transformer on a world's documents; gap to the Bayes floor.")
+@click.option("--corpus", "corpus_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Corpus folder made by `simkernel sample corpus`.  Without it, a corpus is sampled "
+                   "into the run folder from --preset/--world with --n-docs and --doc-length.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help=f"World recipe when sampling a corpus (default {TRAIN_PRESET} with concentration=0.1).")
+@click.option("--world", "world_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Load the world from this .npz when sampling a corpus.")
+@click.option("--world-seed", type=NONNEG, default=0, show_default=True, help="Seed of the preset's world.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override one preset option, e.g. --set n_states=20; repeatable.")
+@click.option("--n-docs", type=POSITIVE, default=2000, show_default=True, help="Documents to sample.")
+@click.option("--doc-length", type=POSITIVE, default=1024, show_default=True, help="Symbols per sampled document.")
+@click.option("--corpus-seed", type=NONNEG, default=0, show_default=True, help="Seed of the sampled corpus.")
+@click.option("--model", "model_name", type=click.Choice(list(MODEL_NAMES)), default="cpu", show_default=True,
+              help="Model preset: tiny (tests), cpu (CPU default), ginc-4/12/16 (GINC-sized, GPU).")
+@click.option("--block-size", type=_Int(2), default=128, show_default=True,
+              help="Symbols per training block (at most the model's context).")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Blocks per step (per rank).")
+@click.option("--lr", type=_PositiveFloat("the learning rate"), default=1e-3, show_default=True,
+              help="Peak learning rate (linear warm-up, cosine decay to a tenth).")
+@click.option("--warmup", type=NONNEG, default=100, show_default=True, help="Warm-up steps.")
+@click.option("--max-steps", type=POSITIVE, default=3000, show_default=True, help="Stop after this many steps.")
+@click.option("--eval-every", type=POSITIVE, default=100, show_default=True, help="Steps between evaluations.")
+@click.option("--target-gap", type=_PositiveFloat("the target gap"), default=0.05, show_default=True,
+              help="Stop when val loss - Bayes floor < this (nats/token).")
+@click.option("--patience", type=POSITIVE, default=10, show_default=True,
+              help="Stop after this many evaluations without improvement of the val loss.")
+@click.option("--ckpt-every", type=POSITIVE, default=500, show_default=True, help="Steps between checkpoints.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if available, else cpu), cpu, cuda, cuda:N.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--seed", type=NONNEG, default=0, show_default=True, help="Seed of the weights and of the batches.")
+@click.option("--resume", is_flag=True, help="Continue this config's interrupted run from its checkpoint.")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Run folders live here, each named by a hash of its config.")
+def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc_length, corpus_seed,
+              model_name, block_size, batch_size, lr, warmup, max_steps, eval_every, target_gap, patience,
+              ckpt_every, device, compile_, seed, resume, runs_dir):
+    """Train a small GPT-J on a world's documents until its held-out loss is within
+    --target-gap of the exact Bayes floor (or --patience / --max-steps run out).  Rerunning a
+    finished config prints where it is; --resume continues an interrupted one."""
+    from .store import read_corpus
+
+    ctx = click.get_current_context()
+    check_results_dir(runs_dir)
+    if corpus_dir is not None:
+        clash = [n for n, g in (("--preset", preset is not None), ("--world", world_file is not None),
+                                ("--set", bool(overrides))) + tuple((f"--{o.replace('_', '-')}", _given(ctx, o))
+                                for o in ("world_seed", "n_docs", "doc_length", "corpus_seed")) if g]
+        if clash:
+            raise click.UsageError(f"--corpus uses an existing corpus; it cannot be combined with {clash[0]}")
+        corpus = read_corpus(corpus_dir)
+        if corpus.tokens.size == 0:
+            raise ValueError(f"corpus {str(corpus_dir)!r} is empty")
+        source = None
+    else:
+        if world_file is None and preset is None and not overrides:
+            preset, overrides = TRAIN_PRESET, tuple(f"{k}={v}" for k, v in TRAIN_WORLD_DEFAULTS[TRAIN_PRESET].items())
+        world, wsource = load_or_build_world(preset, world_file, world_seed, overrides)
+        source = {"world": wsource, "n_docs": n_docs, "doc_length": doc_length, "seed": corpus_seed}
+
+    from . import train as tr     # imports torch and transformers
+
+    corpus_id = tr.corpus_identity(corpus_dir) if corpus_dir is not None else {"sampled": source}
+    cfg = tr.TrainConfig(corpus=corpus_id, model=model_name, block_size=block_size, batch_size=batch_size,
+                         lr=lr, warmup_steps=warmup, max_steps=max_steps, eval_every=eval_every,
+                         target_gap=target_gap, patience=patience, ckpt_every=ckpt_every, seed=seed,
+                         device=device, compile=compile_)
+    tr.check_config(cfg)
+    tr.select_device(device)
+    run_dir = runs_dir / cfg.run_id()
+    done = tr.run_status(run_dir)
+    if done is not None:
+        click.echo(f"already trained: {run_dir} (stopped at step {done['step']} by {done['reason']}; "
+                   f"val {done['val_loss']:.4f}, floor {done['floor']:.4f}, gap {done['gap']:.4f} nats/token)")
+        return 0
+    has_ckpt = (run_dir / tr.CHECKPOINT).is_dir()
+    if has_ckpt and not resume:
+        raise ValueError(f"run {str(run_dir)!r} has a checkpoint from an interrupted run; pass --resume to "
+                         f"continue it, or remove the folder to start again")
+    if resume and not has_ckpt:
+        raise ValueError(f"--resume: run {str(run_dir)!r} has no checkpoint to continue")
+    if corpus_dir is None:
+        corpus_dir = run_dir / "corpus"
+    record = {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus_dir)}
+    run_dir = tr.prepare_run_dir(runs_dir, cfg, record)
+    if source is not None and not (corpus_dir / "meta.json").is_file():
+        from .store import write_corpus
+        with _bar(n_docs, "sampling", "doc") as bar:
+            write_corpus(world, corpus_dir, n_docs, doc_length, corpus_seed, overwrite=True,
+                         config={"command": "train", "world": source["world"]},
+                         progress=lambda d: bar.update(d - bar.n))
+    t0 = time.perf_counter()
+    with _bar(max_steps, "training", "step") as bar:
+        if resume:
+            bar.update(0)
+        post = {}
+
+        def progress(step, info):
+            post["loss"] = f"{info['loss']:.3f}"
+            if "gap" in info:
+                post["gap"] = f"{info['gap']:.3f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(step - bar.n)
+
+        res = tr.train(cfg, corpus_dir, run_dir, resume=resume, progress=progress)
+    click.echo(f"{run_dir}: stopped at step {res.step} by {res.reason} ({time.perf_counter() - t0:.1f} s); "
+               f"val {res.val_loss:.4f}, Bayes floor {res.floor:.4f}, gap {res.gap:.4f} nats/token")
+    return 0
 
 
 # ---------------------------------------------------------------------- plot

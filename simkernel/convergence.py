@@ -250,3 +250,43 @@ def summarise(results: list[SeedResult], n_demos) -> tuple[list[dict], dict]:
     add("bayes-vs-oracle", "-", {k: v for k, v in metrics(np.broadcast_to(oracle_all[:, None], bayes_all.shape),
                                                           bayes_all, y_all).items() if k in ("l1", "tv", "kl", "agree")})
     return rows, fits
+
+
+# ---------------------------------------------------------------------- exact Bayes alone
+BAYES_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
+
+
+def bayes_summary(world: World, prompts, curve, ns) -> tuple[list[dict], int]:
+    """Per-n summary of exact Bayes on ``prompts`` (tidy rows: n_demos, metric, mean, ci_low,
+    ci_high, n_prompts) and the number of prompts whose posterior is undefined (probability 0
+    under the pretraining mixture) at some n.  Over the labels, renormalised:
+      posterior_true    P(true concept | n demonstrations, x_test)
+      bayes_accuracy    argmax of the Bayes predictive == y_test
+      oracle_agreement  that argmax == the oracle's argmax (true concept known)
+      tv_oracle         total variation between Bayes and oracle
+      oracle_accuracy   the oracle's argmax == y_test (a ceiling, the same for every n)
+    A prompt is left out at the n where it is impossible."""
+    labels = world.labels
+    idx = np.full(world.n_symbols, -1)
+    idx[labels] = np.arange(len(labels))
+    y = idx[prompts.y_test]
+    oracle = restrict(curve.oracle, labels)                                     # (B, L)
+    pred = restrict(curve.predictive[:, list(ns)], labels)                      # (B, n, L)
+    post_true = curve.posterior[np.arange(len(y)), :, prompts.concepts][:, list(ns)]
+    bad = ~np.isfinite(pred).all(axis=-1) | ~np.isfinite(curve.posterior[:, list(ns)]).all(axis=-1)
+    both = ~bad & np.isfinite(oracle).all(axis=-1)[:, None]
+    m = metrics(oracle[:, None], np.where(bad[..., None], 0.0, pred), y)
+    m_oracle = metrics(oracle, oracle, y)
+    per = {"posterior_true": np.where(bad, np.nan, post_true),
+           "bayes_accuracy": np.where(bad, np.nan, (pred.argmax(-1) == y[:, None]).astype(float)),
+           "oracle_agreement": np.where(both, m["agree"], np.nan),
+           "tv_oracle": np.where(both, m["tv"], np.nan),
+           "oracle_accuracy": np.broadcast_to(np.where(np.isfinite(oracle).all(-1), m_oracle["acc"],
+                                                       np.nan)[:, None], bad.shape)}
+    rows = []
+    for j, n in enumerate(ns):
+        for metric in BAYES_METRICS:
+            mean, lo, hi, cnt = mean_ci(per[metric][:, j])
+            rows.append({"n_demos": int(n), "metric": metric, "mean": float(mean), "ci_low": float(lo),
+                         "ci_high": float(hi), "n_prompts": int(cnt)})
+    return rows, int(bad.any(axis=1).sum())
