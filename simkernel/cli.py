@@ -892,13 +892,16 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
     if corpus_dir is None:
         corpus_dir = run_dir / "corpus"
     record = {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus_dir)}
-    run_dir = tr.prepare_run_dir(runs_dir, cfg, record)
-    if source is not None and not (corpus_dir / "meta.json").is_file():
-        from .store import write_corpus
-        with _bar(n_docs, "sampling", "doc") as bar:
-            write_corpus(world, corpus_dir, n_docs, doc_length, corpus_seed, overwrite=True,
-                         config={"command": "train", "world": source["world"]},
-                         progress=lambda d: bar.update(d - bar.n))
+    rank, _ = tr.init_distributed(tr.select_device(device))      # under torchrun: rank 0 writes
+    if rank == 0:
+        run_dir = tr.prepare_run_dir(runs_dir, cfg, record)
+        if source is not None and not (corpus_dir / "meta.json").is_file():
+            from .store import write_corpus
+            with _bar(n_docs, "sampling", "doc") as bar:
+                write_corpus(world, corpus_dir, n_docs, doc_length, corpus_seed, overwrite=True,
+                             config={"command": "train", "world": source["world"]},
+                             progress=lambda d: bar.update(d - bar.n))
+    tr.barrier()
     t0 = time.perf_counter()
     with _bar(max_steps, "training", "step") as bar:
         if resume:
@@ -912,9 +915,10 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
             bar.set_postfix(post, refresh=False)
             bar.update(step - bar.n)
 
-        res = tr.train(cfg, corpus_dir, run_dir, resume=resume, progress=progress)
-    click.echo(f"{run_dir}: stopped at step {res.step} by {res.reason} ({time.perf_counter() - t0:.1f} s); "
-               f"val {res.val_loss:.4f}, Bayes floor {res.floor:.4f}, gap {res.gap:.4f} nats/token")
+        res = tr.train(cfg, corpus_dir, run_dir, resume=resume, progress=progress if rank == 0 else None)
+    if rank == 0:
+        click.echo(f"{run_dir}: stopped at step {res.step} by {res.reason} ({time.perf_counter() - t0:.1f} s); "
+                   f"val {res.val_loss:.4f}, Bayes floor {res.floor:.4f}, gap {res.gap:.4f} nats/token")
     return 0
 
 

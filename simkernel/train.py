@@ -1,0 +1,548 @@
+"""Train a small transformer on a world's documents and measure its gap to the Bayes floor.
+
+A plain PyTorch loop (nanoGPT-style): AdamW, linear warm-up then cosine decay, gradient
+clipping, bf16 autocast on CUDA only, optional ``torch.compile``, DDP under ``torchrun``.
+
+Data.  A training example is a block of ``block_size`` consecutive symbols that lies inside
+one document; the block of step ``s`` on rank ``r`` is drawn from ``np.random.default_rng(
+[seed, s, r])``, uniformly over every (document, offset) with room for the block.  So the data
+position is the step number, and a resumed run sees exactly the batches it would have seen.
+
+The Bayes floor.  Held-out documents are sampled from the same world with another seed
+(``eval_seed``) and cut into non-overlapping blocks at offsets 0, B, 2B, ...  The model is
+scored on predicting symbols 1..B-1 of each block from the ones before (symbol 0 has no
+context: the vocabulary has no BOS).  The floor is the loss of the exact Bayes predictor on
+the same symbols, given the same block and its offset t in the document:
+
+    the hidden state at the block start under concept k  ~  start_k M_k^t,
+    M_k = T_k (no restart),  M_k[s] = (1 - E_k[s, d]) T_k[s] + E_k[s, d] start_k (restart)
+
+(the chain with the block's earlier symbols marginalised out; in a restart world a delimiter
+sends the next state back to start).  With ll[k, j] = log P(block[:j+1] | k, t) from
+``bayes.forward(init=..., prefixes=True)`` and the world's prior π, the loss of symbol j is
+
+    -( logsumexp_k(log π_k + ll[k, j]) - logsumexp_k(log π_k + ll[k, j-1]) ).
+
+The Bayes predictor also knows the offset t, which the model does not see, so the floor is a
+true lower bound (and t's effect fades as the chain mixes).  gap = val loss - floor.
+
+Run folder: ``runs_dir / <hash of the config>``::
+
+    config.json     the training config (and where the corpus came from)
+    corpus/         the corpus, when the run sampled its own
+    metrics.jsonl   one JSON object per eval: step, train_loss, val_loss, floor, gap, lr, ...
+    checkpoint/     model/ (save_pretrained: config.json + model.safetensors), state.pt
+                    (optimizer, scheduler, step, RNG states, best, evals without improvement),
+                    train_config.json; replaced atomically (temp folder + rename)
+    done.json       written last: why training stopped and the final numbers
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import bayes, model as model_mod
+from .sampling import sample_corpus
+from .store import public_mode, read_corpus, read_meta, versions, write_json
+from .world import World
+
+try:        # transformers' per-save progress bars would break the training bar
+    from transformers.utils import logging as _hf_logging
+    _hf_logging.disable_progress_bar()
+except Exception:  # pragma: no cover
+    pass
+
+CHECKPOINT = "checkpoint"
+DONE = "done.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+
+# ---------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run's result (the run folder is a hash of it).
+    ``device`` and ``compile`` are how it runs, not what it computes, and are not hashed."""
+
+    corpus: dict                      # where the corpus came from (see corpus_identity)
+    model: str = "cpu"
+    model_overrides: dict = field(default_factory=dict)
+    block_size: int = 128
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_steps: int = 3000
+    eval_every: int = 100
+    eval_docs: int = 8
+    eval_blocks: int = 64
+    target_gap: float = 0.05
+    patience: int = 10
+    ckpt_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+
+    def hashed(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("device")
+        d.pop("compile")
+        return d
+
+    def run_id(self) -> str:
+        text = json.dumps(self.hashed(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """One-line ValueErrors for values no run can use (checked before any work)."""
+    if cfg.model not in model_mod.MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {cfg.model!r}; allowed: {', '.join(model_mod.MODEL_PRESETS)}")
+    ctx = int(cfg.model_overrides.get("n_positions", model_mod.MODEL_PRESETS[cfg.model]["n_positions"]))
+    if not 2 <= cfg.block_size <= ctx:
+        raise ValueError(f"block size {cfg.block_size} must be in 2..{ctx} (the context of model {cfg.model!r})")
+    for name in ("batch_size", "max_steps", "eval_every", "eval_docs", "eval_blocks", "patience", "ckpt_every"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if not (isinstance(cfg.target_gap, (int, float)) and cfg.target_gap > 0 and math.isfinite(cfg.target_gap)):
+        raise ValueError(f"target gap must be > 0 nats/token, got {cfg.target_gap!r}")
+    if not cfg.lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {cfg.lr!r}")
+    if cfg.warmup_steps < 0 or not 0 <= cfg.min_lr_frac <= 1:
+        raise ValueError("warmup_steps must be >= 0 and min_lr_frac in [0, 1]")
+
+
+def corpus_identity(corpus_dir) -> dict:
+    """What identifies a corpus folder: its meta.json (config, seed, world, creation time)
+    and its size; its path is kept for reading it, but not hashed (see ``TrainConfig``)."""
+    corpus_dir = Path(corpus_dir)
+    meta = read_meta(corpus_dir)
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
+    return {"meta_sha256": h, "seed": meta.get("seed"), "world": meta.get("world", {}).get("meta"),
+            "n_tokens": int(np.load(corpus_dir / "tokens.npy", mmap_mode="r").size)}
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """cuda (this rank's GPU under torchrun) when available and requested or ``auto``; else cpu."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} was requested but CUDA is not available; use --device cpu")
+        if requested == "cuda" and "LOCAL_RANK" in os.environ:
+            requested = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    elif requested != "cpu":
+        raise ValueError(f"unknown device {requested!r}; allowed: auto, cpu, cuda, cuda:N")
+    return torch.device(requested)
+
+
+# ---------------------------------------------------------------------- data
+class BlockSampler:
+    """Fixed-length blocks inside one document, uniform over every valid (document, offset)."""
+
+    def __init__(self, corpus, block_size: int):
+        lengths = np.diff(corpus.offsets)
+        starts = np.maximum(lengths - block_size + 1, 0)
+        if starts.sum() == 0:
+            raise ValueError(f"block size {block_size} is longer than every document "
+                             f"(the longest has {int(lengths.max())} symbols)")
+        self.tokens = corpus.tokens
+        self.doc_start = corpus.offsets[:-1]
+        self.cum = np.cumsum(starts)
+        self.block_size = block_size
+
+    def batch(self, seed: int, step: int, rank: int, batch_size: int) -> np.ndarray:
+        """(batch_size, block_size) int64 symbols for this (seed, step, rank)."""
+        rng = np.random.default_rng([seed, step, rank])
+        u = rng.integers(0, self.cum[-1], size=batch_size)
+        doc = np.searchsorted(self.cum, u, side="right")
+        off = u - np.concatenate([[0], self.cum[:-1]])[doc]
+        pos = self.doc_start[doc] + off
+        idx = pos[:, None] + np.arange(self.block_size)[None, :]
+        return np.asarray(self.tokens[idx], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out blocks (N, B) int64, their offsets in their documents (N,), and the exact
+    Bayes loss of each predicted symbol (N, B-1) in nats."""
+
+    blocks: np.ndarray
+    offsets: np.ndarray
+    bayes_loss: np.ndarray
+
+    @property
+    def floor(self) -> float:
+        return float(self.bayes_loss.mean())
+
+
+def block_start_states(world: World, offsets) -> np.ndarray:
+    """(N, K, S): the hidden state at document position t (given nothing about the symbols
+    before it) under each concept, start_k M_k^t (see the module docstring)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    K, S = world.n_concepts, world.n_states
+    M = world.transition.copy()
+    if world.restart:
+        pd = world.emission[:, :, world.delimiter]                       # (K, S)
+        M = (1 - pd)[:, :, None] * M + pd[:, :, None] * world.start[:, None, :]
+    out = np.empty((offsets.size, K, S))
+    order = np.argsort(offsets, kind="stable")
+    state, t = world.start.copy(), 0
+    for i in order:
+        while t < offsets[i]:
+            state = np.einsum("ks,kst->kt", state, M)
+            t += 1
+        out[i] = state
+    return out
+
+
+def bayes_block_loss(world: World, blocks, offsets) -> np.ndarray:
+    """(N, B-1): exact Bayes loss (nats) of symbol j = 1..B-1 of each block given symbols
+    0..j-1 and the block's offset in its document."""
+    blocks = np.asarray(blocks)
+    fw = bayes.forward(world, blocks, init=block_start_states(world, offsets), prefixes=True)
+    with np.errstate(divide="ignore"):
+        logw = np.log(world.prior)[None, :, None] + fw.loglik                # (N, K, B)
+    m = logw.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(logw - m).sum(axis=1, keepdims=True)))[:, 0]    # (N, B)
+    return -(lse[:, 1:] - lse[:, :-1])
+
+
+def make_eval_set(world: World, doc_length: int, block_size: int, n_docs: int, n_blocks: int,
+                  seed: int) -> EvalSet:
+    """Non-overlapping blocks at offsets 0, B, 2B, ... of ``n_docs`` held-out documents,
+    taken document by document round-robin, at most ``n_blocks``."""
+    docs = sample_corpus(world, n_docs, doc_length, seed=seed)
+    per_doc = doc_length // block_size
+    picks = [(d, j) for j in range(per_doc) for d in range(n_docs)][:n_blocks]
+    blocks = np.stack([docs.document(d)[j * block_size:(j + 1) * block_size] for d, j in picks]).astype(np.int64)
+    offsets = np.array([j * block_size for _, j in picks], dtype=np.int64)
+    return EvalSet(blocks, offsets, bayes_block_loss(world, blocks, offsets))
+
+
+# ---------------------------------------------------------------------- loop pieces
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to lr over warmup_steps, then cosine decay to min_lr_frac * lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def lm_loss(model, x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-symbol cross-entropy of x[:, 1:] given x[:, :-1] (float32 logits)."""
+    logits = model(input_ids=x).logits.float()
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                           reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate(model, blocks: np.ndarray, device, batch_size: int = 64, autocast=None) -> float:
+    """Mean next-symbol loss (nats/token) of ``model`` on the blocks (symbols 1..B-1)."""
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for a in range(0, len(blocks), batch_size):
+        x = torch.as_tensor(blocks[a:a + batch_size], device=device)
+        with autocast():
+            loss = lm_loss(model, x, reduction="sum")
+        total += float(loss)
+        n += x.shape[0] * (x.shape[1] - 1)
+    model.train(was)
+    return total / n
+
+
+def _rng_states() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_states(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, cfg: TrainConfig, state: dict) -> Path:
+    """Write run_dir/checkpoint atomically: a complete temp folder renamed into place."""
+    final = run_dir / CHECKPOINT
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir))
+    try:
+        model_mod.save_model(model, tmp / "model")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_states(), **state}, tmp / "state.pt")
+        (tmp / "train_config.json").write_text(json.dumps(cfg.hashed(), indent=2, sort_keys=True, default=str))
+        public_mode(tmp)
+        old = None
+        if final.exists():
+            old = run_dir / f".checkpoint.old.{os.getpid()}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _diff_configs(saved: dict, now: dict, prefix="") -> list[str]:
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        a, b = saved.get(k, "<absent>"), now.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff_configs(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: checkpoint {a!r} vs now {b!r}")
+    return out
+
+
+def load_checkpoint(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler) -> dict:
+    """Restore model, optimizer, scheduler and RNG states from run_dir/checkpoint; returns the
+    saved loop state.  One-line ValueError when it is missing, corrupt or for another config."""
+    ck = run_dir / CHECKPOINT
+    if not ck.is_dir():
+        raise ValueError(f"--resume: no checkpoint in {str(run_dir)!r}")
+    try:
+        saved_cfg = json.loads((ck / "train_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--resume: checkpoint {str(ck)!r} is corrupt: cannot read train_config.json "
+                         f"({type(e).__name__})") from None
+    now = json.loads(json.dumps(cfg.hashed(), sort_keys=True, default=str))
+    diff = _diff_configs(saved_cfg, now)
+    if diff:
+        raise ValueError(f"--resume: checkpoint {str(ck)!r} does not match this config: " + "; ".join(diff))
+    try:
+        from safetensors.torch import load_file
+        weights = load_file(str(ck / "model" / "model.safetensors"))
+        state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+    except Exception as e:     # safetensors / pickle raise many types on a damaged file
+        raise ValueError(f"--resume: checkpoint {str(ck)!r} is corrupt ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:120]})") from None
+    target = getattr(model, "module", model)
+    target = getattr(target, "_orig_mod", target)
+    own = target.state_dict()
+    bad = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in weights and not k.endswith(".attn.bias") and "masked_bias" not in k]
+    if bad or missing:
+        what = (f"tensor {bad[0]} has shape {tuple(weights[bad[0]].shape)}, the model needs "
+                f"{tuple(own[bad[0]].shape)}") if bad else f"tensor {missing[0]} is missing"
+        raise ValueError(f"--resume: checkpoint {str(ck)!r} does not match the model: {what}")
+    target.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_states(state["rng"])
+    return state
+
+
+# ---------------------------------------------------------------------- the run
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str                 # "trained" | "already done"
+    reason: str                 # why it stopped: target_gap | patience | max_steps
+    step: int
+    val_loss: float
+    floor: float
+    gap: float
+    metrics: list
+
+
+def run_status(run_dir: Path) -> dict | None:
+    """done.json of a finished run, else None."""
+    f = Path(run_dir) / DONE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _ddp_env():
+    """(rank, world_size, local_rank) from torchrun's environment, else (0, 1, 0)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world_size); under torchrun (WORLD_SIZE > 1) joins the process group once
+    (nccl on CUDA, gloo on CPU).  Safe to call repeatedly."""
+    rank, world_size, _ = _ddp_env()
+    if world_size > 1:
+        import torch.distributed as dist
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside DDP)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progress=None,
+          log=None, stop_after: int | None = None) -> RunResult:
+    """Train (or continue) the run of ``cfg`` in ``run_dir`` on the corpus at ``corpus_dir``.
+
+    ``progress``: optional callable(step, info dict) after every step; ``log``: callable(str)
+    for messages; ``stop_after``: stop (with a checkpoint, without done.json) after that many
+    total steps, as an interruption would (for tests)."""
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    device = select_device(cfg.device)
+    rank, world_size = init_distributed(device)
+    ddp = world_size > 1
+
+    corpus = read_corpus(corpus_dir)
+    world = World.load(Path(corpus_dir) / "world.npz")
+    sampler = BlockSampler(corpus, cfg.block_size)
+    doc_length = int(np.diff(corpus.offsets).max())
+    meta_seed = read_meta(corpus_dir).get("seed") or 0
+    evalset = make_eval_set(world, doc_length, cfg.block_size, cfg.eval_docs, cfg.eval_blocks,
+                            seed=int(meta_seed) + 1)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    net = model_mod.build_model(cfg.model, world.n_symbols, **cfg.model_overrides).to(device)
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+
+    state = {"step": 0, "best": math.inf, "bad_evals": 0, "metrics": []}
+    if resume:
+        state = load_checkpoint(run_dir, cfg, net, optimizer, scheduler)
+    metrics = list(state["metrics"])
+    step = int(state["step"])
+    recent = list(state.get("recent", []))
+    if resume and rank == 0:     # drop rows logged after the checkpoint by an interrupted run
+        text = "".join(json.dumps(r) + "\n" for r in metrics)
+        from .world import atomic_write
+        atomic_write(run_dir / METRICS, lambda f: f.write(text.encode()))
+        public_mode(run_dir / METRICS)
+
+    model = net
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if device.type == "cuda":
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        import contextlib
+
+        def autocast():
+            return contextlib.nullcontext()
+
+    def checkpoint():
+        if rank == 0:
+            save_checkpoint(run_dir, net, optimizer, scheduler, cfg,
+                            {"step": step, "best": state["best"], "bad_evals": state["bad_evals"],
+                             "metrics": metrics, "recent": recent, "data_position": step})
+
+    reason = None
+    train_loss = float("nan")
+    model.train()
+    t0 = time.perf_counter()
+    tokens_seen = 0
+    while True:
+        if step >= cfg.max_steps:
+            reason = "max_steps"
+            break
+        if stop_after is not None and step >= stop_after:
+            break
+        x = torch.as_tensor(sampler.batch(cfg.seed, step, rank, cfg.batch_size), device=device)
+        with autocast():
+            loss = lm_loss(model, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        train_loss = float(loss.detach())
+        recent.append(train_loss)
+        tokens_seen += x.numel() * world_size
+        info = {"loss": train_loss}
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val = evaluate(net, evalset.blocks, device, autocast=autocast)
+            gap = val - evalset.floor
+            elapsed = time.perf_counter() - t0
+            row = {"step": step, "train_loss": float(np.mean(recent)), "val_loss": val,
+                   "floor": evalset.floor, "gap": gap, "lr": scheduler.get_last_lr()[0],
+                   "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else None,
+                   "elapsed_s": elapsed}
+            recent = []
+            metrics.append(row)
+            if rank == 0:
+                with open(run_dir / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if log is not None:
+                    log(f"step {step}: train {row['train_loss']:.4f} val {val:.4f} floor "
+                        f"{evalset.floor:.4f} gap {gap:.4f}")
+            info["gap"] = gap
+            if val < state["best"] - 1e-4:
+                state["best"], state["bad_evals"] = val, 0
+            else:
+                state["bad_evals"] += 1
+            if gap < cfg.target_gap:
+                reason = "target_gap"
+            elif state["bad_evals"] >= cfg.patience:
+                reason = "patience"
+        if progress is not None:
+            progress(step, info)
+        if reason is not None:
+            break
+        if step % cfg.ckpt_every == 0:
+            checkpoint()
+
+    checkpoint()
+    last = metrics[-1] if metrics else {}
+    if reason is not None and rank == 0:
+        write_json(run_dir / DONE, {"reason": reason, "step": step, "val_loss": last.get("val_loss"),
+                                    "floor": evalset.floor, "gap": last.get("gap"),
+                                    "versions": versions(), "torch": torch.__version__})
+    if ddp:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return RunResult(run_dir, "trained", reason or "interrupted", step, last.get("val_loss", math.nan),
+                     evalset.floor, last.get("gap", math.nan), metrics)
+
+
+def prepare_run_dir(runs_dir, cfg: TrainConfig, config_record: dict) -> Path:
+    """Create runs_dir/<run id> with config.json (kept if it exists); returns the folder."""
+    run_dir = Path(runs_dir) / cfg.run_id()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG).is_file():
+        write_json(run_dir / CONFIG, config_record)
+    return run_dir

@@ -1,0 +1,342 @@
+"""Training: the model presets, the exact Bayes floor, the loop, checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from simkernel import bayes, make_world  # noqa: E402
+from simkernel import model as model_mod  # noqa: E402
+from simkernel import train as tr  # noqa: E402
+from simkernel.cli import MODEL_NAMES  # noqa: E402
+from simkernel.sampling import sample_corpus  # noqa: E402
+from simkernel.store import write_corpus  # noqa: E402
+
+from cli_helpers import ok, run  # noqa: E402
+
+WORLD = dict(n_concepts=3, n_states=6, n_symbols=8, concentration=0.1)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    world = make_world("random", 0, **WORLD)
+    return write_corpus(world, tmp_path_factory.mktemp("c") / "corpus", 40, 256, seed=0)
+
+
+def cfg_for(corpus_dir, **kw):
+    base = dict(corpus=tr.corpus_identity(corpus_dir), model="tiny", block_size=32, batch_size=8,
+                lr=3e-3, warmup_steps=10, max_steps=40, eval_every=10, eval_docs=4, eval_blocks=32,
+                target_gap=1e-6, patience=1000, ckpt_every=10, seed=0, device="cpu")
+    base.update(kw)
+    return tr.TrainConfig(**base)
+
+
+def train_collect(cfg, corpus_dir, run_dir, **kw):
+    losses = {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    res = tr.train(cfg, corpus_dir, run_dir, progress=lambda s, info: losses.__setitem__(s, info["loss"]), **kw)
+    return res, losses
+
+
+# ---------------------------------------------------------------------- model
+def test_model_presets():
+    assert tuple(model_mod.MODEL_PRESETS) == MODEL_NAMES
+    m = model_mod.build_model("tiny", 12)
+    assert m.config.n_layer == 2 and m.config.n_embd == 64 and m.config.n_head == 4
+    assert model_mod.context_length(m) == 256 and m.config.vocab_size == 12
+    assert model_mod.model_config("cpu", 12).n_positions == 512
+    assert model_mod.model_config("ginc-12", 50).n_embd == 768
+    with pytest.raises(ValueError, match="unknown model preset"):
+        model_mod.build_model("huge", 12)
+
+
+def test_save_load_roundtrip_and_eager_attention(tmp_path):
+    torch.manual_seed(0)
+    m = model_mod.build_model("tiny", 10).eval()
+    x = torch.randint(0, 10, (2, 12))
+    model_mod.save_model(m, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    m2 = model_mod.load_model(tmp_path / "m")
+    assert torch.equal(m(input_ids=x).logits, m2(input_ids=x).logits)
+    m3 = model_mod.load_model(tmp_path / "m", attn_implementation="eager")
+    out = m3(input_ids=x, output_attentions=True)
+    assert out.attentions[0].shape == (2, 4, 12, 12)
+    torch.testing.assert_close(out.logits, m(input_ids=x).logits, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- the floor
+def test_floor_one_concept_offset_zero():
+    world = make_world("random", 1, n_concepts=1)
+    blocks = sample_corpus(world, 5, 40, seed=3).tokens.reshape(5, 40).astype(np.int64)
+    loss = tr.bayes_block_loss(world, blocks, np.zeros(5, dtype=np.int64))
+    ll = bayes.log_likelihood(world, blocks)[:, 0]
+    ll0 = bayes.log_likelihood(world, blocks[:, :1])[:, 0]
+    np.testing.assert_allclose(loss.sum(axis=1), -(ll - ll0), rtol=1e-10)
+    np.testing.assert_allclose(loss.mean(axis=1), -(ll - ll0) / 39, rtol=1e-10)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_floor_at_offset_matches_brute_force_over_prefixes(restart):
+    """For a block at offset t the floor marginalises the t symbols before it: compare with
+    summing P(prefix + block) over every prefix, each scored from the start."""
+    world = make_world("random", 2, n_concepts=2, n_states=3, n_symbols=3, restart=restart)
+    block = np.array([1, 0, 2, 2, 1], dtype=np.int64)
+    for t in (0, 1, 3):
+        prefixes = np.array(list(itertools.product(range(3), repeat=t)), dtype=np.int64).reshape(3 ** t, t)
+
+        def log_marginal(n):        # log P(block[:n] at offset t), mixture over concepts
+            seqs = np.concatenate([prefixes, np.repeat(block[None, :n], len(prefixes), 0)], axis=1)
+            ll = bayes.log_likelihood(world, seqs)                         # (P, K)
+            per_k = np.logaddexp.reduce(ll, axis=0)                        # (K,)
+            return np.logaddexp.reduce(np.log(world.prior) + per_k)
+
+        loss = tr.bayes_block_loss(world, block[None], np.array([t]))[0]
+        expect = [-(log_marginal(j + 1) - log_marginal(j)) for j in range(1, len(block))]
+        np.testing.assert_allclose(loss, expect, rtol=1e-9, atol=1e-12)
+
+
+def test_block_sampler_stays_inside_documents(corpus_dir):
+    from simkernel.store import read_corpus
+    corpus = read_corpus(corpus_dir)
+    s = tr.BlockSampler(corpus, 32)
+    b1, b2 = s.batch(0, 5, 0, 64), s.batch(0, 5, 0, 64)
+    assert np.array_equal(b1, b2) and b1.shape == (64, 32)
+    assert not np.array_equal(b1, s.batch(0, 6, 0, 64)) and not np.array_equal(b1, s.batch(0, 5, 1, 64))
+    windows = np.lib.stride_tricks.sliding_window_view(corpus.tokens.reshape(40, 256), 32, axis=1)
+    windows = windows.reshape(-1, 32)                   # every block inside one document
+    for row in b1:
+        assert (windows == row).all(axis=1).any()
+    with pytest.raises(ValueError, match="longer than every document"):
+        tr.BlockSampler(corpus, 257)
+
+
+# ---------------------------------------------------------------------- the loop
+@pytest.fixture(scope="module")
+def trained(corpus_dir, tmp_path_factory):
+    cfg = cfg_for(corpus_dir, max_steps=150, eval_every=50, ckpt_every=1000)
+    return cfg, *train_collect(cfg, corpus_dir, tmp_path_factory.mktemp("run"))
+
+
+def test_tiny_model_overfits_a_tiny_corpus(tmp_path):
+    world = make_world("random", 0, **WORLD)
+    corpus = write_corpus(world, tmp_path / "small", 2, 64, seed=0)
+    cfg = cfg_for(corpus, max_steps=120, eval_every=60, ckpt_every=1000, lr=1e-2)
+    res, losses = train_collect(cfg, corpus, tmp_path / "run")
+    first = np.mean([losses[s] for s in range(1, 4)])
+    last = np.mean([losses[s] for s in range(111, 121)])
+    assert first > 1.5                      # starts near uniform over 8 symbols
+    assert last < 0.5 * first, (first, last)
+    assert res.reason == "max_steps" and res.step == 120
+    rows = [json.loads(x) for x in (res.run_dir / tr.METRICS).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [60, 120]
+    assert (res.run_dir / tr.DONE).is_file()
+    assert (res.run_dir / tr.CHECKPOINT / "model" / "model.safetensors").is_file()
+
+
+def test_trained_model_learns(trained):
+    cfg, res, losses = trained
+    rows = [json.loads(x) for x in (res.run_dir / tr.METRICS).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [50, 100, 150]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] and rows[-1]["gap"] < 0.3
+
+
+def test_trained_loss_never_below_the_floor(trained, corpus_dir):
+    cfg, res, _ = trained
+    world = make_world("random", 0, **WORLD)
+    ev = tr.make_eval_set(world, 256, cfg.block_size, 8, 64, seed=11)
+    net = model_mod.load_model(res.run_dir / tr.CHECKPOINT / "model")
+    with torch.no_grad():
+        x = torch.as_tensor(ev.blocks)
+        logits = net(input_ids=x).logits
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").numpy()
+    diff = (nll - ev.bayes_loss).mean(axis=1)          # per block
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() > -3 * se, (diff.mean(), se)
+    assert nll.mean() > ev.floor - 3 * se
+
+
+def test_resume_equals_uninterrupted(corpus_dir, tmp_path):
+    cfg = cfg_for(corpus_dir, max_steps=30, ckpt_every=7)
+    full, full_losses = train_collect(cfg, corpus_dir, tmp_path / "a")
+    part, part_losses = train_collect(cfg, corpus_dir, tmp_path / "b", stop_after=17)
+    assert part.reason == "interrupted" and not (tmp_path / "b" / tr.DONE).exists()
+    rest, rest_losses = train_collect(cfg, corpus_dir, tmp_path / "b", resume=True)
+    assert set(part_losses) == set(range(1, 18)) and set(rest_losses) == set(range(18, 31))
+    joined = {**part_losses, **rest_losses}
+    for s in full_losses:
+        assert abs(joined[s] - full_losses[s]) <= 1e-6, s
+    a = model_mod.load_model(tmp_path / "a" / tr.CHECKPOINT / "model").state_dict()
+    b = model_mod.load_model(tmp_path / "b" / tr.CHECKPOINT / "model").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    ma = (tmp_path / "a" / tr.METRICS).read_text().splitlines()
+    mb = (tmp_path / "b" / tr.METRICS).read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]  # noqa: E731
+    assert strip(ma) == strip(mb)
+
+
+def test_target_gap_and_patience_stop(corpus_dir, tmp_path):
+    res, _ = train_collect(cfg_for(corpus_dir, target_gap=100.0), corpus_dir, tmp_path / "g")
+    assert res.reason == "target_gap" and res.step == 10
+    res, _ = train_collect(cfg_for(corpus_dir, lr=1e-9, warmup_steps=0, patience=2, max_steps=100),
+                           corpus_dir, tmp_path / "p")
+    assert res.reason == "patience" and res.step < 100
+
+
+def test_device_selection(monkeypatch):
+    assert tr.select_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tr.select_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        tr.select_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        tr.select_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert tr.select_device("auto").type == "cuda"
+
+
+def test_lr_schedule():
+    cfg = tr.TrainConfig(corpus={}, lr=1.0, warmup_steps=10, max_steps=110, min_lr_frac=0.1)
+    assert tr.lr_at(0, cfg) == pytest.approx(0.1) and tr.lr_at(9, cfg) == pytest.approx(1.0)
+    assert tr.lr_at(60, cfg) == pytest.approx(0.55) and tr.lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_run_id_ignores_device_not_values(corpus_dir):
+    a = cfg_for(corpus_dir)
+    assert a.run_id() == cfg_for(corpus_dir, device="cuda", compile=True).run_id()
+    assert a.run_id() != cfg_for(corpus_dir, lr=1e-3).run_id()
+
+
+# ---------------------------------------------------------------------- CLI
+TRAIN = ["train", "--model", "tiny", "--block-size", 32, "--batch-size", 4, "--max-steps", 6,
+         "--eval-every", 3, "--ckpt-every", 3, "--device", "cpu"]
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def unchanged(folder, before):
+    """Every file that was there is still there, byte for byte (a new config.json may appear)."""
+    now = snapshot(folder)
+    return all(now.get(p) == data for p, data in before.items())
+
+
+def test_cli_train_then_not_retrained(corpus_dir, tmp_path):
+    r = ok([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs"])
+    assert "stopped at step 6 by max_steps" in r.output and "gap" in r.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    before = snapshot(run_dir)
+    r = ok([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs"])
+    assert "already trained" in r.output and str(run_dir) in r.output
+    assert snapshot(run_dir) == before
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["train"]["model"] == "tiny"
+
+
+def test_cli_samples_its_own_corpus(tmp_path):
+    r = ok([*TRAIN, "--preset", "random", "--n-docs", 4, "--doc-length", 64, "--runs-dir", tmp_path / "runs"])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "corpus" / "tokens.npy").is_file() and "stopped at step" in r.output
+
+
+def _interrupted_run(corpus_dir, tmp_path):
+    # the config the CLI builds from TRAIN (every other field at its default)
+    cfg = tr.TrainConfig(corpus=tr.corpus_identity(corpus_dir), model="tiny", block_size=32, batch_size=4,
+                         max_steps=6, eval_every=3, ckpt_every=3, device="cpu")
+    run_dir = tmp_path / "runs" / cfg.run_id()
+    run_dir.mkdir(parents=True)
+    tr.train(cfg, corpus_dir, run_dir, stop_after=3)
+    return run_dir
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corpus", "{tmp}/nope"], "does not exist"),
+    (["--corpus", "{empty}"], "empty"),
+    (["--corpus", "{corpus}", "--block-size", "300"], "block size 300 must be in 2..256"),
+    (["--corpus", "{corpus}", "--model", "huge"], "'huge' is not one of"),
+    (["--corpus", "{corpus}", "--target-gap", "0"], "target gap must be > 0"),
+    (["--corpus", "{corpus}", "--target-gap", "-1"], "target gap must be > 0"),
+    (["--corpus", "{corpus}", "--device", "tpu"], "unknown device"),
+    (["--corpus", "{corpus}", "--preset", "random"], "cannot be combined with --preset"),
+    (["--corpus", "{corpus}", "--resume"], "no checkpoint"),
+])
+def test_cli_bad_input_one_line(args, message, corpus_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    np.save(empty / "tokens.npy", np.zeros(0, dtype=np.uint8))
+    np.save(empty / "offsets.npy", np.zeros(2, dtype=np.int64))
+    np.save(empty / "concepts.npy", np.zeros(1, dtype=np.int64))
+    (empty / "meta.json").write_text("{}")
+    args = [a.format(tmp=tmp_path, empty=empty, corpus=corpus_dir) for a in args]
+    argv = [*TRAIN, *args, "--runs-dir", tmp_path / "runs"]
+    r = run(argv)
+    assert r.exit_code != 0
+    err = r.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("model.safetensors"))
+
+
+def test_cli_interrupted_run_needs_resume_then_continues(corpus_dir, tmp_path):
+    run_dir = _interrupted_run(corpus_dir, tmp_path)
+    before = snapshot(run_dir)
+    r = run([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs"])
+    assert r.exit_code == 1 and "--resume" in r.stderr and snapshot(run_dir) == before
+    r = ok([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs", "--resume"])
+    assert "stopped at step 6" in r.output
+
+
+def test_cli_resume_corrupt_or_mismatched_checkpoint(corpus_dir, tmp_path):
+    run_dir = _interrupted_run(corpus_dir, tmp_path)
+    ck = run_dir / tr.CHECKPOINT
+    weights = ck / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = snapshot(run_dir)
+    r = run([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs", "--resume"])
+    assert r.exit_code == 1 and "corrupt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert unchanged(run_dir, before)
+
+    run_dir = _interrupted_run(corpus_dir, tmp_path / "again")
+    cfg_file = run_dir / tr.CHECKPOINT / "train_config.json"
+    saved = json.loads(cfg_file.read_text())
+    saved["batch_size"] = 99
+    cfg_file.write_text(json.dumps(saved))
+    before = snapshot(run_dir)
+    r = run([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "again" / "runs", "--resume"])
+    assert r.exit_code == 1 and "does not match" in r.stderr and "batch_size: checkpoint 99 vs now 4" in r.stderr
+    assert unchanged(run_dir, before)
+
+
+def test_help_does_not_import_torch_for_train_options():
+    import subprocess
+    import sys
+    code = ("import sys; from simkernel.cli import main; main(['train', '--help'], standalone_mode=False); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_ddp_two_cpu_ranks(corpus_dir, tmp_path):
+    """torchrun with 2 gloo ranks on the CPU: one run folder, written once, finished."""
+    import subprocess
+    import sys
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "simkernel.cli", *map(str, TRAIN), "--corpus", str(corpus_dir), "--runs-dir", str(tmp_path / "runs")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("stopped at step 6") == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = [json.loads(x) for x in (run_dir / tr.METRICS).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6] and (run_dir / tr.DONE).is_file()
