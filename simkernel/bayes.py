@@ -305,12 +305,11 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         raise ValueError(f"record positions must be ascending within 0..{L}")
     inner = rec[rec < L]
     if init is None:
-        init_k = np.ascontiguousarray(np.broadcast_to(world.start[:, None, :], (K, B, S)))
+        init = np.broadcast_to(world.start[None], (B, K, S))
     else:
         init = np.asarray(init, dtype=np.float64)
         if init.shape != (B, K, S):
             raise ValueError(f"init has shape {init.shape}, expected (B, K, S) = {(B, K, S)}")
-        init_k = np.ascontiguousarray(init.transpose(1, 0, 2))
     n_threads = default_threads() if n_threads is None else max(1, int(n_threads))
     # The split of the work depends on (B, K) only, never on n_threads: BLAS rounds a product
     # of R rows differently for different R, and results must not change with the thread count.
@@ -321,6 +320,7 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         nxt = np.empty((K, B, S))
         recorded = np.empty((K, B, len(inner), S))
         tokT = np.ascontiguousarray(tokens.T)
+        init_k = np.ascontiguousarray(init.transpose(1, 0, 2))              # (K, B, S)
         ET = np.ascontiguousarray(world.emission.transpose(0, 2, 1))
         # blocks big enough for an efficient GEMM, enough units to keep a few threads busy
         n_blocks = max(1, math.ceil(B / 256), math.ceil(4 / K))
@@ -331,7 +331,7 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         nxt = np.empty((B, K, S))
         recorded = np.empty((B, K, len(inner), S))
         TXb, blk_off, startx, val, ptr, idx = expanded_tables(world)
-        init_b = np.ascontiguousarray(init_k.transpose(1, 0, 2))
+        init_b = np.ascontiguousarray(init)                                  # (B, K, S)
         n_blocks = max(1, math.ceil(B / 16))   # enough blocks to keep threads busy
     bounds = np.linspace(0, B, min(n_blocks, max(B, 1)) + 1).astype(int)
     blocks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
