@@ -225,6 +225,7 @@ def main():
                              with a figure: the quick-start job
     simkernel plot           redraw a figure from its tidy CSV and JSON
     simkernel train          train a small transformer; its gap to the Bayes floor
+    simkernel icl-eval       a trained model's in-context predictions against exact Bayes
 
     Every result carries its config, seed and package versions; outputs are written
     atomically, so a failed run leaves nothing half-written.
@@ -919,6 +920,146 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
     if rank == 0:
         click.echo(f"{run_dir}: stopped at step {res.step} by {res.reason} ({time.perf_counter() - t0:.1f} s); "
                    f"val {res.val_loss:.4f}, Bayes floor {res.floor:.4f}, gap {res.gap:.4f} nats/token")
+    return 0
+
+
+# ---------------------------------------------------------------------- icl-eval
+ICL_FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
+ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+
+
+def parse_n_demos0(text) -> list[int]:
+    """Like :func:`parse_n_demos`, and a lone '0' item is allowed (n = 0: x_test alone)."""
+    items = [t.strip() for t in str(text).split(",")]
+    zero = "0" in items
+    rest = ",".join(t for t in items if t != "0")
+    if not rest:
+        if zero:
+            return [0]
+        raise ValueError("empty; expected n >= 0 as a comma list '0,1,2,8' or ranges 'A..B'")
+    return ([0] if zero else []) + parse_n_demos(rest)
+
+
+class _NDemos0(_NDemos):
+    def get_metavar(self, param, ctx=None):
+        return "N,N,..|A..B"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_n_demos0(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+@main.command("icl-eval", short_help="A trained model's in-context predictions against exact Bayes, with a figure.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="A training run folder (made by `simkernel train`).")
+@click.option("--n-demos", type=_NDemos0(), default="0,1,2,4,8,16,32,64", show_default=True,
+              help="Numbers of demonstrations; n whose prompt exceeds the model's context is skipped.")
+@click.option("--example-length", type=EXAMPLE_LENGTH, default=3, show_default=True,
+              help="Example length k: x has k - 1 symbols, then its label.")
+@click.option("--n-prompts", type=POSITIVE, default=200, show_default=True, help="Prompts per concept group.")
+@click.option("--seed", type=NONNEG, default=0, show_default=True, help="Prompt sampling seed.")
+@click.option("--concepts", type=_Concepts(), multiple=True,
+              help="Concept group(s): prior, id, ood or an index; repeatable.  Default: id and ood when "
+                   "the world has prior-0 concepts, else prior.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for icl_vs_bayes.csv/.json/.png (default: the run folder).")
+@click.option("--figures", "to_figures", is_flag=True, help="Also copy the three files into ./figures.")
+def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, device, out, to_figures):
+    """Evaluate a trained model's in-context learning: for every n, the model's next-symbol
+    distribution after x_test (restricted to the labels) against the exact Bayesian posterior
+    predictive and the oracle, on the same prompts.  Metrics (mean, 95% CI over prompts):
+    tv_bayes, agree_bayes, acc_model, acc_bayes, acc_oracle, tv_oracle.  Writes
+    icl_vs_bayes.csv (tidy), .json (provenance) and .png.  The kernel estimators are not
+    evaluated here (see `simkernel converge`)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from .icl_eval import run_paths
+    from .store import provenance, public_mode, world_summary, write_csv, write_json
+
+    run_paths(run_dir)                           # one-line errors before torch is imported
+    out = run_dir if out is None else out
+    check_results_dir(out)
+    if to_figures:
+        check_results_dir(Path("figures"))
+    from . import icl_eval
+    from .plots import plot_icl_vs_bayes
+    from .train import select_device
+
+    dev = select_device(device)
+    model, world, model_dir, world_file = icl_eval.load_run(run_dir, device=dev)
+    groups = list(concepts) or icl_eval.default_concepts(world)
+    for g in groups:
+        if not isinstance(g, str):
+            _check_concept(g, world)
+    t0 = time.perf_counter()
+    rows, info = icl_eval.evaluate(model, world, n_demos, example_length, n_prompts, seed=seed,
+                                   concepts=groups, device=dev)
+    rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
+    elapsed = time.perf_counter() - t0
+    title = (f"model {run_dir.name} ({model.config.n_layer} layers, d {model.config.n_embd}) vs exact Bayes; "
+             f"k={example_length}, {n_prompts} prompts per group, seed {seed}")
+    config = {"command": "icl-eval", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
+              "n_demos": ",".join(map(str, n_demos)), "example_length": example_length, "n_prompts": n_prompts,
+              "concepts": [str(g) for g in groups], "device": str(dev), "out": str(out)}
+    meta = provenance(config, seed)
+    meta["versions"]["matplotlib"] = _matplotlib_version()
+    import torch
+    meta["versions"]["torch"] = torch.__version__
+    try:
+        meta["train_config"] = json.loads((run_dir / "config.json").read_text())
+        meta["train_done"] = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").is_file() else None
+    except (OSError, ValueError):
+        pass
+    meta.update(title=title, world=world_summary(world), context=info["context"], skipped_n=info["skipped_n"],
+                impossible_prompts=info["impossible_prompts"], elapsed_s=round(elapsed, 3), columns=list(ICL_COLUMNS),
+                metrics={"tv_bayes": "total variation (labels) between the model and the exact posterior predictive",
+                         "agree_bayes": "argmax of the model == argmax of exact Bayes",
+                         "acc_model": "argmax of the model == y_test", "acc_bayes": "argmax of exact Bayes == y_test",
+                         "acc_oracle": "argmax of P(y | x_test, true concept) == y_test",
+                         "tv_oracle": "total variation between the model and the oracle"},
+                not_evaluated="the theory kernel estimator (see `simkernel converge`)")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    tmp = Path(tempfile.mkdtemp(prefix=".icl_eval.", suffix=".tmp", dir=probe))
+    try:
+        write_csv(tmp / ICL_FILES[0], rows, ICL_COLUMNS)
+        write_json(tmp / ICL_FILES[1], meta)
+        plot_icl_vs_bayes(rows, tmp / ICL_FILES[2], title=title)
+        out.mkdir(parents=True, exist_ok=True)
+        if to_figures:
+            Path("figures").mkdir(exist_ok=True)
+        for name in ICL_FILES:
+            public_mode(tmp / name)
+            if to_figures:
+                shutil.copyfile(tmp / name, Path("figures") / name)
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if info["skipped_n"]:
+        click.echo(f"skipped n = {', '.join(map(str, info['skipped_n']))}: the prompt is longer than the "
+                   f"model's context ({info['context']} symbols)")
+    for g in groups:
+        click.echo(f"concepts {g}:   n   TV(model, Bayes)   agree   acc model / Bayes / oracle")
+        sel = {(r["n_demos"], r["metric"]): r for r in rows if r["concepts"] == str(g)}
+        for n in sorted({r["n_demos"] for r in rows}):
+            v = lambda m: sel[(n, m)]["mean"]  # noqa: E731
+            click.echo(f"  {n:>5}   {v('tv_bayes'):.3f}   {v('agree_bayes'):.3f}   "
+                       f"{v('acc_model'):.3f} / {v('acc_bayes'):.3f} / {v('acc_oracle'):.3f}")
+    bad = {g: c for g, c in info["impossible_prompts"].items() if c}
+    if bad:
+        click.echo(f"prompts impossible under the pretraining mixture (left out of the Bayes metrics): {bad}")
+    where = [str(out / f) for f in ICL_FILES] + ([str(Path("figures") / f) for f in ICL_FILES] if to_figures else [])
+    click.echo(f"wrote {', '.join(where)} ({elapsed:.1f} s)")
     return 0
 
 

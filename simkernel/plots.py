@@ -238,3 +238,69 @@ def redraw_convergence(folder, out_folder=None) -> list[Path]:
     out = Path(out_folder) if out_folder is not None else Path(folder)
     return plot_convergence(rows, meta.get("fits", {}), out / "convergence.png", out / "convergence.pdf",
                             title=meta.get("title"))
+
+
+# ---------------------------------------------------------------------- the ICL evaluation figure
+ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+_GROUP_STYLES = {"prior": "-", "id": "-", "ood": "--"}
+
+
+def plot_icl_vs_bayes(rows, path_png, title: str | None = None, dpi: int = DPI) -> Path:
+    """The figure of ``simkernel icl-eval`` from its tidy rows (columns ``ICL_COLUMNS``).
+
+    Panel 1: total variation between the model's label distribution and exact Bayes against n
+    (and, thin, the model against the oracle).  Panel 2: accuracy against y_test of the model,
+    exact Bayes and the oracle.  Solid lines in-distribution ('id' / 'prior'), dashed
+    out-of-distribution; 95% CI bands.  n = 0 is drawn at the left edge of a symlog axis."""
+    recs = []
+    for i, r in enumerate(rows.to_dict("records") if hasattr(rows, "to_dict") else rows):
+        missing = [c for c in ICL_COLUMNS if c not in r]
+        if missing:
+            raise ValueError(f"row {i} of the icl-eval table lacks column {missing[0]!r}")
+        recs.append({"n_demos": int(r["n_demos"]), "concepts": str(r["concepts"]), "metric": str(r["metric"]),
+                     "mean": float(r["mean"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"])})
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    groups = list(dict.fromkeys(r["concepts"] for r in recs))
+
+    def series(group, metric):
+        sel = sorted((r for r in recs if r["concepts"] == group and r["metric"] == metric), key=lambda r: r["n_demos"])
+        return ([r["n_demos"] for r in sel], [r["mean"] for r in sel], [r["ci_low"] for r in sel],
+                [r["ci_high"] for r in sel])
+
+    fig = Figure(figsize=(11.5, 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for g in groups:
+        ls = _GROUP_STYLES.get(g, ":")
+        for ax, metric, colour, label, lw in (
+                (ax1, "tv_bayes", "tab:blue", "model vs exact Bayes", 1.8),
+                (ax1, "tv_oracle", "tab:gray", "model vs oracle", 1.0),
+                (ax2, "acc_model", "tab:blue", "model", 1.8),
+                (ax2, "acc_bayes", "black", "exact Bayes", 1.4),
+                (ax2, "acc_oracle", "tab:orange", "oracle (true concept)", 1.2)):
+            n, m, lo, hi = series(g, metric)
+            if not n:
+                continue
+            ax.plot(n, m, ls, color=colour, lw=lw, marker="o", ms=3, label=f"{label} ({g})")
+            ax.fill_between(n, lo, hi, color=colour, alpha=0.12, lw=0)
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    for ax in (ax1, ax2):
+        ax.set_xscale("symlog", base=2, linthresh=1)
+        ax.xaxis.set_major_formatter(fmt)
+        ax.set_xlabel("n (demonstrations)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    ax1.set_ylim(bottom=0)
+    ax1.set_ylabel("total variation over the label set")
+    ax1.set_title("distance of the model's prediction to exact Bayes (95% CI bands)", fontsize=10)
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.set_ylabel("accuracy (argmax == y_test)")
+    ax2.set_title("accuracy: model, exact Bayes, oracle", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = Path(path_png)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata=_metadata("png")))
+    return path

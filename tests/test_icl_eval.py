@@ -1,0 +1,174 @@
+"""ICL evaluation of a trained model against exact Bayes: the comparison code checked against
+a known answer (a stub whose logits are the exact Bayes log-predictive), context skipping,
+and the icl-eval command end to end on a tiny run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from simkernel import bayes, make_world  # noqa: E402
+from simkernel import icl_eval  # noqa: E402
+from simkernel import model as model_mod  # noqa: E402
+from simkernel import train as tr  # noqa: E402
+from simkernel.store import write_corpus  # noqa: E402
+
+from cli_helpers import ok, run  # noqa: E402
+
+WORLD = dict(n_concepts=3, n_states=6, n_symbols=8, concentration=0.1)
+
+
+class BayesStub:
+    """The call interface evaluate uses (model(input_ids=x).logits, config.n_positions), with
+    logits = log of the exact Bayes posterior predictive of the whole row (every position)."""
+
+    def __init__(self, world, n_positions=10_000):
+        self.world = world
+        self.config = SimpleNamespace(n_positions=n_positions)
+        self.calls = []
+
+    def __call__(self, input_ids):
+        x = input_ids.cpu().numpy()
+        self.calls.append(x.shape)
+        with np.errstate(divide="ignore"):
+            lp = np.log(bayes.posterior_predictive(self.world, x))
+        logits = torch.as_tensor(lp, dtype=torch.float64)[:, None, :].expand(x.shape[0], x.shape[1], -1)
+        return SimpleNamespace(logits=logits)
+
+
+def by(rows, metric, concepts=None):
+    return {r["n_demos"]: r for r in rows if r["metric"] == metric and (concepts is None or r["concepts"] == concepts)}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world("random", 0, **WORLD)
+
+
+def test_bayes_stub_gets_tv_zero_and_agreement_one(world):
+    stub = BayesStub(world)
+    rows, info = icl_eval.evaluate(stub, world, [0, 1, 3, 8], example_length=3, n_prompts=40, seed=1)
+    assert info["skipped_n"] == [] and info["groups"] == ["prior"]
+    tv, agree = by(rows, "tv_bayes"), by(rows, "agree_bayes")
+    acc_m, acc_b = by(rows, "acc_model"), by(rows, "acc_bayes")
+    assert sorted(tv) == [0, 1, 3, 8]
+    for n in tv:
+        assert tv[n]["mean"] < 1e-6  # float32 logits and tv[n]["n_prompts"] == 40
+        assert agree[n]["mean"] == 1.0
+        assert acc_m[n]["mean"] == acc_b[n]["mean"]
+    # every prompt went to the model at its truncated length: n (k + 1) + k - 1 symbols
+    assert sorted({s[1] for s in stub.calls}) == [icl_eval.prompt_length(n, 3) for n in (0, 1, 3, 8)]
+
+
+def test_wrong_model_is_far_from_bayes(world):
+    """A model predicting the uniform distribution: TV = TV(uniform, Bayes) exactly."""
+    from simkernel.convergence import restrict
+    from simkernel.sampling import sample_prompt_set
+
+    class Uniform(BayesStub):
+        def __call__(self, input_ids):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.world.n_symbols))
+
+    rows, _ = icl_eval.evaluate(Uniform(world), world, [2], example_length=3, n_prompts=30, seed=2)
+    prompts = sample_prompt_set(world, 30, 2, 3, seed=2)
+    p = restrict(bayes.icl_curve(world, prompts).predictive[:, 2], world.labels)
+    expect = 0.5 * np.abs(p - 1 / len(world.labels)).sum(-1).mean()
+    assert by(rows, "tv_bayes")[2]["mean"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_model_predictive_rows_sum_to_one(world):
+    torch.manual_seed(0)
+    m = model_mod.build_model("tiny", world.n_symbols, n_positions=32).eval()
+    toks = np.random.default_rng(0).integers(0, world.n_symbols, size=(7, 11))
+    q = icl_eval.model_predictive(m, toks, world.labels, batch_size=3)
+    assert q.shape == (7, len(world.labels))
+    np.testing.assert_allclose(q.sum(-1), 1.0, atol=1e-9)
+    # the same as the full softmax restricted and renormalised
+    full = torch.softmax(m(input_ids=torch.as_tensor(toks)).logits[:, -1].double(), -1).detach().numpy()
+    r = full[:, world.labels]
+    np.testing.assert_allclose(q, r / r.sum(-1, keepdims=True), atol=1e-6)
+
+
+def test_context_skip_and_id_ood(world):
+    from dataclasses import replace
+
+    stub = BayesStub(world, n_positions=icl_eval.prompt_length(4, 3))
+    rows, info = icl_eval.evaluate(stub, world, [0, 4, 5, 16], example_length=3, n_prompts=10)
+    assert info["skipped_n"] == [5, 16] and sorted(by(rows, "tv_bayes")) == [0, 4]
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        icl_eval.evaluate(BayesStub(world, n_positions=1), world, [0, 2], example_length=3, n_prompts=5)
+    assert icl_eval.default_concepts(world) == ["prior"]
+    # a world with a prior-0 concept: id and ood groups, compared with the same exact answer
+    p = world.prior.copy()
+    p[-1] = 0.0
+    w2 = replace(world, prior=p / p.sum())
+    assert icl_eval.default_concepts(w2) == ["id", "ood"]
+    rows, info = icl_eval.evaluate(BayesStub(w2), w2, [0, 2], example_length=3, n_prompts=12)
+    assert {r["concepts"] for r in rows} == {"id", "ood"}
+    assert by(rows, "agree_bayes", "ood")[2]["mean"] == 1.0
+    assert by(rows, "tv_bayes", "ood")[2]["mean"] < 1e-6
+
+
+# ---------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("icl")
+    world = make_world("random", 0, **WORLD)
+    corpus = write_corpus(world, root / "corpus", 8, 128, seed=0)
+    cfg = tr.TrainConfig(corpus=tr.corpus_identity(corpus), model="tiny", block_size=32, batch_size=4,
+                         lr=3e-3, warmup_steps=2, max_steps=4, eval_every=2, eval_docs=2, eval_blocks=4,
+                         ckpt_every=100, device="cpu", model_overrides={"n_positions": 48})
+    d = tr.prepare_run_dir(root / "runs", cfg, {"command": "train", "train": cfg.hashed(),
+                                                "corpus_dir": str(corpus)})
+    tr.train(cfg, corpus, d)
+    return d
+
+
+def test_cli_end_to_end(run_dir, tmp_path):
+    out = tmp_path / "out"
+    r = ok(["icl-eval", "--run", run_dir, "--n-demos", "0,1,2,4,16", "--n-prompts", "20", "--out", out,
+            "--device", "cpu"])
+    assert "skipped n = 16" in r.output            # 16 * 4 + 2 > 48
+    for f in ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0
+    rows = list(csv.DictReader(open(out / "icl_vs_bayes.csv")))
+    assert list(rows[0]) == ["n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts"]
+    assert {int(r["n_demos"]) for r in rows} == {0, 1, 2, 4}
+    assert {r["metric"] for r in rows} == set(icl_eval.METRICS)
+    for r in rows:
+        assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
+    meta = json.loads((out / "icl_vs_bayes.json").read_text())
+    assert meta["config"]["command"] == "icl-eval" and meta["skipped_n"] == [16] and meta["context"] == 48
+    assert meta["seed"] == 0 and "torch" in meta["versions"]
+
+
+def test_cli_default_out_is_the_run_folder(run_dir):
+    ok(["icl-eval", "--run", run_dir, "--n-demos", "1,2", "--n-prompts", "5", "--device", "cpu"])
+    assert (run_dir / "icl_vs_bayes.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["missing", "no_checkpoint", "bad_n", "no_world"])
+def test_cli_bad_input_one_line(case, tmp_path, run_dir):
+    if case == "missing":
+        args, needle, code = ["--run", tmp_path / "nope"], "does not exist", 1
+    elif case == "no_checkpoint":
+        (tmp_path / "empty").mkdir()
+        args, needle, code = ["--run", tmp_path / "empty"], "has no checkpoint", 1
+    elif case == "bad_n":
+        args, needle, code = ["--run", run_dir, "--n-demos", "1,-2"], "negative", 2
+    else:
+        import shutil
+        d = tmp_path / "copy"
+        shutil.copytree(run_dir / "checkpoint", d / "checkpoint")
+        args, needle, code = ["--run", d], "world.npz", 1
+    r = run(["icl-eval", *args, "--out", tmp_path / "o"])
+    msg = r.stderr.strip()
+    assert r.exit_code == code and len(msg.splitlines()) == 1 and msg.startswith("error: ") and needle in msg, msg
+    assert not (tmp_path / "o").exists()
