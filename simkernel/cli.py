@@ -449,12 +449,13 @@ CONVERGE_ESTIMATORS = ("averaged", "normalised")             # = kernel.ESTIMATO
 N_DEMOS_LIMIT = 100_000
 
 
-def parse_n_demos(text, limit: int = N_DEMOS_LIMIT) -> list[int]:
+def parse_n_demos(text, limit: int = N_DEMOS_LIMIT, minimum: int = 1) -> list[int]:
     """``'1..4'`` -> [1, 2, 3, 4]; ``'1,2,8'`` -> [1, 2, 8]; mixtures ``'1,2,4..8'`` too.
     ``A..B`` is every n from A to B inclusive.  Returns the sorted distinct values; raises a
-    one-line ValueError for anything else (empty items, n < 1, A > B, n > ``limit``)."""
+    one-line ValueError for anything else (empty items, n < ``minimum``, A > B, n > ``limit``)."""
     spec = str(text).strip()
-    allowed = "n >= 1 as 'A..B' (every n from A to B), a comma list '1,2,8', or a mixture '1,2,4..8'"
+    allowed = (f"n >= {minimum} as 'A..B' (every n from A to B), a comma list '1,2,8', "
+               f"or a mixture '1,2,4..8'")
     if not spec:
         raise ValueError(f"empty; expected {allowed}")
     out = set()
@@ -469,8 +470,8 @@ def parse_n_demos(text, limit: int = N_DEMOS_LIMIT) -> list[int]:
                     else "not a whole number")
             raise ValueError(f"{where(item)}: {tok!r} is {what}; expected {allowed}")
         v = int(tok)
-        if v < 1:
-            raise ValueError(f"{where(item)}: n must be >= 1, got {v}; expected {allowed}")
+        if v < minimum:
+            raise ValueError(f"{where(item)}: n must be >= {minimum}, got {v}; expected {allowed}")
         if v > limit:
             raise ValueError(f"{where(item)}: n must be <= {limit}, got {v}")
         return v
@@ -506,6 +507,9 @@ def format_n_demos(ns) -> str:
 class _NDemos(click.ParamType):
     name = "n-demos"
 
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+
     def get_metavar(self, param, ctx=None):
         return "A..B|N,N,..."
 
@@ -513,7 +517,7 @@ class _NDemos(click.ParamType):
         if isinstance(value, list):
             return value
         try:
-            return parse_n_demos(value)
+            return parse_n_demos(value, minimum=self.minimum)
         except ValueError as e:
             self.fail(str(e), param, ctx)
 
@@ -928,35 +932,10 @@ ICL_FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
 ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 
 
-def parse_n_demos0(text) -> list[int]:
-    """Like :func:`parse_n_demos`, and a lone '0' item is allowed (n = 0: x_test alone)."""
-    items = [t.strip() for t in str(text).split(",")]
-    zero = "0" in items
-    rest = ",".join(t for t in items if t != "0")
-    if not rest:
-        if zero:
-            return [0]
-        raise ValueError("empty; expected n >= 0 as a comma list '0,1,2,8' or ranges 'A..B'")
-    return ([0] if zero else []) + parse_n_demos(rest)
-
-
-class _NDemos0(_NDemos):
-    def get_metavar(self, param, ctx=None):
-        return "N,N,..|A..B"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_n_demos0(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
 @main.command("icl-eval", short_help="A trained model's in-context predictions against exact Bayes, with a figure.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="A training run folder (made by `simkernel train`).")
-@click.option("--n-demos", type=_NDemos0(), default="0,1,2,4,8,16,32,64", show_default=True,
+@click.option("--n-demos", type=_NDemos(minimum=0), default="0,1,2,4,8,16,32,64", show_default=True,
               help="Numbers of demonstrations; n whose prompt exceeds the model's context is skipped.")
 @click.option("--example-length", type=EXAMPLE_LENGTH, default=3, show_default=True,
               help="Example length k: x has k - 1 symbols, then its label.")
