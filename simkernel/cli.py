@@ -226,6 +226,9 @@ def main():
     simkernel plot           redraw a figure from its tidy CSV and JSON
     simkernel train          train a small transformer; its gap to the Bayes floor
     simkernel icl-eval       a trained model's in-context predictions against exact Bayes
+                             and the theory kernel, in and out of distribution
+    simkernel llm            the kernel-regression measurements on a real Hugging Face LLM
+                             (GPT-J-6B, GPT-2, Pythia, Llama): the paper's Table 2
 
     Every result carries its config, seed and package versions; outputs are written
     atomically, so a failed run leaves nothing half-written.
@@ -932,7 +935,8 @@ ICL_FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
 ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 
 
-@main.command("icl-eval", short_help="A trained model's in-context predictions against exact Bayes, with a figure.")
+@main.command("icl-eval", short_help="A trained model's in-context predictions against exact Bayes and the "
+                                     "theory kernel, with a figure.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="A training run folder (made by `simkernel train`).")
 @click.option("--n-demos", type=_NDemos(minimum=0), default="0,1,2,4,8,16,32,64", show_default=True,
@@ -951,10 +955,12 @@ ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_
 def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, device, out, to_figures):
     """Evaluate a trained model's in-context learning: for every n, the model's next-symbol
     distribution after x_test (restricted to the labels) against the exact Bayesian posterior
-    predictive and the oracle, on the same prompts.  Metrics (mean, 95% CI over prompts):
-    tv_bayes, agree_bayes, acc_model, acc_bayes, acc_oracle, tv_oracle.  Writes
-    icl_vs_bayes.csv (tidy), .json (provenance) and .png.  The kernel estimators are not
-    evaluated here (see `simkernel converge`)."""
+    predictive, the theory kernel estimator (`simkernel converge`'s defaults: theory kernel,
+    belief features, ridge 0.01; n >= 1) and the oracle, on the same prompts.  Metrics (mean,
+    95% CI over prompts): tv_bayes, agree_bayes, acc_model, acc_bayes, acc_oracle, tv_oracle,
+    tv_kernel, agree_kernel, acc_kernel, tv_kernel_bayes (normalised estimator; the averaged
+    one with the suffix _averaged).  Writes icl_vs_bayes.csv (tidy), .json (provenance) and
+    .png (one row of panels per concept group: in- and out-of-distribution)."""
     import json
     import os
     import shutil
@@ -983,8 +989,8 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
                                    concepts=groups, device=dev)
     rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
     elapsed = time.perf_counter() - t0
-    title = (f"model {run_dir.name} ({model.config.n_layer} layers, d {model.config.n_embd}) vs exact Bayes; "
-             f"k={example_length}, {n_prompts} prompts per group, seed {seed}")
+    title = (f"model {run_dir.name} ({model.config.n_layer} layers, d {model.config.n_embd}) vs exact Bayes "
+             f"and the theory kernel; k={example_length}, {n_prompts} prompts per group, seed {seed}")
     config = {"command": "icl-eval", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
               "n_demos": ",".join(map(str, n_demos)), "example_length": example_length, "n_prompts": n_prompts,
               "concepts": [str(g) for g in groups], "device": str(dev), "out": str(out)}
@@ -1003,8 +1009,15 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
                          "agree_bayes": "argmax of the model == argmax of exact Bayes",
                          "acc_model": "argmax of the model == y_test", "acc_bayes": "argmax of exact Bayes == y_test",
                          "acc_oracle": "argmax of P(y | x_test, true concept) == y_test",
-                         "tv_oracle": "total variation between the model and the oracle"},
-                not_evaluated="the theory kernel estimator (see `simkernel converge`)")
+                         "tv_oracle": "total variation between the model and the oracle",
+                         "tv_kernel": "total variation between the model and the theory kernel estimate "
+                                      "(normalised estimator; n >= 1)",
+                         "agree_kernel": "argmax of the model == argmax of the kernel estimate",
+                         "acc_kernel": "argmax of the kernel estimate == y_test",
+                         "tv_kernel_bayes": "total variation between the kernel estimate and exact Bayes "
+                                            "(as `simkernel converge` reports it)",
+                         "*_averaged": "the same with the averaged (unnormalised) estimator"},
+                kernel=info["kernel"])
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -1027,18 +1040,196 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
     if info["skipped_n"]:
         click.echo(f"skipped n = {', '.join(map(str, info['skipped_n']))}: the prompt is longer than the "
                    f"model's context ({info['context']} symbols)")
+    for g, why in info["kernel"]["skipped"].items():
+        click.echo(f"concepts {g}: no kernel estimator ({why})")
     for g in groups:
-        click.echo(f"concepts {g}:   n   TV(model, Bayes)   agree   acc model / Bayes / oracle")
-        sel = {(r["n_demos"], r["metric"]): r for r in rows if r["concepts"] == str(g)}
+        click.echo(f"concepts {g}: total variation over the labels; agreement and accuracy of the argmax")
+        click.echo(f"  {'n':>5}  {'TV(model,Bayes)':>15}  {'TV(model,kernel)':>16}  {'TV(kernel,Bayes)':>16}  "
+                   f"{'agree Bayes':>11}  {'acc model / Bayes / kernel / oracle'}")
+        sel = {(r["n_demos"], r["metric"]): r["mean"] for r in rows if r["concepts"] == str(g)}
         for n in sorted({r["n_demos"] for r in rows}):
-            v = lambda m: sel[(n, m)]["mean"]  # noqa: E731
-            click.echo(f"  {n:>5}   {v('tv_bayes'):.3f}   {v('agree_bayes'):.3f}   "
-                       f"{v('acc_model'):.3f} / {v('acc_bayes'):.3f} / {v('acc_oracle'):.3f}")
+            v = lambda m: f"{sel[(n, m)]:.3f}" if (n, m) in sel else "-"  # noqa: E731
+            click.echo(f"  {n:>5}  {v('tv_bayes'):>15}  {v('tv_kernel'):>16}  {v('tv_kernel_bayes'):>16}  "
+                       f"{v('agree_bayes'):>11}  {v('acc_model')} / {v('acc_bayes')} / {v('acc_kernel')} / "
+                       f"{v('acc_oracle')}")
     bad = {g: c for g, c in info["impossible_prompts"].items() if c}
     if bad:
         click.echo(f"prompts impossible under the pretraining mixture (left out of the Bayes metrics): {bad}")
     where = [str(out / f) for f in ICL_FILES] + ([str(Path("figures") / f) for f in ICL_FILES] if to_figures else [])
     click.echo(f"wrote {', '.join(where)} ({elapsed:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------- measure
+MEASURE_JSON = "measure.json"
+
+
+def publish(out: Path, writers: dict, copy_to: Path | None = None) -> list[Path]:
+    """Write every file through ``writers`` ({name: fn(path)}) into a temporary folder beside
+    ``out``, then move each into ``out`` (and copy into ``copy_to``): an interrupted command
+    leaves no half-written file behind."""
+    import os
+    import shutil
+    import tempfile
+
+    from .store import public_mode
+
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    tmp = Path(tempfile.mkdtemp(prefix=".simkernel.", suffix=".tmp", dir=probe))
+    written = []
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        out.mkdir(parents=True, exist_ok=True)
+        if copy_to is not None:
+            copy_to.mkdir(parents=True, exist_ok=True)
+        for name in writers:
+            if not (tmp / name).exists():
+                continue
+            public_mode(tmp / name)
+            if copy_to is not None:
+                shutil.copyfile(tmp / name, copy_to / name)
+                written.append(copy_to / name)
+            os.replace(tmp / name, out / name)
+            written.append(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+def _run_of_checkpoint(path: Path) -> Path:
+    """A run folder from either the run folder or its checkpoint/model folder."""
+    if (path / "config.json").is_file() and path.name == "model" and path.parent.name == "checkpoint":
+        return path.parent.parent
+    return path
+
+
+def best_heads_table(best, heads) -> list[str]:
+    """The printed summary: each (measure, reference)'s head chosen on the selection split."""
+    lines = [f"  {'measure':<9} {'reference':<17} {'layer':>5} {'head':>4}  {'select':>7}  {'held-out':>8}"]
+    for b in best:
+        lines.append(f"  {b['measure']:<9} {b['reference']:<17} {b['layer']:>5} {b['head']:>4}  "
+                     f"{b['select']:>7.3f}  {b['report']:>8.3f}")
+    return lines
+
+
+@main.command("measure", short_help="Attention, reconstruction and probes of a trained model vs the true kernel.")
+@click.option("--checkpoint", "checkpoint", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="A training run folder (made by `simkernel train`) or its checkpoint/model folder.")
+@click.option("--n-prompts", type=_Int(2), default=1000, show_default=True,
+              help="Prompts (split into head-selection and held-out report sets).")
+@click.option("--n-demos", type=POSITIVE, default=16, show_default=True,
+              help="Demonstrations per prompt (16 x 4 + 2 = 66 symbols at k = 3, inside the default "
+                   "run's 128-symbol training blocks).")
+@click.option("--example-length", type=EXAMPLE_LENGTH, default=3, show_default=True,
+              help="Example length k: x has k - 1 symbols, then its label.")
+@click.option("--concepts", type=_Concepts(), default="prior", show_default=True,
+              help="Which concepts prompts come from: prior, id, ood or an index.")
+@click.option("--weight", type=click.Choice(["max", "label", "mean"]), default="max", show_default=True,
+              help="A head's weight on a demonstration: the max attention over its span (the paper), "
+                   "the attention on its label, or the span mean.")
+@click.option("--n-select", type=POSITIVE, default=700, show_default=True,
+              help="Prompts that choose the best head (scaled down with the report set when fewer).")
+@click.option("--n-report", type=POSITIVE, default=300, show_default=True,
+              help="Held-out prompts the chosen head is scored on.")
+@click.option("--seed", type=NONNEG, default=0, show_default=True, help="Prompt sampling and split seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the tables, measure.json and figures (default: RUN/measure).")
+@click.option("--figures", "to_figures", is_flag=True, help="Also copy the files into ./figures/measure.")
+def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight, n_select, n_report, seed,
+                device, out, to_figures):
+    """Measure kernel regression inside a trained model, against the ground truth.
+
+    For prompts sampled from the run's world: the final token's attention in every layer and
+    head; the attention profile over demonstration spans; each head's reconstructed vote
+    argmax_c Σ_i a_i [y_i = c] against the model, the gold label, exact Bayes, the theory
+    kernel estimator and the oracle (head chosen on --n-select prompts, reported on
+    --n-report others); within-prompt Pearson and Spearman correlation of a_i with the true
+    kernel K(x_test, x_i) and the prediction similarity; ridge probes (λ = 0.01) from keys to
+    the model's standalone prediction and from values to y_i at offsets -1..+3.  Writes
+    heads.csv, best.csv, profile.csv, probes.csv, measure.json and three figures."""
+    from .icl_eval import run_paths
+    from .store import provenance, world_summary, write_csv, write_json
+
+    run_dir = _run_of_checkpoint(checkpoint)
+    run_paths(run_dir)                           # one-line errors before torch is imported
+    out = run_dir / "measure" if out is None else out
+    check_results_dir(out)
+    figures_dir = Path("figures") / "measure"
+    if to_figures:
+        check_results_dir(figures_dir)
+    from . import alignment, icl_eval, measure
+    from .plots import MEASURE_FIGURES, plot_attention_profile, plot_head_scores, plot_probes
+    from .train import select_device
+
+    dev = select_device(device)
+    model, world, model_dir, world_file = icl_eval.load_run(run_dir, device=dev)
+    if not isinstance(concepts, str):
+        _check_concept(concepts, world)
+    length = n_demos * (example_length + 1) + example_length - 1
+    ctx = icl_eval.context_of(model)
+    if ctx is not None and length > ctx:
+        raise click.BadParameter(f"{n_demos} demonstrations of length {example_length} make {length}-symbol "
+                                 f"prompts, longer than the model's context ({ctx}); allowed: "
+                                 f"--n-demos <= {(ctx - example_length + 1) // (example_length + 1)}",
+                                 param_hint="--n-demos")
+    t0 = time.perf_counter()
+    with _bar(4, "measure", "stage") as bar:
+        started = []
+
+        def tick(stage):
+            # each call starts a stage: the bar counts the stages already finished
+            bar.update(1 if started else 0)
+            started.append(stage)
+            bar.set_postfix_str(stage)
+        result, info = alignment.measure_model(model, world, n_prompts, n_demos, example_length, seed=seed,
+                                               concepts=concepts, how=weight, n_select=n_select,
+                                               n_report=n_report, progress=tick)
+    elapsed = time.perf_counter() - t0
+    config = {"command": "measure", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
+              "n_prompts": n_prompts, "n_demos": n_demos, "example_length": example_length,
+              "concepts": str(concepts), "weight": weight, "n_select": n_select, "n_report": n_report,
+              "probe_offsets": list(measure.PROBE_OFFSETS), "probe_lambda": 0.01, "device": str(dev),
+              "out": str(out)}
+    meta = provenance(config, seed)
+    import torch
+    meta["versions"].update(torch=torch.__version__, matplotlib=_matplotlib_version())
+    title = (f"run {run_dir.name} ({model.config.n_layer} layers x {model.config.n_head} heads), "
+             f"{n_prompts} prompts x {n_demos} demos, k={example_length}, weight {weight}")
+    meta.update(title=title, world=world_summary(world), summary=result.summary, info=info, best=result.best,
+                elapsed_s=round(elapsed, 3),
+                tables={"heads.csv": list(measure.HEAD_COLUMNS), "best.csv": list(measure.BEST_COLUMNS),
+                        "profile.csv": list(measure.PROFILE_COLUMNS), "probes.csv": list(measure.PROBE_COLUMNS)})
+    writers = {"heads.csv": lambda p: write_csv(p, result.heads, measure.HEAD_COLUMNS),
+               "best.csv": lambda p: write_csv(p, result.best, measure.BEST_COLUMNS),
+               "profile.csv": lambda p: write_csv(p, result.profile, measure.PROFILE_COLUMNS),
+               "probes.csv": lambda p: write_csv(p, result.probes, measure.PROBE_COLUMNS),
+               MEASURE_JSON: lambda p: write_json(p, meta),
+               MEASURE_FIGURES[0]: lambda p: plot_attention_profile(result.profile, p, title),
+               MEASURE_FIGURES[1]: lambda p: plot_head_scores(result.heads, result.best, p, title=title)}
+    if result.probes:
+        writers[MEASURE_FIGURES[2]] = lambda p: plot_probes(result.probes, p, title)
+    written = publish(out, writers, figures_dir if to_figures else None)
+    s = result.summary
+    t2 = s["table2"]
+    click.echo(f"{s['n_examples']} prompts x {s['n_demos']} demonstrations, {s['layers']} layers x {s['heads']} "
+               f"heads; heads chosen on {s['n_select']} prompts, scored on {s['n_report']} held-out prompts")
+    click.echo(f"model: accuracy {s['model_accuracy']:.3f}, agreement with exact Bayes "
+               f"{s['model_agreement'].get('bayes', float('nan')):.3f}, with the kernel estimator "
+               f"{s['model_agreement'].get('kernel', float('nan')):.3f}")
+    click.echo(f"best head (agreement with the model): layer {t2['layer']} head {t2['head']}: held-out agreement "
+               f"{t2['agreement']:.3f}, reconstructed accuracy {t2['reconstructed_accuracy']:.3f} "
+               f"(model {t2['icl_accuracy']:.3f})")
+    base = s["majority_baseline"]
+    click.echo("majority vote of the demonstrations (held-out baseline): agreement with the model "
+               f"{base.get('model', float('nan')):.3f}, accuracy {base.get('gold', float('nan')):.3f}")
+    for line in best_heads_table(result.best, result.heads):
+        click.echo(line)
+    click.echo(f"wrote {len(written)} files into {out}" + (f" and {figures_dir}" if to_figures else "")
+               + f" ({elapsed:.1f} s)")
     return 0
 
 
@@ -1063,6 +1254,283 @@ def plot_convergence_cmd(folder, out):
         out.mkdir(parents=True, exist_ok=True)
     paths = redraw_convergence(folder, out)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+@plot_group.command("icl", short_help="Redraw icl_vs_bayes.png from a folder's csv and json.")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for icl_vs_bayes.png (default: FOLDER itself).")
+def plot_icl_cmd(folder, out):
+    """Redraw icl_vs_bayes.png from FOLDER's icl_vs_bayes.csv and .json (written by
+    `simkernel icl-eval`), without loading the model or recomputing anything."""
+    from .plots import load_icl, redraw_icl
+
+    if out is not None:
+        check_results_dir(out)
+    load_icl(folder)                             # a one-line error before anything is created
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    click.echo(f"wrote {redraw_icl(folder, out)}")
+
+
+@plot_group.command("measure", short_help="Redraw the measurement figures from a folder's tables.")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the figures (default: FOLDER itself).")
+def plot_measure_cmd(folder, out):
+    """Redraw attention_profile.png, head_scores.png and probes.png from FOLDER's heads.csv,
+    best.csv, profile.csv and probes.csv (written by `simkernel measure` or `simkernel llm`)."""
+    import json
+
+    from .plots import draw_measurements, load_measurements
+
+    out = folder if out is None else out
+    check_results_dir(out)
+    tables = load_measurements(folder)           # a one-line error before anything is created
+    title = None
+    for name in ("measure.json", "llm.json"):
+        try:
+            title = json.loads((folder / name).read_text()).get("title")
+            break
+        except (OSError, ValueError, AttributeError):
+            continue
+    out.mkdir(parents=True, exist_ok=True)
+    click.echo(f"wrote {', '.join(str(p) for p in draw_measurements(tables, out, title))}")
+
+
+# ---------------------------------------------------------------------- llm
+#: textdata.TASKS's names (kept here so that --help does not import the text stack)
+LLM_TASKS = ("sst2", "rotten_tomatoes", "tweet_eval_hate", "tweet_eval_irony", "tweet_eval_offensive", "mnli")
+LLM_TABLES = ("heads", "best", "profile", "probes")
+LLM_DEFAULT_N_DEMOS = 8     # textdata.DEFAULT_N_DEMOS
+
+
+def _probe_layers(ctx, param, value):
+    """'auto' | 'all' | 'none' | layer indices ('16..21', '3,7,14')."""
+    v = str(value).strip().lower()
+    if v in ("auto", "all", "none"):
+        return v
+    try:
+        return parse_n_demos(v, minimum=0)
+    except ValueError as e:
+        raise click.BadParameter(f"{e}; or one of auto, all, none", ctx=ctx, param=param) from None
+
+
+def _comma_words(what):
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        words = tuple(w.strip() for w in str(value).split(","))
+        if not all(words):
+            raise click.BadParameter(f"empty {what} in {value!r}; expected a comma list", ctx=ctx, param=param)
+        return words
+    return callback
+
+
+def llm_table2(summary: dict, task: str | None, paper: dict | None) -> list[str]:
+    """The paper's Table 2 in text: ICL accuracy, agreement of the best head's reconstruction
+    with the model, reconstructed accuracy, best head (chosen on the selection split)."""
+    t2 = summary["table2"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    name = task or "data"
+    lines = [f"Table 2 (best head chosen on {summary['n_select']} examples by agreement with the model, reported on "
+             f"{summary['n_report']} held out; weight {summary['weight']})",
+             f"{'task':<22} {'ICL acc':>8} {'agreement':>10} {'recon acc':>10}  best head",
+             f"{name:<22} {f(t2['icl_accuracy']):>8} {f(t2['agreement']):>10} {f(t2['reconstructed_accuracy']):>10}  "
+             f"L{t2['layer']} H{t2['head']}"]
+    if paper is not None:
+        lines.append(f"{'paper (GPT-J-6B)':<22} {paper['icl_accuracy']:>8.3f} {paper['agreement']:>10.3f} {'-':>10}")
+    return lines
+
+
+@main.command("llm", short_help="The kernel-regression measurements on a real Hugging Face LLM (Table 2).")
+@click.option("--model", "model_name", required=True, metavar="NAME",
+              help="An alias (gpt-j-6b, gpt2, gpt2-medium, gpt2-large, gpt2-xl, pythia-160m/410m/1.4b/6.9b, "
+                   "llama-2-7b, llama-3-8b), a hub id (org/name), or a folder made by save_pretrained.  "
+                   "Hub weights must be downloaded beforehand (or reachable).")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (default: main).")
+@click.option("--task", type=click.Choice(LLM_TASKS), default=None,
+              help="A task of the paper, read through `datasets` (default sst2 unless --data is given).")
+@click.option("--split", default=None, help="The task's evaluated split (default: sst2/mnli validation, the "
+                                            "others test).")
+@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A local .csv, .tsv (GLUE's sentence<TAB>label) or .jsonl file instead of --task; "
+                   "demonstrations are drawn from its other rows.")
+@click.option("--text-column", default="sentence", show_default=True, callback=_comma_words("column"),
+              help="With --data: the text column; 'premise,hypothesis' for a pair task.")
+@click.option("--label-column", default="label", show_default=True, help="With --data: the label column "
+                                                                          "(class indices or label words).")
+@click.option("--label-words", default="Negative,Positive", show_default=True, callback=_comma_words("label word"),
+              help="With --data: the answer word of each class 0, 1, ... (scored on its first token).")
+@click.option("--n-demos", type=NONNEG, default=LLM_DEFAULT_N_DEMOS, show_default=True,
+              help="Demonstrations per prompt (8 keeps SST-2 prompts near 300 GPT-J tokens, far inside 2048).")
+@click.option("--demos", "mode", type=click.Choice(["random", "balanced", "similar"]), default="random",
+              show_default=True, help="How demonstrations are drawn: uniformly, class-balanced, or the most "
+                                      "similar pool texts (TF-IDF), each example with its own seed.")
+@click.option("--n-examples", type=_Int(2), default=1000, show_default=True,
+              help="Test examples (a seeded subset when the split has more; all when it has fewer).")
+@click.option("--weight", "how", type=click.Choice(["max", "label", "mean"]), default="max", show_default=True,
+              help="A head's weight a_i on demonstration i: the max attention in its span (the paper's), the "
+                   "attention on its label token, or the span's mean.")
+@click.option("--n-select", type=POSITIVE, default=700, show_default=True, help="Examples the best head is chosen on.")
+@click.option("--n-report", type=POSITIVE, default=300, show_default=True,
+              help="Held-out examples it is reported on (both shrink in proportion when there are fewer).")
+@click.option("--split-seed", type=NONNEG, default=0, show_default=True, help="Seed of the select/report split.")
+@click.option("--seed", type=NONNEG, default=0, show_default=True,
+              help="Seed of the test subset and of every example's demonstrations.")
+@click.option("--probe-layers", default="auto", show_default=True, callback=_probe_layers,
+              help="Layers whose keys and values are probed: auto (all when they fit 4 GiB, else evenly "
+                   "spaced ones), all, none, or indices such as 16..21 or 3,7,14.")
+@click.option("--max-text-tokens", type=POSITIVE, default=None, help="Cut each text to this many tokens.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "bf16", "fp16", "fp32"]),
+              default="auto", show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:N.")
+@click.option("--device-map", default=None,
+              help="Spread the model over several GPUs through accelerate, e.g. 'auto' (instead of --device).")
+@click.option("--batch-size", type=POSITIVE, default=8, show_default=True, help="Prompts per forward pass.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default runs/llm/<model>-<task>): tables, figures, llm.json and the cached "
+                   "model outputs outputs-<hash>.npz.")
+def llm_cmd(model_name, revision, task, split, data_file, text_column, label_column, label_words, n_demos, mode,
+            n_examples, how, n_select, n_report, split_seed, seed, probe_layers, max_text_tokens, dtype, device,
+            device_map, batch_size, out):
+    """The paper's §5 measurements on a real causal LM: the model's own ICL accuracy, the final
+    token's attention profile over the demonstrations, each head's kernel-regression
+    reconstruction of the prediction (Table 2: best head chosen on --n-select examples,
+    reported on --n-report held-out ones), the correlation of each head's weights with the
+    prediction similarity P(o|x_test)ᵀP(o|x_i), and ridge probes of keys (-> the
+    demonstration's standalone prediction) and values (-> its label) at label position -1..+3.
+
+    Writes heads.csv, best.csv, profile.csv, probes.csv (tidy), llm.json (config, model id and
+    revision, data, seed, versions, summary), attention_profile.png, head_scores.png,
+    probes.png, and caches the model's outputs as outputs-<hash>.npz: rerunning with another
+    --weight, --n-select/--n-report or --split-seed does not run the model again.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    ctx = click.get_current_context()
+    if data_file is not None and task is not None:
+        raise click.UsageError("--data reads a local file; it cannot be combined with --task")
+    if data_file is None:
+        given = [f"--{o.replace('_', '-')}" for o in ("text_column", "label_column", "label_words") if _given(ctx, o)]
+        if given:
+            raise click.UsageError(f"{given[0]} describes a --data file; it cannot be used with a --task")
+    elif split is not None:
+        raise click.UsageError("--split selects a --task split; a --data file is read whole")
+
+    from . import llm
+    from .plots import MEASURE_FIGURES, MEASURE_FILES, draw_measurements
+    from .measure import BEST_COLUMNS, HEAD_COLUMNS, PROBE_COLUMNS, PROFILE_COLUMNS
+    from .store import provenance, public_mode, write_csv, write_json
+
+    if data_file is not None:
+        data = llm.DataSpec(path=str(data_file), text_column=text_column, label_column=label_column,
+                            label_words=label_words)
+    else:
+        data = llm.DataSpec(task=task or "sst2", split=split)
+    llm.resolve_model(model_name)                      # a one-line error before anything is created
+    out = llm.default_out(model_name, data) if out is None else out
+    check_results_dir(out)
+    if data_file is not None:
+        data.load()                                    # bad columns or rows: one line, before the model
+
+    t0 = time.perf_counter()
+    job = llm.run(model_name, data, out, revision=revision, n_demos=n_demos, mode=mode, seed=seed,
+                  n_examples=n_examples, how=how, n_select=n_select, n_report=n_report, split_seed=split_seed,
+                  probe_layers=probe_layers, max_text_tokens=max_text_tokens, dtype=dtype, device=device,
+                  device_map=device_map, batch_size=batch_size,
+                  bar=lambda desc, total: _bar(total, desc, "prompt"),
+                  on_load=lambda msg: click.echo(msg, err=True) if sys.stderr.isatty() else None)
+    elapsed = time.perf_counter() - t0
+    res, meta_out = job.analysis, job.outputs.meta
+    model_meta = meta_out.get("model", {})
+    s = res.summary
+    is_gptj = llm.resolve_model(model_name)["id"] == llm.MODEL_ALIASES["gpt-j-6b"]
+    paper = llm.PAPER_TABLE2.get(data.task) if is_gptj else None
+    config = {"command": "llm", "model": model_name, "revision": revision, "task": data.task, "split": split,
+              "data": None if data_file is None else str(data_file),
+              "text_column": list(text_column) if data_file is not None else None,
+              "label_column": label_column if data_file is not None else None,
+              "label_words": list(label_words) if data_file is not None else None,
+              "n_demos": n_demos, "demos": mode, "n_examples": n_examples, "weight": how, "n_select": n_select,
+              "n_report": n_report, "split_seed": split_seed, "probe_layers": probe_layers,
+              "max_text_tokens": max_text_tokens, "dtype": dtype, "device": device, "device_map": device_map,
+              "batch_size": batch_size, "out": str(out)}
+    meta = provenance(config, seed)
+    meta["versions"]["matplotlib"] = _matplotlib_version()
+    for pkg in ("torch", "transformers", "datasets", "tokenizers", "accelerate"):
+        meta["versions"].setdefault(pkg, _package_version(pkg))
+    title = (f"{model_meta.get('id', model_name)} on {data.task or Path(data.path).name}: "
+             f"{s['n_examples']} examples x {s['n_demos']} demonstrations ({mode}, seed {seed})")
+    meta.update(title=title, model=model_meta, data=meta_out.get("data"), dataset=meta_out.get("dataset"),
+                cache=job.info,
+                outputs={k: v for k, v in meta_out.items() if k not in ("model", "data", "dataset")},
+                summary=s, table2=s["table2"], paper_table2=paper, best=res.best,
+                columns={"heads": list(HEAD_COLUMNS), "best": list(BEST_COLUMNS), "profile": list(PROFILE_COLUMNS),
+                         "probes": list(PROBE_COLUMNS)},
+                elapsed_s=round(elapsed, 3))
+    files = [MEASURE_FILES[t] for t in LLM_TABLES] + ["llm.json"]
+    tmp = Path(tempfile.mkdtemp(prefix=".llm.", suffix=".tmp", dir=out))
+    try:
+        for t, cols in zip(LLM_TABLES, (HEAD_COLUMNS, BEST_COLUMNS, PROFILE_COLUMNS, PROBE_COLUMNS)):
+            write_csv(tmp / MEASURE_FILES[t], getattr(res, t), cols)
+        write_json(tmp / "llm.json", meta)
+        figs = draw_measurements({"heads": res.heads, "best": res.best, "profile": res.profile,
+                                  "probes": res.probes}, tmp, title)
+        files += [p.name for p in figs]
+        for name in files:
+            public_mode(tmp / name)
+            os.replace(tmp / name, out / name)
+        for stale in set(MEASURE_FIGURES) - set(files):       # e.g. probes.png of an earlier run with probes
+            (out / stale).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ds = meta_out.get("dataset", {})
+    pool = ds.get("pool")
+    click.echo(f"model {model_meta.get('id', model_name)}"
+               + (f" (revision {model_meta['revision']})" if model_meta.get("revision") else "")
+               + (f" commit {str(model_meta['commit'])[:10]}" if model_meta.get("commit") else "")
+               + f": {model_meta.get('model_type', '?')}, {s['layers']} layers x {s['heads']} heads, "
+               f"{model_meta.get('dtype', '?')}")
+    click.echo(f"data {ds.get('source', '?')}: {s['n_examples']} of {ds.get('rows', '?')} examples; "
+               f"{s['n_demos']} {mode} demonstrations each from "
+               f"{pool['source'] if pool else 'the other rows'}, seed {seed}")
+    tokens = meta_out.get("prompt_tokens", {})
+    where = "read from the cache" if job.info["cache_hit"] else "computed and cached"
+    click.echo(f"prompts: {tokens.get('mean', float('nan')):.0f} tokens on average, {tokens.get('max', '?')} at most; "
+               f"model outputs {where} ({Path(job.info['cache_file']).name})")
+    for line in llm_table2(s, data.task or Path(data.path).stem, paper):
+        click.echo(line)
+    sim = [b for b in res.best if b["measure"] == "pearson" and b["reference"] == "similarity"]
+    if sim:
+        b = sim[0]
+        click.echo(f"prediction similarity: best head L{b['layer']} H{b['head']}, Pearson r {b['report']:.3f} held out "
+                   f"(weights a_i vs P(o|x_test)ᵀP(o|x_i) within a prompt)")
+    for vec in ("keys", "values"):
+        rows = [r for r in res.probes if r["vector"] == vec]
+        if rows:
+            b = max(rows, key=lambda r: r["accuracy"])
+            probed = ", ".join(map(str, meta_out.get("probe_layers", [])))
+            click.echo(f"{vec} probe -> {b['target']}: best {b['accuracy']:.3f} held out (layer {b['layer']} head "
+                       f"{b['head']} offset {b['offset']:+d}; layers {probed})")
+    click.echo(f"wrote {', '.join(str(out / f) for f in files)} ({elapsed:.1f} s)")
+    return 0
+
+
+def _package_version(name):
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,45 +62,82 @@ def _pretrain_predictive(world: World, x: np.ndarray) -> np.ndarray:
     return np.einsum("bk,bkv->bv", w, bayes.next_symbol(world, fw.next_state))
 
 
-def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed: int = 0,
-             kernels=("theory", "oracle", "similarity"), estimators=kernel.ESTIMATORS,
-             features: str = "belief", concepts="prior", n_samples: int = 20_000, ridge: float = 0.01,
-             progress=None) -> SeedResult:
-    """Sample prompts (``concepts``: 'prior', 'id', 'ood' or a concept index; see
-    sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max and every
-    requested kernel estimate.  kernels: 'theory' (Σ of the pretraining inputs), 'oracle' (Σ_θ*
-    of the prompt's own concept), 'similarity' (P(o|x)ᵀP(o|x')); features: 'belief' or
-    'operator' (kernel.features); Σ from n_samples Monte Carlo inputs unless enumerable, with
-    ridge λ = ridge · trace(Σ) / D."""
+def _check_names(kernels, estimators) -> None:
     for kname in kernels:
         if kname not in KERNELS:
             raise ValueError(f"unknown kernel {kname!r}; allowed: {', '.join(KERNELS)}")
     for e in estimators:
         if e not in kernel.ESTIMATORS:
             raise ValueError(f"unknown estimator {e!r}; allowed: {', '.join(kernel.ESTIMATORS)}")
+
+
+def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed: int = 0,
+             kernels=("theory", "oracle", "similarity"), estimators=kernel.ESTIMATORS,
+             features: str = "belief", concepts="prior", n_samples: int = 20_000, ridge: float = 0.01,
+             progress=None) -> SeedResult:
+    """Sample prompts (``concepts``: 'prior', 'id', 'ood' or a concept index; see
+    sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max and every
+    requested kernel estimate (:func:`kernel_estimates`)."""
+    _check_names(kernels, estimators)
     tick = progress or (lambda _msg: None)
     labels = world.labels
     prompts = sample_prompt_set(world, n_prompts, n_max, example_length, seed=seed, concepts=concepts)
     tick("exact Bayes")
     curve = bayes.icl_curve(world, prompts)
-    B, N, k = n_prompts, n_max, example_length
     label_index = np.full(world.n_symbols, -1)
     label_index[labels] = np.arange(len(labels))
     res = SeedResult(bayes=restrict(curve.predictive[:, 1:], labels), oracle=restrict(curve.oracle, labels),
                      y_test=label_index[prompts.y_test], concepts=prompts.concepts)
     res.info["impossible_prompts"] = int(np.isnan(curve.predictive[:, -1]).any(axis=-1).sum())
+    estimates, info = kernel_estimates(world, prompts, kernels, estimators, features=features,
+                                       n_samples=n_samples, ridge=ridge, seed=seed, progress=progress)
+    res.estimates.update(estimates)
+    res.info.update(info)
+    return res
+
+
+def kernel_estimates(world: World, prompts, kernels=("theory", "oracle", "similarity"),
+                     estimators=kernel.ESTIMATORS, features: str = "belief", n_samples: int = 20_000,
+                     ridge: float = 0.01, seed: int = 0, progress=None) -> tuple[dict, dict]:
+    """Every requested kernel estimate of the next label of ``prompts`` (B prompts of N >= 1
+    demonstrations, example length k) after n = 1..N demonstrations, in one cumulative pass
+    over the kernel values of :func:`kernel_values`.
+
+    Returns ({(kernel, estimator): (B, N, L) distribution over world.labels}, info: Σ per
+    kernel)."""
+    _check_names(kernels, estimators)
+    values, info = kernel_values(world, prompts, kernels, features=features, n_samples=n_samples,
+                                 ridge=ridge, seed=seed, progress=progress)
+    estimates = {}
+    for name, kv in values.items():
+        for e in estimators:
+            estimates[(name, e)] = kernel.to_distribution(
+                kernel.estimates(kv, prompts.labels, world.labels, e), e)
+    return estimates, info
+
+
+def kernel_values(world: World, prompts, kernels=("theory", "oracle", "similarity"),
+                  features: str = "belief", n_samples: int = 20_000, ridge: float = 0.01, seed: int = 0,
+                  progress=None) -> tuple[dict, dict]:
+    """K(x_test, x_i) for every prompt and demonstration: ({kernel: (B, N)}, info: Σ per kernel).
+
+    kernels: 'theory' (Σ of the pretraining inputs), 'oracle' (Σ_θ* of the prompt's own
+    concept), 'similarity' (P(o|x)ᵀP(o|x')); features: 'belief' or 'operator'
+    (kernel.features); Σ from n_samples Monte Carlo inputs (drawn with ``seed``) unless
+    enumerable, with ridge λ = ridge · trace(Σ) / D.  A one-line ValueError when the features
+    would not fit in FEATURE_MEMORY_LIMIT."""
+    _check_names(kernels, ())
+    tick = progress or (lambda _msg: None)
+    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
+    if N < 1:
+        raise ValueError("kernel estimates need prompts with at least one demonstration")
+    values, info = {}, {}
 
     # every input of the experiment (demonstrations then x_test), deduplicated
     starts = prompts.x_spans[:, 0]
     xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in starts], axis=1)      # (B, N+1, k-1)
     uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
     inv = inv.reshape(B, N + 1)
-    demo_labels = prompts.labels                                                  # (B, N)
-
-    def estimates_from(gram_fn, name):
-        kv = gram_fn()                                                           # (B, N)
-        for e in estimators:
-            res.estimates[(name, e)] = kernel.to_distribution(kernel.estimates(kv, demo_labels, labels, e), e)
 
     need_psi = any(kname in ("theory", "oracle") for kname in kernels)
     if need_psi:
@@ -118,23 +155,23 @@ def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed
     if "theory" in kernels:
         tick("Σ (pretraining)")
         model = _model(world, k, None, features, n_samples, seed, ridge)
-        res.info["theory"] = _model_info(model)
-        estimates_from(lambda: _kernel_values(model, psi_u, inv), "theory")
+        info["theory"] = _model_info(model)
+        values["theory"] = _kernel_values(model, psi_u, inv)
     if "oracle" in kernels:
         tick("Σ_θ* (oracle)")
         kv = np.empty((B, N))
-        res.info["oracle"] = {}
+        info["oracle"] = {}
         for c in np.unique(prompts.concepts):
             rows = prompts.concepts == c
             m_c = _model(world, k, int(c), features, n_samples, seed, ridge)
-            res.info["oracle"][int(c)] = _model_info(m_c)
+            info["oracle"][int(c)] = _model_info(m_c)
             kv[rows] = _kernel_values(m_c, psi_u, inv[rows])
-        estimates_from(lambda: kv, "oracle")
+        values["oracle"] = kv
     if "similarity" in kernels:
         tick("similarity")
         p_u = _pretrain_predictive(world, uniq)                                    # (U, V)
-        estimates_from(lambda: np.einsum("bv,bnv->bn", p_u[inv[:, -1]], p_u[inv[:, :-1]]), "similarity")
-    return res
+        values["similarity"] = np.einsum("bv,bnv->bn", p_u[inv[:, -1]], p_u[inv[:, :-1]])
+    return values, info
 
 
 def _model(world, k, concept, features, n_samples, seed, ridge):

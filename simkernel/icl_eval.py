@@ -1,4 +1,5 @@
-"""In-context learning of a trained model against the exact Bayesian posterior predictive.
+"""In-context learning of a trained model against the exact Bayesian posterior predictive and
+the theory kernel estimator.
 
 For each number of demonstrations n the same prompts (sampled once with N = max(n)
 demonstrations, then cut to n by ``Prompts.truncated``) are given to
@@ -7,14 +8,24 @@ demonstrations, then cut to n by ``Prompts.truncated``) are given to
                 to the world's labels and renormalised (the vocabulary is the world's symbols,
                 so the prompt tokens are the input ids as they are);
     exact Bayes ``bayes.icl_curve(...).predictive[:, n]`` restricted to the labels;
-    the oracle  P(y | x_test, true concept) restricted to the labels.
+    the oracle  P(y | x_test, true concept) restricted to the labels;
+    the kernel  the theory kernel's estimate after the n demonstrations
+                (``convergence.kernel_estimates``, with ``simkernel converge``'s defaults:
+                theory kernel, belief features, ridge 0.01, Σ exact or from 20000 Monte Carlo
+                inputs drawn with the prompt seed; both estimators), for n >= 1.
 
 Metrics per prompt and n (``METRICS``), averaged with 95% CIs (``convergence.mean_ci``):
 tv_bayes (total variation model vs Bayes), agree_bayes (same argmax), acc_model / acc_bayes /
-acc_oracle (argmax == y_test) and tv_oracle (model vs oracle).  A prompt whose Bayes posterior
-is undefined (probability 0 under every in-distribution concept) is left out of the metrics
-that need it.  n whose prompt is longer than the model's context (n_positions) is skipped and
-reported.  The theory kernel estimator is not evaluated here (``simkernel converge`` does).
+acc_oracle (argmax == y_test), tv_oracle (model vs oracle), and for the kernel estimator
+(``KERNEL_METRICS``; the normalised estimator unsuffixed, the averaged one with the suffix
+``_averaged``): tv_kernel (model vs kernel), agree_kernel (same argmax), acc_kernel (the
+kernel's argmax == y_test) and tv_kernel_bayes (kernel vs Bayes, the quantity ``simkernel
+converge`` reports).  A prompt whose Bayes posterior is undefined (probability 0 under every
+in-distribution concept) is left out of the metrics that need it.  n whose prompt is longer
+than the model's context (n_positions) is skipped and reported.  The kernel metrics have no
+row at n = 0 (no demonstrations to regress on); when the kernel cannot be computed for a
+world (e.g. its features would exceed ``convergence.FEATURE_MEMORY_LIMIT``) they are left out
+and the reason is recorded in ``info["kernel"]["skipped"]``.
 
 torch is imported inside the functions that need it.
 """
@@ -26,12 +37,27 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bayes
-from .convergence import mean_ci, metrics, restrict
+from . import bayes, kernel
+from .convergence import kernel_estimates, mean_ci, metrics, restrict
 from .sampling import sample_prompt_set
 from .world import World
 
-METRICS = ("tv_bayes", "agree_bayes", "acc_model", "acc_bayes", "acc_oracle", "tv_oracle")
+BASE_METRICS = ("tv_bayes", "agree_bayes", "acc_model", "acc_bayes", "acc_oracle", "tv_oracle")
+#: The kernel estimator's settings: ``simkernel converge``'s defaults, so that tv_kernel_bayes
+#: here is the tv that converge reports for the same world, prompts and seed.
+KERNEL_OPTIONS = {"kernel": "theory", "estimators": kernel.ESTIMATORS, "features": "belief",
+                  "ridge": 0.01, "n_samples": 20_000}
+_KERNEL_BASE = ("tv_kernel", "agree_kernel", "acc_kernel", "tv_kernel_bayes")
+
+
+def kernel_metric(name: str, estimator: str) -> str:
+    """'tv_kernel' for the normalised estimator (a distribution, like the model's), with the
+    suffix '_averaged' for the averaged one."""
+    return name if estimator == "normalised" else f"{name}_{estimator}"
+
+
+KERNEL_METRICS = tuple(kernel_metric(m, e) for e in ("normalised", "averaged") for m in _KERNEL_BASE)
+METRICS = BASE_METRICS + KERNEL_METRICS
 COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16, 32, 64)
 
@@ -73,7 +99,8 @@ def model_predictive(model, tokens, labels, device="cpu", batch_size: int = 64) 
 def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: int = 3,
              n_prompts: int = 200, seed: int = 0, concepts=None, device="cpu",
              batch_size: int = 64, progress=None) -> tuple[list[dict], dict]:
-    """Tidy rows (``COLUMNS``) and an info dict (skipped n, impossible prompts per group).
+    """Tidy rows (``COLUMNS``) and an info dict: skipped n, impossible prompts per group, and
+    ``kernel``: the estimator's options, Σ per group and, per group, why it was skipped.
 
     ``concepts``: a str or list of 'prior' / 'id' / 'ood' / concept index; default
     :func:`default_concepts`.  The model is put in eval mode."""
@@ -93,11 +120,26 @@ def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: 
     labels = world.labels
     idx = np.full(world.n_symbols, -1)
     idx[labels] = np.arange(len(labels))
-    rows, info = [], {"skipped_n": skipped, "context": ctx, "impossible_prompts": {}, "groups": [str(g) for g in groups]}
+    kopts = dict(KERNEL_OPTIONS, estimators=list(KERNEL_OPTIONS["estimators"]))
+    rows, info = [], {"skipped_n": skipped, "context": ctx, "impossible_prompts": {}, "groups": [str(g) for g in groups],
+                      "kernel": {"options": kopts, "sigma": {}, "skipped": {}}}
     tick = progress or (lambda _msg: None)
     for g in groups:
         prompts = sample_prompt_set(world, n_prompts, keep[-1], example_length, seed=seed, concepts=g)
         curve = bayes.icl_curve(world, prompts)
+        kest = None
+        if keep[-1] < 1:
+            info["kernel"]["skipped"][str(g)] = "no n >= 1: the kernel estimate needs a demonstration"
+        else:
+            tick(f"{g}: kernel estimator")
+            try:
+                kest, kinfo = kernel_estimates(world, prompts, (kopts["kernel"],), kopts["estimators"],
+                                               features=kopts["features"], n_samples=kopts["n_samples"],
+                                               ridge=kopts["ridge"], seed=seed)
+                info["kernel"]["sigma"][str(g)] = kinfo[kopts["kernel"]]
+            except ValueError as e:
+                # the model comparison with Bayes stands on its own; only the kernel rows go
+                info["kernel"]["skipped"][str(g)] = " ".join(str(e).split())
         y = idx[prompts.y_test]
         oracle = restrict(curve.oracle, labels)                                  # (B, L)
         ok_oracle = np.isfinite(oracle).all(-1)
@@ -116,7 +158,16 @@ def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: 
                    "acc_bayes": np.where(ok, (p.argmax(-1) == y).astype(float), np.nan),
                    "acc_oracle": np.where(ok_oracle, (oracle.argmax(-1) == y).astype(float), np.nan),
                    "tv_oracle": np.where(ok_oracle, mo["tv"], np.nan)}
-            for metric in METRICS:
+            if kest is not None and n >= 1:
+                for est in kopts["estimators"]:
+                    e = kest[(kopts["kernel"], est)][:, n - 1]                       # (B, L)
+                    mk = metrics(e, q, y)
+                    per[kernel_metric("tv_kernel", est)] = mk["tv"]
+                    per[kernel_metric("agree_kernel", est)] = mk["agree"]
+                    per[kernel_metric("acc_kernel", est)] = (e.argmax(-1) == y).astype(float)
+                    per[kernel_metric("tv_kernel_bayes", est)] = np.where(ok, metrics(np.where(ok[:, None], p, 0.0),
+                                                                                      e, y)["tv"], np.nan)
+            for metric in (m for m in METRICS if m in per):
                 m, lo, hi, cnt = mean_ci(per[metric])
                 rows.append({"n_demos": n, "concepts": str(g), "metric": metric, "mean": float(m),
                              "ci_low": float(lo), "ci_high": float(hi), "n_prompts": int(cnt)})

@@ -3,8 +3,9 @@
 ``plot_convergence(rows, fits, path_png, path_pdf, title)`` draws the figure of
 ``simkernel converge`` from the rows of ``convergence.csv`` (columns n_demos, estimator,
 kernel, metric, mean, ci_low, ci_high, n_prompts) and the power-law fits stored in
-``convergence.json``; ``load_convergence(folder)`` reads both back.  Nothing here runs an
-experiment or computes a statistic.
+``convergence.json``; ``load_convergence(folder)`` reads both back.  ``plot_icl_vs_bayes``,
+``load_icl`` and ``redraw_icl`` do the same for ``simkernel icl-eval``'s icl_vs_bayes.csv and
+.json.  Nothing here runs an experiment or computes a statistic.
 
 matplotlib is imported lazily and drawn through its Agg canvas (no pyplot, no global
 backend switch), so importing this module costs nothing and it works on a headless machine.
@@ -242,23 +243,55 @@ def redraw_convergence(folder, out_folder=None) -> list[Path]:
 
 # ---------------------------------------------------------------------- the ICL evaluation figure
 ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
-_GROUP_STYLES = {"prior": "-", "id": "-", "ood": "--"}
+ICL_FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
+_GROUP_TITLES = {"prior": "concepts drawn from the prior", "id": "in-distribution concepts (prior > 0)",
+                 "ood": "out-of-distribution concepts (prior = 0)"}
+#: (panel, metric, colour, line style, width, label).  Solid: the model against something;
+#: dashed: the theory kernel against exact Bayes, the reference for how far the kernel is.
+_ICL_SERIES = (
+    (0, "tv_bayes", "tab:blue", "-", 1.8, "model vs exact Bayes"),
+    (0, "tv_kernel", "tab:green", "-", 1.8, "model vs theory kernel"),
+    (0, "tv_oracle", "tab:gray", "-", 1.0, "model vs oracle"),
+    (0, "tv_kernel_bayes", "tab:green", "--", 1.3, "theory kernel vs exact Bayes"),
+    (1, "agree_bayes", "tab:blue", "-", 1.8, "model = exact Bayes"),
+    (1, "agree_kernel", "tab:green", "-", 1.8, "model = theory kernel"),
+    (2, "acc_model", "tab:blue", "-", 1.8, "model"),
+    (2, "acc_bayes", "black", "-", 1.4, "exact Bayes"),
+    (2, "acc_kernel", "tab:green", "--", 1.3, "theory kernel"),
+    (2, "acc_oracle", "tab:orange", ":", 1.4, "oracle (true concept)"),
+)
+
+
+def _icl_records(rows) -> list[dict]:
+    recs = []
+    for i, r in enumerate(rows.to_dict("records") if hasattr(rows, "to_dict") else rows):
+        missing = [c for c in ICL_COLUMNS if c not in r]
+        if missing:
+            raise ValueError(f"row {i} of the icl-eval table lacks column {missing[0]!r}; "
+                             f"expected {', '.join(ICL_COLUMNS)}")
+        try:
+            recs.append({"n_demos": int(r["n_demos"]), "concepts": str(r["concepts"]), "metric": str(r["metric"]),
+                         "mean": float(r["mean"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
+                         "n_prompts": int(float(r["n_prompts"]))})
+        except (TypeError, ValueError):
+            raise ValueError(f"row {i} of the icl-eval table has a non-numeric value: {dict(r)!r}") from None
+    return recs
 
 
 def plot_icl_vs_bayes(rows, path_png, title: str | None = None, dpi: int = DPI) -> Path:
     """The figure of ``simkernel icl-eval`` from its tidy rows (columns ``ICL_COLUMNS``).
 
-    Panel 1: total variation between the model's label distribution and exact Bayes against n
-    (and, thin, the model against the oracle).  Panel 2: accuracy against y_test of the model,
-    exact Bayes and the oracle.  Solid lines in-distribution ('id' / 'prior'), dashed
-    out-of-distribution; 95% CI bands.  n = 0 is drawn at the left edge of a symlog axis."""
-    recs = []
-    for i, r in enumerate(rows.to_dict("records") if hasattr(rows, "to_dict") else rows):
-        missing = [c for c in ICL_COLUMNS if c not in r]
-        if missing:
-            raise ValueError(f"row {i} of the icl-eval table lacks column {missing[0]!r}")
-        recs.append({"n_demos": int(r["n_demos"]), "concepts": str(r["concepts"]), "metric": str(r["metric"]),
-                     "mean": float(r["mean"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"])})
+    One row of panels per concept group, so in-distribution and out-of-distribution prompts
+    sit one above the other on shared y axes.  Columns: (1) total variation over the labels
+    of the model against exact Bayes, the theory kernel estimator (normalised) and the
+    oracle, and of the kernel against exact Bayes (dashed); (2) argmax agreement of the model
+    with exact Bayes and with the kernel; (3) accuracy against y_test of the model, exact
+    Bayes, the kernel and the oracle.  95% CI bands; n = 0 sits at the left edge of a symlog
+    axis (the kernel has no n = 0 point).  Series absent from the rows (an older table, or a
+    kernel skipped for the world) are simply not drawn."""
+    recs = _icl_records(rows)
+    if not recs:
+        raise ValueError("the icl-eval table has no rows")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -270,37 +303,242 @@ def plot_icl_vs_bayes(rows, path_png, title: str | None = None, dpi: int = DPI) 
         return ([r["n_demos"] for r in sel], [r["mean"] for r in sel], [r["ci_low"] for r in sel],
                 [r["ci_high"] for r in sel])
 
-    fig = Figure(figsize=(11.5, 5.0), layout="constrained")
+    fig = Figure(figsize=(15.0, 0.9 + 3.9 * len(groups)), layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    for g in groups:
-        ls = _GROUP_STYLES.get(g, ":")
-        for ax, metric, colour, label, lw in (
-                (ax1, "tv_bayes", "tab:blue", "model vs exact Bayes", 1.8),
-                (ax1, "tv_oracle", "tab:gray", "model vs oracle", 1.0),
-                (ax2, "acc_model", "tab:blue", "model", 1.8),
-                (ax2, "acc_bayes", "black", "exact Bayes", 1.4),
-                (ax2, "acc_oracle", "tab:orange", "oracle (true concept)", 1.2)):
+    axes = fig.subplots(len(groups), 3, sharex=True, sharey="col", squeeze=False)
+    for i, g in enumerate(groups):
+        for col, metric, colour, ls, lw, label in _ICL_SERIES:
             n, m, lo, hi = series(g, metric)
             if not n:
                 continue
-            ax.plot(n, m, ls, color=colour, lw=lw, marker="o", ms=3, label=f"{label} ({g})")
+            ax = axes[i, col]
+            ax.plot(n, m, ls, color=colour, lw=lw, marker="o", ms=3, label=label)
             ax.fill_between(n, lo, hi, color=colour, alpha=0.12, lw=0)
+        where = _GROUP_TITLES.get(g, f"concept {g}")
+        axes[i, 0].set_ylabel(f"{where}\ntotal variation over the labels", fontsize=9)
+        axes[i, 1].set_ylabel("argmax agreement", fontsize=9)
+        axes[i, 2].set_ylabel("accuracy (argmax == y_test)", fontsize=9)
     fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
-    for ax in (ax1, ax2):
+    n_max = max(r["n_demos"] for r in recs)
+    for ax in axes.flat:
         ax.set_xscale("symlog", base=2, linthresh=1)
         ax.xaxis.set_major_formatter(fmt)
-        ax.set_xlabel("n (demonstrations)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
-    ax1.set_ylim(bottom=0)
-    ax1.set_ylabel("total variation over the label set")
-    ax1.set_title("distance of the model's prediction to exact Bayes (95% CI bands)", fontsize=10)
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.set_ylabel("accuracy (argmax == y_test)")
-    ax2.set_title("accuracy: model, exact Bayes, oracle", fontsize=10)
+    # symlog's automatic margins reach below n = 0, where no n can be
+    axes[0, 0].set_xlim(-0.25, max(n_max, 1) * 1.25)
+    ns = sorted({r["n_demos"] for r in recs})
+    if len(ns) <= 12:
+        axes[0, 0].set_xticks(ns)
+    for ax in axes[-1]:
+        ax.set_xlabel("n (demonstrations)")
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, frameon=False)
+    axes[0, 0].set_ylim(bottom=0)
+    for col in (1, 2):
+        axes[0, col].set_ylim(-0.02, 1.02)
+    axes[0, 0].set_title("distance of the prediction to exact Bayes, the kernel, the oracle", fontsize=10)
+    axes[0, 1].set_title("same argmax label", fontsize=10)
+    axes[0, 2].set_title("accuracy against y_test", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10)
     path = Path(path_png)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata=_metadata("png")))
     return path
+
+
+def load_icl(folder) -> tuple[list[dict], dict]:
+    """The rows of ``folder/icl_vs_bayes.csv`` and the dict of ``folder/icl_vs_bayes.json``."""
+    folder = Path(folder)
+    f_csv, f_json = folder / ICL_FILES[0], folder / ICL_FILES[1]
+    for f in (f_csv, f_json):
+        if not f.is_file():
+            raise ValueError(f"{str(folder)!r} holds no {f.name} (run `simkernel icl-eval --run RUN --out {folder}` first)")
+    try:
+        with open(f_csv, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in ICL_COLUMNS if c not in header]
+            if missing:
+                raise ValueError(f"{str(f_csv)!r} lacks column {missing[0]!r}; expected {', '.join(ICL_COLUMNS)}")
+            rows = _icl_records(list(reader))
+        meta = json.loads(f_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+        raise ValueError(f"cannot read the icl-eval results in {str(folder)!r} ({type(e).__name__})") from None
+    if not rows:
+        raise ValueError(f"{str(f_csv)!r} has no rows")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(f_json)!r} is not an icl_vs_bayes.json (expected a JSON object)")
+    return rows, meta
+
+
+def redraw_icl(folder, out_folder=None) -> Path:
+    """Redraw icl_vs_bayes.png from a folder's icl_vs_bayes.csv and .json (into
+    ``out_folder``, default the same folder)."""
+    rows, meta = load_icl(folder)
+    out = Path(out_folder) if out_folder is not None else Path(folder)
+    return plot_icl_vs_bayes(rows, out / ICL_FILES[2], title=meta.get("title"))
+
+
+# ---------------------------------------------------------------------- measurement figures
+#: measure's tidy tables (``measure.HEAD_COLUMNS`` etc.): the figures below read only these.
+MEASURE_FILES = {"heads": "heads.csv", "best": "best.csv", "profile": "profile.csv", "probes": "probes.csv"}
+MEASURE_FIGURES = ("attention_profile.png", "head_scores.png", "probes.png")
+
+
+def _grid(rows, key_a, key_b, value, where):
+    """A (max key_a + 1, max key_b + 1) float array from tidy rows matching ``where``."""
+    import numpy as np
+
+    sel = [r for r in rows if all(str(r[k]) == str(v) for k, v in where.items())]
+    if not sel:
+        return None
+    a = max(int(r[key_a]) for r in sel) + 1
+    b = max(int(r[key_b]) for r in sel) + 1
+    out = np.full((a, b), np.nan)
+    for r in sel:
+        out[int(r[key_a]), int(r[key_b])] = float(r[value])
+    return out
+
+
+def _save(fig, path, dpi) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata=_metadata("png")))
+    return path
+
+
+def plot_attention_profile(profile_rows, path_png, title: str | None = None, dpi: int = DPI) -> Path:
+    """The final token's attention over a demonstration span rescaled to a fixed length
+    (columns layer, head, position, attention, is_label), in the spirit of the paper's
+    Figure 2: left, every head as one row of a heat map (layers separated by lines); right,
+    each layer's mean over heads.  The label position (the span's last point) is marked."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    rows = list(profile_rows)
+    if not rows:
+        raise ValueError("the attention profile table has no rows")
+    L = max(int(r["layer"]) for r in rows) + 1
+    H = max(int(r["head"]) for r in rows) + 1
+    P = max(int(r["position"]) for r in rows) + 1
+    prof = np.zeros((L, H, P))
+    for r in rows:
+        prof[int(r["layer"]), int(r["head"]), int(r["position"])] = float(r["attention"])
+    label = [int(r["position"]) for r in rows if str(r["is_label"]) in ("True", "1", "true")]
+    label = label[0] if label else P - 1
+    fig = Figure(figsize=(11, max(3.5, min(14, 0.12 * L * H + 1.5))))
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    im = ax.imshow(prof.reshape(L * H, P), aspect="auto", cmap="viridis", interpolation="nearest")
+    for layer in range(1, L):
+        ax.axhline(layer * H - 0.5, color="white", lw=0.6)
+    ax.axvline(label, color="tab:red", lw=1.0, ls="--")
+    ax.set_yticks([layer * H + (H - 1) / 2 for layer in range(L)], [str(layer) for layer in range(L)])
+    ax.set_ylabel("layer (one row per head)")
+    ax.set_xlabel(f"position in the demonstration, rescaled to {P} (red: label)")
+    fig.colorbar(im, ax=ax, label="attention from the final token")
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    for layer in range(L):
+        ax2.plot(np.arange(P), prof[layer].mean(0), color=cmap(layer / max(L - 1, 1)), label=f"layer {layer}")
+    ax2.axvline(label, color="tab:red", lw=1.0, ls="--")
+    ax2.set_xlabel("rescaled position (red: label)")
+    ax2.set_ylabel("mean attention over heads")
+    if L <= 12:
+        ax2.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path_png, dpi)
+
+
+def plot_head_scores(head_rows, best_rows, path_png, split: str = "report", title: str | None = None,
+                     dpi: int = DPI) -> Path:
+    """Layer x head heat maps of every (measure, reference) in the heads table on ``split``
+    (held out from head selection by default): agreement of each head's reconstructed vote
+    with a reference, and correlations of its demonstration weights with a kernel.  The head
+    chosen on the selection split is boxed."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    rows = list(head_rows)
+    keys = list(dict.fromkeys((r["measure"], r["reference"]) for r in rows))
+    if not keys:
+        raise ValueError("the heads table has no rows")
+    chosen = {(b["measure"], b["reference"]): (int(b["layer"]), int(b["head"])) for b in best_rows}
+    ncol = min(4, len(keys))
+    nrow = -(-len(keys) // ncol)
+    fig = Figure(figsize=(3.3 * ncol, 2.9 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for ax, (measure, ref) in zip(axes.flat, keys):
+        g = _grid(rows, "layer", "head", "value", {"measure": measure, "reference": ref, "split": split})
+        corr = measure != "agree"
+        im = ax.imshow(g, aspect="auto", cmap="RdBu_r" if corr else "viridis", interpolation="nearest",
+                       vmin=-1 if corr else 0, vmax=1)
+        if (measure, ref) in chosen:
+            layer, head = chosen[(measure, ref)]
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="tab:red", lw=1.8))
+        ax.set_title(f"{measure} with {ref}", fontsize=8)
+        ax.set_xlabel("head", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+        fig.colorbar(im, ax=ax)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle((title + "\n" if title else "") + f"per head, {split} split (red box: chosen on the "
+                 "selection split)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path_png, dpi)
+
+
+def plot_probes(probe_rows, path_png, title: str | None = None, dpi: int = DPI) -> Path:
+    """Ridge-probe test accuracy per layer (best head of the layer), one line per offset
+    from the label position; one panel per vector (keys, values)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    rows = list(probe_rows)
+    vectors = list(dict.fromkeys(r["vector"] for r in rows))
+    if not vectors:
+        raise ValueError("the probes table has no rows")
+    fig = Figure(figsize=(5 * len(vectors), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(vectors)))
+    for ax, vec in zip(axes, vectors):
+        sel = [r for r in rows if r["vector"] == vec]
+        target = sel[0]["target"]
+        for off in sorted({int(r["offset"]) for r in sel}):
+            g = _grid(sel, "layer", "head", "accuracy", {"offset": off})
+            ax.plot(np.arange(g.shape[0]), np.nanmax(g, 1), marker="o", ms=3, label=f"offset {off:+d}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("test accuracy (best head)")
+        ax.set_title(f"{vec} -> {target}", fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path_png, dpi)
+
+
+def load_measurements(folder) -> dict:
+    """The four tidy tables of a measurement folder as lists of dicts (one-line errors)."""
+    folder = Path(folder)
+    tables = {}
+    for name, fname in MEASURE_FILES.items():
+        path = folder / fname
+        if not path.is_file():
+            raise ValueError(f"{str(folder)!r} has no {fname}; allowed: a folder written by "
+                             f"`simkernel measure` or `simkernel llm`")
+        with path.open(newline="") as f:
+            tables[name] = list(csv.DictReader(f))
+    return tables
+
+
+def draw_measurements(tables: dict, folder, title: str | None = None) -> list[Path]:
+    """Every measurement figure (``MEASURE_FIGURES``) from the tables into ``folder``."""
+    folder = Path(folder)
+    out = [plot_attention_profile(tables["profile"], folder / MEASURE_FIGURES[0], title),
+           plot_head_scores(tables["heads"], tables["best"], folder / MEASURE_FIGURES[1], title=title)]
+    if tables["probes"]:
+        out.append(plot_probes(tables["probes"], folder / MEASURE_FIGURES[2], title))
+    return out

@@ -148,3 +148,15 @@ def assert_loglik_equal(actual, expected, rtol=1e-9, atol=1e-11):
     assert not np.isnan(actual).any()
     fin = np.isfinite(expected)
     np.testing.assert_allclose(actual[fin], expected[fin], rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------- a tiny offline LLM
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    """A ``from_pretrained`` folder holding a byte-level BPE tokenizer trained on the shipped
+    sample texts and a tiny randomly initialised GPT-J for it (``tests/llm_helpers.py``)."""
+    for module in ("tokenizers", "transformers", "torch"):
+        pytest.importorskip(module)
+    from llm_helpers import make_tiny_llm_dir
+
+    return make_tiny_llm_dir(tmp_path_factory.mktemp("tiny-llm"))

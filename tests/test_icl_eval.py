@@ -1,6 +1,7 @@
-"""ICL evaluation of a trained model against exact Bayes: the comparison code checked against
-a known answer (a stub whose logits are the exact Bayes log-predictive), context skipping,
-and the icl-eval command end to end on a tiny run folder."""
+"""ICL evaluation of a trained model against exact Bayes and the theory kernel: the comparison
+code checked against known answers (stubs whose logits are the exact Bayes log-predictive, or
+the kernel estimate computed here from kernel.py alone), context skipping, the kernel's
+memory guard, and the icl-eval and plot icl commands end to end on a tiny run folder."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from simkernel import bayes, make_world  # noqa: E402
+from simkernel import bayes, convergence, kernel, make_world  # noqa: E402
 from simkernel import icl_eval  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
 from simkernel import train as tr  # noqa: E402
@@ -41,6 +42,41 @@ class BayesStub:
             lp = np.log(bayes.posterior_predictive(self.world, x))
         logits = torch.as_tensor(lp, dtype=torch.float64)[:, None, :].expand(x.shape[0], x.shape[1], -1)
         return SimpleNamespace(logits=logits)
+
+
+class KernelStub(BayesStub):
+    """logits = log of the theory kernel's normalised estimate after the demonstrations in the
+    row, computed from kernel.py's public functions and the prompt layout parsed from the row
+    itself (not through convergence.kernel_estimates): Σ of the pretraining inputs with
+    ridge 0.01, belief features.  Uniform at n = 0."""
+
+    def __init__(self, world, example_length, seed):
+        super().__init__(world)
+        self.k = example_length
+        sample = kernel.input_distribution(world, example_length, None, n_samples=20_000, seed=seed)
+        self.km = kernel.fit_kernel(kernel.features(world, sample.x), sample.weights, ridge=0.01,
+                                    exact=sample.exact)
+
+    def __call__(self, input_ids):
+        x = input_ids.cpu().numpy()
+        B, T = x.shape
+        k, labels = self.k, self.world.labels
+        n = (T - (k - 1)) // (k + 1)
+        assert T == icl_eval.prompt_length(n, k)
+        logits = np.full((B, self.world.n_symbols), -np.inf)
+        if n == 0:
+            logits[:, labels] = 0.0
+        else:
+            demos = x[:, :n * (k + 1)].reshape(B, n, k + 1)
+            psi_d = kernel.features(self.world, demos[:, :, :k - 1].reshape(B * n, k - 1)).reshape(B, n, -1)
+            psi_t = kernel.features(self.world, x[:, n * (k + 1):])
+            kv = self.km.gram(psi_t[:, None, :], psi_d)[:, 0, :]                    # (B, n)
+            est = kernel.to_distribution(kernel.estimates(kv, demos[:, :, k - 1], labels, "normalised"),
+                                         "normalised")[:, -1]
+            with np.errstate(divide="ignore"):
+                logits[:, labels] = np.log(est)
+        out = torch.as_tensor(logits, dtype=torch.float64)[:, None, :].expand(B, T, -1)
+        return SimpleNamespace(logits=out)
 
 
 def by(rows, metric, concepts=None):
@@ -81,6 +117,59 @@ def test_wrong_model_is_far_from_bayes(world):
     p = restrict(bayes.icl_curve(world, prompts).predictive[:, 2], world.labels)
     expect = 0.5 * np.abs(p - 1 / len(world.labels)).sum(-1).mean()
     assert by(rows, "tv_bayes")[2]["mean"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_kernel_stub_gets_tv_kernel_zero(world):
+    """A model that returns exactly the theory kernel's estimate: tv_kernel 0, agreement 1, and
+    its distance to Bayes is the kernel's (tv_bayes == tv_kernel_bayes)."""
+    rows, info = icl_eval.evaluate(KernelStub(world, 3, seed=4), world, [0, 1, 2, 5, 12], example_length=3,
+                                   n_prompts=30, seed=4)
+    assert info["kernel"]["skipped"] == {} and info["kernel"]["options"]["features"] == "belief"
+    assert info["kernel"]["sigma"]["prior"]["exact"] is True
+    tv_k, agree_k = by(rows, "tv_kernel"), by(rows, "agree_kernel")
+    assert sorted(tv_k) == [1, 2, 5, 12]                   # no kernel estimate without demonstrations
+    assert 0 in by(rows, "tv_bayes")
+    for n in tv_k:
+        assert tv_k[n]["mean"] < 1e-6 and agree_k[n]["mean"] == 1.0 and tv_k[n]["n_prompts"] == 30
+        assert by(rows, "tv_bayes")[n]["mean"] == pytest.approx(by(rows, "tv_kernel_bayes")[n]["mean"], abs=1e-6)
+        assert by(rows, "acc_model")[n]["mean"] == by(rows, "acc_kernel")[n]["mean"]
+    # the averaged estimator is not a distribution: the model is away from it
+    assert by(rows, "tv_kernel_averaged")[12]["mean"] > 1e-3
+
+
+def test_tv_kernel_matches_convergence_on_the_same_prompts(world):
+    """A uniform model against the kernel: the tv evaluate reports equals the one computed from
+    convergence.run_seed's theory estimates on the same prompts (same sampler call and seed);
+    tv_kernel_bayes equals converge's own tv of the kernel against Bayes."""
+    class Uniform(BayesStub):
+        def __call__(self, input_ids):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.world.n_symbols))
+
+    N, B, seed = 6, 25, 3
+    rows, _ = icl_eval.evaluate(Uniform(world), world, [1, 3, N], example_length=3, n_prompts=B, seed=seed)
+    res = convergence.run_seed(world, N, 3, B, seed=seed, kernels=("theory",))
+    L = len(world.labels)
+    for est, name in (("normalised", "tv_kernel"), ("averaged", "tv_kernel_averaged")):
+        e = res.estimates[("theory", est)]                                          # (B, N, L)
+        conv_tv = convergence.metrics(res.bayes, e, res.y_test)["tv"]               # (B, N)
+        for n in (1, 3, N):
+            expect = 0.5 * np.abs(e[:, n - 1] - 1 / L).sum(-1).mean()
+            assert by(rows, name)[n]["mean"] == pytest.approx(expect, abs=1e-6)   # float32 logits
+            assert by(rows, icl_eval.kernel_metric("tv_kernel_bayes", est))[n]["mean"] == pytest.approx(
+                conv_tv[:, n - 1].mean(), rel=1e-9, abs=1e-12)
+            acc = (e[:, n - 1].argmax(-1) == res.y_test).mean()
+            assert by(rows, icl_eval.kernel_metric("acc_kernel", est))[n]["mean"] == pytest.approx(acc)
+
+
+def test_kernel_skipped_with_a_reason(world, monkeypatch):
+    """When the kernel's features would not fit in memory, the model-vs-Bayes rows stay and
+    the kernel rows go, with the reason recorded."""
+    monkeypatch.setattr(convergence, "FEATURE_MEMORY_LIMIT", 0)
+    rows, info = icl_eval.evaluate(BayesStub(world), world, [0, 2], example_length=3, n_prompts=8)
+    assert {r["metric"] for r in rows} == set(icl_eval.BASE_METRICS)
+    assert "GiB" in info["kernel"]["skipped"]["prior"] and info["kernel"]["sigma"] == {}
+    _, info = icl_eval.evaluate(BayesStub(world), world, [0], example_length=3, n_prompts=4)
+    assert "needs a demonstration" in info["kernel"]["skipped"]["prior"]
 
 
 def test_model_predictive_rows_sum_to_one(world):
@@ -133,9 +222,10 @@ def run_dir(tmp_path_factory):
 
 def test_cli_end_to_end(run_dir, tmp_path):
     out = tmp_path / "out"
-    r = ok(["icl-eval", "--run", run_dir, "--n-demos", "0,1,2,4,16", "--n-prompts", "20", "--out", out,
-            "--device", "cpu"])
-    assert "skipped n = 16" in r.output            # 16 * 4 + 2 > 48
+    res = ok(["icl-eval", "--run", run_dir, "--n-demos", "0,1,2,4,16", "--n-prompts", "20", "--out", out,
+              "--device", "cpu"])
+    assert "skipped n = 16" in res.output            # 16 * 4 + 2 > 48
+    assert "TV(model,kernel)" in res.output
     for f in ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
     rows = list(csv.DictReader(open(out / "icl_vs_bayes.csv")))
@@ -144,9 +234,46 @@ def test_cli_end_to_end(run_dir, tmp_path):
     assert {r["metric"] for r in rows} == set(icl_eval.METRICS)
     for r in rows:
         assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
+    assert not any(r["metric"] in icl_eval.KERNEL_METRICS for r in rows if r["n_demos"] == "0")
     meta = json.loads((out / "icl_vs_bayes.json").read_text())
     assert meta["config"]["command"] == "icl-eval" and meta["skipped_n"] == [16] and meta["context"] == 48
     assert meta["seed"] == 0 and "torch" in meta["versions"]
+    assert meta["kernel"]["options"]["kernel"] == "theory" and meta["kernel"]["skipped"] == {}
+
+
+def test_cli_plot_icl_redraws_from_the_tables(run_dir, tmp_path):
+    out = tmp_path / "out"
+    ok(["icl-eval", "--run", run_dir, "--n-demos", "0,1,2", "--n-prompts", "6", "--out", out, "--device", "cpu"])
+    png = out / "icl_vs_bayes.png"
+    png.unlink()
+    r = ok(["plot", "icl", out])
+    assert png.is_file() and png.stat().st_size > 0 and str(png) in r.output
+    ok(["plot", "icl", out, "--out", tmp_path / "elsewhere" / "deeper"])
+    assert (tmp_path / "elsewhere" / "deeper" / "icl_vs_bayes.png").is_file()
+    # no csv: one error line, non-zero exit, nothing created
+    (tmp_path / "empty").mkdir()
+    r = run(["plot", "icl", tmp_path / "empty", "--out", tmp_path / "nothing"])
+    msg = r.stderr.strip()
+    assert r.exit_code == 1 and len(msg.splitlines()) == 1 and msg.startswith("error: ")
+    assert "icl_vs_bayes.csv" in msg and not (tmp_path / "nothing").exists()
+
+
+def test_figure_has_a_row_of_panels_per_concept_group(tmp_path):
+    """In- and out-of-distribution prompts get their own row of panels; the kernel series is
+    drawn where present, and a table without it (an older run) still draws."""
+    from matplotlib.image import imread
+    from simkernel.plots import plot_icl_vs_bayes
+
+    def rows(groups, metrics):
+        return [{"n_demos": n, "concepts": g, "metric": m, "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+                 "n_prompts": 10} for g in groups for m in metrics for n in (0, 1, 2, 4)]
+    one = imread(plot_icl_vs_bayes(rows(["prior"], icl_eval.METRICS), tmp_path / "one.png"))
+    two = imread(plot_icl_vs_bayes(rows(["id", "ood"], icl_eval.METRICS), tmp_path / "two.png"))
+    assert two.shape[0] > 1.6 * one.shape[0] and two.shape[1] == one.shape[1]
+    plot_icl_vs_bayes(rows(["prior"], icl_eval.BASE_METRICS), tmp_path / "old.png")
+    with pytest.raises(ValueError, match="lacks column 'concepts'"):
+        plot_icl_vs_bayes([{"n_demos": 1, "metric": "tv_bayes", "mean": 0, "ci_low": 0, "ci_high": 0,
+                            "n_prompts": 1}], tmp_path / "bad.png")
 
 
 def test_cli_default_out_is_the_run_folder(run_dir):
@@ -172,3 +299,21 @@ def test_cli_bad_input_one_line(case, tmp_path, run_dir):
     msg = r.stderr.strip()
     assert r.exit_code == code and len(msg.splitlines()) == 1 and msg.startswith("error: ") and needle in msg, msg
     assert not (tmp_path / "o").exists()
+
+
+def test_icl_experiment_config_parses():
+    """experiments/icl_id_ood.toml is a valid icl-eval command line writing figures/icl_id_ood."""
+    import importlib.util
+    import tomllib
+    from pathlib import Path
+
+    from simkernel.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("experiments_run", root / "experiments" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.command_args(tomllib.loads((root / "experiments" / "icl_id_ood.toml").read_text()), "icl_id_ood")
+    assert args[0] == "icl-eval"
+    ctx = main.commands["icl-eval"].make_context("icl-eval", args[1:], resilient_parsing=True)
+    assert ctx.params["out"] == root / "figures" / "icl_id_ood" and ctx.params["n_demos"][-1] == 48

@@ -324,19 +324,84 @@ def test_help_does_not_import_torch_for_train_options():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
 
 
-def test_ddp_two_cpu_ranks(corpus_dir, tmp_path):
-    """torchrun with 2 gloo ranks on the CPU: one run folder, written once, finished."""
+# ---------------------------------------------------------------------- DDP (torchrun, 2 gloo ranks)
+#: evaluated every step, so metrics.jsonl holds rank 0's loss of every step; checkpoints every 3
+DDP_TRAIN = ["train", "--model", "tiny", "--block-size", 32, "--batch-size", 4, "--max-steps", 8,
+             "--eval-every", 1, "--ckpt-every", 3, "--device", "cpu"]
+DDP_STOP = 4        # not a multiple of --ckpt-every: the resume point is the interruption's own checkpoint
+
+
+def _torchrun(*args, runs_dir, corpus_dir, extra=()):
+    """Launch ``args`` (``-m simkernel.cli`` or a script) under torchrun with 2 CPU ranks."""
     import subprocess
     import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args,
+           *map(str, DDP_TRAIN), "--corpus", str(corpus_dir), "--runs-dir", str(runs_dir), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def _need_torchrun():
+    import importlib.util
     import torch.distributed as dist
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "simkernel.cli", *map(str, TRAIN), "--corpus", str(corpus_dir), "--runs-dir", str(tmp_path / "runs")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("stopped at step 6") == 1
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    rows = [json.loads(x) for x in (run_dir / tr.METRICS).read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 6] and (run_dir / tr.DONE).is_file()
+    if importlib.util.find_spec("torch.distributed.run") is None:
+        pytest.skip("torchrun (torch.distributed.run) is not available")
+
+
+@pytest.fixture(scope="module")
+def ddp_full(corpus_dir, tmp_path_factory):
+    """One uninterrupted 2-rank run (shared by the DDP tests: each launch costs ~20 s of imports)."""
+    _need_torchrun()
+    runs = tmp_path_factory.mktemp("ddp_full") / "runs"
+    proc = _torchrun("-m", "simkernel.cli", runs_dir=runs, corpus_dir=corpus_dir)
+    (run_dir,) = runs.iterdir()
+    return proc, run_dir
+
+
+def _metric_rows(run_dir):
+    return [{k: v for k, v in json.loads(x).items() if k not in ("tokens_per_s", "elapsed_s")}
+            for x in (run_dir / tr.METRICS).read_text().splitlines()]
+
+
+def test_ddp_two_cpu_ranks(ddp_full):
+    """torchrun with 2 gloo ranks on the CPU: one run folder, written once, finished."""
+    proc, run_dir = ddp_full
+    assert proc.stdout.count("stopped at step 8") == 1
+    assert [r["step"] for r in _metric_rows(run_dir)] == list(range(1, 9)) and (run_dir / tr.DONE).is_file()
+
+
+def test_ddp_resume_equals_uninterrupted(ddp_full, corpus_dir, tmp_path):
+    """2 ranks stopped after step 4 (the interruption injected into the real CLI), then
+    `--resume`d in fresh processes: every step's loss, the val losses and the final weights
+    equal the uninterrupted 2-rank run's."""
+    _, full_dir = ddp_full
+    script = tmp_path / "interrupted.py"
+    script.write_text("import sys\n"
+                      "import simkernel.train as tr\n"
+                      "from simkernel.cli import main\n"
+                      "_train = tr.train\n"
+                      f"tr.train = lambda *a, **kw: _train(*a, stop_after={DDP_STOP}, **kw)\n"
+                      "main(sys.argv[1:])\n")
+    runs = tmp_path / "runs"
+    proc = _torchrun(str(script), runs_dir=runs, corpus_dir=corpus_dir)
+    assert proc.stdout.count(f"stopped at step {DDP_STOP} by interrupted") == 1
+    (run_dir,) = runs.iterdir()
+    assert run_dir.name == full_dir.name and not (run_dir / tr.DONE).exists()
+    assert [r["step"] for r in _metric_rows(run_dir)] == list(range(1, DDP_STOP + 1))
+    proc = _torchrun("-m", "simkernel.cli", runs_dir=runs, corpus_dir=corpus_dir, extra=["--resume"])
+    assert proc.stdout.count("stopped at step 8 by max_steps") == 1
+
+    a, b = _metric_rows(full_dir), _metric_rows(run_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
+    for ra, rb in zip(a, b):
+        for k in ("train_loss", "val_loss", "floor", "gap", "lr"):
+            assert abs(ra[k] - rb[k]) <= 1e-6, (ra["step"], k, ra[k], rb[k])
+    done_a, done_b = (json.loads((d / tr.DONE).read_text()) for d in (full_dir, run_dir))
+    assert (done_a["step"], done_a["reason"]) == (done_b["step"], done_b["reason"]) == (8, "max_steps")
+    wa = model_mod.load_model(full_dir / tr.CHECKPOINT / "model").state_dict()
+    wb = model_mod.load_model(run_dir / tr.CHECKPOINT / "model").state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)

@@ -1,0 +1,130 @@
+"""Simulator only: the measurement library's per-head weights against the ground truth.
+
+``measure`` runs on any causal LM and knows nothing of HMMs.  In a simulated world the true
+kernel K(x_test, x_i) (``convergence.kernel_values``) and the exact posterior predictive
+(``bayes.icl_curve``) are known, so each head's demonstration weights a_i and its label vote
+can be compared with them:
+
+    kernels     'theory' K(x_test, x_i) with Σ of the pretraining inputs, and 'similarity'
+                (the exact pretraining predictive P(o|x)ᵀP(o|x')); plus the model's own
+                prediction similarity from standalone runs ('model_similarity')
+    references  'bayes' argmax of the exact posterior predictive over the labels after the
+                prompt's n demonstrations, 'kernel' argmax of the theory kernel estimator
+                (normalised form), 'oracle' argmax of P(y | x_test, true concept)
+
+torch is imported only through ``measure``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import bayes, kernel, measure
+from .convergence import kernel_values, restrict
+from .sampling import Prompts
+from .world import World
+
+
+def label_index(world: World) -> np.ndarray:
+    """(V,) symbol -> index in world.labels (-1 for symbols that are not labels)."""
+    idx = np.full(world.n_symbols, -1, dtype=np.int64)
+    idx[world.labels] = np.arange(len(world.labels))
+    return idx
+
+
+def examples_from_prompts(world: World, prompts: Prompts) -> list:
+    """One :class:`measure.Example` per prompt: demonstration i spans x_i through y_i (the
+    delimiter after y_i is outside), positions straight from the sampler's layout."""
+    idx = label_index(world)
+    spans = np.stack([prompts.x_spans[:-1, 0], prompts.label_positions + 1], axis=1)
+    return [measure.Example(prompts.tokens[b].astype(np.int64), spans, prompts.label_positions,
+                            idx[prompts.labels[b]], int(idx[prompts.y_test[b]]))
+            for b in range(prompts.tokens.shape[0])]
+
+
+def standalone_batch(world: World, prompts: Prompts) -> tuple[measure.PromptBatch, np.ndarray]:
+    """Every distinct input x (demonstrations and x_test) as a prompt of its own, and the
+    (B, n + 1) index of each prompt's inputs into it (the last column is x_test)."""
+    k = prompts.example_length
+    xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
+    uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
+    empty = np.zeros((0, 2), np.int64)
+    ex = [measure.Example(u.astype(np.int64), empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
+          for u in uniq]
+    return measure.collate(ex, world.labels), inv.reshape(xs.shape[:2])
+
+
+@dataclass
+class Truth:
+    """Ground truth for B prompts of n demonstrations.
+
+    kernels     {'theory' | 'similarity': (B, n)} K(x_test, x_i)
+    references  {'bayes' | 'kernel' | 'oracle': (B,)} predicted label index (-1 where undefined)
+    info        Σ details of the theory kernel
+    """
+
+    kernels: dict
+    references: dict
+    info: dict
+
+
+def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_samples: int = 20_000,
+                 ridge: float = 0.01, seed: int = 0) -> Truth:
+    """The true kernel values and the exact / kernel / oracle predictions of ``prompts``."""
+    values, info = kernel_values(world, prompts, ("theory", "similarity"), features=features,
+                                 n_samples=n_samples, ridge=ridge, seed=seed)
+    labels = world.labels
+    curve = bayes.icl_curve(world, prompts)
+    p_bayes = restrict(curve.predictive[:, -1], labels)
+    p_oracle = restrict(curve.oracle, labels)
+    est = kernel.to_distribution(kernel.estimates(values["theory"], prompts.labels, labels, "normalised"),
+                                 "normalised")[:, -1]
+
+    def argmax(p):
+        return np.where(np.isfinite(p).all(-1), np.nan_to_num(p).argmax(-1), -1)
+
+    return Truth(values, {"bayes": argmax(p_bayes), "kernel": argmax(est), "oracle": argmax(p_oracle)},
+                 info.get("theory", {}))
+
+
+def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3,
+                  seed: int = 0, concepts="prior", how: str = "max", n_select: int = 700,
+                  n_report: int = 300, offsets=measure.PROBE_OFFSETS, batch_size: int = 32,
+                  n_samples: int = 20_000, progress=None):
+    """Every measurement of ``model`` (a causal LM over the world's symbols) on freshly
+    sampled prompts, with the ground truth attached: (Analysis, info).
+
+    The kernels correlated with each head are the theory kernel ('theory'), the exact
+    prediction similarity ('similarity') and the model's own ('model_similarity', from each
+    input run alone); the references its vote is compared with are the model, gold, exact
+    Bayes, the kernel estimator and the oracle."""
+    tick = progress or (lambda _msg: None)
+    prompts = _sample(world, n_prompts, n_demos, example_length, seed, concepts)
+    batch = measure.collate(examples_from_prompts(world, prompts), world.labels)
+    tick("capture")
+    cap = measure.capture(model, batch, offsets=offsets, batch_size=batch_size)
+    tick("standalone predictions")
+    alone, inv = standalone_batch(world, prompts)
+    p_alone = np.exp(measure.forward_labels(model, alone, batch_size=max(batch_size, 256)))
+    p_alone /= p_alone.sum(-1, keepdims=True)
+    p_demos, p_test = p_alone[inv[:, :-1]], p_alone[inv[:, -1]]
+    tick("ground truth")
+    truth = ground_truth(world, prompts, n_samples=n_samples, seed=seed)
+    kernels = dict(truth.kernels)
+    kernels["model_similarity"] = measure.prediction_similarity(p_test, p_demos)
+    tick("analysis")
+    result = measure.analyse(cap, batch, references=truth.references, kernels=kernels, how=how,
+                             n_select=n_select, n_report=n_report, seed=seed,
+                             probe_targets={"keys": ("standalone", p_demos.argmax(-1))})
+    info = {"n_prompts": len(batch), "n_demos": n_demos, "example_length": example_length,
+            "concepts": str(concepts), "prompt_length": int(batch.input_ids.shape[1]),
+            "theory_kernel": truth.info}
+    return result, info
+
+
+def _sample(world, n_prompts, n_demos, example_length, seed, concepts):
+    from .sampling import sample_prompt_set
+
+    return sample_prompt_set(world, n_prompts, n_demos, example_length, seed=seed, concepts=concepts)

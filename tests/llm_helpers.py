@@ -1,0 +1,112 @@
+"""Offline stand-ins for a real LLM: tokenizers trained on the shipped sample texts and a tiny
+randomly initialised GPT-J, saved with ``save_pretrained`` so that
+``AutoTokenizer.from_pretrained(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)``
+load them exactly like a downloaded model.
+
+- ``train_tokenizer()``: byte-level BPE (GPT-2/GPT-J style: no BOS, leading spaces belong to
+  the next word), wrapped as a ``PreTrainedTokenizerFast``.
+- ``train_llama2_style_tokenizer()``: SentencePiece/Llama-2 style (a "▁" put before every
+  input and for each space, a BOS token added in front), to test tokenizers of that kind.
+- ``save_tiny_gptj(folder, tokenizer)``: 2 layers, n_embd 32, 4 heads, rotary_dim 8.
+- ``make_tiny_llm_dir(folder)``: both, in one folder (the ``tiny_llm_dir`` fixture).
+
+Training is deterministic (the same texts and settings give the same vocabulary), and the
+model's weights come from ``torch.manual_seed(seed)`` inside a forked RNG.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from simkernel import textdata
+
+EOS = "<|endoftext|>"
+
+
+def sample_texts() -> list[str]:
+    """The shipped sample sentences and prompt lines built from them (so that the template
+    words and every task's label words become tokens, as they are in a real vocabulary)."""
+    ds = textdata.load_local(textdata.sample_data_path("sentiment_sample.jsonl"), "text", "label",
+                             ["Negative", "Positive"])
+    words = sorted({w for t in textdata.TASKS.values() for w in t.label_words})
+    lines = [textdata.prompt_text(ds, i, [(i + 1) % len(ds), (i + 2) % len(ds)]) for i in range(len(ds))]
+    return list(ds.texts) + lines + [" ".join(f"Premise: a Hypothesis: b Output: {w}" for w in words)] * 20
+
+
+def _bpe_trainer(vocab_size: int, special: list[str], alphabet):
+    from tokenizers import trainers
+
+    return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
+                               initial_alphabet=alphabet, show_progress=False)
+
+
+@lru_cache(maxsize=None)
+def train_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` (EOS = BOS = PAD = ``<|endoftext|>``, none
+    added to inputs), like GPT-J's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(sample_texts(), _bpe_trainer(vocab_size, [EOS], pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS,
+                                   clean_up_tokenization_spaces=False)
+
+
+@lru_cache(maxsize=None)
+def train_llama2_style_tokenizer(vocab_size: int = 600):
+    """A SentencePiece-style BPE ``PreTrainedTokenizerFast`` shaped like Llama-2's: a "▁" is put
+    in front of every input and replaces each space, newlines are pieces of their own, ``<s>``
+    is added in front of each encoded text, and decoding drops the one leading space."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = sample_texts()
+    alphabet = sorted({c for t in texts for c in t} | {"▁"})
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    # sentencepiece never merges across a word start or a newline; splitting there reproduces that
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", "isolated"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.train_from_iterator(texts, _bpe_trainer(vocab_size, ["<unk>", "<s>", "</s>"], alphabet))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>", clean_up_tokenization_spaces=False)
+
+
+def save_tokenizer(folder, tokenizer=None) -> Path:
+    folder = Path(folder)
+    (tokenizer or train_tokenizer()).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_gptj(folder, tokenizer, seed: int = 0, **config) -> Path:
+    """A randomly initialised GPT-J for ``tokenizer``'s vocabulary (``config`` overrides
+    GPTJConfig fields), saved with ``save_pretrained``."""
+    import torch
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    opts = dict(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=2, n_head=4, rotary_dim=8,
+                n_inner=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    opts.update(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTJForCausalLM(GPTJConfig(**opts)).float().eval()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_tiny_llm_dir(folder, seed: int = 0) -> Path:
+    """The byte-level tokenizer and a tiny GPT-J for it, in one ``from_pretrained`` folder."""
+    tokenizer = train_tokenizer()
+    save_tokenizer(folder, tokenizer)
+    return save_tiny_gptj(folder, tokenizer, seed=seed)

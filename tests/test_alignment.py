@@ -1,0 +1,144 @@
+"""The simulator's ground truth for the measurements (prompt layout, standalone inputs, the
+exact and kernel references), and `simkernel measure` end to end on a tiny trained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from simkernel import alignment, bayes, kernel, make_world
+from simkernel.convergence import restrict
+from simkernel.sampling import sample_prompt_set
+
+from cli_helpers import ok, run
+
+WORLD = dict(n_concepts=3, n_states=6, n_symbols=8, concentration=0.1)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world("random", 0, **WORLD)
+
+
+@pytest.fixture(scope="module")
+def prompts(world):
+    return sample_prompt_set(world, 40, 6, 3, seed=2)
+
+
+def test_examples_carry_the_sampler_layout(world, prompts):
+    ex = alignment.examples_from_prompts(world, prompts)
+    for b, e in enumerate(ex):
+        assert (e.spans[:, 1] - 1 == e.label_pos).all()
+        # the token at each label position is that demonstration's label, by index
+        np.testing.assert_array_equal(world.labels[e.demo_labels], e.input_ids[e.label_pos])
+        assert world.labels[e.gold] == prompts.y_test[b]
+        # a span holds x_i then y_i: k tokens, and the delimiter follows it
+        assert ((e.spans[:, 1] - e.spans[:, 0]) == 3).all()
+        assert (e.input_ids[e.spans[:, 1]] == world.delimiter).all()
+
+
+def test_standalone_batch_indexes_every_input(world, prompts):
+    alone, inv = alignment.standalone_batch(world, prompts)
+    assert alone.n_demos == 0 and inv.shape == (40, 7)
+    for b in range(40):
+        for j, (s, e) in enumerate(prompts.x_spans):
+            row = alone.input_ids[inv[b, j]][alone.attention_mask[inv[b, j]] == 1]
+            np.testing.assert_array_equal(row, prompts.tokens[b, s:e])
+
+
+def test_references_equal_independent_computations(world, prompts):
+    truth = alignment.ground_truth(world, prompts, seed=0)
+    # exact Bayes: the posterior predictive after the whole prompt, restricted to the labels
+    p = restrict(bayes.posterior_predictive(world, prompts.tokens), world.labels)
+    ok_rows = np.isfinite(p).all(-1)
+    np.testing.assert_array_equal(truth.references["bayes"][ok_rows], p[ok_rows].argmax(-1))
+    assert (truth.references["bayes"][~ok_rows] == -1).all()
+    # the theory kernel: K from kernel.py's public pieces, then the normalised vote
+    k = 3
+    sample = kernel.input_distribution(world, k, None, n_samples=20_000, seed=0)
+    km = kernel.fit_kernel(kernel.features(world, sample.x), sample.weights, ridge=0.01, exact=sample.exact)
+    xs = [prompts.tokens[:, s:e] for s, e in prompts.x_spans]
+    psi = np.stack([kernel.features(world, x) for x in xs], 1)                  # (B, n + 1, D)
+    K = np.einsum("bd,de,bne->bn", psi[:, -1], km.precision, psi[:, :-1])
+    np.testing.assert_allclose(truth.kernels["theory"], K, rtol=1e-9, atol=1e-12)
+    # the normalised estimator Σ_i e(y_i) K_i / Σ_i K_i, clipped at 0 (Σ_i K_i can be negative)
+    votes = np.stack([(K * (prompts.labels == c)).sum(1) for c in world.labels], 1) / K.sum(1, keepdims=True)
+    np.testing.assert_array_equal(truth.references["kernel"], np.clip(votes, 0, None).argmax(1))
+
+
+# ---------------------------------------------------------------------- the command
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from simkernel import train as tr
+    from simkernel.store import write_corpus
+
+    root = tmp_path_factory.mktemp("measure")
+    corpus = write_corpus(make_world("random", 0, **WORLD), root / "corpus", 16, 256, seed=0)
+    cfg = tr.TrainConfig(corpus=tr.corpus_identity(corpus), model="tiny", block_size=48, batch_size=8,
+                         lr=3e-3, warmup_steps=2, max_steps=30, eval_every=10, eval_docs=2, eval_blocks=4,
+                         ckpt_every=100, device="cpu", model_overrides={"n_positions": 64})
+    d = tr.prepare_run_dir(root / "runs", cfg, {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus)})
+    tr.train(cfg, corpus, d)
+    return d
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_measure_end_to_end(run_dir, tmp_path, monkeypatch):
+    from simkernel import measure
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "m"
+    res = ok(["measure", "--checkpoint", run_dir / "checkpoint" / "model", "--n-prompts", "60", "--n-demos", "8",
+              "--n-select", "40", "--n-report", "20", "--out", out, "--device", "cpu", "--figures"])
+    assert "best head (agreement with the model): layer" in res.output
+    assert "heads chosen on 40 prompts, scored on 20 held-out prompts" in res.output
+    for f in ("heads.csv", "best.csv", "profile.csv", "probes.csv", "measure.json", "attention_profile.png",
+              "head_scores.png", "probes.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0
+        assert (tmp_path / "figures" / "measure" / f).is_file()
+    heads, best, probes = read(out / "heads.csv"), read(out / "best.csv"), read(out / "probes.csv")
+    assert tuple(heads[0]) == measure.HEAD_COLUMNS and tuple(probes[0]) == measure.PROBE_COLUMNS
+    refs = {r["reference"] for r in best}
+    assert {"model", "gold", "bayes", "kernel", "oracle", "theory", "similarity", "model_similarity"} <= refs
+    # each chosen head's held-out score is that head's report-split row of the heads table
+    for b in best:
+        row = [h for h in heads if (h["measure"], h["reference"], h["layer"], h["head"], h["split"])
+               == (b["measure"], b["reference"], b["layer"], b["head"], "report")]
+        assert float(row[0]["value"]) == pytest.approx(float(b["report"]), nan_ok=True)
+    assert {int(r["offset"]) for r in probes} == {-1, 0, 1, 2, 3}
+    meta = json.loads((out / "measure.json").read_text())
+    assert meta["seed"] == 0 and meta["config"]["n_demos"] == 8 and "torch" in meta["versions"]
+    assert meta["summary"]["n_select"] == 40 and meta["summary"]["n_report"] == 20
+
+
+def test_measure_rejects_prompts_beyond_the_context_and_missing_runs(run_dir, tmp_path):
+    res = run(["measure", "--checkpoint", run_dir, "--n-demos", "16", "--out", tmp_path / "x"])
+    assert res.exit_code != 0
+    assert "longer than the model's context (64); allowed: --n-demos <= 15" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    res = run(["measure", "--checkpoint", tmp_path / "nope"])
+    assert res.exit_code != 0 and "does not exist" in res.stderr
+
+
+def test_plot_measure_redraws_from_the_tables_alone(run_dir, tmp_path):
+    out = tmp_path / "m"
+    ok(["measure", "--checkpoint", run_dir, "--n-prompts", "20", "--n-demos", "4", "--out", out, "--device", "cpu"])
+    (out / "head_scores.png").unlink()
+    res = ok(["plot", "measure", out, "--out", tmp_path / "redrawn"])
+    for f in ("attention_profile.png", "head_scores.png", "probes.png"):
+        assert (tmp_path / "redrawn" / f).stat().st_size > 0
+    assert "head_scores.png" in res.output
+    (tmp_path / "empty").mkdir()
+    res = run(["plot", "measure", tmp_path / "empty"])
+    assert res.exit_code != 0 and "has no heads.csv" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,310 @@
+"""The measurement library on tensors with known answers, the capture against transformers'
+own eager attention (one example at a time, no padding) for three architectures, and the
+held-out head selection.  The end-to-end runs on a trained model live in test_measure_cli."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simkernel import measure as M
+
+
+# ---------------------------------------------------------------------- hand-built batches
+def layout(B=6, n=5, span=3, C=3, seed=0):
+    """B unpadded prompts of n demonstrations of ``span`` tokens each, then a 2-token test
+    input; labels drawn at random.  Returns a PromptBatch (no padding)."""
+    rng = np.random.default_rng(seed)
+    T = n * span + 2
+    spans = np.stack([np.arange(n) * span, np.arange(n) * span + span], 1)
+    ex = [M.Example(rng.integers(0, 50, T), spans, spans[:, 1] - 1, rng.integers(0, C, n), int(rng.integers(0, C)))
+          for _ in range(B)]
+    return M.collate(ex, np.arange(C) + 10)
+
+
+def test_head_on_the_labels_of_one_class_reconstructs_that_class():
+    batch = layout(B=8, n=6, C=3)
+    B, T = batch.input_ids.shape
+    attn = np.zeros((B, 1, 3, T))
+    for b in range(B):
+        for c in range(3):
+            on = batch.label_pos[b][batch.demo_labels[b] == c]
+            if on.size:                                    # head c attends only to class-c labels
+                attn[b, 0, c, on] = 1.0 / on.size
+            else:
+                attn[b, 0, c, -1] = 1.0
+    w = M.demo_weights(attn, batch.spans, batch.label_pos, "max")
+    rec = M.reconstruct(w, batch.demo_labels, 3)                          # (B, 1, 3)
+    for c in range(3):
+        has = (batch.demo_labels == c).any(1)
+        assert (rec[has, 0, c] == c).all()
+
+
+def test_uniform_attention_reconstructs_the_majority_label():
+    batch = layout(B=30, n=7, C=3, seed=3)
+    B, T = batch.input_ids.shape
+    attn = np.full((B, 2, 2, T), 1.0 / T)
+    counts = np.stack([(batch.demo_labels == c).sum(1) for c in range(3)], 1)
+    majority = counts.argmax(1)                                           # ties: lowest class, as documented
+    for how in M.WEIGHTS:
+        rec = M.reconstruct(M.demo_weights(attn, batch.spans, batch.label_pos, how), batch.demo_labels, 3)
+        assert (rec == majority[:, None, None]).all()
+    # weights without layer / head axes: (B, n)
+    np.testing.assert_array_equal(M.reconstruct(np.ones((B, 7)), batch.demo_labels, 3), majority)
+
+
+def test_demo_weights_max_label_mean_on_known_values():
+    spans = np.array([[[0, 3], [3, 6]]])
+    label_pos = np.array([[2, 5]])
+    attn = np.array([0.1, 0.5, 0.05, 0.0, 0.2, 0.15, 0.0])[None, None, None, :]
+    np.testing.assert_allclose(M.demo_weights(attn, spans, label_pos, "max")[0, 0, 0], [0.5, 0.2])
+    np.testing.assert_allclose(M.demo_weights(attn, spans, label_pos, "label")[0, 0, 0], [0.05, 0.15])
+    np.testing.assert_allclose(M.demo_weights(attn, spans, label_pos, "mean")[0, 0, 0], [0.65 / 3, 0.35 / 3])
+    with pytest.raises(ValueError, match="unknown weight 'sum'; allowed: max, label, mean"):
+        M.demo_weights(attn, spans, label_pos, "sum")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 6), st.integers(2, 4))
+def test_label_vote_is_invariant_to_the_order_of_demonstrations(seed, n, C):
+    rng = np.random.default_rng(seed)
+    w = rng.random((3, 2, 2, n))
+    y = rng.integers(0, C, (3, n))
+    perm = rng.permutation(n)
+    np.testing.assert_allclose(M.label_votes(w, y, C), M.label_votes(w[..., perm], y[:, perm], C))
+    # the vote is the total weight on each class
+    np.testing.assert_allclose(M.label_votes(w, y, C).sum(-1), w.sum(-1))
+
+
+def test_attention_profile_interpolates_and_ends_on_the_label():
+    # one prompt, one demonstration of 3 tokens with attention 0, 0.3, 0.6: linear in position
+    attn = np.zeros((1, 1, 1, 4))
+    attn[0, 0, 0, :3] = [0.0, 0.3, 0.6]
+    prof = M.attention_profile(attn, np.array([[[0, 3]]]), length=7)
+    np.testing.assert_allclose(prof[0, 0], np.linspace(0, 0.6, 7), atol=1e-12)
+    # a one-token span is constant, and spans are averaged
+    attn2 = np.zeros((1, 1, 1, 5))
+    attn2[0, 0, 0, 3] = 0.8
+    prof2 = M.attention_profile(np.concatenate([attn2, attn2]), np.array([[[3, 4]], [[0, 1]]]), length=5)
+    np.testing.assert_allclose(prof2[0, 0], np.full(5, 0.4))
+
+
+def test_probe_on_one_hot_values_scores_one_and_on_noise_near_chance():
+    rng = np.random.default_rng(0)
+    B, n, C, d = 60, 6, 4, 8
+    y = rng.integers(0, C, (B, n))
+    vec = np.zeros((B, n, 1, 2, 1, d))
+    vec[:, :, 0, 0, 0, :C] = np.eye(C)[y]                                 # layer 0: the label, one-hot
+    vec[:, :, 0, 1, 0] = rng.normal(size=(B, n, d))                       # layer 1: noise
+    train, test = M.split_indices(B, 40, 20, seed=1)
+    acc = M.probe_accuracy(vec, y, train, test, C)
+    assert acc[0, 0, 0] == 1.0
+    assert acc[0, 1, 0] < 0.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.integers(3, 30), st.integers(2, 12), st.sampled_from([1e-3, 0.01, 1.0]))
+def test_ridge_fit_matches_the_stacked_least_squares_closed_form(seed, N, d, lam):
+    """Ridge with an unpenalised intercept = least squares on [X_c; √λ I] W = [T_c; 0] (both
+    the primal form, d <= N, and the dual form, d > N)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, d))
+    y = rng.integers(0, 3, N)
+    w, b = M.ridge_fit(x, y, 3, lam)
+    t = np.eye(3)[y]
+    xc, tc = x - x.mean(0), t - t.mean(0)
+    ref = np.linalg.lstsq(np.vstack([xc, np.sqrt(lam) * np.eye(d)]), np.vstack([tc, np.zeros((d, 3))]),
+                          rcond=None)[0]
+    np.testing.assert_allclose(w, ref, atol=1e-8, rtol=1e-6)
+    np.testing.assert_allclose(b, t.mean(0) - x.mean(0) @ ref, atol=1e-8)
+
+
+def test_correlations_match_scipy_and_are_nan_for_constant_rows():
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(1)
+    a = rng.random((5, 9))
+    b = np.round(rng.random((5, 9)), 1)                                   # ties, for Spearman
+    for i in range(5):
+        assert M.row_correlation(a[i], b[i]) == pytest.approx(pearsonr(a[i], b[i])[0], abs=1e-12)
+        assert M.row_correlation(a[i], b[i], "spearman") == pytest.approx(spearmanr(a[i], b[i])[0], abs=1e-12)
+    assert np.isnan(M.row_correlation(a[0], np.full(9, 0.3)))
+    # a head's mean within-prompt correlation leaves out the constant prompts
+    w = np.stack([a[0], a[1], np.ones(9)])[:, None, None, :]              # (3 prompts, L=1, H=1, n)
+    target = np.stack([b[0], -b[0], b[1]])
+    expect = 0.5 * (pearsonr(a[0], b[0])[0] + pearsonr(a[1], -b[0])[0])
+    assert M.head_correlation(w, target)[0, 0] == pytest.approx(expect, abs=1e-12)
+
+
+# ---------------------------------------------------------------------- held-out selection
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 2000), st.integers(1, 900), st.integers(1, 400), st.integers(0, 2**31))
+def test_split_is_disjoint_and_scaled_down_in_proportion(n, n_select, n_report, seed):
+    sel, rep = M.split_indices(n, n_select, n_report, seed)
+    assert np.intersect1d(sel, rep).size == 0
+    assert sel.size >= 1 and rep.size >= 1
+    assert sel.max() < n and rep.max() < n
+    if n >= n_select + n_report:
+        assert (sel.size, rep.size) == (n_select, n_report)
+    else:
+        assert sel.size + rep.size == n
+
+
+def test_selection_never_reports_on_the_examples_it_selected_with():
+    """Head 1 is perfect on the selection split and useless on the report split; head 0 is the
+    other way round.  Selection must pick head 1 and report its held-out score, 0."""
+    B = 100
+    sel, rep = M.split_indices(B, 70, 30, seed=4)
+    hits = np.zeros((B, 1, 2))
+    hits[sel, 0, 1] = 1.0
+    hits[rep, 0, 0] = 1.0
+    c = M.select_head(hits, sel, rep)
+    assert (c.layer, c.head, c.select_score, c.report_score) == (0, 1, 1.0, 0.0)
+    with pytest.raises(ValueError, match="overlap"):
+        M.select_head(hits, sel, np.append(rep, sel[0]))
+
+
+def test_analyse_reports_the_chosen_head_on_held_out_prompts_only():
+    batch = layout(B=50, n=6, C=3, seed=7)
+    B, T = batch.input_ids.shape
+    attn = np.full((B, 2, 3, T), 1.0 / T)
+    for b in range(B):                                     # layer 1 head 2 attends to class-1 labels
+        on = batch.label_pos[b][batch.demo_labels[b] == 1]
+        if on.size:
+            attn[b, 1, 2] = 0.0
+            attn[b, 1, 2, on] = 1.0 / on.size
+    # the model "predicts" class 1 whenever a class-1 demonstration exists
+    has1 = (batch.demo_labels == 1).any(1)
+    logp = np.log(np.where(np.arange(3)[None] == np.where(has1, 1, 0)[:, None], 0.9, 0.05))
+    res = M.analyse(M.Capture(attn, logp), batch, n_select=35, n_report=15, seed=0)
+    best = {(r["measure"], r["reference"]): r for r in res.best}
+    assert (best[("agree", "model")]["layer"], best[("agree", "model")]["head"]) == (1, 2)
+    sel, rep = M.split_indices(B, 35, 15, seed=0)
+    rec = M.reconstruct(M.demo_weights(attn, batch.spans, batch.label_pos), batch.demo_labels, 3)[:, 1, 2]
+    assert best[("agree", "model")]["report"] == pytest.approx((rec[rep] == np.where(has1, 1, 0)[rep]).mean())
+    t2 = res.summary["table2"]
+    assert t2["reconstructed_accuracy"] == pytest.approx((rec[rep] == batch.gold[rep]).mean())
+    assert t2["icl_accuracy"] == pytest.approx((np.where(has1, 1, 0)[rep] == batch.gold[rep]).mean())
+    heads = [r for r in res.heads if (r["layer"], r["head"], r["measure"], r["reference"], r["split"])
+             == (1, 2, "agree", "model", "report")]
+    assert heads[0]["value"] == pytest.approx(best[("agree", "model")]["report"])
+    prof = {(r["layer"], r["head"], r["position"]): r["attention"] for r in res.profile}
+    assert len(prof) == 2 * 3 * 30 and all(r["is_label"] == (r["position"] == 29) for r in res.profile)
+
+
+# ---------------------------------------------------------------------- collate
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(4, 12), min_size=1, max_size=5), st.integers(0, 2**31))
+def test_collate_left_pads_and_subset_keeps_every_position(lengths, seed):
+    rng = np.random.default_rng(seed)
+    ex = []
+    for T in lengths:
+        spans = np.array([[0, 2], [2, 4]])
+        ex.append(M.Example(rng.integers(1, 9, T), spans, spans[:, 1] - 1, rng.integers(0, 2, 2), 1))
+    b = M.collate(ex, [3, 4], pad_id=0)
+    assert b.input_ids.shape == (len(lengths), max(lengths))
+    for i, e in enumerate(ex):
+        row = b.input_ids[i][b.attention_mask[i] == 1]
+        np.testing.assert_array_equal(row, e.input_ids)
+        np.testing.assert_array_equal(b.input_ids[i, b.label_pos[i]], e.input_ids[e.label_pos])
+        sub = b.subset([i])
+        assert sub.input_ids.shape[1] == len(e.input_ids)
+        np.testing.assert_array_equal(sub.label_pos[0], e.label_pos)
+
+
+def test_collate_rejects_unequal_demonstration_counts():
+    a = M.Example(np.arange(5), np.array([[0, 2]]), np.array([1]), np.array([0]))
+    b = M.Example(np.arange(5), np.zeros((0, 2), int), np.zeros(0, int), np.zeros(0, int))
+    with pytest.raises(ValueError, match=r"same number of demonstrations, got \[0, 1\]"):
+        M.collate([a, b], [1])
+
+
+# ---------------------------------------------------------------------- capture (torch)
+def _tiny_models():
+    torch = pytest.importorskip("torch")
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(bos_token_id=None, eos_token_id=None)
+    return {
+        "gptj": tr.GPTJForCausalLM(tr.GPTJConfig(vocab_size=40, n_embd=32, n_head=4, n_layer=2, rotary_dim=8,
+                                                 n_positions=64, **common)),
+        "llama-gqa": tr.LlamaForCausalLM(tr.LlamaConfig(vocab_size=40, hidden_size=32, num_attention_heads=4,
+                                                        num_key_value_heads=2, num_hidden_layers=2,
+                                                        intermediate_size=64, max_position_embeddings=64,
+                                                        pad_token_id=None, **common)),
+        "gpt2": tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=40, n_embd=32, n_head=4, n_layer=2, n_positions=64,
+                                                 **common)),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    return {k: m.eval() for k, m in _tiny_models().items()}
+
+
+def _ragged_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    ex = []
+    for T in (9, 14, 11, 14):
+        n = 2
+        spans = np.array([[0, 3], [4, 7]])
+        ex.append(M.Example(rng.integers(1, 40, T), spans, spans[:, 1] - 1, rng.integers(0, 3, n), 1))
+    return ex, M.collate(ex, [5, 6, 7], pad_id=0)
+
+
+@pytest.mark.parametrize("name", ["gptj", "llama-gqa", "gpt2"])
+def test_captured_rows_equal_eager_attention_one_by_one(tiny_models, name):
+    """The batched, left-padded capture equals transformers' eager ``output_attentions`` last row
+    of each prompt run alone — an independent computation of the same attention."""
+    import torch
+
+    model = tiny_models[name]
+    ex, batch = _ragged_batch()
+    cap = M.capture(model, batch, offsets=[-1, 0, 1], batch_size=3)
+    assert model.config._attn_implementation == "sdpa"                 # restored afterwards
+    T = batch.input_ids.shape[1]
+    model.set_attn_implementation("eager")
+    try:
+        for i, e in enumerate(ex):
+            with torch.no_grad():
+                out = model(input_ids=torch.as_tensor(e.input_ids)[None], output_attentions=True)
+            ref = torch.stack([a[0, :, -1] for a in out.attentions]).numpy()           # (L, H, t)
+            t = len(e.input_ids)
+            np.testing.assert_allclose(cap.attn[i, :, :, T - t:], ref, atol=2e-6)
+            assert np.all(cap.attn[i, :, :, :T - t] == 0)
+            lp = torch.log_softmax(out.logits[0, -1].double(), -1)[[5, 6, 7]].numpy()
+            np.testing.assert_allclose(cap.label_logp[i], lp, atol=1e-5)
+    finally:
+        model.set_attn_implementation("sdpa")
+    np.testing.assert_allclose(cap.label_logp, M.forward_labels(model, batch, batch_size=2), atol=1e-5)
+
+
+def test_keys_and_values_are_read_at_the_label_offsets(tiny_models):
+    """The captured value vectors equal v_proj of the layer's input at label_pos + offset,
+    taken from the hidden states transformers returns (GPT-J, no padding)."""
+    import torch
+
+    model = tiny_models["gptj"]
+    ex, _ = _ragged_batch(seed=2)
+    batch = M.collate(ex[:1], [5, 6, 7])
+    cap = M.capture(model, batch, offsets=[-1, 0, 1])
+    with torch.no_grad():
+        out = model(input_ids=torch.as_tensor(batch.input_ids), output_hidden_states=True)
+    layer = 1
+    blk = model.transformer.h[layer]
+    with torch.no_grad():
+        v = blk.attn.v_proj(blk.ln_1(out.hidden_states[layer]))[0].view(-1, 4, 8).numpy()    # (T, H, d)
+    for i, p in enumerate(batch.label_pos[0]):
+        for j, o in enumerate([-1, 0, 1]):
+            np.testing.assert_allclose(cap.values[0, i, j, layer], v[p + o], atol=1e-5)
+
+
+def test_capture_memory_is_one_row_per_layer_and_offsets_are_checked(tiny_models):
+    ex, batch = _ragged_batch()
+    cap = M.capture(tiny_models["gpt2"], batch)
+    assert cap.attn.shape == (4, 2, 4, batch.input_ids.shape[1]) and cap.keys is None
+    np.testing.assert_allclose(cap.attn.sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="offsets .* reach outside some prompt"):
+        M.capture(tiny_models["gpt2"], batch, offsets=[0, 40])
