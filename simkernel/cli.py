@@ -1106,12 +1106,30 @@ def _run_of_checkpoint(path: Path) -> Path:
     return path
 
 
-def best_heads_table(best, heads) -> list[str]:
+def best_heads_table(best) -> list[str]:
     """The printed summary: each (measure, reference)'s head chosen on the selection split."""
     lines = [f"  {'measure':<9} {'reference':<17} {'layer':>5} {'head':>4}  {'select':>7}  {'held-out':>8}"]
     for b in best:
         lines.append(f"  {b['measure']:<9} {b['reference']:<17} {b['layer']:>5} {b['head']:>4}  "
                      f"{b['select']:>7.3f}  {b['report']:>8.3f}")
+    return lines
+
+
+TOP_HEAD_COLUMNS = (("agree", "model"), ("agree", "gold"), ("agree", "bayes"), ("agree", "kernel"),
+                    ("pearson", "theory"), ("spearman", "theory"), ("pearson", "model_similarity"))
+
+
+def top_heads_table(heads, k: int = 3) -> list[str]:
+    """The k heads whose votes agree best with the model on the selection split, with their
+    held-out (report split) agreement and their correlation with the true kernel."""
+    val = {(r["measure"], r["reference"], r["layer"], r["head"], r["split"]): r["value"] for r in heads}
+    cand = sorted({(r["layer"], r["head"]) for r in heads},
+                  key=lambda lh: -val.get(("agree", "model", *lh, "select"), float("-inf")))[:k]
+    cols = [c for c in TOP_HEAD_COLUMNS if any((c[0], c[1], *lh, "report") in val for lh in cand)]
+    lines = ["  layer head  " + "  ".join(f"{m[:5] + ' ' + r[:10]:>16}" for m, r in cols)]
+    for lh in cand:
+        lines.append(f"  {lh[0]:>5} {lh[1]:>4}  " + "  ".join(
+            f"{val.get((m, r, *lh, 'report'), float('nan')):>16.3f}" for m, r in cols))
     return lines
 
 
@@ -1218,15 +1236,19 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
     click.echo(f"{s['n_examples']} prompts x {s['n_demos']} demonstrations, {s['layers']} layers x {s['heads']} "
                f"heads; heads chosen on {s['n_select']} prompts, scored on {s['n_report']} held-out prompts")
     click.echo(f"model: accuracy {s['model_accuracy']:.3f}, agreement with exact Bayes "
-               f"{s['model_agreement'].get('bayes', float('nan')):.3f}, with the kernel estimator "
-               f"{s['model_agreement'].get('kernel', float('nan')):.3f}")
+               f"{s['model_matches'].get('bayes', float('nan')):.3f}, with the kernel estimator "
+               f"{s['model_matches'].get('kernel', float('nan')):.3f}")
     click.echo(f"best head (agreement with the model): layer {t2['layer']} head {t2['head']}: held-out agreement "
                f"{t2['agreement']:.3f}, reconstructed accuracy {t2['reconstructed_accuracy']:.3f} "
                f"(model {t2['icl_accuracy']:.3f})")
     base = s["majority_baseline"]
     click.echo("majority vote of the demonstrations (held-out baseline): agreement with the model "
                f"{base.get('model', float('nan')):.3f}, accuracy {base.get('gold', float('nan')):.3f}")
-    for line in best_heads_table(result.best, result.heads):
+    click.echo("top heads by agreement with the model on the selection prompts; held-out values:")
+    for line in top_heads_table(result.heads):
+        click.echo(line)
+    click.echo("the head chosen per measure on the selection prompts:")
+    for line in best_heads_table(result.best):
         click.echo(line)
     click.echo(f"wrote {len(written)} files into {out}" + (f" and {figures_dir}" if to_figures else "")
                + f" ({elapsed:.1f} s)")

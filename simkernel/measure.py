@@ -124,6 +124,7 @@ class Capture:
                                        Hkv < H for grouped-query models (head h reads kv
                                        head h // (H // Hkv))
     offsets      (O,) int64
+    layers       (L',) int64: the model layers the keys / values axis holds (all by default)
     """
 
     attn: np.ndarray
@@ -131,18 +132,25 @@ class Capture:
     keys: np.ndarray | None = None
     values: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    layers: np.ndarray | None = None
 
     @property
     def label_probs(self) -> np.ndarray:
         """(B, C) the label distribution renormalised over the C label tokens."""
-        z = self.label_logp - self.label_logp.max(-1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(-1, keepdims=True)
+        return label_distribution(self.label_logp)
 
     @property
     def prediction(self) -> np.ndarray:
         """(B,) the model's own prediction: the class whose label token is most probable."""
         return self.label_logp.argmax(-1)
+
+
+def label_distribution(label_logp: np.ndarray) -> np.ndarray:
+    """(..., C) log P(label token) over the whole vocabulary -> the distribution over the C
+    labels (renormalised)."""
+    z = label_logp - label_logp.max(-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(-1, keepdims=True)
 
 
 class _Recorder:
@@ -307,7 +315,10 @@ def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers
                     progress(len(rows))
     finally:
         model.set_attn_implementation(old)
-    return Capture(attn, label_logp, keys, values, offsets)
+    kept = None
+    if offsets is not None:
+        kept = np.arange(attn.shape[1]) if layers is None else np.asarray(list(layers), dtype=np.int64)
+    return Capture(attn, label_logp, keys, values, offsets, kept)
 
 
 # ---------------------------------------------------------------------- attention profile
@@ -609,15 +620,16 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
         tname, t = targets[vector]
         acc = probe_accuracy(vecs, np.asarray(t), select, report, C, probe_lambda,
                              heads_per_kv=H // vecs.shape[4])
-        for (o, layer, head), v in np.ndenumerate(acc):
-            probes.append({"vector": vector, "target": tname, "offset": int(cap.offsets[o]), "layer": layer,
-                           "head": head, "accuracy": float(v), "n_train": int(select.size * batch.n_demos),
-                           "n_test": int(report.size * batch.n_demos)})
+        layer_ids = np.arange(vecs.shape[3]) if cap.layers is None else cap.layers
+        for (o, j, head), v in np.ndenumerate(acc):
+            probes.append({"vector": vector, "target": tname, "offset": int(cap.offsets[o]),
+                           "layer": int(layer_ids[j]), "head": head, "accuracy": float(v),
+                           "n_train": int(select.size * batch.n_demos), "n_test": int(report.size * batch.n_demos)})
     acc = {name: float((cap.prediction == np.asarray(ref))[np.asarray(ref) >= 0].mean())
            for name, ref in refs.items() if name != "model" and (np.asarray(ref) >= 0).any()}
     summary = {"n_examples": B, "n_demos": batch.n_demos, "n_classes": C, "layers": L, "heads": H,
                "weight": how, "n_select": int(select.size), "n_report": int(report.size), "seed": seed,
-               "model_agreement": acc,
+               "model_matches": acc,
                "model_accuracy": acc.get("gold"),
                "model_accuracy_report": (float((cap.prediction[report] == batch.gold[report]).mean())
                                          if "gold" in refs else None)}

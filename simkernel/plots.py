@@ -508,7 +508,8 @@ def plot_probes(probe_rows, path_png, title: str | None = None, dpi: int = DPI) 
         target = sel[0]["target"]
         for off in sorted({int(r["offset"]) for r in sel}):
             g = _grid(sel, "layer", "head", "accuracy", {"offset": off})
-            ax.plot(np.arange(g.shape[0]), np.nanmax(g, 1), marker="o", ms=3, label=f"offset {off:+d}")
+            probed = np.flatnonzero(np.isfinite(g).any(1))       # only some layers may be probed
+            ax.plot(probed, np.nanmax(g[probed], 1), marker="o", ms=3, label=f"offset {off:+d}")
         ax.set_xlabel("layer")
         ax.set_ylabel("test accuracy (best head)")
         ax.set_title(f"{vec} -> {target}", fontsize=9)

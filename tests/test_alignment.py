@@ -103,6 +103,8 @@ def test_measure_end_to_end(run_dir, tmp_path, monkeypatch):
               "--n-select", "40", "--n-report", "20", "--out", out, "--device", "cpu", "--figures"])
     assert "best head (agreement with the model): layer" in res.output
     assert "heads chosen on 40 prompts, scored on 20 held-out prompts" in res.output
+    top = res.output.split("held-out values:\n")[1].splitlines()
+    assert "pears theory" in top[0] and len(top[1].split()) == 2 + 7       # layer, head, 7 columns
     for f in ("heads.csv", "best.csv", "profile.csv", "probes.csv", "measure.json", "attention_profile.png",
               "head_scores.png", "probes.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0

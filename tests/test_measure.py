@@ -308,3 +308,13 @@ def test_capture_memory_is_one_row_per_layer_and_offsets_are_checked(tiny_models
     np.testing.assert_allclose(cap.attn.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="offsets .* reach outside some prompt"):
         M.capture(tiny_models["gpt2"], batch, offsets=[0, 40])
+
+
+def test_probe_rows_carry_the_model_layer_when_only_some_layers_are_kept(tiny_models):
+    ex, _ = _ragged_batch(seed=5)
+    batch = M.collate(ex * 3, [5, 6, 7])
+    cap = M.capture(tiny_models["gptj"], batch, offsets=[0, 1], layers=[1])
+    assert cap.keys.shape[3] == 1 and cap.layers.tolist() == [1]
+    res = M.analyse(cap, batch, n_select=8, n_report=4)
+    assert {r["layer"] for r in res.probes} == {1}
+    assert {(r["vector"], r["target"]) for r in res.probes} == {("values", "label")}

@@ -1,0 +1,625 @@
+"""Real language models: load a Hugging Face causal LM, build prompts over a text task, measure.
+
+The paper's §5 protocol (Han et al.; ``THEORY.md`` §7) on any open causal LM, with the
+measurement code validated on the simulator (``measure``) and the prompts of ``textdata``:
+
+1. ``n_demos`` demonstrations per test example (``textdata.sample_demos``: random, balanced
+   or similar; per-example seeds), one prompt per test example, left-padded into a
+   :class:`measure.PromptBatch`.
+2. Standalone predictions P(o | x) for every text that appears (each demonstration's pool
+   text and each test input run alone, zero demonstrations; each pool index once).
+3. One capture pass (``measure.capture``): the final row's attention in every layer and head,
+   the label log-probabilities and, for the probed layers, keys and values at label
+   position + (-1..3).
+4. ``measure.analyse`` with the prediction-similarity kernel P(o|x_test)ᵀP(o|x_i), then ridge
+   probes (keys -> the demonstration's standalone prediction, values -> y_i) per probed layer.
+
+Steps 1-3 are the model's work and are cached (:func:`save_outputs`) in the run folder as
+``outputs-<hash>.npz``, the hash over everything that changes them (:func:`cache_key`), so
+re-analysing with another weight, split or split seed never reruns the model.  The analysis
+always reads the cached arrays (attention stored in float16), so a first run and a cached
+rerun give identical tables.
+
+Defaults and why:
+
+- ``n_demos = textdata.DEFAULT_N_DEMOS`` (8): SST-2 prompts then take about 280 GPT-J tokens
+  on average and under about 700 at most, far inside GPT-J's 2048-token context.
+- ``batch_size = 8``: 8 SST-2 prompts of GPT-J-6B in bf16 need an estimated few hundred MiB
+  of activations beside the 12 GiB of weights (only the last position's logits are kept;
+  not measured on a GPU here), and prompts are sorted by length, so a batch carries little
+  padding.
+- probe layers ``"auto"``: every layer when the keys and values of all of them (float32,
+  B x n x 5 offsets x Hkv x d per layer) fit in ``PROBE_BUDGET`` bytes, which holds for small
+  models; otherwise as many evenly spaced interior layers as fit (GPT-J-6B, 872-1000 SST-2
+  examples x 8 demonstrations: 1.1-1.2 GiB a layer, so layers 7, 14 and 20).  ``--probe-layers 16..21``
+  probes the paper's good layers; ``none`` skips the probes.
+
+torch and transformers are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import measure, textdata
+
+#: short names -> Hugging Face hub ids
+MODEL_ALIASES = {
+    "gpt-j-6b": "EleutherAI/gpt-j-6b",
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "pythia-160m": "EleutherAI/pythia-160m",
+    "pythia-410m": "EleutherAI/pythia-410m",
+    "pythia-1.4b": "EleutherAI/pythia-1.4b",
+    "pythia-6.9b": "EleutherAI/pythia-6.9b",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
+}
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_N_EXAMPLES = 1000
+PROBE_OFFSETS = measure.PROBE_OFFSETS
+#: bytes of float32 keys + values held in memory for the probes under ``probe_layers="auto"``
+PROBE_BUDGET = 4 << 30
+#: bump when the prompt building or the cached arrays change meaning
+CACHE_VERSION = 1
+
+#: the paper's Table 2 (GPT-J-6B; best head chosen on 700 examples, reported on 300)
+PAPER_TABLE2 = {
+    "sst2": {"icl_accuracy": 0.805, "agreement": 0.797},
+    "mnli": {"icl_accuracy": 0.383, "agreement": 0.597},
+    "rotten_tomatoes": {"icl_accuracy": 0.671, "agreement": 0.683},
+    "tweet_eval_hate": {"icl_accuracy": 0.539, "agreement": 0.713},
+    "tweet_eval_irony": {"icl_accuracy": 0.519, "agreement": 0.722},
+    "tweet_eval_offensive": {"icl_accuracy": 0.542, "agreement": 0.753},
+}
+
+
+# ---------------------------------------------------------------------- models
+def resolve_model(name: str) -> dict:
+    """Where ``name`` points: ``{"name", "id", "local"}``.
+
+    An existing folder is used as it is (``local`` True, ``id`` its absolute path); an alias
+    of ``MODEL_ALIASES`` becomes its hub id; anything else that looks like a hub id
+    (``org/name`` or a bare name) is taken as one.  A path that does not exist (it starts
+    with ``.``, ``/`` or ``~``, or has more than one ``/``) is a one-line ValueError."""
+    name = str(name).strip()
+    if not name:
+        raise ValueError("--model is empty; give an alias (" + ", ".join(MODEL_ALIASES) + "), a hub id or a folder")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return {"name": name, "id": str(path.resolve()), "local": True}
+    if name in MODEL_ALIASES:
+        return {"name": name, "id": MODEL_ALIASES[name], "local": False}
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
+        why = "is not a folder" if path.exists() else "does not exist"
+        raise ValueError(f"model folder {name!r} {why}; give a folder made by save_pretrained, a hub id "
+                         f"or an alias ({', '.join(MODEL_ALIASES)})")
+    return {"name": name, "id": name, "local": False}
+
+
+def _download_hint(repo: str, revision: str | None) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    rev_py = f", revision={revision!r}" if revision else ""
+    return (f"download it on a machine with network (`hf download {repo}{rev}`, or `python -c \"from transformers "
+            f"import AutoModelForCausalLM, AutoTokenizer; AutoTokenizer.from_pretrained({repo!r}{rev_py}); "
+            f"AutoModelForCausalLM.from_pretrained({repo!r}{rev_py})\"`), then set HF_HOME to that cache or "
+            f"pass --model the folder from `hf download {repo}{rev} --local-dir DIR`")
+
+
+def _unavailable(where: dict, revision, err: Exception) -> ValueError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if where["local"]:
+        return ValueError(f"cannot load the model in folder {where['id']!r}: {first}")
+    return ValueError(f"model {where['id']!r}{f' (revision {revision})' if revision else ''} is not available "
+                      f"offline ({type(err).__name__}); {_download_hint(where['id'], revision)}")
+
+
+def hub_commit(repo: str, revision: str | None = None) -> str | None:
+    """The commit the local hub cache holds for ``repo`` at ``revision`` (a branch, tag or
+    commit; default main), or None when it holds none.  Reads the cache only."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    rev = revision or "main"
+    folder = Path(HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+    if len(rev) == 40 and (folder / "snapshots" / rev).is_dir():
+        return rev
+    ref = folder / "refs" / rev
+    try:
+        return ref.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def model_identity(where: dict, revision: str | None = None) -> dict:
+    """What identifies the weights without loading them: for a folder its path and the
+    (name, size, mtime) of its files; for a hub id the id, revision and cached commit."""
+    if where["local"]:
+        folder = Path(where["id"])
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+        return {"folder": str(folder), "files": files}
+    return {"hub_id": where["id"], "revision": revision, "commit": hub_commit(where["id"], revision)}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; others are checked."""
+    import torch
+
+    device = str(device).strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist; {torch.cuda.device_count()} GPU(s) visible")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; allowed: auto, cpu, cuda, cuda:N")
+    return str(dev)
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> bfloat16 on CUDA, float32 elsewhere; bf16/fp16/fp32 are accepted aliases."""
+    dtype = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)} (or bf16, fp16, fp32)")
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    """The model's tokenizer with left padding and a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    where = resolve_model(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(where["id"], revision=revision)
+    except (OSError, ValueError) as e:
+        raise _unavailable(where, revision, e) from None
+    tok.padding_side = "left"
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
+               device_map: str | None = None):
+    """(model, tokenizer) from an alias, hub id or local folder, in eval mode.
+
+    The model keeps transformers' default attention (sdpa); ``measure.capture`` switches to
+    its recording implementation and back.  ``dtype`` auto is bfloat16 on CUDA and float32 on
+    CPU.  ``device_map`` (e.g. ``"auto"``) spreads the layers over every visible GPU through
+    accelerate instead of moving the model to ``device``.  Weights that are neither in a
+    folder nor in the local hub cache (and cannot be downloaded) give a one-line ValueError
+    with the command that downloads them."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    where = resolve_model(name)
+    try:
+        AutoConfig.from_pretrained(where["id"], revision=revision)        # fails fast, before the weights
+    except (OSError, ValueError) as e:
+        raise _unavailable(where, revision, e) from None
+    tok = load_tokenizer(name, revision)
+    dev = resolve_device("cuda" if device_map is not None and device == "auto" else device)
+    dt = resolve_dtype(dtype, dev)
+    kw = {"revision": revision, "dtype": getattr(torch, dt)}
+    if device_map is not None:
+        from importlib.util import find_spec
+
+        if find_spec("accelerate") is None:
+            raise ValueError("--device-map needs the accelerate package: pip install 'simkernel[llm]'")
+        kw["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where["id"], **kw)
+    except (OSError, ValueError) as e:
+        raise _unavailable(where, revision, e) from None
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    return model, tok
+
+
+def context_length(config) -> int | None:
+    """The longest prompt the model's position embeddings allow (None when unbounded)."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+# ---------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataSpec:
+    """A task of ``textdata.TASKS`` (``task``, optional ``split``; demonstrations from the
+    task's pool split) or a local file (``path`` with its columns and label words;
+    demonstrations from the file itself, never the test example)."""
+
+    task: str | None = None
+    split: str | None = None
+    path: str | None = None
+    text_column: tuple = ("sentence",)
+    label_column: str = "label"
+    label_words: tuple = ("Negative", "Positive")
+
+    def identity(self) -> dict:
+        if self.task is not None:
+            t = textdata.get_task(self.task)
+            return {"task": t.name, "split": self.split or t.split, "pool_split": t.pool_split}
+        p = Path(self.path)
+        return {"file": str(p.resolve()), "sha256": _sha256(p), "text_column": list(self.text_column),
+                "label_column": self.label_column, "label_words": list(self.label_words)}
+
+    def load(self):
+        """(dataset, pool): the evaluated examples and where demonstrations come from (None:
+        the dataset itself)."""
+        if self.task is not None:
+            t = textdata.get_task(self.task)
+            data = textdata.load_task(self.task, self.split)
+            split = self.split or t.split
+            pool = textdata.load_task(self.task, t.pool_split) if t.pool_split != split else None
+            return data, pool
+        cols = self.text_column[0] if len(self.text_column) == 1 else list(self.text_column)
+        return textdata.load_local(self.path, cols, self.label_column, list(self.label_words)), None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def choose_examples(n_total: int, n_examples: int, seed: int) -> np.ndarray:
+    """(min(n_examples, n_total),) sorted test indices: every example when there are no more
+    than asked for, else a uniform subset drawn with ``seed``."""
+    if n_examples >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(2**31,)))
+    return np.sort(rng.choice(n_total, size=n_examples, replace=False)).astype(np.int64)
+
+
+def build_batch(tokenizer, dataset, test_ids, n_demos: int, mode: str = "random", seed: int = 0, *, pool=None,
+                max_text_tokens: int | None = None, max_length: int | None = None):
+    """(batch, demo_ids): the prompts of ``test_ids`` (B,) as a left-padded
+    :class:`measure.PromptBatch` and each prompt's demonstration indices into the pool (B, n).
+
+    ``test_ids`` may repeat an index (the benchmark cycles a small file); a repeat gets the
+    same demonstrations."""
+    labels = textdata.label_tokens(tokenizer, dataset.label_words)
+    demo_ids = textdata.sample_demos(dataset, test_ids, n_demos, mode, seed, pool=pool)
+    examples = [textdata.build_example(tokenizer, dataset, int(t), d, pool=pool, max_text_tokens=max_text_tokens,
+                                       max_length=max_length) for t, d in zip(test_ids, demo_ids)]
+    return measure.collate(examples, labels, _pad_id(tokenizer)), demo_ids
+
+
+def standalone_batch(tokenizer, dataset, ids, *, max_text_tokens: int | None = None) -> measure.PromptBatch:
+    """The zero-demonstration prompts ("Input: <text> Output:") of ``dataset``'s rows ``ids``."""
+    labels = textdata.label_tokens(tokenizer, dataset.label_words)
+    examples = [textdata.build_example(tokenizer, dataset, int(i), [], max_text_tokens=max_text_tokens) for i in ids]
+    return measure.collate(examples, labels, _pad_id(tokenizer))
+
+
+def _pad_id(tokenizer) -> int:
+    for v in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if v is not None:
+            return int(v)
+    return 0
+
+
+# ---------------------------------------------------------------------- the model's work
+@dataclass
+class Outputs:
+    """Everything the model computed for one configuration: what the cache holds.
+
+    batch        the prompts (B examples, n demonstrations, C classes, T padded length)
+    capture      attn (B, L, H, T), label_logp (B, C), keys / values (B, n, O, Lp, Hkv, d) for
+                 the Lp probed layers (or None), offsets (O,)
+    test_ids     (B,) row of each test example in the evaluated dataset
+    demo_ids     (B, n) pool row of each demonstration
+    test_logp    (B, C) log P(label | test input alone)
+    pool_ids     (P,) sorted distinct pool rows run alone
+    pool_logp    (P, C) log P(label | pool text alone)
+    probe_layers (Lp,) the model layers keys / values were kept for
+    meta         JSON-able description (model, data, prompts, timings)
+    """
+
+    batch: measure.PromptBatch
+    capture: measure.Capture
+    test_ids: np.ndarray
+    demo_ids: np.ndarray
+    test_logp: np.ndarray
+    pool_ids: np.ndarray
+    pool_logp: np.ndarray
+    probe_layers: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def p_test(self) -> np.ndarray:
+        """(B, C) P(o | x_test) over the labels, the test input run alone."""
+        return measure.label_distribution(self.test_logp)
+
+    @property
+    def p_demos(self) -> np.ndarray:
+        """(B, n, C) P(o | x_i) over the labels, each demonstration run alone."""
+        return measure.label_distribution(self.pool_logp)[np.searchsorted(self.pool_ids, self.demo_ids)]
+
+
+def probe_layer_list(spec, n_layers: int, per_layer_bytes: int) -> list[int]:
+    """The layers whose keys and values are kept.  ``spec``: ``"auto"`` (all when they fit
+    ``PROBE_BUDGET``, else that many evenly spaced interior layers, at least one), ``"all"``,
+    ``"none"``, or a list of layer indices."""
+    if isinstance(spec, str):
+        if spec == "none":
+            return []
+        if spec == "all":
+            return list(range(n_layers))
+        if spec != "auto":
+            raise ValueError(f"unknown probe layers {spec!r}; allowed: auto, all, none or layer indices")
+        k = int(max(1, min(n_layers, PROBE_BUDGET // max(per_layer_bytes, 1))))
+        if k >= n_layers:
+            return list(range(n_layers))
+        return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, k + 2)[1:-1]})
+    layers = sorted({int(x) for x in spec})
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"probe layer {bad[0]} does not exist; the model has layers 0..{n_layers - 1}")
+    return layers
+
+
+def length_order(batch: measure.PromptBatch) -> np.ndarray:
+    """(B,) the prompts longest first: an out-of-memory batch shows at once, and prompts of
+    similar length share a batch, so little padding is computed."""
+    return np.argsort(-batch.attention_mask.sum(1), kind="stable")
+
+
+def _reordered(fn, batch: measure.PromptBatch):
+    """(fn(batch sorted by length), inv): ``result[inv]`` puts per-example results back in
+    ``batch``'s order."""
+    order = length_order(batch)
+    res = fn(batch.subset(order))
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size)
+    return res, inv
+
+
+def standalone_logp(model, batch: measure.PromptBatch, batch_size: int, progress=None) -> np.ndarray:
+    """(B, C) label log-probabilities of zero-demonstration prompts (``measure.forward_labels``)."""
+    out, inv = _reordered(lambda b: measure.forward_labels(model, b, batch_size, progress), batch)
+    return out[inv]
+
+
+def compute(model, tokenizer, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS, mode: str = "random",
+            seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, batch_size: int = DEFAULT_BATCH_SIZE, *, pool=None,
+            test_ids=None, probe_layers="auto", offsets=PROBE_OFFSETS, max_text_tokens: int | None = None,
+            bar=None) -> Outputs:
+    """Steps 1-3 of the module docstring: build the prompts of ``n_examples`` test examples
+    (``test_ids`` overrides the choice), run every distinct text alone, capture.
+
+    ``bar(desc, total)``: optional factory of progress bars (context managers with
+    ``update(n)``).  The captured attention is rounded to float16, the precision of the cache."""
+    import time
+
+    t0 = time.perf_counter()
+    if test_ids is None:
+        test_ids = choose_examples(len(dataset), n_examples, seed)
+    test_ids = np.asarray(test_ids, dtype=np.int64)
+    ctx = context_length(model.config)
+    batch, demo_ids = build_batch(tokenizer, dataset, test_ids, n_demos, mode, seed, pool=pool,
+                                  max_text_tokens=max_text_tokens, max_length=ctx)
+    same = pool is None or pool is dataset
+    src = dataset if same else pool
+    pool_ids = np.unique(np.concatenate([demo_ids.reshape(-1), test_ids]) if same else demo_ids.reshape(-1))
+    bar = bar or _no_bar
+    t1 = time.perf_counter()
+    with bar("texts alone", pool_ids.size + (0 if same else test_ids.size)) as b:
+        pool_logp = standalone_logp(model, standalone_batch(tokenizer, src, pool_ids, max_text_tokens=max_text_tokens),
+                                    batch_size, b.update)
+        if same:
+            test_logp = pool_logp[np.searchsorted(pool_ids, test_ids)]
+        else:
+            test_logp = standalone_logp(model, standalone_batch(tokenizer, dataset, np.unique(test_ids),
+                                                                max_text_tokens=max_text_tokens), batch_size, b.update)
+            test_logp = test_logp[np.searchsorted(np.unique(test_ids), test_ids)]
+    t2 = time.perf_counter()
+    cfg = model.config
+    n_layers = int(cfg.num_hidden_layers)
+    H = int(cfg.num_attention_heads)
+    hkv = int(getattr(cfg, "num_key_value_heads", None) or H)
+    d = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // H)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    per_layer = len(test_ids) * n_demos * offsets.size * hkv * d * 4 * 2
+    layers = probe_layer_list(probe_layers, n_layers, per_layer) if n_demos > 0 else []
+    with bar("capture", len(test_ids)) as b:
+        cap, inv = _reordered(lambda bb: measure.capture(model, bb, offsets=offsets if layers else None,
+                                                         batch_size=batch_size, layers=layers or None,
+                                                         progress=b.update), batch)
+    t3 = time.perf_counter()
+    cap = measure.Capture(cap.attn[inv].astype(np.float16).astype(np.float32), cap.label_logp[inv],
+                          None if cap.keys is None else cap.keys[inv], None if cap.values is None else cap.values[inv],
+                          cap.offsets if layers else None)
+    lengths = batch.attention_mask.sum(1)
+    meta = {"n_examples": int(len(test_ids)), "n_demos": int(n_demos), "mode": mode, "seed": int(seed),
+            "context": ctx, "prompt_tokens": {"mean": float(lengths.mean()), "max": int(lengths.max()),
+                                              "min": int(lengths.min())},
+            "standalone_texts": int(pool_ids.size), "probe_layers": layers, "offsets": offsets.tolist(),
+            "label_words": list(dataset.label_words), "label_tokens": batch.label_tokens.tolist(),
+            "label_pieces": [tokenizer.decode([int(t)]) for t in batch.label_tokens],
+            "dataset": {"name": dataset.name, "source": dataset.source, "rows": len(dataset),
+                        "pool": None if same else {"name": pool.name, "source": pool.source, "rows": len(pool)}},
+            "seconds": {"prompts": round(t1 - t0, 3), "standalone": round(t2 - t1, 3), "capture": round(t3 - t2, 3)}}
+    return Outputs(batch, cap, test_ids, demo_ids, test_logp, pool_ids, pool_logp,
+                   np.asarray(layers, dtype=np.int64), meta)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+
+def _no_bar(desc, total):
+    return _NoBar()
+
+
+# ---------------------------------------------------------------------- the cache
+def cache_key(model: dict, data: dict, *, n_demos: int, mode: str, seed: int, n_examples: int, dtype: str,
+              probe_layers, offsets=PROBE_OFFSETS, max_text_tokens: int | None = None) -> str:
+    """16 hex digits of the SHA-256 of everything that changes the model's outputs: the model
+    identity (:func:`model_identity`), the data identity (``DataSpec.identity``), the prompt
+    settings, the dtype and the probed layers.  Not the device or the batch size (the
+    attention is the same batched or alone), nor anything the analysis alone uses."""
+    key = {"version": CACHE_VERSION, "model": model, "data": data, "n_demos": int(n_demos), "mode": mode,
+           "seed": int(seed), "n_examples": int(n_examples), "dtype": dtype,
+           "probe_layers": probe_layers if isinstance(probe_layers, str) else sorted(int(x) for x in probe_layers),
+           "offsets": [int(o) for o in offsets], "max_text_tokens": max_text_tokens}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_path(out_dir, key: str) -> Path:
+    return Path(out_dir) / f"outputs-{key}.npz"
+
+
+_BATCH_FIELDS = ("input_ids", "attention_mask", "spans", "label_pos", "demo_labels", "gold", "label_tokens")
+
+
+def save_outputs(path, outputs: Outputs) -> Path:
+    """Write ``outputs`` as one uncompressed ``.npz`` (atomically): attention, keys and values
+    in float16 (half the bytes; the attention is rounded to float16 before any analysis), the
+    rest exact, ``meta`` as a JSON string."""
+    from .store import public_mode
+    from .world import atomic_write
+
+    cap = outputs.capture
+    arrays = {f"batch_{k}": getattr(outputs.batch, k) for k in _BATCH_FIELDS}
+    arrays.update(attn=cap.attn.astype(np.float16), label_logp=cap.label_logp, test_ids=outputs.test_ids,
+                  demo_ids=outputs.demo_ids, test_logp=outputs.test_logp, pool_ids=outputs.pool_ids,
+                  pool_logp=outputs.pool_logp, probe_layers=outputs.probe_layers,
+                  meta=np.array(json.dumps(outputs.meta, default=str)))
+    if cap.keys is not None:
+        arrays.update(keys=cap.keys.astype(np.float16), values=cap.values.astype(np.float16), offsets=cap.offsets)
+    path = Path(path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    public_mode(path)
+    return path
+
+
+def load_outputs(path) -> Outputs:
+    """Read what :func:`save_outputs` wrote; a damaged file is a one-line ValueError."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        batch = measure.PromptBatch(*(a[f"batch_{k}"] for k in _BATCH_FIELDS))
+        keys = a["keys"].astype(np.float32) if "keys" in a else None
+        values = a["values"].astype(np.float32) if "values" in a else None
+        cap = measure.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"))
+        return Outputs(batch, cap, a["test_ids"], a["demo_ids"], a["test_logp"], a["pool_ids"], a["pool_logp"],
+                       a["probe_layers"], json.loads(str(a["meta"])))
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise ValueError(f"cached model outputs {str(path)!r} cannot be read ({type(e).__name__}); delete the "
+                         f"file to recompute them") from None
+
+
+# ---------------------------------------------------------------------- analysis
+def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: int = 300,
+            split_seed: int = 0, probe_lambda: float = 0.01) -> measure.Analysis:
+    """``measure.analyse`` of the cached outputs with the prediction-similarity kernel and
+    ridge probes on the probed layers: keys -> the demonstration's standalone prediction
+    argmax P(o | x_i), values -> y_i; trained on the selection split, scored on the report
+    split (the same split as the head choice)."""
+    cap, batch = outputs.capture, outputs.batch
+    sim = measure.prediction_similarity(outputs.p_test, outputs.p_demos)
+    if cap.keys is not None:
+        cap = measure.Capture(cap.attn, cap.label_logp, cap.keys, cap.values, cap.offsets,
+                              np.asarray(outputs.probe_layers, dtype=np.int64))
+    return measure.analyse(cap, batch, kernels={"similarity": sim}, how=how, n_select=n_select,
+                           n_report=n_report, seed=split_seed, probe_lambda=probe_lambda,
+                           probe_targets={"keys": ("standalone", outputs.p_demos.argmax(-1))})
+
+
+# ---------------------------------------------------------------------- one job, cached
+@dataclass
+class Job:
+    """What ``simkernel llm`` runs: the model's outputs (from the cache or computed) and the
+    analysis.  ``info`` says which: ``cache_hit``, ``model_loaded``, the cache file."""
+
+    outputs: Outputs
+    analysis: measure.Analysis
+    info: dict
+
+
+def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None,
+        n_demos: int = textdata.DEFAULT_N_DEMOS,
+        mode: str = "random", seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, how: str = "max",
+        n_select: int = 700, n_report: int = 300, split_seed: int = 0, probe_layers="auto",
+        max_text_tokens: int | None = None, dtype: str = "auto", device: str = "auto",
+        device_map: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, bar=None, on_load=None) -> Job:
+    """The whole protocol for one configuration, reusing ``out_dir/outputs-<hash>.npz`` when it
+    exists: the model is loaded (``on_load(desc)`` is called first) only when the outputs for
+    this (model, revision, data, n_demos, mode, seed, n_examples, dtype, probe layers) are not
+    cached.  The cache is written before the analysis, so a failed analysis keeps it."""
+    where = resolve_model(model_name)
+    dev = resolve_device("cuda" if device_map is not None and device == "auto" else device)
+    dt = resolve_dtype(dtype, dev)
+    key = cache_key(model_identity(where, revision), data.identity(), n_demos=n_demos, mode=mode, seed=seed,
+                    n_examples=n_examples, dtype=dt, probe_layers=probe_layers, max_text_tokens=max_text_tokens)
+    path = cache_path(out_dir, key)
+    info = {"cache_file": str(path), "cache_key": key, "cache_hit": path.is_file(), "model_loaded": False,
+            "device": dev if device_map is None else f"device_map={device_map}", "dtype": dt}
+    if info["cache_hit"]:
+        outputs = load_outputs(path)
+    else:
+        dataset, pool = data.load()
+        if on_load is not None:
+            on_load(f"loading {where['id']}")
+        model, tok = load_model(model_name, revision, dt, dev, device_map)
+        info["model_loaded"] = True
+        outputs = compute(model, tok, dataset, n_demos, mode, seed, n_examples, batch_size, pool=pool,
+                          probe_layers=probe_layers, max_text_tokens=max_text_tokens, bar=bar)
+        cfg = model.config
+        outputs.meta["model"] = {"name": model_name, "id": where["id"], "local": where["local"], "revision": revision,
+                                 "commit": getattr(cfg, "_commit_hash", None) or
+                                 (None if where["local"] else hub_commit(where["id"], revision)),
+                                 "model_type": cfg.model_type, "layers": int(cfg.num_hidden_layers),
+                                 "heads": int(cfg.num_attention_heads), "dtype": dt,
+                                 "parameters": int(sum(p.numel() for p in model.parameters()))}
+        outputs.meta["data"] = data.identity()
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_outputs(path, outputs)
+        del model
+    analysis = analyse(outputs, how, n_select, n_report, split_seed)
+    return Job(outputs, analysis, info)
+
+
+def slug(text: str) -> str:
+    """A folder-name-safe version of a model or data name."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text).strip("/").split("/")[-1])
+    return keep.strip("-.") or "model"
+
+
+def default_out(model_name: str, data: DataSpec) -> Path:
+    """runs/llm/<model>-<task or file stem>."""
+    what = data.task if data.task is not None else Path(data.path).stem
+    return Path("runs") / "llm" / f"{slug(model_name)}-{slug(what)}"
+

@@ -1,0 +1,270 @@
+"""simkernel llm: a real-LLM run end to end, offline on CPU, with a tiny random GPT-J.
+
+The model folder (``tiny_llm_dir``, tests/llm_helpers.py) is loaded through the same
+``from_pretrained`` path as GPT-J-6B, and the command is run through the CLI on the shipped
+sample data.  Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from cli_helpers import ok, run  # noqa: E402
+
+from simkernel import llm, measure, textdata  # noqa: E402
+from simkernel.cli import LLM_TASKS  # noqa: E402
+
+SAMPLE = textdata.sample_data_path("sst2_sample.tsv")
+TABLES = {"heads.csv": measure.HEAD_COLUMNS, "best.csv": measure.BEST_COLUMNS,
+          "profile.csv": measure.PROFILE_COLUMNS, "probes.csv": measure.PROBE_COLUMNS}
+FIGURES = ("attention_profile.png", "head_scores.png", "probes.png")
+
+
+def header(path):
+    with open(path, newline="") as f:
+        return tuple(next(csv.reader(f)))
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llm_dir):
+    model, tok = llm.load_model(str(tiny_llm_dir), device="cpu")
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return textdata.load_local(SAMPLE, "sentence", "label", ["Negative", "Positive"])
+
+
+# ---------------------------------------------------------------------- end to end
+def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    r = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
+    for name, cols in TABLES.items():
+        assert header(out / name) == tuple(cols), name
+        assert rows(out / name), name
+    for name in FIGURES:
+        assert (out / name).stat().st_size > 0
+    caches = sorted(out.glob("outputs-*.npz"))
+    assert len(caches) == 1
+    meta = json.loads((out / "llm.json").read_text())
+    assert meta["cache"]["cache_hit"] is False and meta["cache"]["model_loaded"] is True
+    assert meta["config"]["data"] == str(SAMPLE) and meta["seed"] == 0
+    assert meta["model"]["id"] == str(tiny_llm_dir) and meta["model"]["layers"] == 2
+    assert {"python", "numpy", "simkernel", "torch", "transformers"} <= set(meta["versions"])
+    s = meta["summary"]
+    assert (s["n_examples"], s["n_demos"], s["layers"], s["heads"]) == (48, textdata.DEFAULT_N_DEMOS, 2, 4)
+    assert s["n_select"] + s["n_report"] == 48
+    # the printed Table 2 is the JSON's
+    t2 = meta["table2"]
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("Table 2") for line in lines)
+    row = next(line for line in lines if line.startswith("sst2_sample "))
+    assert row.split()[1:] == [f"{t2['icl_accuracy']:.3f}", f"{t2['agreement']:.3f}",
+                               f"{t2['reconstructed_accuracy']:.3f}", f"L{t2['layer']}", f"H{t2['head']}"]
+    probes = rows(out / "probes.csv")
+    assert {(p["vector"], p["target"]) for p in probes} == {("keys", "standalone"), ("values", "label")}
+    assert {int(p["offset"]) for p in probes} == set(measure.PROBE_OFFSETS)
+
+    # another weight re-analyses the cached outputs: the model is never loaded
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded although its outputs are cached")
+
+    monkeypatch.setattr(llm, "load_model", no_model)
+    r2 = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out, "--weight", "label"])
+    meta2 = json.loads((out / "llm.json").read_text())
+    assert meta2["cache"]["cache_hit"] is True and meta2["cache"]["model_loaded"] is False
+    assert meta2["cache"]["cache_file"] == meta["cache"]["cache_file"]
+    assert meta2["model"] == meta["model"] and meta2["summary"]["weight"] == "label"
+    assert "read from the cache" in r2.stdout
+    assert sorted(out.glob("outputs-*.npz")) == caches
+    # the same analysis from the cache gives the same tables as the first run
+    ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
+    meta3 = json.loads((out / "llm.json").read_text())
+    assert meta3["summary"] == meta["summary"] and meta3["best"] == meta["best"]
+
+
+def test_pair_of_label_words_from_a_csv_without_probes(tiny_llm_dir, tmp_path):
+    out = tmp_path / "csv"
+    r = ok(["llm", "--model", tiny_llm_dir, "--data", textdata.sample_data_path("sentiment_sample.csv"),
+            "--text-column", "review", "--label-column", "sentiment", "--label-words", "Negative,Positive",
+            "--n-examples", 12, "--n-demos", 3, "--demos", "balanced", "--probe-layers", "none", "--out", out])
+    assert rows(out / "probes.csv") == [] and not (out / "probes.png").exists()
+    meta = json.loads((out / "llm.json").read_text())
+    assert meta["summary"]["n_examples"] == 12 and meta["outputs"]["probe_layers"] == []
+    assert "Table 2" in r.stdout
+
+
+# ---------------------------------------------------------------------- prompts and capture
+def test_label_positions_against_the_text(tiny, sample):
+    model, tok = tiny
+    ids = np.arange(10)
+    batch, demo_ids = llm.build_batch(tok, sample, ids, 4, "random", seed=3)
+    words = [" Negative", " Positive"]
+    for b in range(len(ids)):
+        for i in range(batch.n_demos):
+            pos = batch.label_pos[b, i]
+            start, end = batch.spans[b, i]
+            assert end == pos + 1
+            assert tok.decode([batch.input_ids[b, pos]]) == words[batch.demo_labels[b, i]]
+            assert batch.demo_labels[b, i] == sample.labels[demo_ids[b, i]]
+            text = tok.decode(batch.input_ids[b, start:pos])
+            assert text == f" {sample.texts[demo_ids[b, i]]} Output:"
+        real = batch.input_ids[b, batch.attention_mask[b] == 1]
+        assert tok.decode(real) == textdata.prompt_text(sample, int(ids[b]), demo_ids[b])
+        assert batch.gold[b] == sample.labels[ids[b]]
+
+
+def test_batched_equals_single_through_the_llm_path(tiny, sample):
+    model, tok = tiny
+    ids = np.arange(6)
+    one = llm.compute(model, tok, sample, 3, "random", 1, test_ids=ids, batch_size=1)
+    many = llm.compute(model, tok, sample, 3, "random", 1, test_ids=ids, batch_size=4)
+    # prompts of different lengths share a batch: left padding must not change anything
+    assert len(set(many.batch.attention_mask.sum(1))) > 1
+    np.testing.assert_allclose(many.capture.attn, one.capture.attn, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(many.capture.label_logp, one.capture.label_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(many.capture.keys, one.capture.keys, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(many.capture.values, one.capture.values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(many.test_logp, one.test_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(many.pool_logp, one.pool_logp, rtol=1e-5, atol=1e-5)
+    # the attention rows are distributions over the real tokens only
+    np.testing.assert_allclose(many.capture.attn.sum(-1), 1.0, atol=5e-3)
+    pad = many.batch.attention_mask == 0
+    assert (many.capture.attn.transpose(0, 3, 1, 2)[pad] == 0).all()
+    # the capture's label log-probs are a plain forward's
+    np.testing.assert_allclose(measure.forward_labels(model, many.batch, 4), many.capture.label_logp,
+                               rtol=1e-5, atol=1e-5)
+    # each standalone prediction is the zero-demonstration prompt's, each pool text once
+    assert np.array_equal(many.pool_ids, np.unique(np.concatenate([many.demo_ids.ravel(), ids])))
+    alone = measure.forward_labels(model, llm.standalone_batch(tok, sample, many.pool_ids), 1)
+    np.testing.assert_allclose(many.pool_logp, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_round_trip_and_held_out_selection(tiny, sample, tmp_path):
+    model, tok = tiny
+    outputs = llm.compute(model, tok, sample, 4, "random", 0, n_examples=40, batch_size=8, probe_layers=[1])
+    assert outputs.capture.keys.shape[3] == 1 and list(outputs.probe_layers) == [1]
+    path = llm.save_outputs(tmp_path / "o.npz", outputs)
+    back = llm.load_outputs(path)
+    np.testing.assert_array_equal(back.capture.attn, outputs.capture.attn)       # float16 both times
+    np.testing.assert_array_equal(back.batch.label_pos, outputs.batch.label_pos)
+    a, b = llm.analyse(outputs, n_select=28, n_report=12), llm.analyse(back, n_select=28, n_report=12)
+    assert a.summary == b.summary
+    # probes name the model's layer, not its place among the probed layers
+    assert {p["layer"] for p in a.probes} == {1}
+
+    select, report = measure.split_indices(40, 28, 12, 0)
+    assert np.intersect1d(select, report).size == 0 and select.size + report.size == 40
+    # Table 2's numbers come from the report split alone
+    t2 = a.summary["table2"]
+    w = measure.demo_weights(outputs.capture.attn, outputs.batch.spans, outputs.batch.label_pos, "max")
+    recon = measure.reconstruct(w, outputs.batch.demo_labels, 2)[:, t2["layer"], t2["head"]]
+    pred = outputs.capture.prediction
+    assert t2["agreement"] == pytest.approx((recon[report] == pred[report]).mean())
+    assert t2["icl_accuracy"] == pytest.approx((pred[report] == outputs.batch.gold[report]).mean())
+    best = next(r for r in a.best if r["measure"] == "agree" and r["reference"] == "model")
+    assert best["select"] == pytest.approx((recon[select] == pred[select]).mean())
+    for p in a.probes:
+        assert (p["n_train"], p["n_test"]) == (28 * 4, 12 * 4)
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 47, 999, 1000, 1500])
+def test_held_out_split_never_overlaps(n):
+    select, report = measure.split_indices(n, 700, 300, seed=n)
+    assert np.intersect1d(select, report).size == 0
+    assert select.size >= 1 and report.size >= 1 and select.size + report.size == min(n, 1000)
+
+
+# ---------------------------------------------------------------------- names, keys, errors
+def test_aliases_and_tasks():
+    assert llm.MODEL_ALIASES["gpt-j-6b"] == "EleutherAI/gpt-j-6b"
+    assert llm.MODEL_ALIASES["llama-2-7b"] == "meta-llama/Llama-2-7b-hf"
+    assert llm.MODEL_ALIASES["llama-3-8b"] == "meta-llama/Meta-Llama-3-8B"
+    assert llm.MODEL_ALIASES["pythia-1.4b"] == "EleutherAI/pythia-1.4b"
+    assert llm.resolve_model("gpt-j-6b") == {"name": "gpt-j-6b", "id": "EleutherAI/gpt-j-6b", "local": False}
+    assert llm.resolve_model("org/some-model")["id"] == "org/some-model"
+    assert LLM_TASKS == tuple(textdata.TASKS)
+
+
+def test_cache_key_covers_what_changes_the_outputs():
+    base = dict(n_demos=8, mode="random", seed=0, n_examples=1000, dtype="bfloat16", probe_layers="auto")
+    model, data = {"hub_id": "EleutherAI/gpt-j-6b", "revision": None, "commit": "abc"}, {"task": "sst2"}
+    k = llm.cache_key(model, data, **base)
+    assert k == llm.cache_key(dict(model), dict(data), **base)
+    for change in (dict(seed=1), dict(n_demos=4), dict(mode="balanced"), dict(n_examples=10),
+                   dict(dtype="float32"), dict(probe_layers=[3])):
+        assert llm.cache_key(model, data, **{**base, **change}) != k, change
+    assert llm.cache_key(dict(model, commit="def"), data, **base) != k
+    assert llm.cache_key(model, {"task": "mnli"}, **base) != k
+
+
+def test_probe_layers_auto_fits_the_budget():
+    assert llm.probe_layer_list("auto", 2, 1000) == [0, 1]
+    big = llm.probe_layer_list("auto", 28, llm.PROBE_BUDGET // 3)
+    assert len(big) == 3 and 0 < big[0] and big[-1] < 27
+    assert llm.probe_layer_list("none", 28, 1) == [] and llm.probe_layer_list("all", 3, 10**12) == [0, 1, 2]
+    with pytest.raises(ValueError, match="layers 0..27"):
+        llm.probe_layer_list([28], 28, 1)
+
+
+def one_error_line(result, *fragments):
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), result.stderr
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def test_missing_hub_model_is_one_line(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TRANSFORMERS_VERBOSITY="error")
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "simkernel.cli", "llm", "--model", "gpt-j-6b", "--data", str(SAMPLE),
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    one_error_line(p, "'EleutherAI/gpt-j-6b'", "not available offline", "hf download EleutherAI/gpt-j-6b",
+                   "HF_HOME", "--model")
+    assert not list(out.glob("*.csv")) if out.exists() else True
+
+
+def test_bad_inputs_are_one_line(tiny_llm_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run(["llm", "--model", tmp_path / "nope" / "model", "--data", SAMPLE, "--out", out])
+    assert r.exit_code == 1
+    one_error_line(r, "does not exist")
+    r = run(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--text-column", "review", "--out", out])
+    assert r.exit_code == 1
+    one_error_line(r, "no column 'review'", "sentence")
+    r = run(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--label-words", "Good,Good", "--out", out])
+    assert r.exit_code == 1
+    one_error_line(r, "'Good' is given twice")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("x\n")
+    r = run(["llm", "--model", tiny_llm_dir, "--data", bad, "--out", out])
+    assert r.exit_code == 1
+    one_error_line(r, "unknown file type", ".csv")
+    r = run(["llm", "--model", tiny_llm_dir, "--data", tmp_path / "absent.csv", "--out", out])
+    assert r.exit_code == 2
+    one_error_line(r, "absent.csv")
+    r = run(["llm", "--model", tiny_llm_dir, "--task", "sst2", "--data", SAMPLE, "--out", out])
+    assert r.exit_code == 2
+    one_error_line(r, "--task")
+    r = run(["llm", "--model", tiny_llm_dir, "--probe-layers", "x", "--data", SAMPLE, "--out", out])
+    assert r.exit_code == 2
+    one_error_line(r, "auto, all, none")
+    assert not out.exists()
