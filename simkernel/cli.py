@@ -13,7 +13,6 @@ imports torch or transformers.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import sys
 import time
@@ -23,6 +22,7 @@ import click
 
 from . import __version__
 from .presets import PRESETS
+from .world import sha256_file
 
 DEFAULT_PRESET = "paper-c"
 
@@ -143,14 +143,6 @@ def check_results_dir(path: Path) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_or_build_world(preset, world_file, world_seed, overrides, *, world_opt="--world",
                         seed_opt=("--world-seed", "world_seed")):
     """The world named by the options, and a JSON-able description of where it came from."""
@@ -164,7 +156,7 @@ def load_or_build_world(preset, world_file, world_seed, overrides, *, world_opt=
         if clash:
             raise click.UsageError(f"{world_opt} loads a saved world; it cannot be combined with {clash[0]}")
         world = World.load(world_file)
-        return world, {"file": str(world_file), "sha256": _sha256(world_file), "meta": world.meta}
+        return world, {"file": str(world_file), "sha256": sha256_file(world_file), "meta": world.meta}
     preset = preset or DEFAULT_PRESET
     opts = parse_sets(overrides)
     world = make_world(preset, world_seed, **opts)

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import measure, textdata
+from .world import sha256_file
 
 #: short names -> Hugging Face hub ids
 MODEL_ALIASES = {
@@ -261,7 +262,7 @@ class DataSpec:
             t = textdata.get_task(self.task)
             return {"task": t.name, "split": self.split or t.split, "pool_split": t.pool_split}
         p = Path(self.path)
-        return {"file": str(p.resolve()), "sha256": _sha256(p), "text_column": list(self.text_column),
+        return {"file": str(p.resolve()), "sha256": sha256_file(p), "text_column": list(self.text_column),
                 "label_column": self.label_column, "label_words": list(self.label_words)}
 
     def load(self):
@@ -275,14 +276,6 @@ class DataSpec:
             return data, pool
         cols = self.text_column[0] if len(self.text_column) == 1 else list(self.text_column)
         return textdata.load_local(self.path, cols, self.label_column, list(self.label_words)), None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def choose_examples(n_total: int, n_examples: int, seed: int) -> np.ndarray:

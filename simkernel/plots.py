@@ -53,29 +53,36 @@ def _records(rows) -> list[dict]:
     return out
 
 
-def load_convergence(folder) -> tuple[list[dict], dict]:
-    """The rows of ``folder/convergence.csv`` and the dict of ``folder/convergence.json``."""
+def _load_results(folder, names, columns, records, what: str, hint: str) -> tuple[list[dict], dict]:
+    """The rows of a tidy CSV and the dict of its JSON (``names`` = (csv, json) in ``folder``),
+    with one-line ValueErrors naming what is missing or unreadable."""
     folder = Path(folder)
-    f_csv, f_json = folder / "convergence.csv", folder / "convergence.json"
+    f_csv, f_json = folder / names[0], folder / names[1]
     for f in (f_csv, f_json):
         if not f.is_file():
-            raise ValueError(f"{str(folder)!r} holds no {f.name} (run `simkernel converge --out {folder}` first)")
+            raise ValueError(f"{str(folder)!r} holds no {f.name} ({hint.format(folder=folder)})")
     try:
         with open(f_csv, newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
-            missing = [c for c in CONVERGENCE_COLUMNS if c not in header]
+            missing = [c for c in columns if c not in header]
             if missing:
-                raise ValueError(f"{str(f_csv)!r} lacks column {missing[0]!r}; expected {', '.join(CONVERGENCE_COLUMNS)}")
-            rows = _records(list(reader))
+                raise ValueError(f"{str(f_csv)!r} lacks column {missing[0]!r}; expected {', '.join(columns)}")
+            rows = records(list(reader))
         meta = json.loads(f_json.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read the convergence results in {str(folder)!r} ({type(e).__name__})") from None
+        raise ValueError(f"cannot read the {what} results in {str(folder)!r} ({type(e).__name__})") from None
     if not rows:
         raise ValueError(f"{str(f_csv)!r} has no rows")
     if not isinstance(meta, dict):
-        raise ValueError(f"{str(f_json)!r} is not a convergence.json (expected a JSON object)")
+        raise ValueError(f"{str(f_json)!r} does not hold a JSON object, as a {names[1]} must")
     return rows, meta
+
+
+def load_convergence(folder) -> tuple[list[dict], dict]:
+    """The rows of ``folder/convergence.csv`` and the dict of ``folder/convergence.json``."""
+    return _load_results(folder, ("convergence.csv", "convergence.json"), CONVERGENCE_COLUMNS, _records,
+                         "convergence", "run `simkernel converge --out {folder}` first")
 
 
 def _series(rows, kernel, estimator, metric):
@@ -349,27 +356,8 @@ def plot_icl_vs_bayes(rows, path_png, title: str | None = None, dpi: int = DPI) 
 
 def load_icl(folder) -> tuple[list[dict], dict]:
     """The rows of ``folder/icl_vs_bayes.csv`` and the dict of ``folder/icl_vs_bayes.json``."""
-    folder = Path(folder)
-    f_csv, f_json = folder / ICL_FILES[0], folder / ICL_FILES[1]
-    for f in (f_csv, f_json):
-        if not f.is_file():
-            raise ValueError(f"{str(folder)!r} holds no {f.name} (run `simkernel icl-eval --run RUN --out {folder}` first)")
-    try:
-        with open(f_csv, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in ICL_COLUMNS if c not in header]
-            if missing:
-                raise ValueError(f"{str(f_csv)!r} lacks column {missing[0]!r}; expected {', '.join(ICL_COLUMNS)}")
-            rows = _icl_records(list(reader))
-        meta = json.loads(f_json.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read the icl-eval results in {str(folder)!r} ({type(e).__name__})") from None
-    if not rows:
-        raise ValueError(f"{str(f_csv)!r} has no rows")
-    if not isinstance(meta, dict):
-        raise ValueError(f"{str(f_json)!r} is not an icl_vs_bayes.json (expected a JSON object)")
-    return rows, meta
+    return _load_results(folder, ICL_FILES[:2], ICL_COLUMNS, _icl_records, "icl-eval",
+                         "run `simkernel icl-eval --run RUN --out {folder}` first")
 
 
 def redraw_icl(folder, out_folder=None) -> Path:

@@ -21,6 +21,7 @@ This module is numpy-only and does no printing; errors are one-line ``ValueError
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import tempfile
 import zipfile
@@ -234,6 +235,15 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, write) -> None:
