@@ -23,7 +23,7 @@ import numpy as np
 
 from . import bayes, kernel, measure
 from .convergence import kernel_values, restrict
-from .sampling import Prompts
+from .sampling import Prompts, sample_prompt_set
 from .world import World
 
 
@@ -101,7 +101,7 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
     input run alone); the references its vote is compared with are the model, gold, exact
     Bayes, the kernel estimator and the oracle."""
     tick = progress or (lambda _msg: None)
-    prompts = _sample(world, n_prompts, n_demos, example_length, seed, concepts)
+    prompts = sample_prompt_set(world, n_prompts, n_demos, example_length, seed=seed, concepts=concepts)
     batch = measure.collate(examples_from_prompts(world, prompts), world.labels)
     tick("capture")
     cap = measure.capture(model, batch, offsets=offsets, batch_size=batch_size)
@@ -123,8 +123,3 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
             "theory_kernel": truth.info}
     return result, info
 
-
-def _sample(world, n_prompts, n_demos, example_length, seed, concepts):
-    from .sampling import sample_prompt_set
-
-    return sample_prompt_set(world, n_prompts, n_demos, example_length, seed=seed, concepts=concepts)

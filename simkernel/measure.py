@@ -156,8 +156,9 @@ def label_distribution(label_logp: np.ndarray) -> np.ndarray:
 class _Recorder:
     """Receives each layer's query / key / value from the registered attention function."""
 
-    def __init__(self, positions=None):
+    def __init__(self, positions=None, layers=None):
         self.positions = positions      # torch (B, P) long or None: where to keep keys / values
+        self.layers = layers            # the layers whose keys / values are kept (None: all)
         self.rows: dict[int, object] = {}
         self.keys: dict[int, object] = {}
         self.values: dict[int, object] = {}
@@ -176,7 +177,7 @@ class _Recorder:
             last = mask[:, :, -1, :]
             s = s.masked_fill(~last, float("-inf")) if last.dtype == torch.bool else s + last.float()
         self.rows[layer] = torch.softmax(s, dim=-1).cpu()
-        if self.positions is not None:
+        if self.positions is not None and (self.layers is None or layer in self.layers):
             idx = self.positions[:, None, :, None].expand(-1, hkv, -1, key.shape[-1])
             self.keys[layer] = torch.gather(key, 2, idx).float().cpu()        # (B, Hkv, P, d)
             self.values[layer] = torch.gather(value, 2, idx).float().cpu()
@@ -189,6 +190,10 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     """transformers attention function: the output from sdpa, the final row on the side."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kwargs.get("softcap"):
+        # sdpa has no logit soft-capping: its output (and the row) would not be the model's
+        raise ValueError(f"{type(module).__name__} soft-caps its attention logits; simkernel's capture "
+                         f"(sdpa plus the final row) supports models without soft-capping")
     out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if _ACTIVE:
         _ACTIVE[-1].record(module.layer_idx, query, key, value, attention_mask, kwargs.get("scaling"))
@@ -282,7 +287,7 @@ def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers
                 if offsets is not None:
                     p = part.label_pos[:, :, None] + offsets[None, None, :]          # (b, n, O)
                     pos = torch.as_tensor(p.reshape(len(rows), -1), device=dev)
-                rec = _Recorder(pos)
+                rec = _Recorder(pos, None if layers is None else set(layers))
                 _ACTIVE.append(rec)
                 try:
                     logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask),
@@ -367,13 +372,12 @@ def demo_weights(attn: np.ndarray, spans: np.ndarray, label_pos: np.ndarray, how
     if how == "label":
         idx = np.broadcast_to(label_pos[:, None, None, :], (B, L, H, label_pos.shape[1]))
         return np.take_along_axis(attn, idx, axis=-1)
-    n = spans.shape[1]
-    out = np.empty((B, L, H, n), dtype=np.float64)
-    for i in range(n):
-        t = np.arange(T)
-        inside = (t[None, :] >= spans[:, i, :1]) & (t[None, :] < spans[:, i, 1:])      # (B, T)
-        a = np.where(inside[:, None, None, :], attn, -np.inf if how == "max" else 0.0)
-        out[..., i] = a.max(-1) if how == "max" else a.sum(-1) / inside.sum(-1)[:, None, None]
+    out = np.empty((B, L, H, spans.shape[1]), dtype=np.float64)
+    # slices, not a masked copy of attn per demonstration: for GPT-J-6B attn is ~1 GB
+    for b in range(B):
+        for i, (s, e) in enumerate(spans[b]):
+            seg = attn[b, :, :, s:e]
+            out[b, :, :, i] = seg.max(-1) if how == "max" else seg.mean(-1)
     return out
 
 

@@ -190,6 +190,8 @@ def test_analyse_reports_the_chosen_head_on_held_out_prompts_only():
     heads = [r for r in res.heads if (r["layer"], r["head"], r["measure"], r["reference"], r["split"])
              == (1, 2, "agree", "model", "report")]
     assert heads[0]["value"] == pytest.approx(best[("agree", "model")]["report"])
+    counts = np.stack([(batch.demo_labels == c).sum(1) for c in range(3)], 1)
+    assert res.summary["majority_baseline"]["gold"] == pytest.approx((counts.argmax(1)[rep] == batch.gold[rep]).mean())
     prof = {(r["layer"], r["head"], r["position"]): r["attention"] for r in res.profile}
     assert len(prof) == 2 * 3 * 30 and all(r["is_label"] == (r["position"] == 29) for r in res.profile)
 
