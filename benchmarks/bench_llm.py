@@ -16,8 +16,11 @@ into the next), on the same prompts, batched ``--batch-size`` at a time, longest
     capture      measure.capture: + the final row's attention in every layer and head
     capture+kv   measure.capture with keys and values at label position -1..3 for the layers
                  ``simkernel llm --probe-layers auto`` keeps
-    protocol     llm.compute: the whole model side of ``simkernel llm`` (prompts, every text
-                 alone once, capture+kv)
+    protocol     the whole model side of ``simkernel llm``: building the prompts
+                 (``textdata.build_prompts``), ``llm.prepare_batch`` (the texts to run alone,
+                 the probed layers) and ``llm.execute`` (every text alone once, capture+kv,
+                 the float16 rounding); the only difference from ``llm.compute`` is the
+                 per-cycle demonstration seed, so its prompts are the other modes' prompts
 
 Reported per mode: seconds, examples/s, and peak memory.  Memory method:
     CUDA  torch.cuda.max_memory_allocated() after torch.cuda.reset_peak_memory_stats(), taken
@@ -78,25 +81,29 @@ def tiny_model_dir(folder: Path) -> Path:
     return folder
 
 
-def workload(args, tokenizer, ctx):
-    """(dataset, pool, test_ids (N,), batch): the cycled prompts, sorted longest first."""
-    from simkernel import llm, measure, textdata
+def load_data(args):
+    """(dataset, pool): the evaluated rows and the demonstration pool (None: the rows themselves)."""
+    from simkernel import llm, textdata
 
     if args.task:
-        spec = llm.DataSpec(task=args.task)
-    else:
-        spec = llm.DataSpec(path=str(args.data or textdata.sample_data_path("sst2_sample.tsv")))
-    dataset, pool = spec.load()
+        return llm.DataSpec(task=args.task).load()
+    return llm.DataSpec(path=str(args.data or textdata.sample_data_path("sst2_sample.tsv"))).load()
+
+
+def workload(args, tokenizer, dataset, pool, ctx):
+    """(test_ids (N,), demo_ids (N, n), batch): the cycled prompts in test order, built by
+    ``textdata.build_prompts`` (cycle c with seed ``--seed`` + c)."""
+    from simkernel import measure, textdata
+
     test_ids = np.arange(args.n_examples) % len(dataset)
-    labels = textdata.label_tokens(tokenizer, dataset.label_words)
-    examples = []
+    examples, demos = [], []
     for c, start in enumerate(range(0, args.n_examples, len(dataset))):
-        ids = test_ids[start:start + len(dataset)]
-        demos = textdata.sample_demos(dataset, ids, args.n_demos, "random", args.seed + c, pool=pool)
-        examples += [textdata.build_example(tokenizer, dataset, int(t), d, pool=pool, max_length=ctx)
-                     for t, d in zip(ids, demos)]
-    batch = measure.collate(examples, labels, tokenizer.pad_token_id or 0)
-    return dataset, pool, test_ids, batch.subset(llm.length_order(batch))
+        ex, d = textdata.build_prompts(tokenizer, dataset, test_ids[start:start + len(dataset)], args.n_demos,
+                                       "random", args.seed + c, pool=pool, max_length=ctx, return_demos=True)
+        examples += ex
+        demos.append(d)
+    batch = measure.collate(examples, textdata.label_tokens(tokenizer, dataset), tokenizer.pad_token_id or 0)
+    return test_ids, np.concatenate(demos), batch
 
 
 def child(args) -> dict:
@@ -109,17 +116,17 @@ def child(args) -> dict:
         torch.set_num_threads(args.threads)
     model, tok = llm.load_model(args.model, dtype=args.dtype, device=args.device)
     cfg = model.config
-    dataset, pool, test_ids, batch = workload(args, tok, llm.context_length(cfg))
+    ctx = llm.context_length(cfg)
+    dataset, pool = load_data(args)
+    batch = workload(args, tok, dataset, pool, ctx)[2]
+    batch = batch.subset(llm.length_order(batch))          # longest first, as llm.execute runs them
     cuda = next(model.parameters()).device.type == "cuda"
     H = cfg.num_attention_heads
-    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    hkv = getattr(cfg, "num_key_value_heads", None) or H
-    per_layer = len(batch) * args.n_demos * len(llm.PROBE_OFFSETS) * hkv * d * 8
-    layers = llm.probe_layer_list("auto", cfg.num_hidden_layers, per_layer)
+    layers = llm.probe_layer_list("auto", cfg.num_hidden_layers, llm.probe_layer_bytes(cfg, len(batch), args.n_demos))
     runs = {
         "forward": lambda b: measure.forward_labels(model, b, args.batch_size),
         "capture": lambda b: measure.capture(model, b, batch_size=args.batch_size),
-        "capture+kv": lambda b: measure.capture(model, b, offsets=llm.PROBE_OFFSETS, batch_size=args.batch_size,
+        "capture+kv": lambda b: measure.capture(model, b, offsets=measure.PROBE_OFFSETS, batch_size=args.batch_size,
                                                 layers=layers),
         "protocol": None,
     }
@@ -129,8 +136,8 @@ def child(args) -> dict:
 
     def once():
         if args.child == "protocol":
-            llm.compute(model, tok, dataset, args.n_demos, "random", args.seed, batch_size=args.batch_size,
-                        pool=pool, test_ids=test_ids)
+            t, d, b = workload(args, tok, dataset, pool, ctx)
+            llm.execute(model, llm.prepare_batch(tok, cfg, dataset, b, t, d, pool=pool), args.batch_size)
         else:
             runs[args.child](batch)
 

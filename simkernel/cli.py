@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, llm, textdata
 from .presets import PRESETS
 from .world import sha256_file
 
@@ -622,14 +622,6 @@ def converge_table(rows, fits, ns, kernels, estimators) -> list[str]:
     return out
 
 
-def _matplotlib_version():
-    from importlib import metadata
-    try:
-        return metadata.version("matplotlib")
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _world_title(world, source) -> str:
     name = source.get("preset") or Path(source.get("file", "world")).name
     return (f"{name}: K={world.n_concepts} concepts, S={world.n_states} states, V={world.n_symbols} "
@@ -736,8 +728,7 @@ def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_len
               "example_length": example_length, "n_prompts": n_prompts, "seeds": list(seeds),
               "concepts": concepts, "estimators": list(estimators), "kernels": list(kernels),
               "features": features, "ridge": ridge, "n_samples": n_samples, "out": str(out)}
-    meta = provenance(config, list(seeds))
-    meta["versions"]["matplotlib"] = _matplotlib_version()
+    meta = provenance(config, list(seeds), extra_packages=("matplotlib",))
     meta.update(
         title=title, world=world_summary(world),
         fits={k: dict(v, floor_l1=2 * v["floor"], amplitude_l1=2 * v["amplitude"]) if v.get("metric") == "tv" else v
@@ -986,10 +977,7 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
     config = {"command": "icl-eval", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
               "n_demos": ",".join(map(str, n_demos)), "example_length": example_length, "n_prompts": n_prompts,
               "concepts": [str(g) for g in groups], "device": str(dev), "out": str(out)}
-    meta = provenance(config, seed)
-    meta["versions"]["matplotlib"] = _matplotlib_version()
-    import torch
-    meta["versions"]["torch"] = torch.__version__
+    meta = provenance(config, seed, extra_packages=("matplotlib", "torch"))
     try:
         meta["train_config"] = json.loads((run_dir / "config.json").read_text())
         meta["train_done"] = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").is_file() else None
@@ -1056,10 +1044,12 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
 MEASURE_JSON = "measure.json"
 
 
-def publish(out: Path, writers: dict, copy_to: Path | None = None) -> list[Path]:
+def publish(out: Path, writers: dict, copy_to: Path | None = None, remove=()) -> list[Path]:
     """Write every file through ``writers`` ({name: fn(path)}) into a temporary folder beside
     ``out``, then move each into ``out`` (and copy into ``copy_to``): an interrupted command
-    leaves no half-written file behind."""
+    leaves no half-written file behind.  Each name in ``remove`` that this call did not write
+    is deleted from ``out`` (and ``copy_to``): e.g. the probes.png of an earlier run with probes,
+    which would otherwise sit beside tables without probes."""
     import os
     import shutil
     import tempfile
@@ -1086,6 +1076,11 @@ def publish(out: Path, writers: dict, copy_to: Path | None = None) -> list[Path]
                 written.append(copy_to / name)
             os.replace(tmp / name, out / name)
             written.append(out / name)
+        done = {p.name for p in written}
+        for name in set(remove) - done:
+            for folder in (out, copy_to):
+                if folder is not None:
+                    (folder / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written
@@ -1204,9 +1199,7 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
               "concepts": str(concepts), "weight": weight, "n_select": n_select, "n_report": n_report,
               "probe_offsets": list(measure.PROBE_OFFSETS), "probe_lambda": 0.01, "device": str(dev),
               "out": str(out)}
-    meta = provenance(config, seed)
-    import torch
-    meta["versions"].update(torch=torch.__version__, matplotlib=_matplotlib_version())
+    meta = provenance(config, seed, extra_packages=("torch", "matplotlib"))
     title = (f"run {run_dir.name} ({model.config.n_layer} layers x {model.config.n_head} heads), "
              f"{n_prompts} prompts x {n_demos} demos, k={example_length}, weight {weight}")
     meta.update(title=title, world=world_summary(world), summary=result.summary, info=info, best=result.best,
@@ -1222,7 +1215,7 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
                MEASURE_FIGURES[1]: lambda p: plot_head_scores(result.heads, result.best, p, title=title)}
     if result.probes:
         writers[MEASURE_FIGURES[2]] = lambda p: plot_probes(result.probes, p, title)
-    written = publish(out, writers, figures_dir if to_figures else None)
+    written = publish(out, writers, figures_dir if to_figures else None, remove=MEASURE_FIGURES)
     s = result.summary
     t2 = s["table2"]
     click.echo(f"{s['n_examples']} prompts x {s['n_demos']} demonstrations, {s['layers']} layers x {s['heads']} "
@@ -1313,10 +1306,8 @@ def plot_measure_cmd(folder, out):
 
 
 # ---------------------------------------------------------------------- llm
-#: textdata.TASKS's names (kept here so that --help does not import the text stack)
-LLM_TASKS = ("sst2", "rotten_tomatoes", "tweet_eval_hate", "tweet_eval_irony", "tweet_eval_offensive", "mnli")
+LLM_TASKS = tuple(textdata.TASKS)
 LLM_TABLES = ("heads", "best", "profile", "probes")
-LLM_DEFAULT_N_DEMOS = 8     # textdata.DEFAULT_N_DEMOS
 
 
 def _probe_layers(ctx, param, value):
@@ -1379,12 +1370,12 @@ def llm_table2(summary: dict, task: str | None, paper: dict | None) -> list[str]
                                                                           "(class indices or label words).")
 @click.option("--label-words", default="Negative,Positive", show_default=True, callback=_comma_words("label word"),
               help="With --data: the answer word of each class 0, 1, ... (scored on its first token).")
-@click.option("--n-demos", type=NONNEG, default=LLM_DEFAULT_N_DEMOS, show_default=True,
+@click.option("--n-demos", type=POSITIVE, default=textdata.DEFAULT_N_DEMOS, show_default=True,
               help="Demonstrations per prompt (8 keeps SST-2 prompts near 300 GPT-J tokens, far inside 2048).")
-@click.option("--demos", "mode", type=click.Choice(["random", "balanced", "similar"]), default="random",
+@click.option("--demos", "mode", type=click.Choice(textdata.MODES), default="random",
               show_default=True, help="How demonstrations are drawn: uniformly, class-balanced, or the most "
                                       "similar pool texts (TF-IDF), each example with its own seed.")
-@click.option("--n-examples", type=_Int(2), default=1000, show_default=True,
+@click.option("--n-examples", type=_Int(2), default=llm.DEFAULT_N_EXAMPLES, show_default=True,
               help="Test examples (a seeded subset when the split has more; all when it has fewer).")
 @click.option("--weight", "how", type=click.Choice(["max", "label", "mean"]), default="max", show_default=True,
               help="A head's weight a_i on demonstration i: the max attention in its span (the paper's), the "
@@ -1396,15 +1387,17 @@ def llm_table2(summary: dict, task: str | None, paper: dict | None) -> list[str]
 @click.option("--seed", type=NONNEG, default=0, show_default=True,
               help="Seed of the test subset and of every example's demonstrations.")
 @click.option("--probe-layers", default="auto", show_default=True, callback=_probe_layers,
-              help="Layers whose keys and values are probed: auto (all when they fit 4 GiB, else evenly "
-                   "spaced ones), all, none, or indices such as 16..21 or 3,7,14.")
+              help="Layers whose keys and values are probed: auto (all when their float32 keys and values fit "
+                   "4 GiB, about 6 GiB at the peak; else evenly spaced ones), all, none, or indices such as "
+                   "16..21 or 3,7,14.")
 @click.option("--max-text-tokens", type=POSITIVE, default=None, help="Cut each text to this many tokens.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16", "bf16", "fp16", "fp32"]),
-              default="auto", show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU.")
+@click.option("--dtype", type=click.Choice(llm.DTYPES + tuple(llm.DTYPE_ALIASES)), default="auto", show_default=True,
+              help="auto: bfloat16 on CUDA, float32 on CPU (the cache key holds the resolved dtype).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:N.")
 @click.option("--device-map", default=None,
               help="Spread the model over several GPUs through accelerate, e.g. 'auto' (instead of --device).")
-@click.option("--batch-size", type=POSITIVE, default=8, show_default=True, help="Prompts per forward pass.")
+@click.option("--batch-size", type=POSITIVE, default=llm.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Prompts per forward pass.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default runs/llm/<model>-<task>): tables, figures, llm.json and the cached "
                    "model outputs outputs-<hash>.npz.")
@@ -1423,10 +1416,6 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     probes.png, and caches the model's outputs as outputs-<hash>.npz: rerunning with another
     --weight, --n-select/--n-report or --split-seed does not run the model again.
     """
-    import os
-    import shutil
-    import tempfile
-
     ctx = click.get_current_context()
     if data_file is not None and task is not None:
         raise click.UsageError("--data reads a local file; it cannot be combined with --task")
@@ -1437,10 +1426,9 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     elif split is not None:
         raise click.UsageError("--split selects a --task split; a --data file is read whole")
 
-    from . import llm
-    from .plots import MEASURE_FIGURES, MEASURE_FILES, draw_measurements
     from .measure import BEST_COLUMNS, HEAD_COLUMNS, PROBE_COLUMNS, PROFILE_COLUMNS
-    from .store import provenance, public_mode, write_csv, write_json
+    from .plots import MEASURE_FIGURES, MEASURE_FILES, plot_attention_profile, plot_head_scores, plot_probes
+    from .store import provenance, write_csv, write_json
 
     if data_file is not None:
         data = llm.DataSpec(path=str(data_file), text_column=text_column, label_column=label_column,
@@ -1450,8 +1438,6 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     llm.resolve_model(model_name)                      # a one-line error before anything is created
     out = llm.default_out(model_name, data) if out is None else out
     check_results_dir(out)
-    if data_file is not None:
-        data.load()                                    # bad columns or rows: one line, before the model
 
     t0 = time.perf_counter()
     job = llm.run(model_name, data, out, revision=revision, n_demos=n_demos, mode=mode, seed=seed,
@@ -1475,10 +1461,8 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
               "n_report": n_report, "split_seed": split_seed, "probe_layers": probe_layers,
               "max_text_tokens": max_text_tokens, "dtype": dtype, "device": device, "device_map": device_map,
               "batch_size": batch_size, "out": str(out)}
-    meta = provenance(config, seed)
-    meta["versions"]["matplotlib"] = _matplotlib_version()
-    for pkg in ("torch", "transformers", "datasets", "tokenizers", "accelerate"):
-        meta["versions"].setdefault(pkg, _package_version(pkg))
+    meta = provenance(config, seed, extra_packages=("matplotlib", "torch", "transformers", "datasets", "tokenizers",
+                                                    "accelerate"))
     title = (f"{model_meta.get('id', model_name)} on {data.task or Path(data.path).name}: "
              f"{s['n_examples']} examples x {s['n_demos']} demonstrations ({mode}, seed {seed})")
     meta.update(title=title, model=model_meta, data=meta_out.get("data"), dataset=meta_out.get("dataset"),
@@ -1488,22 +1472,14 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
                 columns={"heads": list(HEAD_COLUMNS), "best": list(BEST_COLUMNS), "profile": list(PROFILE_COLUMNS),
                          "probes": list(PROBE_COLUMNS)},
                 elapsed_s=round(elapsed, 3))
-    files = [MEASURE_FILES[t] for t in LLM_TABLES] + ["llm.json"]
-    tmp = Path(tempfile.mkdtemp(prefix=".llm.", suffix=".tmp", dir=out))
-    try:
-        for t, cols in zip(LLM_TABLES, (HEAD_COLUMNS, BEST_COLUMNS, PROFILE_COLUMNS, PROBE_COLUMNS)):
-            write_csv(tmp / MEASURE_FILES[t], getattr(res, t), cols)
-        write_json(tmp / "llm.json", meta)
-        figs = draw_measurements({"heads": res.heads, "best": res.best, "profile": res.profile,
-                                  "probes": res.probes}, tmp, title)
-        files += [p.name for p in figs]
-        for name in files:
-            public_mode(tmp / name)
-            os.replace(tmp / name, out / name)
-        for stale in set(MEASURE_FIGURES) - set(files):       # e.g. probes.png of an earlier run with probes
-            (out / stale).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    writers = {MEASURE_FILES[t]: (lambda p, t=t, cols=cols: write_csv(p, getattr(res, t), cols))
+               for t, cols in zip(LLM_TABLES, (HEAD_COLUMNS, BEST_COLUMNS, PROFILE_COLUMNS, PROBE_COLUMNS))}
+    writers["llm.json"] = lambda p: write_json(p, meta)
+    writers[MEASURE_FIGURES[0]] = lambda p: plot_attention_profile(res.profile, p, title)
+    writers[MEASURE_FIGURES[1]] = lambda p: plot_head_scores(res.heads, res.best, p, title=title)
+    if res.probes:
+        writers[MEASURE_FIGURES[2]] = lambda p: plot_probes(res.probes, p, title)
+    written = publish(out, writers, remove=MEASURE_FIGURES)
 
     ds = meta_out.get("dataset", {})
     pool = ds.get("pool")
@@ -1533,18 +1509,8 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
             probed = ", ".join(map(str, meta_out.get("probe_layers", [])))
             click.echo(f"{vec} probe -> {b['target']}: best {b['accuracy']:.3f} held out (layer {b['layer']} head "
                        f"{b['head']} offset {b['offset']:+d}; layers {probed})")
-    click.echo(f"wrote {', '.join(str(out / f) for f in files)} ({elapsed:.1f} s)")
+    click.echo(f"wrote {', '.join(map(str, written))} ({elapsed:.1f} s)")
     return 0
-
-
-def _package_version(name):
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,9 +16,11 @@ measurement code validated on the simulator (``measure``) and the prompts of ``t
 
 Steps 1-3 are the model's work and are cached (:func:`save_outputs`) in the run folder as
 ``outputs-<hash>.npz``, the hash over everything that changes them (:func:`cache_key`), so
-re-analysing with another weight, split or split seed never reruns the model.  The analysis
-always reads the cached arrays (attention stored in float16), so a first run and a cached
-rerun give identical tables.
+re-analysing with another weight, split or split seed never reruns the model.  The cache
+stores the attention, keys and values in float16, and :func:`execute` rounds them to float16
+before anything is analysed, so a first run and a cached rerun analyse the same numbers and
+give identical tables.  :func:`run` builds every prompt from the tokenizer and the model's
+config before it loads the weights, so a bad prompt or option fails in seconds.
 
 Defaults and why:
 
@@ -29,18 +31,24 @@ Defaults and why:
   not measured on a GPU here), and prompts are sorted by length, so a batch carries little
   padding.
 - probe layers ``"auto"``: every layer when the keys and values of all of them (float32,
-  B x n x 5 offsets x Hkv x d per layer) fit in ``PROBE_BUDGET`` bytes, which holds for small
-  models; otherwise as many evenly spaced interior layers as fit (GPT-J-6B, 872-1000 SST-2
-  examples x 8 demonstrations: 1.1-1.2 GiB a layer, so layers 7, 14 and 20).  ``--probe-layers 16..21``
-  probes the paper's good layers; ``none`` skips the probes.
+  B x n x 5 offsets x Hkv x d x 2 arrays per layer, :func:`probe_layer_bytes`) fit in
+  ``PROBE_BUDGET`` bytes, which holds for small models; otherwise as many evenly spaced interior
+  layers as fit (GPT-J-6B, 872-1000 SST-2 examples x 8 demonstrations: 1.1-1.2 GiB a layer,
+  so layers 7, 14 and 20).  The process peaks at about 1.5x the arrays: one array is copied
+  while the examples are put back in order, :func:`save_outputs` holds float16 copies of both,
+  and ``measure.probe_accuracy`` copies the selection and report rows of one array.
+  ``--probe-layers 16..21`` probes the paper's good layers; ``none`` skips the probes.
 
-torch and transformers are imported inside the functions that need them.
+torch and transformers are imported inside the functions that need them; without
+transformers they raise a one-line ValueError naming the extra to install.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,14 +73,15 @@ MODEL_ALIASES = {
 }
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_N_EXAMPLES = 1000
-PROBE_OFFSETS = measure.PROBE_OFFSETS
 #: bytes of float32 keys + values held in memory for the probes under ``probe_layers="auto"``
+#: (the process peaks at about 1.5x this; see the module docstring)
 PROBE_BUDGET = 4 << 30
 #: bump when the prompt building or the cached arrays change meaning
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_INSTALL = "pip install 'simkernel[llm]'"
 
 #: the paper's Table 2 (GPT-J-6B; best head chosen on 700 examples, reported on 300)
 PAPER_TABLE2 = {
@@ -117,19 +126,57 @@ def _download_hint(repo: str, revision: str | None) -> str:
             f"pass --model the folder from `hf download {repo}{rev} --local-dir DIR`")
 
 
+#: huggingface_hub errors that mean "not downloaded / not reachable / no such repo or file"
+_MISSING_ERRORS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "EntryNotFoundError",
+                   "RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError")
+_MISSING_WORDS = ("couldn't connect", "could not connect", "offline", "outgoing traffic has been disabled",
+                  "cannot find the requested files", "not a valid model identifier",
+                  "does not appear to have a file named", "repository not found", "connection", "timed out")
+
+
+def _is_missing(err: Exception) -> bool:
+    """True when ``err`` (or an error it was raised from) says the files are not downloaded or
+    cannot be reached: huggingface_hub's not-found and offline errors, a connection error, or
+    transformers' wording of them."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        names = {c.__name__ for c in type(err).__mro__}
+        if names & set(_MISSING_ERRORS) or any("Connect" in n or "Timeout" in n for n in names):
+            return True
+        if any(w in str(err).lower() for w in _MISSING_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _unavailable(where: dict, revision, err: Exception) -> ValueError:
+    """The one-line error for a model that cannot be loaded: the download hint when the files
+    are missing or unreachable, else the error's first line."""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     if where["local"]:
         return ValueError(f"cannot load the model in folder {where['id']!r}: {first}")
-    return ValueError(f"model {where['id']!r}{f' (revision {revision})' if revision else ''} is not available "
-                      f"offline ({type(err).__name__}); {_download_hint(where['id'], revision)}")
+    rev = f" (revision {revision})" if revision else ""
+    if not _is_missing(err):
+        return ValueError(f"cannot load model {where['id']!r}{rev}: {type(err).__name__}: {first}")
+    return ValueError(f"model {where['id']!r}{rev} is not available offline ({type(err).__name__}); "
+                      f"{_download_hint(where['id'], revision)}")
+
+
+def _require(module: str):
+    """Import ``module`` (transformers or huggingface_hub); a one-line ValueError when missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"simkernel llm needs the {module.split('.')[0]} package: {_INSTALL}") from None
 
 
 def hub_commit(repo: str, revision: str | None = None) -> str | None:
     """The commit the local hub cache holds for ``repo`` at ``revision`` (a branch, tag or
     commit; default main), or None when it holds none.  Reads the cache only."""
-    from huggingface_hub.constants import HF_HUB_CACHE
-
+    HF_HUB_CACHE = _require("huggingface_hub.constants").HF_HUB_CACHE
     rev = revision or "main"
     folder = Path(HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
     if len(rev) == 40 and (folder / "snapshots" / rev).is_dir():
@@ -171,9 +218,24 @@ def resolve_device(device: str = "auto") -> str:
     return str(dev)
 
 
+def planned_dtype(dtype: str = "auto", device: str = "auto", device_map: str | None = None) -> str:
+    """The dtype the weights will be loaded in, without checking that the device exists (a
+    cache hit needs no device): ``auto`` is bfloat16 when ``device_map`` is given, when
+    ``device`` is ``cuda[:N]``, or when it is ``auto`` and a GPU is visible; float32 otherwise.
+    This resolved dtype, not ``auto``, enters :func:`cache_key`."""
+    dev = str(device).strip().lower()
+    if device_map is not None:
+        dev = "cuda"
+    elif dev == "auto" and DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower()) == "auto":
+        import torch
+
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_dtype(dtype, dev)
+
+
 def resolve_dtype(dtype: str, device: str) -> str:
     """``auto`` -> bfloat16 on CUDA, float32 elsewhere; bf16/fp16/fp32 are accepted aliases."""
-    dtype = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    dtype = DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)} (or bf16, fp16, fp32)")
     if dtype == "auto":
@@ -183,8 +245,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 def load_tokenizer(name: str, revision: str | None = None):
     """The model's tokenizer with left padding and a pad token (EOS when it has none)."""
-    from transformers import AutoTokenizer
-
+    AutoTokenizer = _require("transformers").AutoTokenizer
     where = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(where["id"], revision=revision)
@@ -196,8 +257,18 @@ def load_tokenizer(name: str, revision: str | None = None):
     return tok
 
 
+def load_config(name: str, revision: str | None = None):
+    """The model's ``AutoConfig`` (layers, heads, context) without its weights."""
+    AutoConfig = _require("transformers").AutoConfig
+    where = resolve_model(name)
+    try:
+        return AutoConfig.from_pretrained(where["id"], revision=revision)
+    except (OSError, ValueError) as e:
+        raise _unavailable(where, revision, e) from None
+
+
 def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
-               device_map: str | None = None):
+               device_map: str | None = None, *, tokenizer=None, config=None):
     """(model, tokenizer) from an alias, hub id or local folder, in eval mode.
 
     The model keeps transformers' default attention (sdpa); ``measure.capture`` switches to
@@ -205,19 +276,18 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     CPU.  ``device_map`` (e.g. ``"auto"``) spreads the layers over every visible GPU through
     accelerate instead of moving the model to ``device``.  Weights that are neither in a
     folder nor in the local hub cache (and cannot be downloaded) give a one-line ValueError
-    with the command that downloads them."""
+    with the command that downloads them.  ``tokenizer`` and ``config``, when the caller has
+    loaded them already (:func:`load_tokenizer`, :func:`load_config`), are not loaded again."""
+    AutoModelForCausalLM = _require("transformers").AutoModelForCausalLM
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     where = resolve_model(name)
-    try:
-        AutoConfig.from_pretrained(where["id"], revision=revision)        # fails fast, before the weights
-    except (OSError, ValueError) as e:
-        raise _unavailable(where, revision, e) from None
-    tok = load_tokenizer(name, revision)
+    if config is None:
+        config = load_config(name, revision)                  # fails fast, before the weights
+    tok = tokenizer if tokenizer is not None else load_tokenizer(name, revision)
     dev = resolve_device("cuda" if device_map is not None and device == "auto" else device)
     dt = resolve_dtype(dtype, dev)
-    kw = {"revision": revision, "dtype": getattr(torch, dt)}
+    kw = {"revision": revision, "dtype": getattr(torch, dt), "config": config}
     if device_map is not None:
         from importlib.util import find_spec
 
@@ -292,20 +362,22 @@ def build_batch(tokenizer, dataset, test_ids, n_demos: int, mode: str = "random"
     """(batch, demo_ids): the prompts of ``test_ids`` (B,) as a left-padded
     :class:`measure.PromptBatch` and each prompt's demonstration indices into the pool (B, n).
 
-    ``test_ids`` may repeat an index (the benchmark cycles a small file); a repeat gets the
-    same demonstrations."""
-    labels = textdata.label_tokens(tokenizer, dataset.label_words)
-    demo_ids = textdata.sample_demos(dataset, test_ids, n_demos, mode, seed, pool=pool)
-    examples = [textdata.build_example(tokenizer, dataset, int(t), d, pool=pool, max_text_tokens=max_text_tokens,
-                                       max_length=max_length) for t, d in zip(test_ids, demo_ids)]
-    return measure.collate(examples, labels, _pad_id(tokenizer)), demo_ids
+    ``test_ids`` may repeat an index; a repeat gets the same demonstrations.  The prompts are
+    ``textdata.build_prompts``'s, which checks the arguments and the label words."""
+    examples, demo_ids = textdata.build_prompts(tokenizer, dataset, test_ids, n_demos, mode, seed, pool=pool,
+                                                max_text_tokens=max_text_tokens, max_length=max_length,
+                                                return_demos=True)
+    return measure.collate(examples, textdata.label_tokens(tokenizer, dataset), _pad_id(tokenizer)), demo_ids
+
+
+def _standalone_examples(tokenizer, dataset, ids, max_text_tokens):
+    return [textdata.build_example(tokenizer, dataset, int(i), [], max_text_tokens=max_text_tokens) for i in ids]
 
 
 def standalone_batch(tokenizer, dataset, ids, *, max_text_tokens: int | None = None) -> measure.PromptBatch:
     """The zero-demonstration prompts ("Input: <text> Output:") of ``dataset``'s rows ``ids``."""
-    labels = textdata.label_tokens(tokenizer, dataset.label_words)
-    examples = [textdata.build_example(tokenizer, dataset, int(i), [], max_text_tokens=max_text_tokens) for i in ids]
-    return measure.collate(examples, labels, _pad_id(tokenizer))
+    return measure.collate(_standalone_examples(tokenizer, dataset, ids, max_text_tokens),
+                           textdata.label_tokens(tokenizer, dataset), _pad_id(tokenizer))
 
 
 def _pad_id(tokenizer) -> int:
@@ -322,14 +394,14 @@ class Outputs:
 
     batch        the prompts (B examples, n demonstrations, C classes, T padded length)
     capture      attn (B, L, H, T), label_logp (B, C), keys / values (B, n, O, Lp, Hkv, d) for
-                 the Lp probed layers (or None), offsets (O,)
+                 the Lp probed layers ``capture.layers`` (or None), offsets (O,); attention,
+                 keys and values float32 holding float16-rounded values (the cache's precision)
     test_ids     (B,) row of each test example in the evaluated dataset
     demo_ids     (B, n) pool row of each demonstration
     test_logp    (B, C) log P(label | test input alone)
     pool_ids     (P,) sorted distinct pool rows run alone
     pool_logp    (P, C) log P(label | pool text alone)
-    probe_layers (Lp,) the model layers keys / values were kept for
-    meta         JSON-able description (model, data, prompts, timings)
+    meta         JSON-able description (model, data, prompts, device, dtype, batch size, timings)
     """
 
     batch: measure.PromptBatch
@@ -339,8 +411,14 @@ class Outputs:
     test_logp: np.ndarray
     pool_ids: np.ndarray
     pool_logp: np.ndarray
-    probe_layers: np.ndarray
     meta: dict = field(default_factory=dict)
+
+    @property
+    def probe_layers(self) -> np.ndarray:
+        """(Lp,) the model layers keys / values were kept for (empty without probes)."""
+        if self.capture.keys is None or self.capture.layers is None:
+            return np.empty(0, dtype=np.int64)
+        return np.asarray(self.capture.layers, dtype=np.int64)
 
     @property
     def p_test(self) -> np.ndarray:
@@ -351,6 +429,16 @@ class Outputs:
     def p_demos(self) -> np.ndarray:
         """(B, n, C) P(o | x_i) over the labels, each demonstration run alone."""
         return measure.label_distribution(self.pool_logp)[np.searchsorted(self.pool_ids, self.demo_ids)]
+
+
+def probe_layer_bytes(config, n_examples: int, n_demos: int, n_offsets: int = len(measure.PROBE_OFFSETS)) -> int:
+    """Bytes of the float32 keys and values one probed layer holds for ``n_examples`` prompts
+    of ``n_demos`` demonstrations: B x n x O x Hkv x d x 4 bytes x 2 arrays (``config``: the
+    model's, for the kv heads Hkv and the head size d)."""
+    H = int(config.num_attention_heads)
+    hkv = int(getattr(config, "num_key_value_heads", None) or H)
+    d = int(getattr(config, "head_dim", None) or config.hidden_size // H)
+    return int(n_examples) * int(n_demos) * int(n_offsets) * hkv * d * 4 * 2
 
 
 def probe_layer_list(spec, n_layers: int, per_layer_bytes: int) -> list[int]:
@@ -397,67 +485,144 @@ def standalone_logp(model, batch: measure.PromptBatch, batch_size: int, progress
     return out[inv]
 
 
-def compute(model, tokenizer, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS, mode: str = "random",
-            seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, batch_size: int = DEFAULT_BATCH_SIZE, *, pool=None,
-            test_ids=None, probe_layers="auto", offsets=PROBE_OFFSETS, max_text_tokens: int | None = None,
-            bar=None) -> Outputs:
-    """Steps 1-3 of the module docstring: build the prompts of ``n_examples`` test examples
-    (``test_ids`` overrides the choice), run every distinct text alone, capture.
+@dataclass
+class Prepared:
+    """The model-free half of :func:`compute` (:func:`prepare`): everything tokenized.
 
-    ``bar(desc, total)``: optional factory of progress bars (context managers with
-    ``update(n)``).  The captured attention is rounded to float16, the precision of the cache."""
-    import time
+    batch       the prompts (B examples)
+    test_ids    (B,) row of each test example;  demo_ids (B, n) pool row of each demonstration
+    pool_ids    (P,) sorted distinct pool rows run alone
+    test_unique (U,) sorted distinct test rows run alone, or None when the pool is the dataset
+                (then the test texts are among ``pool_ids``)
+    alone       the P (+ U) zero-demonstration prompts, pool rows first
+    layers      the probed layers;  offsets (O,) the probed positions around each label
+    meta        JSON-able description of the prompts
+    """
 
+    batch: measure.PromptBatch
+    test_ids: np.ndarray
+    demo_ids: np.ndarray
+    pool_ids: np.ndarray
+    test_unique: np.ndarray | None
+    alone: measure.PromptBatch
+    layers: list
+    offsets: np.ndarray
+    meta: dict
+
+
+def prepare(tokenizer, config, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS, mode: str = "random",
+            seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, *, pool=None, test_ids=None, probe_layers="auto",
+            offsets=measure.PROBE_OFFSETS, max_text_tokens: int | None = None) -> Prepared:
+    """Step 1 and the prompts of step 2 of the module docstring, from the tokenizer and the
+    model's ``config`` alone: the prompts of ``n_examples`` test examples (``test_ids``
+    overrides the choice), the zero-demonstration prompts and the probed layers.  Every
+    prompt error (too few rows, label words sharing a first token, a prompt longer than the
+    context, an unknown layer) is raised here, before any weights are needed."""
     t0 = time.perf_counter()
     if test_ids is None:
         test_ids = choose_examples(len(dataset), n_examples, seed)
     test_ids = np.asarray(test_ids, dtype=np.int64)
-    ctx = context_length(model.config)
     batch, demo_ids = build_batch(tokenizer, dataset, test_ids, n_demos, mode, seed, pool=pool,
-                                  max_text_tokens=max_text_tokens, max_length=ctx)
+                                  max_text_tokens=max_text_tokens, max_length=context_length(config))
+    p = prepare_batch(tokenizer, config, dataset, batch, test_ids, demo_ids, pool=pool, probe_layers=probe_layers,
+                      offsets=offsets, max_text_tokens=max_text_tokens)
+    p.meta.update(mode=mode, seed=int(seed), seconds={"prompts": round(time.perf_counter() - t0, 3)})
+    return p
+
+
+def prepare_batch(tokenizer, config, dataset, batch: measure.PromptBatch, test_ids, demo_ids, *, pool=None,
+                  probe_layers="auto", offsets=measure.PROBE_OFFSETS,
+                  max_text_tokens: int | None = None) -> Prepared:
+    """:func:`prepare` for prompts already built (``batch`` with its ``test_ids`` (B,) and
+    ``demo_ids`` (B, n)): the texts to run alone and the probed layers."""
+    test_ids = np.asarray(test_ids, dtype=np.int64)
+    demo_ids = np.asarray(demo_ids, dtype=np.int64).reshape(len(test_ids), -1)
     same = pool is None or pool is dataset
     src = dataset if same else pool
-    pool_ids = np.unique(np.concatenate([demo_ids.reshape(-1), test_ids]) if same else demo_ids.reshape(-1))
-    bar = bar or _no_bar
-    t1 = time.perf_counter()
-    with bar("texts alone", pool_ids.size + (0 if same else test_ids.size)) as b:
-        pool_logp = standalone_logp(model, standalone_batch(tokenizer, src, pool_ids, max_text_tokens=max_text_tokens),
-                                    batch_size, b.update)
-        if same:
-            test_logp = pool_logp[np.searchsorted(pool_ids, test_ids)]
-        else:
-            test_logp = standalone_logp(model, standalone_batch(tokenizer, dataset, np.unique(test_ids),
-                                                                max_text_tokens=max_text_tokens), batch_size, b.update)
-            test_logp = test_logp[np.searchsorted(np.unique(test_ids), test_ids)]
-    t2 = time.perf_counter()
-    cfg = model.config
-    n_layers = int(cfg.num_hidden_layers)
-    H = int(cfg.num_attention_heads)
-    hkv = int(getattr(cfg, "num_key_value_heads", None) or H)
-    d = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // H)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    per_layer = len(test_ids) * n_demos * offsets.size * hkv * d * 4 * 2
-    layers = probe_layer_list(probe_layers, n_layers, per_layer) if n_demos > 0 else []
-    with bar("capture", len(test_ids)) as b:
-        cap, inv = _reordered(lambda bb: measure.capture(model, bb, offsets=offsets if layers else None,
-                                                         batch_size=batch_size, layers=layers or None,
-                                                         progress=b.update), batch)
-    t3 = time.perf_counter()
-    cap = measure.Capture(cap.attn[inv].astype(np.float16).astype(np.float32), cap.label_logp[inv],
-                          None if cap.keys is None else cap.keys[inv], None if cap.values is None else cap.values[inv],
-                          cap.offsets if layers else None)
+    if same:
+        pool_ids, test_unique = np.unique(np.concatenate([demo_ids.reshape(-1), test_ids])), None
+    else:
+        pool_ids, test_unique = np.unique(demo_ids.reshape(-1)), np.unique(test_ids)
+    examples = _standalone_examples(tokenizer, src, pool_ids, max_text_tokens)
+    if test_unique is not None:
+        examples += _standalone_examples(tokenizer, dataset, test_unique, max_text_tokens)
+    alone = measure.collate(examples, batch.label_tokens, _pad_id(tokenizer))
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+    n_demos = demo_ids.shape[1]
+    layers = probe_layer_list(probe_layers, int(config.num_hidden_layers),
+                              probe_layer_bytes(config, len(test_ids), n_demos, offsets.size))
     lengths = batch.attention_mask.sum(1)
-    meta = {"n_examples": int(len(test_ids)), "n_demos": int(n_demos), "mode": mode, "seed": int(seed),
-            "context": ctx, "prompt_tokens": {"mean": float(lengths.mean()), "max": int(lengths.max()),
-                                              "min": int(lengths.min())},
-            "standalone_texts": int(pool_ids.size), "probe_layers": layers, "offsets": offsets.tolist(),
+    meta = {"n_examples": int(len(test_ids)), "n_demos": int(n_demos), "context": context_length(config),
+            "prompt_tokens": {"mean": float(lengths.mean()), "max": int(lengths.max()), "min": int(lengths.min())},
+            "standalone_texts": int(len(alone)), "probe_layers": layers, "offsets": offsets.tolist(),
             "label_words": list(dataset.label_words), "label_tokens": batch.label_tokens.tolist(),
             "label_pieces": [tokenizer.decode([int(t)]) for t in batch.label_tokens],
             "dataset": {"name": dataset.name, "source": dataset.source, "rows": len(dataset),
-                        "pool": None if same else {"name": pool.name, "source": pool.source, "rows": len(pool)}},
-            "seconds": {"prompts": round(t1 - t0, 3), "standalone": round(t2 - t1, 3), "capture": round(t3 - t2, 3)}}
-    return Outputs(batch, cap, test_ids, demo_ids, test_logp, pool_ids, pool_logp,
-                   np.asarray(layers, dtype=np.int64), meta)
+                        "pool": None if same else {"name": pool.name, "source": pool.source, "rows": len(pool)}}}
+    return Prepared(batch, test_ids, demo_ids, pool_ids, test_unique, alone, layers, offsets, meta)
+
+
+def _in_order_half(a: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """``a[inv]`` with every value rounded to float16 (the cache's precision), kept float32;
+    rounded in chunks of rows, so the reorder's copy is the only full copy."""
+    out = a[inv]
+    step = max(1, (64 << 20) // max(out[:1].nbytes, 1))
+    for i in range(0, len(out), step):
+        out[i:i + step] = out[i:i + step].astype(np.float16)
+    return out
+
+
+def _devices(model) -> str:
+    """Where the weights are: ``cpu``, ``cuda:0``, or a comma list when they are spread."""
+    return ",".join(sorted({str(p.device) for p in model.parameters()})) or "cpu"
+
+
+def execute(model, prepared: Prepared, batch_size: int = DEFAULT_BATCH_SIZE, *, bar=None) -> Outputs:
+    """Steps 2-3 of the module docstring on ``model``: run every text of ``prepared.alone``
+    once, then capture the prompts.  The captured attention, keys and values are rounded to
+    float16, the precision of the cache.  ``meta`` records the device, dtype and batch size.
+
+    ``bar(desc, total)``: optional factory of progress bars (context managers with
+    ``update(n)``)."""
+    p = prepared
+    bar = bar or _no_bar
+    t1 = time.perf_counter()
+    with bar("texts alone", len(p.alone)) as b:
+        logp = standalone_logp(model, p.alone, batch_size, b.update)
+    n_pool = p.pool_ids.size
+    pool_logp = logp[:n_pool]
+    if p.test_unique is None:
+        test_logp = pool_logp[np.searchsorted(p.pool_ids, p.test_ids)]
+    else:
+        test_logp = logp[n_pool:][np.searchsorted(p.test_unique, p.test_ids)]
+    t2 = time.perf_counter()
+    layers = p.layers
+    with bar("capture", len(p.test_ids)) as b:
+        cap, inv = _reordered(lambda bb: measure.capture(model, bb, offsets=p.offsets if layers else None,
+                                                         batch_size=batch_size, layers=layers or None,
+                                                         progress=b.update), p.batch)
+    t3 = time.perf_counter()
+    # one array at a time, dropping each sorted original once it is reordered (memory)
+    attn, cap.attn = _in_order_half(cap.attn, inv), None
+    keys, cap.keys = (None if cap.keys is None else _in_order_half(cap.keys, inv)), None
+    values, cap.values = (None if cap.values is None else _in_order_half(cap.values, inv)), None
+    cap = measure.Capture(attn, cap.label_logp[inv], keys, values, cap.offsets, cap.layers)
+    param = next(model.parameters())
+    meta = dict(p.meta, device=_devices(model), dtype=str(param.dtype).removeprefix("torch."),
+                batch_size=int(batch_size))
+    meta["seconds"] = dict(p.meta.get("seconds", {}), standalone=round(t2 - t1, 3), capture=round(t3 - t2, 3))
+    return Outputs(p.batch, cap, p.test_ids, p.demo_ids, test_logp, p.pool_ids, pool_logp, meta)
+
+
+def compute(model, tokenizer, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS, mode: str = "random",
+            seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, batch_size: int = DEFAULT_BATCH_SIZE, *, pool=None,
+            test_ids=None, probe_layers="auto", offsets=measure.PROBE_OFFSETS, max_text_tokens: int | None = None,
+            bar=None) -> Outputs:
+    """Steps 1-3 of the module docstring: :func:`prepare` with ``model.config``, then
+    :func:`execute`."""
+    prepared = prepare(tokenizer, model.config, dataset, n_demos, mode, seed, n_examples, pool=pool,
+                       test_ids=test_ids, probe_layers=probe_layers, offsets=offsets, max_text_tokens=max_text_tokens)
+    return execute(model, prepared, batch_size, bar=bar)
 
 
 class _NoBar:
@@ -477,11 +642,14 @@ def _no_bar(desc, total):
 
 # ---------------------------------------------------------------------- the cache
 def cache_key(model: dict, data: dict, *, n_demos: int, mode: str, seed: int, n_examples: int, dtype: str,
-              probe_layers, offsets=PROBE_OFFSETS, max_text_tokens: int | None = None) -> str:
+              probe_layers, offsets=measure.PROBE_OFFSETS, max_text_tokens: int | None = None) -> str:
     """16 hex digits of the SHA-256 of everything that changes the model's outputs: the model
     identity (:func:`model_identity`), the data identity (``DataSpec.identity``), the prompt
-    settings, the dtype and the probed layers.  Not the device or the batch size (the
-    attention is the same batched or alone), nor anything the analysis alone uses."""
+    settings, the dtype and the probed layers.  ``dtype`` is the resolved one
+    (:func:`planned_dtype`): ``auto`` keys as bfloat16 on a GPU and as float32 on CPU, so an
+    auto run shares its cache with an explicit ``bfloat16`` / ``float32`` run on the same kind
+    of device, and a CPU run never reuses a GPU run's outputs.  Not the device or the batch
+    size (the attention is the same batched or alone), nor anything the analysis alone uses."""
     key = {"version": CACHE_VERSION, "model": model, "data": data, "n_demos": int(n_demos), "mode": mode,
            "seed": int(seed), "n_examples": int(n_examples), "dtype": dtype,
            "probe_layers": probe_layers if isinstance(probe_layers, str) else sorted(int(x) for x in probe_layers),
@@ -498,8 +666,8 @@ _BATCH_FIELDS = ("input_ids", "attention_mask", "spans", "label_pos", "demo_labe
 
 def save_outputs(path, outputs: Outputs) -> Path:
     """Write ``outputs`` as one uncompressed ``.npz`` (atomically): attention, keys and values
-    in float16 (half the bytes; the attention is rounded to float16 before any analysis), the
-    rest exact, ``meta`` as a JSON string."""
+    in float16 (half the bytes; :func:`execute` rounds them to float16 before any analysis, so
+    nothing is lost), the rest exact, ``meta`` as a JSON string."""
     from .store import public_mode
     from .world import atomic_write
 
@@ -507,10 +675,10 @@ def save_outputs(path, outputs: Outputs) -> Path:
     arrays = {f"batch_{k}": getattr(outputs.batch, k) for k in _BATCH_FIELDS}
     arrays.update(attn=cap.attn.astype(np.float16), label_logp=cap.label_logp, test_ids=outputs.test_ids,
                   demo_ids=outputs.demo_ids, test_logp=outputs.test_logp, pool_ids=outputs.pool_ids,
-                  pool_logp=outputs.pool_logp, probe_layers=outputs.probe_layers,
-                  meta=np.array(json.dumps(outputs.meta, default=str)))
+                  pool_logp=outputs.pool_logp, meta=np.array(json.dumps(outputs.meta, default=str)))
     if cap.keys is not None:
-        arrays.update(keys=cap.keys.astype(np.float16), values=cap.values.astype(np.float16), offsets=cap.offsets)
+        arrays.update(keys=cap.keys.astype(np.float16), values=cap.values.astype(np.float16), offsets=cap.offsets,
+                      layers=outputs.probe_layers)
     path = Path(path)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     public_mode(path)
@@ -526,10 +694,11 @@ def load_outputs(path) -> Outputs:
         batch = measure.PromptBatch(*(a[f"batch_{k}"] for k in _BATCH_FIELDS))
         keys = a["keys"].astype(np.float32) if "keys" in a else None
         values = a["values"].astype(np.float32) if "values" in a else None
-        cap = measure.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"))
+        cap = measure.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"),
+                              a.get("layers"))
         return Outputs(batch, cap, a["test_ids"], a["demo_ids"], a["test_logp"], a["pool_ids"], a["pool_logp"],
-                       a["probe_layers"], json.loads(str(a["meta"])))
-    except (OSError, ValueError, KeyError, EOFError) as e:
+                       json.loads(str(a["meta"])))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cached model outputs {str(path)!r} cannot be read ({type(e).__name__}); delete the "
                          f"file to recompute them") from None
 
@@ -541,12 +710,8 @@ def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: i
     ridge probes on the probed layers: keys -> the demonstration's standalone prediction
     argmax P(o | x_i), values -> y_i; trained on the selection split, scored on the report
     split (the same split as the head choice)."""
-    cap, batch = outputs.capture, outputs.batch
     sim = measure.prediction_similarity(outputs.p_test, outputs.p_demos)
-    if cap.keys is not None:
-        cap = measure.Capture(cap.attn, cap.label_logp, cap.keys, cap.values, cap.offsets,
-                              np.asarray(outputs.probe_layers, dtype=np.int64))
-    return measure.analyse(cap, batch, kernels={"similarity": sim}, how=how, n_select=n_select,
+    return measure.analyse(outputs.capture, outputs.batch, kernels={"similarity": sim}, how=how, n_select=n_select,
                            n_report=n_report, seed=split_seed, probe_lambda=probe_lambda,
                            probe_targets={"keys": ("standalone", outputs.p_demos.argmax(-1))})
 
@@ -555,7 +720,9 @@ def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: i
 @dataclass
 class Job:
     """What ``simkernel llm`` runs: the model's outputs (from the cache or computed) and the
-    analysis.  ``info`` says which: ``cache_hit``, ``model_loaded``, the cache file."""
+    analysis.  ``info`` says which (``cache_hit``, ``model_loaded``, the cache file) and how the
+    outputs were computed (``device``, ``dtype``, ``batch_size``: the computing run's, also on a
+    cache hit)."""
 
     outputs: Outputs
     analysis: measure.Analysis
@@ -569,27 +736,30 @@ def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None
         max_text_tokens: int | None = None, dtype: str = "auto", device: str = "auto",
         device_map: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, bar=None, on_load=None) -> Job:
     """The whole protocol for one configuration, reusing ``out_dir/outputs-<hash>.npz`` when it
-    exists: the model is loaded (``on_load(desc)`` is called first) only when the outputs for
-    this (model, revision, data, n_demos, mode, seed, n_examples, dtype, probe layers) are not
-    cached.  The cache is written before the analysis, so a failed analysis keeps it."""
+    exists: nothing of the model is loaded when the outputs for this (model, revision, data,
+    n_demos, mode, seed, n_examples, dtype, probe layers, max_text_tokens) are cached, and the
+    device is then not checked.  Otherwise the data, the tokenizer and the model's config are
+    loaded and every prompt is built (:func:`prepare`) before the weights (``on_load(desc)``
+    is called first).  The cache is written before the analysis, so a failed analysis keeps it."""
     where = resolve_model(model_name)
-    dev = resolve_device("cuda" if device_map is not None and device == "auto" else device)
-    dt = resolve_dtype(dtype, dev)
-    key = cache_key(model_identity(where, revision), data.identity(), n_demos=n_demos, mode=mode, seed=seed,
+    data_id = data.identity()
+    dt = planned_dtype(dtype, device, device_map)
+    key = cache_key(model_identity(where, revision), data_id, n_demos=n_demos, mode=mode, seed=seed,
                     n_examples=n_examples, dtype=dt, probe_layers=probe_layers, max_text_tokens=max_text_tokens)
     path = cache_path(out_dir, key)
-    info = {"cache_file": str(path), "cache_key": key, "cache_hit": path.is_file(), "model_loaded": False,
-            "device": dev if device_map is None else f"device_map={device_map}", "dtype": dt}
-    if info["cache_hit"]:
+    hit = path.is_file()
+    if hit:
         outputs = load_outputs(path)
     else:
         dataset, pool = data.load()
+        config = load_config(model_name, revision)
+        tok = load_tokenizer(model_name, revision)
+        prepared = prepare(tok, config, dataset, n_demos, mode, seed, n_examples, pool=pool,
+                           probe_layers=probe_layers, max_text_tokens=max_text_tokens)
         if on_load is not None:
             on_load(f"loading {where['id']}")
-        model, tok = load_model(model_name, revision, dt, dev, device_map)
-        info["model_loaded"] = True
-        outputs = compute(model, tok, dataset, n_demos, mode, seed, n_examples, batch_size, pool=pool,
-                          probe_layers=probe_layers, max_text_tokens=max_text_tokens, bar=bar)
+        model, tok = load_model(model_name, revision, dt, device, device_map, tokenizer=tok, config=config)
+        outputs = execute(model, prepared, batch_size, bar=bar)
         cfg = model.config
         outputs.meta["model"] = {"name": model_name, "id": where["id"], "local": where["local"], "revision": revision,
                                  "commit": getattr(cfg, "_commit_hash", None) or
@@ -597,10 +767,13 @@ def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None
                                  "model_type": cfg.model_type, "layers": int(cfg.num_hidden_layers),
                                  "heads": int(cfg.num_attention_heads), "dtype": dt,
                                  "parameters": int(sum(p.numel() for p in model.parameters()))}
-        outputs.meta["data"] = data.identity()
+        outputs.meta["data"] = data_id
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         save_outputs(path, outputs)
         del model
+    meta = outputs.meta
+    info = {"cache_file": str(path), "cache_key": key, "cache_hit": hit, "model_loaded": not hit,
+            "device": meta.get("device"), "dtype": meta.get("dtype"), "batch_size": meta.get("batch_size")}
     analysis = analyse(outputs, how, n_select, n_report, split_seed)
     return Job(outputs, analysis, info)
 

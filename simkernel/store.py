@@ -49,11 +49,12 @@ CHUNK_TOKENS = 1 << 21
 
 
 # ---------------------------------------------------------------------- provenance
-def versions() -> dict:
-    """Versions of python and of the packages results depend on (None if not installed).
-    Read from package metadata, so nothing heavy is imported."""
+def versions(*extra: str) -> dict:
+    """Versions of python, of the packages results depend on (``VERSIONED``) and of the
+    ``extra`` packages a command uses (e.g. torch, matplotlib); None if not installed.  Read
+    from package metadata, so nothing heavy is imported."""
     out = {"python": platform.python_version()}
-    for name in VERSIONED:
+    for name in (*VERSIONED, *extra):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -61,9 +62,10 @@ def versions() -> dict:
     return out
 
 
-def provenance(config: dict, seed) -> dict:
-    """What made a result: ``{"config", "seed", "versions", "created"}`` (created: UTC ISO time)."""
-    return {"config": config, "seed": seed, "versions": versions(),
+def provenance(config: dict, seed, extra_packages=()) -> dict:
+    """What made a result: ``{"config", "seed", "versions", "created"}`` (created: UTC ISO time;
+    versions: :func:`versions` of ``extra_packages`` too)."""
+    return {"config": config, "seed": seed, "versions": versions(*extra_packages),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

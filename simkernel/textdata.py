@@ -670,12 +670,13 @@ def _build(enc: _Encoder, dataset: TextDataset, test_idx: int, demo_idx: np.ndar
 
 def build_prompts(tokenizer, dataset: TextDataset, test_ids, n_demos: int = DEFAULT_N_DEMOS, mode: str = "random",
                   seed: int = 0, *, pool: TextDataset | None = None, max_text_tokens: int | None = None,
-                  max_length: int | None = None) -> list[Example]:
+                  max_length: int | None = None, return_demos: bool = False):
     """One :class:`Example` per test id: :func:`sample_demos` then :func:`build_example`.
 
     Checks the arguments and that the label words' first tokens differ (the scored tokens are
-    ``label_tokens(tokenizer, dataset.label_words)``).  To keep each prompt's demonstration
-    indices too, call :func:`sample_demos` and :func:`build_example` directly.
+    ``label_tokens(tokenizer, dataset.label_words)``).  With ``return_demos`` the result is
+    ``(examples, demo_ids)``, ``demo_ids`` (len(test_ids), n) each prompt's demonstration
+    indices into ``pool`` (``dataset`` when None), as :func:`sample_demos` returns them.
     """
     for what, v in (("max_text_tokens", max_text_tokens), ("max_length", max_length)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
@@ -688,4 +689,5 @@ def build_prompts(tokenizer, dataset: TextDataset, test_ids, n_demos: int = DEFA
     demos = sample_demos(dataset, test_ids, n_demos, mode, seed, pool=pool)
     test_ids = np.asarray(test_ids, dtype=np.int64).reshape(-1)
     pool = dataset if pool is None else pool
-    return [_build(enc, dataset, int(t), d, pool, max_text_tokens, max_length) for t, d in zip(test_ids, demos)]
+    examples = [_build(enc, dataset, int(t), d, pool, max_text_tokens, max_length) for t, d in zip(test_ids, demos)]
+    return (examples, demos) if return_demos else examples

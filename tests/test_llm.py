@@ -22,7 +22,7 @@ pytest.importorskip("tokenizers")
 from cli_helpers import ok, run  # noqa: E402
 
 from simkernel import llm, measure, textdata  # noqa: E402
-from simkernel.cli import LLM_TASKS  # noqa: E402
+from simkernel.cli import publish  # noqa: E402
 
 SAMPLE = textdata.sample_data_path("sst2_sample.tsv")
 TABLES = {"heads.csv": measure.HEAD_COLUMNS, "best.csv": measure.BEST_COLUMNS,
@@ -38,6 +38,12 @@ def header(path):
 def rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def same_tables(a, b):
+    """Two ``measure.Analysis`` have equal tables (NaN equal to NaN)."""
+    for t in ("heads", "best", "profile", "probes"):
+        assert json.dumps(getattr(a, t)) == json.dumps(getattr(b, t)), t
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +86,22 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
     probes = rows(out / "probes.csv")
     assert {(p["vector"], p["target"]) for p in probes} == {("keys", "standalone"), ("values", "label")}
     assert {int(p["offset"]) for p in probes} == set(measure.PROBE_OFFSETS)
+    assert (meta["cache"]["device"], meta["cache"]["dtype"], meta["cache"]["batch_size"]) == ("cpu", "float32", 8)
+    first = {name: (out / name).read_text() for name in TABLES}
 
     # another weight re-analyses the cached outputs: the model is never loaded
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although its outputs are cached")
 
     monkeypatch.setattr(llm, "load_model", no_model)
-    r2 = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out, "--weight", "label"])
+    # no model is needed, so --device cuda is not checked (there may be no GPU), and llm.json
+    # reports the device, dtype and batch size the cached outputs were computed with
+    r2 = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out, "--weight", "label",
+             "--device", "cuda", "--dtype", "float32", "--batch-size", 3])
     meta2 = json.loads((out / "llm.json").read_text())
     assert meta2["cache"]["cache_hit"] is True and meta2["cache"]["model_loaded"] is False
+    assert (meta2["cache"]["device"], meta2["cache"]["dtype"], meta2["cache"]["batch_size"]) == ("cpu", "float32", 8)
+    assert meta2["config"]["device"] == "cuda" and meta2["config"]["batch_size"] == 3
     assert meta2["cache"]["cache_file"] == meta["cache"]["cache_file"]
     assert meta2["model"] == meta["model"] and meta2["summary"]["weight"] == "label"
     assert "read from the cache" in r2.stdout
@@ -97,6 +110,13 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
     ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
     meta3 = json.loads((out / "llm.json").read_text())
     assert meta3["summary"] == meta["summary"] and meta3["best"] == meta["best"]
+    assert {name: (out / name).read_text() for name in TABLES} == first
+
+    # a damaged cache file is one line that says how to recover
+    caches[0].write_bytes(caches[0].read_bytes()[:1000])
+    r4 = run(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
+    assert r4.exit_code == 1
+    one_error_line(r4, caches[0].name, "delete the file")
 
 
 def test_pair_of_label_words_from_a_csv_without_probes(tiny_llm_dir, tmp_path):
@@ -163,9 +183,13 @@ def test_cache_round_trip_and_held_out_selection(tiny, sample, tmp_path):
     path = llm.save_outputs(tmp_path / "o.npz", outputs)
     back = llm.load_outputs(path)
     np.testing.assert_array_equal(back.capture.attn, outputs.capture.attn)       # float16 both times
+    np.testing.assert_array_equal(back.capture.keys, outputs.capture.keys)
+    np.testing.assert_array_equal(back.capture.values, outputs.capture.values)
+    np.testing.assert_array_equal(back.probe_layers, [1])
     np.testing.assert_array_equal(back.batch.label_pos, outputs.batch.label_pos)
     a, b = llm.analyse(outputs, n_select=28, n_report=12), llm.analyse(back, n_select=28, n_report=12)
     assert a.summary == b.summary
+    same_tables(a, b)
     # probes name the model's layer, not its place among the probed layers
     assert {p["layer"] for p in a.probes} == {1}
 
@@ -184,34 +208,124 @@ def test_cache_round_trip_and_held_out_selection(tiny, sample, tmp_path):
         assert (p["n_train"], p["n_test"]) == (28 * 4, 12 * 4)
 
 
-@pytest.mark.parametrize("n", [2, 3, 10, 47, 999, 1000, 1500])
-def test_held_out_split_never_overlaps(n):
-    select, report = measure.split_indices(n, 700, 300, seed=n)
-    assert np.intersect1d(select, report).size == 0
-    assert select.size >= 1 and report.size >= 1 and select.size + report.size == min(n, 1000)
+def test_separate_pool_runs_test_texts_and_pool_texts_alone(tiny, sample):
+    """Demonstrations from another dataset (as a task's train split): the test inputs and the
+    pool texts are run alone from their own datasets, each distinct row once."""
+    model, tok = tiny
+    pool = textdata.load_local(textdata.sample_data_path("sentiment_sample.jsonl"), "text", "label",
+                               ["Negative", "Positive"])
+    ids = np.array([5, 1, 5, 9, 2])                                   # a repeated test row
+    out = llm.compute(model, tok, sample, 3, "random", 4, test_ids=ids, batch_size=4, pool=pool,
+                      probe_layers="none")
+    assert out.meta["dataset"]["pool"]["rows"] == len(pool)
+    assert np.array_equal(out.pool_ids, np.unique(out.demo_ids))
+    assert out.meta["standalone_texts"] == out.pool_ids.size + np.unique(ids).size
+    alone_test = measure.forward_labels(model, llm.standalone_batch(tok, sample, ids), 1)
+    np.testing.assert_allclose(out.test_logp, alone_test, rtol=1e-5, atol=1e-5)
+    alone_demos = measure.forward_labels(model, llm.standalone_batch(tok, pool, out.demo_ids.ravel()), 1)
+    np.testing.assert_allclose(out.p_demos, measure.label_distribution(alone_demos).reshape(out.p_demos.shape),
+                               rtol=1e-5, atol=1e-6)
+    # the prompts' demonstrations are the pool's rows
+    for b in range(len(ids)):
+        real = out.batch.input_ids[b, out.batch.attention_mask[b] == 1]
+        assert tok.decode(real) == textdata.prompt_text(sample, int(ids[b]), out.demo_ids[b], pool=pool)
 
 
 # ---------------------------------------------------------------------- names, keys, errors
-def test_aliases_and_tasks():
-    assert llm.MODEL_ALIASES["gpt-j-6b"] == "EleutherAI/gpt-j-6b"
-    assert llm.MODEL_ALIASES["llama-2-7b"] == "meta-llama/Llama-2-7b-hf"
-    assert llm.MODEL_ALIASES["llama-3-8b"] == "meta-llama/Meta-Llama-3-8B"
-    assert llm.MODEL_ALIASES["pythia-1.4b"] == "EleutherAI/pythia-1.4b"
-    assert llm.resolve_model("gpt-j-6b") == {"name": "gpt-j-6b", "id": "EleutherAI/gpt-j-6b", "local": False}
-    assert llm.resolve_model("org/some-model")["id"] == "org/some-model"
-    assert LLM_TASKS == tuple(textdata.TASKS)
-
-
-def test_cache_key_covers_what_changes_the_outputs():
+def test_cache_key_covers_what_changes_the_outputs(tmp_path):
     base = dict(n_demos=8, mode="random", seed=0, n_examples=1000, dtype="bfloat16", probe_layers="auto")
     model, data = {"hub_id": "EleutherAI/gpt-j-6b", "revision": None, "commit": "abc"}, {"task": "sst2"}
     k = llm.cache_key(model, data, **base)
     assert k == llm.cache_key(dict(model), dict(data), **base)
     for change in (dict(seed=1), dict(n_demos=4), dict(mode="balanced"), dict(n_examples=10),
-                   dict(dtype="float32"), dict(probe_layers=[3])):
+                   dict(dtype="float32"), dict(probe_layers=[3]), dict(max_text_tokens=64)):
         assert llm.cache_key(model, data, **{**base, **change}) != k, change
     assert llm.cache_key(dict(model, commit="def"), data, **base) != k
     assert llm.cache_key(model, {"task": "mnli"}, **base) != k
+    # the revision is part of the model's identity
+    where = llm.resolve_model("gpt-j-6b")
+    assert (llm.cache_key(llm.model_identity(where, "float16"), data, **base)
+            != llm.cache_key(llm.model_identity(where, None), data, **base))
+    # editing the data file changes the key; the same contents in place keep it
+    f = tmp_path / "d.tsv"
+    f.write_text(SAMPLE.read_text())
+    spec = llm.DataSpec(path=str(f))
+    k1 = llm.cache_key(model, spec.identity(), **base)
+    assert llm.cache_key(model, spec.identity(), **base) == k1
+    f.write_text(SAMPLE.read_text().replace("\t0\n", "\t1\n", 1))
+    assert llm.cache_key(model, spec.identity(), **base) != k1
+    # dtype auto keys as what it resolves to
+    assert llm.planned_dtype("auto", "cuda") == "bfloat16" and llm.planned_dtype("auto", "cpu") == "float32"
+    assert llm.planned_dtype("auto", "cpu", device_map="auto") == "bfloat16"
+    assert llm.planned_dtype("fp16", "cpu") == "float16"
+
+
+def test_damaged_cache_file_is_a_one_line_value_error(tiny, sample, tmp_path):
+    model, tok = tiny
+    outputs = llm.compute(model, tok, sample, 2, test_ids=np.arange(4), probe_layers="none")
+    path = llm.save_outputs(tmp_path / "outputs-x.npz", outputs)
+    data = path.read_bytes()
+    for damaged in (data[:len(data) // 2], b"not a zip file at all", b""):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match="delete the file to recompute") as e:
+            llm.load_outputs(path)
+        assert "outputs-x.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_transformers_is_one_line(monkeypatch, tiny_llm_dir):
+    for module in ("transformers", "huggingface_hub", "huggingface_hub.constants"):
+        monkeypatch.setitem(sys.modules, module, None)           # import raises ModuleNotFoundError
+    for call in (lambda: llm.load_tokenizer(str(tiny_llm_dir)), lambda: llm.load_config(str(tiny_llm_dir)),
+                 lambda: llm.load_model(str(tiny_llm_dir), device="cpu"),
+                 lambda: llm.hub_commit("EleutherAI/gpt-j-6b")):
+        with pytest.raises(ValueError, match=r"pip install 'simkernel\[llm\]'"):
+            call()
+
+
+def test_download_hint_only_for_missing_files():
+    hub = {"name": "gpt-j-6b", "id": "EleutherAI/gpt-j-6b", "local": False}
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        try:
+            raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
+        except LocalEntryNotFoundError as inner:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from inner
+    except OSError as e:
+        missing = str(llm._unavailable(hub, None, e))
+    assert "not available offline" in missing and "hf download EleutherAI/gpt-j-6b" in missing
+    other = str(llm._unavailable(hub, "float16", ValueError("Unrecognized model type 'foo' in config.json\nmore")))
+    assert "download" not in other and "offline" not in other
+    assert other == ("cannot load model 'EleutherAI/gpt-j-6b' (revision float16): ValueError: "
+                     "Unrecognized model type 'foo' in config.json")
+
+
+def test_prompt_errors_come_before_the_weights(tiny_llm_dir, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the prompts were checked")
+
+    monkeypatch.setattr(llm, "load_model", no_model)
+    out = tmp_path / "run"
+    base = ["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out]
+    for extra, fragments in (
+            (["--n-demos", 48], ["48 demonstrations asked for", "offers only 47"]),
+            (["--label-words", "Negative,Negatively"], ["share their first token"]),
+            (["--n-demos", 40], ["more than max_length=1024"]),
+            (["--probe-layers", "5"], ["probe layer 5 does not exist", "layers 0..1"])):
+        r = run(base + extra)
+        assert r.exit_code == 1, (extra, r.stderr)
+        one_error_line(r, *fragments)
+    assert not list(out.glob("*")) if out.exists() else True
+
+
+def test_publish_removes_a_stale_figure(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "probes.png").write_bytes(b"old")
+    (out / "keep.txt").write_text("mine")
+    written = publish(out, {"a.csv": lambda p: p.write_text("x")}, remove=("probes.png", "head_scores.png"))
+    assert written == [out / "a.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "keep.txt"]
 
 
 def test_probe_layers_auto_fits_the_budget():
@@ -267,4 +381,7 @@ def test_bad_inputs_are_one_line(tiny_llm_dir, tmp_path):
     r = run(["llm", "--model", tiny_llm_dir, "--probe-layers", "x", "--data", SAMPLE, "--out", out])
     assert r.exit_code == 2
     one_error_line(r, "auto, all, none")
+    r = run(["llm", "--model", tiny_llm_dir, "--n-demos", 0, "--data", SAMPLE, "--out", out])
+    assert r.exit_code == 2
+    one_error_line(r, "--n-demos", "integers >= 1")
     assert not out.exists()

@@ -29,6 +29,10 @@ def test_versions_and_provenance():
     p = store.provenance({"a": 1}, 7)
     assert p["config"] == {"a": 1} and p["seed"] == 7 and p["versions"] == v
     assert datetime.fromisoformat(p["created"]).tzinfo is not None
+    extra = store.versions("matplotlib", "no-such-package-xyz")
+    assert extra == dict(v, **{"matplotlib": extra["matplotlib"], "no-such-package-xyz": None})
+    assert extra["matplotlib"] is not None
+    assert store.provenance({}, 0, extra_packages=("matplotlib",))["versions"] == store.versions("matplotlib")
 
 
 # ---------------------------------------------------------------------- corpora

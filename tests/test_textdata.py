@@ -329,6 +329,10 @@ def test_label_positions_against_the_text(mode):
         check_example(tok, ds, t, d, ex)
         # byte-level BPE splits at the segment boundaries anyway: the same tokens as the whole string
         assert tok.encode(td.prompt_text(ds, t, d)) == ex.input_ids.tolist()
+    # return_demos hands back the demonstrations each prompt was built from
+    again, used = td.build_prompts(tok, ds, np.arange(8), 5, mode, seed=2, return_demos=True)
+    np.testing.assert_array_equal(used, demos)
+    assert [e.input_ids.tolist() for e in again] == [e.input_ids.tolist() for e in examples]
 
 
 def test_llama2_style_tokenizer():
