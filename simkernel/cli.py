@@ -1246,6 +1246,18 @@ def plot_group():
     """Redraw a figure from the tidy CSV and JSON of a results folder (no recomputation)."""
 
 
+def _redraw(folder, out, load, redraw) -> list:
+    """Check --out, read FOLDER's results (a one-line error before anything is created), then
+    redraw into --out (default: FOLDER)."""
+    if out is not None:
+        check_results_dir(out)
+    load(folder)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    paths = redraw(folder, out)
+    return paths if isinstance(paths, list) else [paths]
+
+
 @plot_group.command("convergence", short_help="Redraw convergence.png/.pdf from a folder's csv and json.")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -1254,12 +1266,7 @@ def plot_convergence_cmd(folder, out):
     """Redraw convergence.png and convergence.pdf from FOLDER's convergence.csv and .json."""
     from .plots import load_convergence, redraw_convergence
 
-    if out is not None:
-        check_results_dir(out)
-    load_convergence(folder)                     # a one-line error before anything is created
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    paths = redraw_convergence(folder, out)
+    paths = _redraw(folder, out, load_convergence, redraw_convergence)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
@@ -1272,12 +1279,8 @@ def plot_icl_cmd(folder, out):
     `simkernel icl-eval`), without loading the model or recomputing anything."""
     from .plots import load_icl, redraw_icl
 
-    if out is not None:
-        check_results_dir(out)
-    load_icl(folder)                             # a one-line error before anything is created
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    click.echo(f"wrote {redraw_icl(folder, out)}")
+    paths = _redraw(folder, out, load_icl, redraw_icl)
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 @plot_group.command("measure", short_help="Redraw the measurement figures from a folder's tables.")
@@ -1287,22 +1290,10 @@ def plot_icl_cmd(folder, out):
 def plot_measure_cmd(folder, out):
     """Redraw attention_profile.png, head_scores.png and probes.png from FOLDER's heads.csv,
     best.csv, profile.csv and probes.csv (written by `simkernel measure` or `simkernel llm`)."""
-    import json
+    from .plots import load_measurements, redraw_measurements
 
-    from .plots import draw_measurements, load_measurements
-
-    out = folder if out is None else out
-    check_results_dir(out)
-    tables = load_measurements(folder)           # a one-line error before anything is created
-    title = None
-    for name in ("measure.json", "llm.json"):
-        try:
-            title = json.loads((folder / name).read_text()).get("title")
-            break
-        except (OSError, ValueError, AttributeError):
-            continue
-    out.mkdir(parents=True, exist_ok=True)
-    click.echo(f"wrote {', '.join(str(p) for p in draw_measurements(tables, out, title))}")
+    paths = _redraw(folder, out, load_measurements, redraw_measurements)
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 # ---------------------------------------------------------------------- llm

@@ -531,3 +531,18 @@ def draw_measurements(tables: dict, folder, title: str | None = None) -> list[Pa
     if tables["probes"]:
         out.append(plot_probes(tables["probes"], folder / MEASURE_FIGURES[2], title))
     return out
+
+
+def redraw_measurements(folder, out_folder=None) -> list[Path]:
+    """Every measurement figure of ``folder`` (tables from `simkernel measure` or `simkernel
+    llm`, the title from its measure.json / llm.json when present) into ``out_folder``
+    (default: ``folder``)."""
+    folder = Path(folder)
+    title = None
+    for name in ("measure.json", "llm.json"):
+        try:
+            title = json.loads((folder / name).read_text()).get("title")
+            break
+        except (OSError, ValueError, AttributeError):
+            continue
+    return draw_measurements(load_measurements(folder), folder if out_folder is None else out_folder, title)
