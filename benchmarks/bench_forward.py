@@ -70,6 +70,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import numba
 
 import simkernel
+from machine import CpuMeter, cpu_name
 from simkernel import forward, make_world, sample_prompts
 
 BARS = dict(hmm_log=150.0, hmm_scaling=15.0, numpy=3.0, peak_fraction=0.70, two_threads=1.7,
@@ -113,31 +114,6 @@ def parse_args(argv=None):
         if getattr(a, name) is None:
             setattr(a, name, value)
     return a
-
-
-class CpuMeter:
-    """CPU time that OTHER processes used on this machine while a block ran: busy time from
-    /proc/stat minus this process's own CPU time (os.times).  A timing taken while other work
-    shares the cores is flagged, since it is then not a clean measurement."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.ok = os.path.exists("/proc/stat")
-
-    def read(self):
-        busy = steal = 0.0
-        if self.ok:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / self.hz      # user nice system irq softirq
-            steal = (v[7] if len(v) > 7 else 0) / self.hz
-        t = os.times()
-        return busy, steal, t.user + t.system, time.perf_counter()
-
-    @staticmethod
-    def others(r0, r1):
-        """(other processes' CPU seconds, steal seconds, wall seconds) between two reads."""
-        return max(0.0, (r1[0] - r0[0]) - (r1[2] - r0[2])), r1[1] - r0[1], r1[3] - r0[3]
 
 
 METER = CpuMeter()
@@ -227,15 +203,6 @@ def git_state():
         return "unknown"
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def print_environment():

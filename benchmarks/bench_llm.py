@@ -49,27 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import CpuMeter, PeakMemory
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("forward", "capture", "capture+kv", "protocol")
-
-
-def _status(field: str) -> int:
-    """A /proc/self/status entry in bytes (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _busy_seconds() -> float:
-    """CPU seconds every process has used so far (all cores; /proc/stat minus idle and iowait)."""
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def tiny_model_dir(folder: Path) -> Path:
@@ -141,27 +124,21 @@ def child(args) -> dict:
         else:
             runs[args.child](batch)
 
+    meter = CpuMeter()
     best, disturbed, peak, growth = float("inf"), 0.0, 0, 0
     # memory from the first timing only: later ones start with what the allocator kept from it
     for rep in range(args.repeats):
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")
-            base = _status("VmRSS")
-        busy0, own0, t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
-        once()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        others = max(0.0, (_busy_seconds() - busy0) - (_own_seconds() - own0)) / seconds
-        top = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+        with PeakMemory(cuda) as mem:
+            r0 = meter.read()
+            once()
+            if cuda:
+                torch.cuda.synchronize()
+            r1 = meter.read()
+        other, _, seconds = CpuMeter.others(r0, r1)
         if rep == 0:
-            peak, growth = top, top - base
+            peak, growth = mem.peak, mem.growth
         if seconds < best:
-            best, disturbed = seconds, others
+            best, disturbed = seconds, other / seconds
     lengths = batch.attention_mask.sum(1)
     return {"mode": args.child, "seconds": best, "others_cores": disturbed, "examples": len(batch), "peak": peak,
             "growth": growth, "device": str(next(model.parameters()).device),

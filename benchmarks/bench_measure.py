@@ -12,13 +12,13 @@ Contenders, interleaved in one process, each timed --repeats times (median repor
     +probes   measure.capture with keys and values at label offsets -1..+3 (what
               `simkernel measure` runs)
 
-Peak memory: each contender runs --memory-repeats times (median) in a fresh subprocess, after a one-prompt warm-up
-(imports, weights, kernels); a thread samples the resident set size every 0.2 ms during the
-full pass, and its peak minus the resident set just before the pass is that contender's
-working memory (activations, allocator growth, results).  Both this growth and the process's
-peak resident set are reported; the bar is judged on the growth, since the process peak is
-mostly imported libraries and weights.  (On CUDA one would read
-torch.cuda.max_memory_allocated; this script measures the CPU path.)
+Peak memory: each contender runs --memory-repeats times (median) in a fresh subprocess, after
+a one-prompt warm-up (imports, weights, kernels): the kernel's resident-set high-water mark
+(VmHWM, reset through /proc/self/clear_refs) during the full pass, minus the resident set just
+before it, is that contender's working memory (activations, allocator growth, results); see
+machine.PeakMemory, which benchmarks/bench_llm.py uses too.  Both this growth and the
+process's peak resident set are reported; the bar is judged on the growth, since the process
+peak is mostly imported libraries and weights.
 
 Bars (issue 5): capture <= 1.3x the forward's time, and <= 1.2x its peak memory.
 
@@ -34,6 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from machine import PeakMemory
 
 BAR_TIME = 1.3
 BAR_MEMORY = 1.2
@@ -67,42 +69,16 @@ def run_mode(mode: str, model, batch, batch_size: int):
     return measure.capture(model, batch, offsets=offsets, batch_size=batch_size)
 
 
-def _rss_mib() -> float:
-    """The current resident set size (not the high-water mark)."""
-    import os
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def memory_child(mode: str, n_prompts: int, batch_size: int, threads: int) -> None:
-    """Runs in a subprocess: prints {'growth_mib', 'peak_mib'} as JSON.  A thread samples the
-    resident set every 0.2 ms during the pass; growth = its peak - the resident set just before."""
-    import gc
-    import threading
-
+    """Runs in a subprocess: prints {'growth_mib', 'peak_mib'} as JSON (machine.PeakMemory)."""
     import torch
 
     torch.set_num_threads(threads)
     model, batch = build(n_prompts)
     run_mode(mode, model, batch.subset([0]), batch_size)
-    gc.collect()
-    base = _rss_mib()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.0002)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    run_mode(mode, model, batch, batch_size)
-    done.set()
-    t.join()
-    peak[0] = max(peak[0], _rss_mib())
-    print(json.dumps({"growth_mib": peak[0] - base, "peak_mib": peak[0]}))
+    with PeakMemory() as mem:
+        run_mode(mode, model, batch, batch_size)
+    print(json.dumps({"growth_mib": mem.growth / 2**20, "peak_mib": mem.peak / 2**20}))
 
 
 def main() -> int:

@@ -23,49 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 
+from machine import CpuMeter, cpu_name
+
 BAR_TOTAL_S = 20.0
-
-
-class CpuMeter:
-    """CPU time that OTHER processes used on this machine while a block ran: busy time from
-    /proc/stat minus this process's own CPU time (os.times), to flag disturbed timings."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.ok = os.path.exists("/proc/stat")
-
-    def read(self):
-        busy = 0.0
-        if self.ok:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            busy = (v[0] + v[1] + v[2] + v[5] + v[6]) / self.hz      # user nice system irq softirq
-        t = os.times()
-        return busy, t.user + t.system, time.perf_counter()
-
-    @staticmethod
-    def load(r0, r1):
-        """Other processes' CPU use between two reads, as a fraction of one core."""
-        wall = r1[2] - r0[2]
-        other = max(0.0, (r1[0] - r0[0]) - (r1[1] - r0[1]))
-        return min(other / wall, float(os.cpu_count() or 1)) if wall >= 0.25 else 0.0
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv=None):
@@ -157,7 +122,7 @@ def run(a, cache_dir):
         while meter.ok and time.perf_counter() - t_wait < a.wait_idle:
             w0 = meter.read()
             time.sleep(1.0)
-            if CpuMeter.load(w0, meter.read()) < 0.10:
+            if (CpuMeter.load(w0, meter.read()) or 0.0) < 0.10:
                 break
         r0 = meter.read()
         t0 = time.perf_counter()
@@ -173,7 +138,7 @@ def run(a, cache_dir):
             per_k[k] = time.perf_counter() - tk
         t_prompts = time.perf_counter() - t1
         total = t_corpus + t_prompts
-        load = CpuMeter.load(r0, meter.read())
+        load = CpuMeter.load(r0, meter.read()) or 0.0      # None: too short to tell
         disturbed += load > 0.10
         passes.append((t_corpus, t_prompts, total))
         print(f"pass {r + 1}: corpus {t_corpus:7.3f} s   prompts {t_prompts:7.3f} s   total {total:7.3f} s   "

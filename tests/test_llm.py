@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -385,3 +386,15 @@ def test_bad_inputs_are_one_line(tiny_llm_dir, tmp_path):
     assert r.exit_code == 2
     one_error_line(r, "--n-demos", "integers >= 1")
     assert not out.exists()
+
+
+def test_resolve_model_folders_aliases_hub_ids_and_bad_paths(tiny_llm_dir, tmp_path):
+    where = llm.resolve_model(str(tiny_llm_dir))
+    assert where["local"] and where["id"] == str(Path(tiny_llm_dir).resolve())
+    assert llm.resolve_model("gpt-j-6b") == {"name": "gpt-j-6b", "id": "EleutherAI/gpt-j-6b", "local": False}
+    assert llm.resolve_model("org/model")["id"] == "org/model"
+    with pytest.raises(ValueError, match="does not exist"):
+        llm.resolve_model(str(tmp_path / "missing"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is not a folder"):
+        llm.resolve_model(str(tmp_path / "file"))
