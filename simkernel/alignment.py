@@ -8,9 +8,13 @@ can be compared with them:
     kernels     'theory' K(x_test, x_i) with Σ of the pretraining inputs, and 'similarity'
                 (the exact pretraining predictive P(o|x)ᵀP(o|x')); plus the model's own
                 prediction similarity from standalone runs ('model_similarity')
-    references  'bayes' argmax of the exact posterior predictive over the labels after the
-                prompt's n demonstrations, 'kernel' argmax of the theory kernel estimator
-                (normalised form), 'oracle' argmax of P(y | x_test, true concept)
+    references  distributions over the labels (B, L), so that a tie in one of them is scored
+                as a tie (``measure`` compares each head's vote with them tie-fairly):
+                'bayes' the exact posterior predictive after the prompt's n demonstrations,
+                'kernel' the theory kernel estimator (normalised form), 'oracle'
+                P(y | x_test, true concept), and 'frequency' the label frequencies of the
+                prompt's demonstrations (the frequency kernel K ≡ 1: a head weighing every
+                demonstration equally), the baseline every head is shown beside
 
 torch is imported only through ``measure``.
 """
@@ -22,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import bayes, kernel, measure
-from .convergence import kernel_values, restrict
+from .convergence import kernel_values
+from .metrics import restrict
 from .sampling import Prompts, sample_prompt_set
 from .world import World
 
@@ -61,7 +66,9 @@ class Truth:
     """Ground truth for B prompts of n demonstrations.
 
     kernels     {'theory' | 'similarity': (B, n)} K(x_test, x_i)
-    references  {'bayes' | 'kernel' | 'oracle': (B,)} predicted label index (-1 where undefined)
+    references  {'bayes' | 'kernel' | 'oracle' | 'frequency': (B, L)} distributions over
+                world.labels (NaN rows where undefined: a prompt with probability 0 under every
+                in-distribution concept has no Bayes predictive)
     info        Σ details of the theory kernel
     """
 
@@ -72,21 +79,21 @@ class Truth:
 
 def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_samples: int = 20_000,
                  ridge: float = 0.01, seed: int = 0) -> Truth:
-    """The true kernel values and the exact / kernel / oracle predictions of ``prompts``."""
+    """The true kernel values and the exact / kernel / oracle / label-frequency predictions
+    of ``prompts``."""
     values, info = kernel_values(world, prompts, ("theory", "similarity"), features=features,
                                  n_samples=n_samples, ridge=ridge, seed=seed)
     labels = world.labels
     curve = bayes.icl_curve(world, prompts)
     p_bayes = restrict(curve.predictive[:, -1], labels)
     p_oracle = restrict(curve.oracle, labels)
-    est = kernel.to_distribution(kernel.estimates(values["theory"], prompts.labels, labels, "normalised"),
-                                 "normalised")[:, -1]
 
-    def argmax(p):
-        return np.where(np.isfinite(p).all(-1), np.nan_to_num(p).argmax(-1), -1)
+    def vote(kv):
+        return kernel.to_distribution(kernel.estimates(kv, prompts.labels, labels, "normalised"), "normalised")[:, -1]
 
-    return Truth(values, {"bayes": argmax(p_bayes), "kernel": argmax(est), "oracle": argmax(p_oracle)},
-                 info.get("theory", {}))
+    refs = {"bayes": p_bayes, "kernel": vote(values["theory"]), "oracle": p_oracle,
+            "frequency": vote(np.ones_like(values["theory"]))}
+    return Truth(values, refs, info.get("theory", {}))
 
 
 def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3,
@@ -98,8 +105,8 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
 
     The kernels correlated with each head are the theory kernel ('theory'), the exact
     prediction similarity ('similarity') and the model's own ('model_similarity', from each
-    input run alone); the references its vote is compared with are the model, gold, exact
-    Bayes, the kernel estimator and the oracle."""
+    input run alone); the references its vote is compared with (tie-fairly) are the model,
+    gold, exact Bayes, the kernel estimator, the oracle and the label frequencies."""
     tick = progress or (lambda _msg: None)
     prompts = sample_prompt_set(world, n_prompts, n_demos, example_length, seed=seed, concepts=concepts)
     batch = measure.collate(examples_from_prompts(world, prompts), world.labels)

@@ -415,10 +415,19 @@ def concept_posterior(world: World, tokens, *, method: str = "auto") -> np.ndarr
 
 
 def posterior_predictive(world: World, tokens, *, method: str = "auto") -> np.ndarray:
-    """P(next symbol | tokens) under the mixture (prior x likelihood): (B, V), rows sum to 1."""
+    """P(next symbol | tokens) under the mixture (prior x likelihood): (B, V), rows sum to 1.
+    A one-line ValueError when a row is impossible under every concept with prior > 0."""
     fw = forward(world, tokens, method=method, prefixes=False)
     post = np.exp(log_posterior_weights(world, fw.final))
     _raise_impossible(post)
+    return np.einsum("bk,bkv->bv", post, next_symbol(world, fw.next_state))
+
+
+def mixture_predictive(world: World, tokens, *, method: str = "auto") -> np.ndarray:
+    """:func:`posterior_predictive` that returns a zero row (instead of raising) where the row is
+    impossible under every concept with prior > 0: (B, V)."""
+    fw = forward(world, tokens, method=method, prefixes=False)
+    post = np.nan_to_num(np.exp(log_posterior_weights(world, fw.final)))
     return np.einsum("bk,bkv->bv", post, next_symbol(world, fw.next_state))
 
 
@@ -440,15 +449,22 @@ class IclCurve:
 
     posterior   (B, N+1, K): P(concept | n demonstrations and x_test)
     predictive  (B, N+1, V): P(next symbol | n demonstrations and x_test) under the mixture
-    oracle      (B, V):      P(next symbol | x_test, true concept)
+    oracle      (B, V):      P(next symbol | x_test, true concept), x_test scored alone from
+                             the concept's start (GINC's label)
     log_evidence (B, N+1):   log P(prompt with n demonstrations) under the mixture
-    NaN marks prompts with probability 0 under every concept with prior > 0.
+    known       (B, N+1, V): P(next symbol | prompt with n demonstrations, true concept): the
+                             best prediction with the concept known.  Equal to ``oracle`` in a
+                             restart world; in a restart-free world it also uses the hidden
+                             state carried through the delimiters
+    NaN marks prompts with probability 0 under every concept with prior > 0 (``known``: under
+    the true concept).
     """
 
     posterior: np.ndarray
     predictive: np.ndarray
     oracle: np.ndarray
     log_evidence: np.ndarray
+    known: np.ndarray
 
 
 def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -> IclCurve:
@@ -463,6 +479,7 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
     post = np.empty((B, N + 1, K))
     pred = np.empty((B, N + 1, V))
     logev = np.empty((B, N + 1))
+    known = np.empty((B, N + 1, V))
     x_test = prompts.x_test()
     fx = forward(world, x_test, method=method, prefixes=False)
     oracle = next_symbol(world, fx.next_state)[np.arange(B), prompts.concepts]
@@ -486,6 +503,10 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
                            init=init.reshape(R, K, world.n_states), method=method, prefixes=False)
             ll = ll_prefix + cont.final.reshape(b - a, N + 1, K).transpose(0, 2, 1)
             per_concept = next_symbol(world, cont.next_state).reshape(b - a, N + 1, K, V)
+        rows = np.arange(b - a)
+        true = prompts.concepts[a:b]
+        ok_true = np.isfinite(ll[rows, true])                              # (R, N+1)
+        known[a:b] = np.where(ok_true[..., None], per_concept[rows, :, true], np.nan)
         logw = log_posterior_weights(world, ll.transpose(0, 2, 1))        # (R, N+1, K)
         w = np.exp(logw)
         post[a:b] = w
@@ -495,4 +516,4 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
         m = lw.max(axis=-1)
         with np.errstate(invalid="ignore"):
             logev[a:b] = np.where(np.isfinite(m), m + np.log(np.exp(lw - m[..., None]).sum(-1)), -np.inf)
-    return IclCurve(post, pred, oracle, logev)
+    return IclCurve(post, pred, oracle, logev, known)

@@ -436,10 +436,14 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
 
 
 # ---------------------------------------------------------------------- converge
-CONVERGE_FILES = ("convergence.csv", "convergence.json", "convergence.png", "convergence.pdf")
-CONVERGE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts")
-CONVERGE_KERNELS = ("theory", "oracle", "similarity")        # = convergence.KERNELS (not imported: Numba)
-CONVERGE_ESTIMATORS = ("averaged", "normalised")             # = kernel.ESTIMATORS
+CONVERGE_FILES = ("convergence.csv", "floors.csv", "convergence.json", "convergence.png", "convergence.pdf")
+CONVERGE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts",
+                    "n_worlds")                                # = convergence.COLUMNS (not imported: Numba)
+CONVERGE_KERNELS = ("theory", "oracle", "similarity", "frequency")      # = convergence.KERNELS
+CONVERGE_ESTIMATORS = ("averaged", "normalised", "clipped")             # = kernel.ESTIMATORS
+#: The headline world of converge (no --preset, --world or --set): GINC's construction, small,
+#: with the delimiter restart, where the theory kernel varies within a prompt (docs/theory.md §19).
+CONVERGE_PRESET = "ginc-small"
 #: Largest n accepted by --n-demos (each prompt holds n demonstrations; memory grows with B·n·L).
 N_DEMOS_LIMIT = 100_000
 
@@ -587,96 +591,166 @@ def _shown_ns(ns) -> list[int]:
     return shown
 
 
-def _pm(r) -> str:
+def _cell(r, digits: int = 3) -> str:
+    """mean ± CI half-width of a row (or n/a)."""
     if r is None or not math.isfinite(r["mean"]):
         return "n/a"
     half = (r["ci_high"] - r["ci_low"]) / 2
-    return f"{r['mean']:.3f} ± {half:.3f}" if math.isfinite(half) else f"{r['mean']:.3f}"
+    return f"{r['mean']:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{r['mean']:.{digits}f}"
 
 
-def converge_table(rows, fits, ns, kernels, estimators) -> list[str]:
-    """The printed summary: per shown n and estimator, the first requested kernel's (theory
-    when asked for) L1 distance, agreement and accuracy with 95% CIs, the exact posterior's
-    accuracy and its L1 to the oracle; then the fitted slope and floor per (kernel, estimator)."""
+def _share(r) -> str:
+    return "n/a" if r is None or not math.isfinite(r["mean"]) else f"{100 * r['mean']:.0f}%"
+
+
+def primary_estimator(estimators) -> str:
+    """The estimator of the printed tables and the figure: normalised when computed (the
+    theory's ŷ = Σ y_i K / Σ K), else the first one."""
+    return "normalised" if "normalised" in estimators else estimators[0]
+
+
+def converge_table(rows, fits, ns, kernels, estimators, info=None) -> list[str]:
+    """The printed summary (numbers straight from the tidy rows, fits and info of
+    ``convergence.run``):
+
+    1. the within-prompt spread of each kernel (does it do more than count labels?);
+    2. per shown n and at n = ∞ (the exact limit, against the oracle): TV to exact Bayes of every
+       kernel with the primary estimator, beside exact Bayes' own distance to the oracle;
+    3. the same for the tie-fair argmax agreement;
+    4. per kernel and estimator: the floor (the limit's TV to exact Bayes at the largest n and to
+       the oracle), the fitted slope of TV(estimate_n, limit), and the share of prompts whose
+       kernel sum is <= 0."""
     by = {(r["n_demos"], r["kernel"], r["estimator"], r["metric"]): r for r in rows}
-    kname = "theory" if "theory" in kernels else kernels[0]
-    out = [f"{kname} kernel vs the exact posterior (mean ± 95% CI over prompts; L1 over the label set = 2 × TV)",
-           f"{'n':>5}  {'estimator':<10}  {'L1 distance':>15}  {'agreement':>15}  {'accuracy':>15}  "
-           f"{'Bayes acc':>9}  {'L1 Bayes-oracle':>15}"]
-    for n in _shown_ns(ns):
-        for i, est in enumerate(estimators):
-            bayes_acc = by.get((n, "bayes", "-", "acc"))
-            bo = by.get((n, "bayes-vs-oracle", "-", "l1"))
-            ref = (f"{bayes_acc['mean']:>9.3f}  {bo['mean']:>15.3f}" if i == 0 and bayes_acc and bo else "")
-            out.append((f"{n if i == 0 else '':>5}  {est:<10}  {_pm(by.get((n, kname, est, 'l1'))):>15}  "
-                        f"{_pm(by.get((n, kname, est, 'agree'))):>15}  {_pm(by.get((n, kname, est, 'acc'))):>15}  "
-                        + ref).rstrip())
+    inf = float("inf")
+    est = primary_estimator(estimators)
+    n_worlds = max((r.get("n_worlds", 1) for r in rows), default=1)
+    unit = "worlds (prompts within worlds)" if n_worlds > 1 else "prompts"
+    out = []
+    spread = (info or {}).get("spread", {})
+    if spread:
+        parts = [f"{k} CV {s['median_cv']:.2f}, {s['median_distinct']:.0f} distinct values"
+                 for k, s in spread.items() if k != "frequency"]
+        if parts:
+            out.append(f"K(x_test, x_i) within a prompt at n = {ns[-1]} (medians over prompts): " + "; ".join(parts))
+    known = any(r["kernel"] == "bayes-vs-known" for r in rows)
+    w = 15
+    head = "".join(f"{k:>{w}}" for k in kernels)
+    shown = _shown_ns(ns)
+    out.append(f"TV to the exact posterior, {est} estimator (mean ± 95% CI over {unit}); "
+               f"n = ∞: the exact limit against the oracle")
+    out.append(f"{'n':>5}{head}{'Bayes-oracle':>{w}}" + (f"{'Bayes-known':>{w}}" if known else ""))
+    for n in shown + [inf]:
+        cells = "".join(f"{_cell(by.get((n, k, est, 'tv'))):>{w}}" for k in kernels)
+        ref = "" if n == inf else f"{_cell(by.get((n, 'bayes-vs-oracle', '-', 'tv'))):>{w}}"
+        if known and n != inf:
+            ref += f"{_cell(by.get((n, 'bayes-vs-known', '-', 'tv'))):>{w}}"
+        out.append(f"{'∞' if n == inf else n:>5}{cells}{ref}")
+    out.append(f"argmax agreement with the exact posterior, {est} estimator (a tie among m labels scores 1/m)")
+    out.append(f"{'n':>5}{head}{'Bayes acc':>{w}}")
+    for n in shown + [inf]:
+        cells = "".join(f"{_cell(by.get((n, k, est, 'agree'))):>{w}}" for k in kernels)
+        out.append(f"{'∞' if n == inf else n:>5}{cells}{_cell(by.get((n, 'bayes', '-', 'acc'))):>{w}}")
     n_max = ns[-1]
-    out.append(f"power-law fits of the mean distance over every n = 1..{n_max}: L1(n) = a·n^slope + floor")
-    out.append(f"{'kernel':<11} {'estimator':<10}  {'slope':>7}  {'floor (L1)':>10}")
+    lo = next((f.get("n_range", [1])[0] for f in fits.values()), 1)
+    out.append(f"exact limits (n → ∞): floor = TV(limit, exact Bayes at n = {n_max}) and TV(limit, oracle); "
+               f"slope of TV(estimate_n, limit) over n = {lo}..{n_max} (central limit: -0.5); Σ_i K <= 0")
+    out.append(f"{'kernel':<11} {'estimator':<10} {'floor vs Bayes':>15} {'vs oracle':>15} {'slope':>7}  "
+               f"{'Σ K <= 0 at n = 1 / ' + str(n_max) + ' / ∞'}")
     for kn in kernels:
-        for est in estimators:
-            f = fits.get(f"{kn}/{est}", {})
-            slope, floor = f.get("slope", float("nan")), 2 * f.get("floor", float("nan"))
-            out.append(f"{kn:<11} {est:<10}  {slope:>7.3f}  {floor:>10.4f}".replace("-0.000 ", " 0.000 "))
+        for e in estimators:
+            f = fits.get(f"{kn}/{e}", {})
+            slope = f.get("slope", float("nan"))
+            s_txt = f"{slope:>7.3f}" if math.isfinite(slope) else f"{'n/a':>7}"
+            if f.get("degenerate"):
+                s_txt += " (degenerate fit)"
+            nonpos = "" if kn == "frequency" else " / ".join(
+                _share(by.get((n, kn, "-", "nonpositive_sum"))) for n in (1, n_max, inf))
+            out.append(f"{kn:<11} {e:<10} {_cell(by.get((inf, kn, e, 'tv_bayes'))):>15} "
+                       f"{_cell(by.get((inf, kn, e, 'tv'))):>15} {s_txt}  {nonpos}".rstrip())
     return out
 
 
-def _world_title(world, source) -> str:
+def _world_title(world, source, n_worlds: int = 1) -> str:
     name = source.get("preset") or Path(source.get("file", "world")).name
-    return (f"{name}: K={world.n_concepts} concepts, S={world.n_states} states, V={world.n_symbols} "
-            f"symbols, {len(world.labels)} labels")
+    many = f" x {n_worlds} worlds" if n_worlds > 1 else ""
+    return (f"{name}{many}: K={world.n_concepts} concepts, S={world.n_states} states, V={world.n_symbols} "
+            f"symbols, {len(world.labels)} labels{'' if world.restart else ', no restart'}")
+
+
+def _world_seeds(ctx, param, values):
+    values = tuple(values) or (0,)
+    dup = sorted({s for s in values if values.count(s) > 1})
+    if dup:
+        raise click.BadParameter(f"world seed {dup[0]} is given twice: its prompts would be counted twice", ctx, param)
+    return values
 
 
 @main.command("converge", short_help="Kernel estimators against exact Bayes for n = 1..N, with a figure.")
-@world_options
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help=f"Build the world from this recipe (default {CONVERGE_PRESET}: GINC's construction with 16 "
+                   "symbols, 4 x 4 states, 4 concepts and the delimiter restart, where the theory kernel varies "
+                   "within a prompt).")
+@click.option("--world", "world_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Load the world from this .npz instead (not with --preset, --set, --world-seed).")
+@click.option("--world-seed", "world_seeds", type=NONNEG, multiple=True, callback=_world_seeds,
+              help="Seed of the preset's random world; repeat for several worlds (the CIs are then over "
+                   "worlds).  Default 0.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
+              help="Override one preset option, e.g. --set n_states=20; repeatable.")
 @click.option("--n-demos", type=_NDemos(), default="1..256", show_default=True,
               help="The n to report: 'A..B' (every n from A to B inclusive), a comma list '1,2,8', or a "
                    "mixture '1,2,4..8'.  Every prompt holds max(n) demonstrations; the curve for smaller "
                    "n comes from the same prompts.")
-@click.option("--example-length", type=EXAMPLE_LENGTH, default=2, show_default=True,
-              help="Tokens per example k >= 2 (k-1 input tokens x, one label y).  2: x is a single token, "
-                   "the setting of the paper's Table 3.")
-@click.option("--n-prompts", type=POSITIVE, default=200, show_default=True, help="Prompts per seed.")
+@click.option("--example-length", type=EXAMPLE_LENGTH, default=3, show_default=True,
+              help="Tokens per example k >= 2 (k-1 input tokens x, one label y).  2 (x a single token) is "
+                   "the setting of the paper's Table 3, where paper-c's kernel is constant within a prompt.")
+@click.option("--n-prompts", type=POSITIVE, default=200, show_default=True,
+              help="Prompts per world and prompt seed.")
 @click.option("--seed", "seeds", type=NONNEG, multiple=True, callback=_distinct_seeds,
-              help="Prompt sampling seed; repeat for several seeds (their prompts are pooled).  Default 0.")
+              help="Prompt sampling seed; repeat for several seeds (their prompts are pooled within each "
+                   "world).  Default 0.")
 @click.option("--concepts", type=_Concepts(), default="prior", show_default=True,
               help="Where the prompts' concepts come from: 'prior' (drawn from the pretraining prior), "
                    "'id' / 'ood' (spread evenly over the concepts with prior > 0 / prior = 0), or one "
                    "concept index.")
 @click.option("--estimator", "estimators", multiple=True, metavar="NAME[,NAME]",
               callback=_choice_list(CONVERGE_ESTIMATORS, "estimator"),
-              help="Kernel-regression estimator(s): averaged, normalised; repeatable or a comma list. "
-                   "Default: both.")
+              help="Kernel-regression estimator(s): averaged, normalised (undefined, so uniform, where "
+                   "Σ_i K <= 0), clipped (normalised with max(K, 0)); repeatable or a comma list.  Default: all.")
 @click.option("--kernel", "kernels", multiple=True, metavar="NAME[,NAME]",
               callback=_choice_list(CONVERGE_KERNELS, "kernel"),
               help="Kernel(s): theory (Σ of the pretraining inputs), oracle (Σ_θ* of the prompt's own "
-                   "concept), similarity (P(o|x)ᵀP(o|x')); repeatable or a comma list.  Default: all three.")
+                   "concept), similarity (P(o|x)ᵀP(o|x')), frequency (K ≡ 1: the label frequencies, the "
+                   "baseline); repeatable or a comma list.  Default: all four.")
 @click.option("--features", type=click.Choice(["belief", "operator"]), default="belief", show_default=True,
               help="Feature map ψ(x): belief (label-conditioned beliefs, exactly linear) or operator "
-                   "(the paper's row-normalised vec(T_x)).")
+                   "(the rows of the operator T_x from every start state, row-normalised and pushed one step: "
+                   "not the paper's unnormalised vec(T_x)).")
 @click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="Ridge: λ = ridge · trace(Σ) / D is added to Σ before it is inverted.")
-@click.option("--n-samples", type=POSITIVE, default=20_000, show_default=True,
-              help="Monte Carlo inputs for Σ when the V^(k-1) inputs are too many to enumerate.")
+@click.option("--n-samples", type=POSITIVE, default=None,
+              help="Monte Carlo inputs for Σ and the limits when the V^(k-1) inputs are too many to "
+                   "enumerate (then required, e.g. 20000).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("figures"),
               show_default=True,
-              help="Folder for convergence.{png,pdf,csv,json} (created if needed; those four files are "
-                   "replaced only once all four are complete).")
-def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_length, n_prompts, seeds,
+              help="Folder for convergence.{png,pdf,csv,json} and floors.csv (created if needed; the five "
+                   "files are replaced only once all are complete).")
+def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_length, n_prompts, seeds,
                  concepts, estimators, kernels, features, ridge, n_samples, out):
     """The theory's kernel-regression estimators against the exact posterior, n = 1..N.
 
-    For every seed: samples prompts with max(n) demonstrations, computes the exact Bayesian
-    posterior predictive for every n in one forward pass, and every requested kernel estimate
-    (kernel x estimator) in one cumulative pass.  Prints, for n = 1, 2, 4, ..., N, the L1
-    distance of the theory kernel's estimate to the exact posterior (over the label set; = 2 x
-    total variation, as in the paper's Table 3), its argmax agreement with the exact posterior
-    and its accuracy, with 95% CIs over prompts, and the power-law fit a n^slope + floor of
-    each (kernel, estimator).  Writes to --out: convergence.png / .pdf (the figure),
-    convergence.csv (tidy: n_demos, estimator, kernel, metric, mean, ci_low, ci_high,
-    n_prompts; metrics l1, tv, kl, agree, acc) and convergence.json (config, seeds, versions,
-    world, fits, Σ info per seed, impossible prompts).
+    For every world and prompt seed: samples prompts with max(n) demonstrations, computes the
+    exact Bayesian posterior predictive for every n in one forward pass, every requested kernel
+    estimate (kernel x estimator) in one cumulative pass, and each estimate's exact n -> ∞
+    limit.  Prints the kernels' spread within prompts, the total variation to exact Bayes and
+    the tie-fair argmax agreement of every kernel beside the label-frequency baseline, and per
+    kernel and estimator the floor (the limit against exact Bayes and the oracle), the fitted
+    slope of the distance to the limit and how often the kernel sum is <= 0.  CIs are over
+    worlds when there are several (--world-seed), else over prompts.  Writes to --out:
+    convergence.png / .pdf (the figure), convergence.csv (tidy: n_demos (an integer, or inf
+    for the limit), estimator, kernel, metric, mean, ci_low, ci_high, n_prompts, n_worlds),
+    floors.csv (per world and concept: the exact floor of every kernel and estimator, η, ε_θ)
+    and convergence.json (config, seeds, versions, worlds, fits, spreads, Σ, warnings).
     """
     import os
     import shutil
@@ -686,8 +760,24 @@ def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_len
 
     # ---- everything is validated before the long work
     check_results_dir(out)
-    world, source = load_or_build_world(preset, world_file, world_seed, overrides)
+    ctx = click.get_current_context()
+    if world_file is not None:
+        clash = [name for name, given in (("--preset", preset is not None), ("--set", bool(overrides)),
+                                          ("--world-seed", _given(ctx, "world_seeds"))) if given]
+        if clash:
+            raise click.UsageError(f"--world loads a saved world; it cannot be combined with {clash[0]}")
+    worlds, sources = [], []
+    for ws in world_seeds:
+        w, src = load_or_build_world(preset or (None if world_file else CONVERGE_PRESET), world_file, ws, overrides)
+        worlds.append(w)
+        sources.append(src)
+    world, source = worlds[0], sources[0]
     _check_concepts(concepts, world)
+    if world.n_symbols ** (example_length - 1) > 20_000 and n_samples is None:
+        raise click.UsageError(f"this world's {world.n_symbols}^{example_length - 1} = "
+                               f"{world.n_symbols ** (example_length - 1):,} inputs are too many to enumerate "
+                               f"(limit 20,000): give --n-samples N to use N Monte Carlo inputs for Σ and the limits")
+    n_samples = 20_000 if n_samples is None else n_samples
     probe = out                     # the temp folder goes here: out, or its nearest existing ancestor
     while not probe.exists():
         probe = probe.parent
@@ -695,64 +785,81 @@ def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_len
     from . import convergence
     from .plots import plot_convergence
 
-    n_max = n_demos[-1]
     kernels, estimators = tuple(kernels), tuple(estimators)
-    stages = 1 + any(k in ("theory", "oracle") for k in kernels) + len(kernels)
     t0 = time.perf_counter()
-    results = []
-    with _bar(len(seeds) * stages, "converge", "step") as bar:
-        for s in seeds:
-            started = [False]
+    labels = list(world_seeds) if world_file is None else ["file"]
+    with _bar(len(worlds) * len(seeds), "converge", "seed") as bar:
+        def tick(msg, done):
+            bar.set_description(msg[:60])
+            bar.update(done - bar.n)
 
-            def tick(msg, s=s, started=started):
-                if started[0]:
-                    bar.update(1)
-                started[0] = True
-                bar.set_description(f"seed {s}: {msg}")
-
-            results.append(convergence.run_seed(world, n_max, example_length, n_prompts, seed=s,
-                                                kernels=kernels, estimators=estimators, features=features,
-                                                concepts=concepts, n_samples=n_samples, ridge=ridge,
-                                                progress=tick))
-            bar.update(1)
-    rows, fits = convergence.summarise(results, n_demos)
+        result = convergence.run(worlds, n_demos, example_length, n_prompts, seeds=seeds, kernels=kernels,
+                                 estimators=estimators, features=features, concepts=concepts,
+                                 n_samples=n_samples, ridge=ridge, world_labels=labels, progress=tick)
+        bar.update(bar.total - bar.n)
+    rows, fits, info = result.rows, result.fits, result.info
     # 6 significant digits: far below the CI widths, and the CSV (the figure's only source) stays small
     rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
+    floors = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("floor_tv", "floor_se", "eta", "eps", "eps_span",
+                                                           "eta2_eps", "eta2_eps_span")}) for r in result.floors]
     elapsed = time.perf_counter() - t0
 
-    impossible = {str(s): int(r.info.get("impossible_prompts", 0)) for s, r in zip(seeds, results)}
-    sigma = {str(s): {k: v for k, v in r.info.items() if k != "impossible_prompts"} for s, r in zip(seeds, results)}
-    title = (f"{_world_title(world, source)}; k={example_length}, {n_prompts} prompts x {len(seeds)} "
-             f"seed{'s' if len(seeds) > 1 else ''}, concepts {concepts}, {features} features")
-    config = {"command": "converge", "world": source, "n_demos": format_n_demos(n_demos),
-              "example_length": example_length, "n_prompts": n_prompts, "seeds": list(seeds),
+    n_w = len(worlds)
+    title = (f"{_world_title(world, source, n_w)}; k={example_length}, {n_prompts} prompts x {len(seeds)} "
+             f"seed{'s' if len(seeds) > 1 else ''}{' per world' if n_w > 1 else ''}, concepts {concepts}, "
+             f"{features} features")
+    config = {"command": "converge", "world": source if n_w == 1 else {**source, "seed": list(world_seeds)},
+              "n_demos": format_n_demos(n_demos), "example_length": example_length, "n_prompts": n_prompts,
+              "seeds": list(seeds), "world_seeds": list(world_seeds) if world_file is None else None,
               "concepts": concepts, "estimators": list(estimators), "kernels": list(kernels),
               "features": features, "ridge": ridge, "n_samples": n_samples, "out": str(out)}
-    meta = provenance(config, list(seeds), extra_packages=("matplotlib",))
+    meta = provenance(config, {"prompt": list(seeds), "world": config["world_seeds"]},
+                      extra_packages=("matplotlib",))
     meta.update(
-        title=title, world=world_summary(world),
-        fits={k: dict(v, floor_l1=2 * v["floor"], amplitude_l1=2 * v["amplitude"]) if v.get("metric") == "tv" else v
-              for k, v in fits.items()},
-        fit_note="distance(n) = amplitude * n^slope + floor fitted to the mean total variation over "
-                 "every n = 1..N; floor_l1 / amplitude_l1 are the same fit on the L1 scale (x 2)",
-        sigma=sigma,
-        impossible_prompts={"per_seed": impossible, "total": sum(impossible.values()),
-                            "of": n_prompts * len(seeds)},
+        title=title, world=world_summary(world), n_worlds=n_w,
+        fits=fits,
+        fit_note=("amplitude * n^slope + floor fitted to the mean TV between each estimate and its exact "
+                  "n -> ∞ limit over n_range (the sampling term; the central limit theorem gives slope -1/2 "
+                  "once n is large against the rare inputs that carry the kernel's variance); degenerate: "
+                  "the fit sits on a bound of its search and measures nothing"),
+        spread=info["spread"], warnings=info["warnings"], sigma=info["sigma"],
+        limits_exact=info["limits_exact"], bias_term=info["bias_term"],
+        impossible_prompts={"per_world_seed": info["impossible_prompts"],
+                            "total": sum(info["impossible_prompts"].values()),
+                            "of": n_prompts * len(seeds) * n_w},
         elapsed_s=round(elapsed, 3),
-        columns=list(CONVERGE_COLUMNS),
-        metrics={"l1": "L1 distance over the label set to the exact posterior (= 2 x TV)",
-                 "tv": "total variation", "kl": f"KL(exact || estimate mixed with {convergence.KL_MIX:g} uniform)",
-                 "agree": "argmax == argmax of the exact posterior", "acc": "argmax == y_test"},
-        reference_rows={"bayes": "the exact posterior's own accuracy against y_test (estimator '-')",
-                        "bayes-vs-oracle": "the exact posterior scored against the oracle P(y | x_test, true concept)"},
+        columns=list(CONVERGE_COLUMNS), floor_columns=list(convergence.FLOOR_COLUMNS),
+        ci=("95%: mean of the world means ± t(0.975, W-1) · sd / √W when n_worlds > 1 (worlds are the "
+            "unit; prompts within a world are pooled over its prompt seeds), else mean ± 1.96 · sd / √n "
+            "over prompts; clipped to the metric's range (>= 0; <= 1 for agree, acc, nonpositive_sum)"),
+        metrics={"l1": "L1 distance over the label set to the exact posterior (= 2 x TV); our reading of "
+                       "the paper's undefined 'distance'",
+                 "tv": "total variation to the exact posterior",
+                 "kl": f"KL(exact || estimate mixed with {1e-6:g} uniform)",
+                 "agree": "argmax == argmax of the exact posterior; a tie among m labels scores 1/m",
+                 "acc": "argmax == y_test; a tie among m labels scores 1/m",
+                 "tv_limit": "total variation between the estimate and its own n -> ∞ limit (the sampling term)",
+                 "nonpositive_sum": "share of prompts with Σ_i K(x_test, x_i) <= 0 (estimator '-'); the "
+                                    "normalised estimate is then the uniform distribution",
+                 "tv_bayes": "n = inf only: total variation between the limit and exact Bayes at the largest n",
+                 "limit_se": "n = inf only: Monte Carlo standard error of the limit (TV scale; 0 when exact)"},
+        limit_rows=("n_demos = inf: the exact n -> ∞ limit of each estimate, scored against the oracle "
+                    "P(y | x_test, true concept) (what exact Bayes tends to once the concept is identified); "
+                    "l1/tv against the oracle is the bias floor"),
+        reference_rows={"bayes": "the exact posterior's own accuracy against y_test (estimator '-'; at inf, "
+                                 "the oracle's)",
+                        "bayes-vs-oracle": "the exact posterior scored against the oracle",
+                        "bayes-vs-known": "restart-free worlds only: the exact posterior against the concept-known "
+                                          "predictive P(y | prompt, true concept), the concept-identification term"},
     )
 
-    table = converge_table(rows, fits, n_demos, kernels, estimators)
+    table = converge_table(rows, fits, n_demos, kernels, estimators, info)
 
-    # ---- all four files into a temp folder, then renamed into --out together
+    # ---- every file into a temp folder, then renamed into --out together
     tmp = Path(tempfile.mkdtemp(prefix=".convergence.", suffix=".tmp", dir=probe))
     try:
         write_csv(tmp / "convergence.csv", rows, CONVERGE_COLUMNS)
+        write_csv(tmp / "floors.csv", floors, convergence.FLOOR_COLUMNS)
         write_json(tmp / "convergence.json", meta)
         plot_convergence(rows, meta["fits"], tmp / "convergence.png", tmp / "convergence.pdf", title=title)
         out.mkdir(parents=True, exist_ok=True)
@@ -762,16 +869,26 @@ def converge_cmd(preset, world_file, world_seed, overrides, n_demos, example_len
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    click.echo(repr(world))
-    click.echo(f"{n_prompts} prompts x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}), "
-               f"example length {example_length}, concepts {concepts}, {features} features, "
-               f"n = {format_n_demos(n_demos)}")
+    click.echo(repr(world) + (f" x {n_w} worlds (seeds {', '.join(map(str, world_seeds))})" if n_w > 1 else ""))
+    click.echo(f"{n_prompts} prompts x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+               f"{' per world' if n_w > 1 else ''}, example length {example_length}, concepts {concepts}, "
+               f"{features} features, n = {format_n_demos(n_demos)}, limits "
+               f"{'exact' if info['limits_exact'] else f'from {n_samples} Monte Carlo inputs'}")
     for line in table:
         click.echo(line)
-    total_bad = sum(impossible.values())
+    # the theory's bias term bounds the averaged estimator (population least squares, §9)
+    for e in ("averaged",) if "averaged" in estimators else ():
+        bt = info.get("bias_term", {}).get(e)
+        if bt and bt.get("n_pairs", 0) >= 10 and math.isfinite(bt.get("rho", float("nan"))):
+            click.echo(f"exact theory floor ({e}) against η²ε_θ over {bt['n_pairs']} (world, concept) pairs: "
+                       f"Spearman {bt['rho']:.2f} (p = {bt['p_value']:.2g}); with ε_θ on the span of each "
+                       f"concept's inputs {bt['rho_span']:.2f} (p = {bt['p_value_span']:.2g})")
+    total_bad = sum(info["impossible_prompts"].values())
     if total_bad:
         click.echo(f"prompts impossible under the pretraining mixture (left out where undefined): "
-                   f"{total_bad} of {n_prompts * len(seeds)}")
+                   f"{total_bad} of {n_prompts * len(seeds) * n_w}")
+    for msg in info["warnings"]:
+        click.echo(f"warning: {msg}", err=True)
     click.echo(f"wrote {', '.join(str(out / f) for f in CONVERGE_FILES)} ({elapsed:.1f} s)")
 
 
@@ -939,11 +1056,14 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
     """Evaluate a trained model's in-context learning: for every n, the model's next-symbol
     distribution after x_test (restricted to the labels) against the exact Bayesian posterior
     predictive, the theory kernel estimator (`simkernel converge`'s defaults: theory kernel,
-    belief features, ridge 0.01; n >= 1) and the oracle, on the same prompts.  Metrics (mean,
-    95% CI over prompts): tv_bayes, agree_bayes, acc_model, acc_bayes, acc_oracle, tv_oracle,
-    tv_kernel, agree_kernel, acc_kernel, tv_kernel_bayes (normalised estimator; the averaged
-    one with the suffix _averaged).  Writes icl_vs_bayes.csv (tidy), .json (provenance) and
-    .png (one row of panels per concept group: in- and out-of-distribution)."""
+    belief features, ridge 0.01; n >= 1), the label frequencies of the demonstrations (the
+    baseline every kernel sits beside) and the oracle, on the same prompts.  Metrics (mean, 95%
+    CI over prompts; agreement and accuracy tie-fair: a tie among m labels scores 1/m):
+    tv_bayes, agree_bayes, acc_model, acc_bayes, acc_oracle, tv_oracle, tv_kernel, agree_kernel,
+    acc_kernel, tv_kernel_bayes (normalised estimator; the averaged and clipped ones with the
+    suffixes _averaged, _clipped), tv_frequency, agree_frequency, acc_frequency,
+    tv_frequency_bayes.  Writes icl_vs_bayes.csv (tidy), .json (provenance) and .png (one row
+    of panels per concept group: in- and out-of-distribution)."""
     import json
     import os
     import shutil
@@ -996,7 +1116,11 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
                          "acc_kernel": "argmax of the kernel estimate == y_test",
                          "tv_kernel_bayes": "total variation between the kernel estimate and exact Bayes "
                                             "(as `simkernel converge` reports it)",
-                         "*_averaged": "the same with the averaged (unnormalised) estimator"},
+                         "*_averaged, *_clipped": "the same with the averaged (unnormalised) and the clipped "
+                                                  "(max(K, 0)) estimators",
+                         "tv_frequency, agree_frequency, acc_frequency, tv_frequency_bayes": "the same for the "
+                             "label frequencies of the demonstrations (K ≡ 1), the baseline of every kernel",
+                         "ties": "every agree_* and acc_* scores an argmax tie among m labels 1/m"},
                 kernel=info["kernel"])
     probe = out
     while not probe.exists():
@@ -1023,15 +1147,16 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
     for g, why in info["kernel"]["skipped"].items():
         click.echo(f"concepts {g}: no kernel estimator ({why})")
     for g in groups:
-        click.echo(f"concepts {g}: total variation over the labels; agreement and accuracy of the argmax")
+        click.echo(f"concepts {g}: total variation over the labels; agreement and accuracy of the argmax "
+                   f"(a tie among m labels scores 1/m)")
         click.echo(f"  {'n':>5}  {'TV(model,Bayes)':>15}  {'TV(model,kernel)':>16}  {'TV(kernel,Bayes)':>16}  "
-                   f"{'agree Bayes':>11}  {'acc model / Bayes / kernel / oracle'}")
+                   f"{'TV(freq,Bayes)':>14}  {'agree Bayes':>11}  {'acc model / Bayes / kernel / freq / oracle'}")
         sel = {(r["n_demos"], r["metric"]): r["mean"] for r in rows if r["concepts"] == str(g)}
         for n in sorted({r["n_demos"] for r in rows}):
             v = lambda m: f"{sel[(n, m)]:.3f}" if (n, m) in sel else "-"  # noqa: E731
             click.echo(f"  {n:>5}  {v('tv_bayes'):>15}  {v('tv_kernel'):>16}  {v('tv_kernel_bayes'):>16}  "
-                       f"{v('agree_bayes'):>11}  {v('acc_model')} / {v('acc_bayes')} / {v('acc_kernel')} / "
-                       f"{v('acc_oracle')}")
+                       f"{v('tv_frequency_bayes'):>14}  {v('agree_bayes'):>11}  {v('acc_model')} / {v('acc_bayes')} / "
+                       f"{v('acc_kernel')} / {v('acc_frequency')} / {v('acc_oracle')}")
     bad = {g: c for g, c in info["impossible_prompts"].items() if c}
     if bad:
         click.echo(f"prompts impossible under the pretraining mixture (left out of the Bayes metrics): {bad}")
@@ -1149,10 +1274,10 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
     """Measure kernel regression inside a trained model, against the ground truth.
 
     For prompts sampled from the run's world: the final token's attention in every layer and
-    head; the attention profile over demonstration spans; each head's reconstructed vote
-    argmax_c Σ_i a_i [y_i = c] against the model, the gold label, exact Bayes, the theory
-    kernel estimator and the oracle (head chosen on --n-select prompts, reported on
-    --n-report others); within-prompt Pearson and Spearman correlation of a_i with the true
+    head; the attention profile over demonstration spans; each head's vote Σ_i a_i [y_i = c]
+    against the model, the gold label, exact Bayes, the theory kernel estimator, the label
+    frequencies (the uniform vote) and the oracle, by tie-fair agreement (a tie among m labels
+    scores 1/m; head chosen on --n-select prompts, reported on --n-report others); within-prompt Pearson and Spearman correlation of a_i with the true
     kernel K(x_test, x_i) and the prediction similarity; ridge probes (λ = 0.01) from keys to
     the model's standalone prediction and from values to y_i at offsets -1..+3.  Writes
     heads.csv, best.csv, profile.csv, probes.csv, measure.json and three figures."""
@@ -1227,8 +1352,9 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
                f"{t2['agreement']:.3f}, reconstructed accuracy {t2['reconstructed_accuracy']:.3f} "
                f"(model {t2['icl_accuracy']:.3f})")
     base = s["majority_baseline"]
-    click.echo("majority vote of the demonstrations (held-out baseline): agreement with the model "
-               f"{base.get('model', float('nan')):.3f}, accuracy {base.get('gold', float('nan')):.3f}")
+    click.echo("majority vote of the demonstrations (held-out baseline, ties 1/m): agreement with the model "
+               f"{base.get('model', float('nan')):.3f}, with exact Bayes {base.get('bayes', float('nan')):.3f}, "
+               f"accuracy {base.get('gold', float('nan')):.3f}")
     click.echo("top heads by agreement with the model on the selection prompts; held-out values:")
     for line in top_heads_table(result.heads):
         click.echo(line)

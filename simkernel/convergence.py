@@ -1,9 +1,15 @@
 """The n = 1..N experiment: the exact Bayesian predictive against the theory's kernel
-estimators, on the same prompts, from one forward pass and one cumulative pass per prompt.
+estimators, on the same prompts, from one forward pass and one cumulative pass per prompt, with
+the label-frequency baseline, the exact n -> ∞ limit of every estimate, and worlds as the unit
+of the confidence intervals.
 
-Pure functions on arrays: `run_seed` returns per-prompt arrays, `metrics` turns them into
-per-prompt metric arrays, `summarise` into tidy rows with 95% confidence intervals, and
-`fit_power_law` fits distance(n) = a n^slope + floor.  Nothing here prints or writes.
+- :func:`run` is ``simkernel converge`` as a library call: worlds x prompt seeds -> a
+  :class:`Convergence` (tidy rows, fits, per-concept floors, info).  It writes nothing.
+- :func:`run_seed` is one (world, prompt seed); :func:`summarise` turns seeds into rows.
+- :func:`kernel_values` / :func:`kernel_estimates` are the kernel side alone, shared with
+  ``icl_eval`` and ``alignment``.
+
+Nothing here prints or writes.
 """
 
 from __future__ import annotations
@@ -13,53 +19,81 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import bayes, kernel
+from .metrics import compare, fit_power_law, restrict, tie_agreement, world_ci  # noqa: F401 (restrict: re-exported)
 from .sampling import sample_prompt_set
 from .world import World
 
-KERNELS = ("theory", "oracle", "similarity")
-METRICS = ("l1", "tv", "kl", "agree", "acc")
-#: KL(Bayes || kernel) mixes the kernel distribution with this much of the uniform one, so a
-#: kernel estimate with a zero where Bayes has mass gives a large but finite KL.
-KL_MIX = 1e-6
+#: theory: Σ of the pretraining inputs; oracle: Σ_θ* of the prompt's concept; similarity: the
+#: paper's P(o|x)ᵀP(o|x'); frequency: K ≡ 1, the demonstrations' label frequencies (the null model).
+KERNELS = ("theory", "oracle", "similarity", "frequency")
+#: Per n and (kernel, estimator), against exact Bayes (tv_limit: against the estimate's own n -> ∞ limit).
+METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_limit")
+#: At n = inf: the limit against the oracle (l1 .. acc), against exact Bayes at the largest n
+#: (tv_bayes), and the Monte Carlo standard error of the limit on the TV scale (limit_se).
+LIMIT_METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_bayes", "limit_se")
+#: Metrics that are shares or probabilities (their intervals are clipped to [0, 1]; every
+#: metric's lower end is clipped at 0).
+BOUNDED = ("agree", "acc", "nonpositive_sum")
+COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts", "n_worlds")
+FLOOR_COLUMNS = ("world", "concept", "prior", "kernel", "estimator", "floor_tv", "floor_se", "exact",
+                 "eta", "eps", "eps_span", "span_dim", "eta2_eps", "eta2_eps_span")
+#: The fit of |estimate_n − limit| uses n >= this (smaller n are far from the central-limit regime).
+FIT_N_MIN = 4
+#: A kernel is reported constant within a prompt when its values there span at most this much
+#: relative to their magnitude (the tie tolerance of the scores).
+CONSTANT_RTOL = 1e-9
 #: The features of every distinct input and of the Σ sample are held in memory; above this many
-#: bytes run_seed refuses with a one-line error instead of exhausting the machine.
+#: bytes a run refuses with a one-line error instead of exhausting the machine.
 FEATURE_MEMORY_LIMIT = 8 * 2**30
+#: The clipped estimator's per-concept floor needs K between all pairs of inputs: skipped above
+#: this many inputs in a concept's sample.
+CLIPPED_FLOOR_LIMIT = 4000
 
 
 @dataclass
 class SeedResult:
-    """One seed's prompts, B prompts, N demonstrations, L labels.
+    """One (world, prompt seed): B prompts, N demonstrations, L labels.
 
-    bayes   (B, N, L): exact posterior predictive over the labels with n = 1..N demonstrations
-    oracle  (B, L):    P(y | x_test, true concept) over the labels
-    y_test  (B,)       index of the gold label in world.labels
-    concepts (B,)
-    estimates: {(kernel, estimator): (B, N, L) distribution over the labels}
-    info: Σ sample sizes, ridges, ε_θ and η per concept, ...
+    bayes    (B, N, L): exact posterior predictive over the labels with n = 1..N demonstrations
+    oracle   (B, L): P(y | x_test, true concept) over the labels, x_test starting as a
+             demonstration deep in a prompt does (the concept's start in a restart world)
+    known    (B, N, L): P(y | the prompt, true concept); equal to ``oracle`` in a restart world
+    y_test   (B,) index of the gold label in world.labels; concepts (B,); world int
+    estimates {(kernel, estimator): (B, N, L) distribution over the labels}
+    limits    {(kernel, estimator): (B, L) the n -> ∞ limit as a distribution}
+    limit_se  {(kernel, estimator): (B,) its Monte Carlo standard error on the TV scale (0 exact)}
+    nonpositive {kernel: (B, N) bool Σ_{i<=n} K(x_test, x_i) <= 0}; nonpositive_limit {kernel: (B,)}
+    spread   {kernel: (B, 3) per prompt: coefficient of variation, distinct values, share of the
+             most common value, of K(x_test, x_i) over the N demonstrations}
+    info: Σ per kernel, impossible prompts, restart
     """
 
     bayes: np.ndarray
     oracle: np.ndarray
+    known: np.ndarray
     y_test: np.ndarray
     concepts: np.ndarray
+    world: int = 0
     estimates: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+    limit_se: dict = field(default_factory=dict)
+    nonpositive: dict = field(default_factory=dict)
+    nonpositive_limit: dict = field(default_factory=dict)
+    spread: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
 
-def restrict(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """A distribution over symbols (..., V) -> over the label set (..., L), renormalised."""
-    q = p[..., labels]
-    s = q.sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return q / s
+@dataclass
+class Convergence:
+    """What :func:`run` returns.  rows: tidy dicts with ``COLUMNS``; fits: 'kernel/estimator' ->
+    the power-law fit of the mean TV between the estimate and its limit; floors: per world and
+    concept rows with ``FLOOR_COLUMNS``; info: spreads, warnings, Σ, ε_θ rank correlations, ..."""
 
-
-def _pretrain_predictive(world: World, x: np.ndarray) -> np.ndarray:
-    """P(o | x) under the pretraining mixture, x scored alone: (B, V); zero rows where x is
-    impossible under every in-distribution concept."""
-    fw = bayes.forward(world, x, prefixes=False)
-    w = np.nan_to_num(np.exp(bayes.log_posterior_weights(world, fw.final)))
-    return np.einsum("bk,bkv->bv", w, bayes.next_symbol(world, fw.next_state))
+    rows: list
+    fits: dict
+    floors: list
+    info: dict
+    results: list = field(default_factory=list, repr=False)
 
 
 def _check_names(kernels, estimators) -> None:
@@ -71,222 +105,523 @@ def _check_names(kernels, estimators) -> None:
             raise ValueError(f"unknown estimator {e!r}; allowed: {', '.join(kernel.ESTIMATORS)}")
 
 
+# ---------------------------------------------------------------------- one world's kernels
+@dataclass
+class _Concept:
+    sample: kernel.InputSample
+    psi: np.ndarray | None
+    model: kernel.KernelModel | None
+    pred: np.ndarray | None
+
+
+class KernelSet:
+    """The kernels of one world for one example length, built lazily and cached so that every
+    prompt seed of the world shares them: the example world (:func:`kernel.example_world`), the
+    pretraining Σ's kernel and, per concept, its demonstration sample, features and Σ_θ*.
+    Monte Carlo inputs (when V^(k-1) is too large to enumerate) are drawn with ``seed``."""
+
+    def __init__(self, world: World, example_length: int, features: str = "belief",
+                 n_samples: int = 20_000, ridge: float = 0.01, seed: int = 0):
+        self.world = world
+        self.k = int(example_length)
+        self.ew = kernel.example_world(world, self.k)
+        self.features, self.n_samples, self.ridge, self.seed = features, n_samples, ridge, seed
+        self._theory = None
+        self._concepts: dict = {}
+
+    def psi(self, x: np.ndarray) -> np.ndarray:
+        return kernel.features(self.ew, x, self.features)
+
+    def predictive(self, x: np.ndarray) -> np.ndarray:
+        """P(o | x) under the pretraining mixture, x scored alone as a demonstration input: (B, V);
+        zero rows where x is impossible under every in-distribution concept."""
+        return bayes.mixture_predictive(self.ew, x)
+
+    def check_memory(self, n_inputs: int) -> None:
+        D = kernel.feature_dim(self.world, self.features)
+        V, k = self.world.n_symbols, self.k
+        n_sigma = V ** (k - 1) if V ** (k - 1) <= kernel.EXACT_LIMIT else self.n_samples
+        need = 8 * D * (n_inputs + 2 * n_sigma) + (8 * D * D if D <= kernel.DENSE_LIMIT else 8 * n_sigma ** 2)
+        if need > FEATURE_MEMORY_LIMIT:
+            raise ValueError(f"{self.features} features of this world have D = {D:,} dimensions: {n_inputs:,} "
+                             f"distinct inputs plus {n_sigma:,} Σ inputs need about {need / 2**30:.1f} GiB "
+                             f"(limit {FEATURE_MEMORY_LIMIT / 2**30:.0f} GiB); use fewer prompts or "
+                             f"demonstrations, fewer Monte Carlo inputs (n_samples), or belief features")
+
+    def theory(self) -> kernel.KernelModel:
+        if self._theory is None:
+            s = kernel.input_distribution(self.ew, self.k, None, n_samples=self.n_samples, seed=self.seed)
+            self._theory = kernel.fit_kernel(self.psi(s.x), s.weights, ridge=self.ridge, exact=s.exact)
+        return self._theory
+
+    def concept(self, c: int, need_psi: bool = True, need_pred: bool = False) -> _Concept:
+        """Concept c's demonstration sample (exact or Monte Carlo), its features and Σ_θ*'s kernel."""
+        got = self._concepts.get(int(c))
+        if got is None:
+            s = kernel.input_distribution(self.ew, self.k, int(c), n_samples=self.n_samples, seed=self.seed)
+            got = self._concepts[int(c)] = _Concept(s, None, None, None)
+        if need_psi and got.psi is None:
+            got.psi = self.psi(got.sample.x)
+            got.model = kernel.fit_kernel(got.psi, got.sample.weights, ridge=self.ridge, exact=got.sample.exact)
+        if need_pred and got.pred is None:
+            got.pred = self.predictive(got.sample.x)
+        return got
+
+    def gram(self, kname: str, a: dict, b: dict, concept: int | None = None) -> np.ndarray:
+        """K between two sets of inputs given as {'psi': (A, D), 'pred': (A, V), 'n': A}."""
+        if kname == "theory":
+            return self.theory().gram(a["psi"], b["psi"])
+        if kname == "oracle":
+            return self.concept(concept).model.gram(a["psi"], b["psi"])
+        if kname == "similarity":
+            return a["pred"] @ b["pred"].T
+        return np.ones((a["n"], b["n"]))
+
+    def model_info(self, m: kernel.KernelModel) -> dict:
+        return {"form": m.form, "ridge_lambda": m.ridge, "n_inputs": m.n_inputs, "exact": m.exact,
+                "sigma_trace": m.sigma_trace}
+
+
+def _unique_inputs(prompts):
+    """Every input of the experiment (demonstrations, then x_test), deduplicated:
+    (uniq (U, k-1), inv (B, N+1) with x_test last)."""
+    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
+    xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
+    uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
+    return uniq, inv.reshape(B, N + 1)
+
+
+def _pairs(G_or_fn, inv, chunk: int = 64) -> np.ndarray:
+    """K(x_test, x_i) for prompts given as indices into the unique inputs: inv (B, N+1) with
+    x_test last -> (B, N).  G_or_fn: the (U, U) Gram matrix, or fn(rows_a, rows_b) -> K."""
+    if isinstance(G_or_fn, np.ndarray):
+        return G_or_fn[inv[:, -1:], inv[:, :-1]]
+    out = np.empty((inv.shape[0], inv.shape[1] - 1))
+    for a in range(0, inv.shape[0], chunk):
+        b = min(a + chunk, inv.shape[0])
+        out[a:b] = G_or_fn(inv[a:b, -1], inv[a:b, :-1])
+    return out
+
+
+def kernel_values(world: World, prompts, kernels=KERNELS, features: str = "belief", n_samples: int = 20_000,
+                  ridge: float = 0.01, seed: int = 0, progress=None, kernel_set: KernelSet | None = None,
+                  limits_for=None) -> tuple[dict, dict]:
+    """K(x_test, x_i) for every prompt and demonstration: ({kernel: (B, N)}, info).
+
+    kernels: see ``KERNELS``; features 'belief' or 'operator' (kernel.features), computed on the
+    example world (restart-free worlds: inputs as they occur after a delimiter); Σ exact when
+    the V^(k-1) inputs can be enumerated, else from n_samples Monte Carlo inputs drawn with
+    ``seed``; ridge λ = ridge · trace(Σ) / D.  ``limits_for`` (a tuple of estimators) adds
+    info['limits']: {(kernel, estimator): kernel.Limit per prompt (B rows)} and
+    info['limit_den']: {kernel: (B,) population kernel mass}.  A one-line ValueError when the
+    features would not fit in FEATURE_MEMORY_LIMIT."""
+    _check_names(kernels, limits_for or ())
+    tick = progress or (lambda _msg: None)
+    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
+    if N < 1:
+        raise ValueError("kernel estimates need prompts with at least one demonstration")
+    ks = kernel_set or KernelSet(world, k, features, n_samples, ridge, seed)
+    uniq, inv = _unique_inputs(prompts)
+    need_psi = any(kn in ("theory", "oracle") for kn in kernels)
+    if need_psi:
+        ks.check_memory(len(uniq))
+        tick("features")
+    inputs = {"n": len(uniq), "psi": ks.psi(uniq) if need_psi else None,
+              "pred": ks.predictive(uniq) if "similarity" in kernels else None}
+
+    def rows(d, idx):
+        return {"n": len(idx), "psi": None if d["psi"] is None else d["psi"][idx],
+                "pred": None if d["pred"] is None else d["pred"][idx]}
+
+    values, info = {}, {}
+    present = [int(c) for c in np.unique(prompts.concepts)]
+    for kname in kernels:
+        tick({"theory": "Σ (pretraining)", "oracle": "Σ_θ* (oracle)"}.get(kname, kname))
+        if kname == "frequency":
+            values[kname] = np.ones((B, N))
+            continue
+        if kname == "oracle":
+            kv = np.empty((B, N))
+            info["oracle"] = {}
+            for c in present:
+                sel = prompts.concepts == c
+                con = ks.concept(c)
+                info["oracle"][c] = ks.model_info(con.model)
+                kv[sel] = _gram_pairs(ks, kname, inputs, rows, inv[sel], c)
+            values[kname] = kv
+            continue
+        if kname == "theory":
+            info["theory"] = ks.model_info(ks.theory())
+        values[kname] = _gram_pairs(ks, kname, inputs, rows, inv, None)
+
+    if limits_for:
+        tick("exact limits")
+        info["limits"], info["limit_den"] = _prompt_limits(ks, kernels, tuple(limits_for), prompts, inputs, rows, inv)
+    return values, info
+
+
+def _gram_pairs(ks, kname, inputs, rows, inv, concept):
+    U = inputs["n"]
+    if U <= 4000:
+        G = ks.gram(kname, inputs, inputs, concept)
+        return _pairs(G, inv)
+
+    def fn(test_idx, demo_idx):
+        t = rows(inputs, test_idx)
+        out = np.empty(demo_idx.shape)
+        for j in range(len(test_idx)):
+            out[j] = ks.gram(kname, rows(inputs, test_idx[j:j + 1]), rows(inputs, demo_idx[j]), concept)[0]
+        return out
+    return _pairs(fn, inv)
+
+
+def _prompt_limits(ks: KernelSet, kernels, estimators, prompts, inputs, rows, inv):
+    """The n -> ∞ limit of every (kernel, estimator) for each prompt's x_test, from the
+    demonstration sample of the prompt's own concept (exact or Monte Carlo)."""
+    B, L = prompts.tokens.shape[0], len(ks.world.labels)
+    lim = {(kn, e): kernel.Limit(np.full((B, L), np.nan), np.full(B, np.nan), np.zeros((B, L)))
+           for kn in kernels for e in estimators}
+    den = {kn: np.full(B, np.nan) for kn in kernels}
+    for c in (int(c) for c in np.unique(prompts.concepts)):
+        sel = np.flatnonzero(prompts.concepts == c)
+        t_idx, t_inv = np.unique(inv[sel, -1], return_inverse=True)
+        con = ks.concept(c, need_psi=any(kn in ("theory", "oracle") for kn in kernels),
+                         need_pred="similarity" in kernels)
+        demo = {"n": len(con.sample.x), "psi": con.psi, "pred": con.pred}
+        test = rows(inputs, t_idx)
+        for kn in kernels:
+            G = ks.gram(kn, test, demo, c)                                   # (U_c, M)
+            got = kernel.limits(G, con.sample, estimators)
+            for e, lm in got.items():
+                lim[kn, e].scores[sel] = lm.scores[t_inv]
+                lim[kn, e].den[sel] = lm.den[t_inv]
+                lim[kn, e].se[sel] = lm.se[t_inv]
+            den[kn][sel] = (G @ con.sample.weights)[t_inv]
+    return lim, den
+
+
+def kernel_estimates(world: World, prompts, kernels=KERNELS, estimators=kernel.ESTIMATORS,
+                     features: str = "belief", n_samples: int = 20_000, ridge: float = 0.01, seed: int = 0,
+                     progress=None, kernel_set: KernelSet | None = None) -> tuple[dict, dict]:
+    """Every requested kernel estimate of the next label of ``prompts`` (B prompts of N >= 1
+    demonstrations, example length k) after n = 1..N demonstrations, in one cumulative pass
+    over :func:`kernel_values`.
+
+    Returns ({(kernel, estimator): (B, N, L) distribution over world.labels}, info: Σ per kernel)."""
+    _check_names(kernels, estimators)
+    values, info = kernel_values(world, prompts, kernels, features=features, n_samples=n_samples, ridge=ridge,
+                                 seed=seed, progress=progress, kernel_set=kernel_set)
+    estimates = {}
+    for name, kv in values.items():
+        for e in estimators:
+            estimates[(name, e)] = kernel.to_distribution(kernel.estimates(kv, prompts.labels, world.labels, e), e)
+    return estimates, info
+
+
+def kernel_spread(kvals: np.ndarray) -> np.ndarray:
+    """(B, 3) per prompt: coefficient of variation |sd / mean| of K(x_test, x_i) over the
+    demonstrations (inf when the mean is 0), the number of distinct values (within
+    CONSTANT_RTOL relative), and the share of demonstrations at the most common value."""
+    kv = np.sort(np.asarray(kvals, np.float64), axis=1)
+    mean = kv.mean(axis=1)
+    sd = kv.std(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.where(mean != 0, sd / np.abs(mean), np.where(sd > 0, np.inf, 0.0))
+    scale = np.maximum(np.abs(kv[:, 1:]), np.abs(kv[:, :-1]))
+    new = np.diff(kv, axis=1) > CONSTANT_RTOL * scale
+    distinct = 1 + new.sum(axis=1)
+    # run lengths of equal values: the longest run is the modal share
+    modal = np.empty(kv.shape[0])
+    for b in range(kv.shape[0]):
+        cuts = np.flatnonzero(new[b])
+        runs = np.diff(np.concatenate([[0], cuts + 1, [kv.shape[1]]]))
+        modal[b] = runs.max() / kv.shape[1]
+    return np.stack([cv, distinct, modal], axis=1)
+
+
+# ---------------------------------------------------------------------- one (world, seed)
 def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed: int = 0,
-             kernels=("theory", "oracle", "similarity"), estimators=kernel.ESTIMATORS,
-             features: str = "belief", concepts="prior", n_samples: int = 20_000, ridge: float = 0.01,
-             progress=None) -> SeedResult:
+             kernels=KERNELS, estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior",
+             n_samples: int = 20_000, ridge: float = 0.01, progress=None, kernel_set: KernelSet | None = None,
+             world_id: int = 0) -> SeedResult:
     """Sample prompts (``concepts``: 'prior', 'id', 'ood' or a concept index; see
-    sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max and every
-    requested kernel estimate (:func:`kernel_estimates`)."""
+    sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max, every requested
+    kernel estimate and its exact n -> ∞ limit."""
     _check_names(kernels, estimators)
     tick = progress or (lambda _msg: None)
     labels = world.labels
     prompts = sample_prompt_set(world, n_prompts, n_max, example_length, seed=seed, concepts=concepts)
     tick("exact Bayes")
     curve = bayes.icl_curve(world, prompts)
+    ks = kernel_set or KernelSet(world, example_length, features, n_samples, ridge, seed)
     label_index = np.full(world.n_symbols, -1)
     label_index[labels] = np.arange(len(labels))
-    res = SeedResult(bayes=restrict(curve.predictive[:, 1:], labels), oracle=restrict(curve.oracle, labels),
-                     y_test=label_index[prompts.y_test], concepts=prompts.concepts)
+    if world.restart:
+        oracle = restrict(curve.oracle, labels)
+    else:   # x_test as a demonstration deep inside a prompt starts (the kernel's target)
+        oracle = restrict(bayes.oracle_predictive(ks.ew, prompts.x_test(), prompts.concepts), labels)
+    res = SeedResult(bayes=restrict(curve.predictive[:, 1:], labels), oracle=oracle,
+                     known=restrict(curve.known[:, 1:], labels), y_test=label_index[prompts.y_test],
+                     concepts=prompts.concepts, world=world_id)
     res.info["impossible_prompts"] = int(np.isnan(curve.predictive[:, -1]).any(axis=-1).sum())
-    estimates, info = kernel_estimates(world, prompts, kernels, estimators, features=features,
-                                       n_samples=n_samples, ridge=ridge, seed=seed, progress=progress)
-    res.estimates.update(estimates)
-    res.info.update(info)
+    res.info["restart"] = bool(world.restart)
+    res.info["limits_exact"] = world_inputs_enumerable(world, example_length)
+    values, info = kernel_values(world, prompts, kernels, features=features, n_samples=n_samples, ridge=ridge,
+                                 seed=seed, progress=progress, kernel_set=ks, limits_for=estimators)
+    for kname, kv in values.items():
+        res.nonpositive[kname] = np.cumsum(kv, axis=1) <= 0
+        res.nonpositive_limit[kname] = ~(info["limit_den"][kname] > 0)
+        res.spread[kname] = kernel_spread(kv)
+        for e in estimators:
+            res.estimates[(kname, e)] = kernel.to_distribution(kernel.estimates(kv, prompts.labels, labels, e), e)
+            lm = info["limits"][(kname, e)]
+            res.limits[(kname, e)] = kernel.to_distribution(lm.scores, e)
+            res.limit_se[(kname, e)] = lm.se.sum(axis=-1) / 2
+    res.info.update({k: v for k, v in info.items() if k not in ("limits", "limit_den")})
     return res
 
 
-def kernel_estimates(world: World, prompts, kernels=("theory", "oracle", "similarity"),
-                     estimators=kernel.ESTIMATORS, features: str = "belief", n_samples: int = 20_000,
-                     ridge: float = 0.01, seed: int = 0, progress=None) -> tuple[dict, dict]:
-    """Every requested kernel estimate of the next label of ``prompts`` (B prompts of N >= 1
-    demonstrations, example length k) after n = 1..N demonstrations, in one cumulative pass
-    over the kernel values of :func:`kernel_values`.
-
-    Returns ({(kernel, estimator): (B, N, L) distribution over world.labels}, info: Σ per
-    kernel)."""
-    _check_names(kernels, estimators)
-    values, info = kernel_values(world, prompts, kernels, features=features, n_samples=n_samples,
-                                 ridge=ridge, seed=seed, progress=progress)
-    estimates = {}
-    for name, kv in values.items():
-        for e in estimators:
-            estimates[(name, e)] = kernel.to_distribution(
-                kernel.estimates(kv, prompts.labels, world.labels, e), e)
-    return estimates, info
-
-
-def kernel_values(world: World, prompts, kernels=("theory", "oracle", "similarity"),
-                  features: str = "belief", n_samples: int = 20_000, ridge: float = 0.01, seed: int = 0,
-                  progress=None) -> tuple[dict, dict]:
-    """K(x_test, x_i) for every prompt and demonstration: ({kernel: (B, N)}, info: Σ per kernel).
-
-    kernels: 'theory' (Σ of the pretraining inputs), 'oracle' (Σ_θ* of the prompt's own
-    concept), 'similarity' (P(o|x)ᵀP(o|x')); features: 'belief' or 'operator'
-    (kernel.features); Σ from n_samples Monte Carlo inputs (drawn with ``seed``) unless
-    enumerable, with ridge λ = ridge · trace(Σ) / D.  A one-line ValueError when the features
-    would not fit in FEATURE_MEMORY_LIMIT."""
-    _check_names(kernels, ())
-    tick = progress or (lambda _msg: None)
-    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
-    if N < 1:
-        raise ValueError("kernel estimates need prompts with at least one demonstration")
-    values, info = {}, {}
-
-    # every input of the experiment (demonstrations then x_test), deduplicated
-    starts = prompts.x_spans[:, 0]
-    xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in starts], axis=1)      # (B, N+1, k-1)
-    uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
-    inv = inv.reshape(B, N + 1)
-
-    need_psi = any(kname in ("theory", "oracle") for kname in kernels)
-    if need_psi:
-        D = kernel.feature_dim(world, features)
-        n_sigma = min(n_samples, world.n_symbols ** (k - 1)) if world.n_symbols ** (k - 1) <= kernel.EXACT_LIMIT \
-            else n_samples
-        need = 8 * D * (len(uniq) + n_sigma) + (8 * D * D if D <= kernel.DENSE_LIMIT else 8 * n_sigma ** 2)
-        if need > FEATURE_MEMORY_LIMIT:
-            raise ValueError(f"{features} features of this world have D = {D:,} dimensions: {len(uniq):,} "
-                             f"distinct inputs plus {n_sigma:,} Σ inputs need about {need / 2**30:.1f} GiB "
-                             f"(limit {FEATURE_MEMORY_LIMIT / 2**30:.0f} GiB); use fewer prompts or "
-                             f"demonstrations, a smaller --n-samples, or --features belief")
-        tick("features")
-        psi_u = kernel.features(world, uniq, features)                            # (U, D)
-    if "theory" in kernels:
-        tick("Σ (pretraining)")
-        model = _model(world, k, None, features, n_samples, seed, ridge)
-        info["theory"] = _model_info(model)
-        values["theory"] = _kernel_values(model, psi_u, inv)
-    if "oracle" in kernels:
-        tick("Σ_θ* (oracle)")
-        kv = np.empty((B, N))
-        info["oracle"] = {}
-        for c in np.unique(prompts.concepts):
-            rows = prompts.concepts == c
-            m_c = _model(world, k, int(c), features, n_samples, seed, ridge)
-            info["oracle"][int(c)] = _model_info(m_c)
-            kv[rows] = _kernel_values(m_c, psi_u, inv[rows])
-        values["oracle"] = kv
-    if "similarity" in kernels:
-        tick("similarity")
-        p_u = _pretrain_predictive(world, uniq)                                    # (U, V)
-        values["similarity"] = np.einsum("bv,bnv->bn", p_u[inv[:, -1]], p_u[inv[:, :-1]])
-    return values, info
-
-
-def _model(world, k, concept, features, n_samples, seed, ridge):
-    sample = kernel.input_distribution(world, k, concept=concept, n_samples=n_samples, seed=seed)
-    psi = kernel.features(world, sample.x, features)
-    return kernel.fit_kernel(psi, sample.weights, ridge=ridge, exact=sample.exact)
-
-
-def _model_info(m: kernel.KernelModel) -> dict:
-    return {"form": m.form, "ridge_lambda": m.ridge, "n_inputs": m.n_inputs, "exact": m.exact,
-            "sigma_trace": m.sigma_trace}
-
-
-def _kernel_values(model: kernel.KernelModel, psi_u: np.ndarray, inv: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """K(x_test, x_i) for prompts given as indices into the unique inputs: inv (B, N+1) with
-    x_test last -> (B, N)."""
-    U = psi_u.shape[0]
-    if U <= 4000:
-        G = model.gram(psi_u, psi_u)
-        return G[inv[:, -1:], inv[:, :-1]]
-    out = np.empty((inv.shape[0], inv.shape[1] - 1))
-    for a in range(0, inv.shape[0], chunk):
-        b = min(a + chunk, inv.shape[0])
-        out[a:b] = model.gram(psi_u[inv[a:b, -1]][:, None, :], psi_u[inv[a:b, :-1]])[:, 0, :]
+# ---------------------------------------------------------------------- per-concept floors
+def concept_floors(ks: KernelSet, concepts, kernels=KERNELS, estimators=kernel.ESTIMATORS,
+                   world_label=0) -> list[dict]:
+    """The exact bias floor of every (kernel, estimator) for each concept θ: the mean over
+    x* ~ q_θ (the concept's demonstration inputs, enumerated or sampled) of TV(limit(x*),
+    P(y | x*, θ)), with the theory's bias ingredients for the theory kernel: η = max ‖ψ(x)‖₂ over
+    θ's inputs, ε_θ = ρ(Σ_pre⁻¹ − Σ_θ⁻¹) and ε_θ restricted to the span of θ's features
+    (:func:`kernel.epsilon_theta`).  The linear estimators use the population moments (no Gram
+    matrix over all pairs); ``clipped`` needs one and is computed only up to CLIPPED_FLOOR_LIMIT
+    inputs.  Rows with ``FLOOR_COLUMNS``."""
+    out = []
+    for c in concepts:
+        con = ks.concept(c, need_psi=True, need_pred="similarity" in kernels)
+        s = con.sample
+        w, J = s.weights, s.joint                                         # (M,), (M, L)
+        oracle = s.label_probs
+        M = len(w)
+        extra = {"eta": float(np.linalg.norm(con.psi, axis=1).max()), "eps": np.nan, "eps_span": np.nan,
+                 "span_dim": -1}
+        pre = ks.theory()
+        if pre.form == "dense" and con.model.form == "dense":
+            basis = kernel.support_basis(con.psi)
+            extra.update(eps=kernel.epsilon_theta(pre, con.model),
+                         eps_span=kernel.epsilon_theta(pre, con.model, basis), span_dim=int(basis.shape[1]))
+        for kn in kernels:
+            if kn in ("theory", "oracle"):
+                model = ks.theory() if kn == "theory" else con.model
+                A = model.precision_times(np.concatenate([con.psi.T @ J, (con.psi.T @ w)[:, None]], axis=1))
+                lin = con.psi @ A                                          # (M, L+1)
+            elif kn == "similarity":
+                lin = con.pred @ np.concatenate([con.pred.T @ J, (con.pred.T @ w)[:, None]], axis=1)
+            else:
+                lin = np.broadcast_to(np.concatenate([J.sum(0), [1.0]]), (M, J.shape[1] + 1))
+            for e in estimators:
+                if e == "clipped":
+                    if M > CLIPPED_FLOOR_LIMIT:
+                        continue
+                    demo = {"n": M, "psi": con.psi, "pred": con.pred}
+                    G = np.clip(ks.gram(kn, demo, demo, c), 0.0, None)
+                    scores = kernel.ratio(G @ J, (G @ w)[:, None])
+                elif e == "averaged":
+                    scores = lin[:, :-1]
+                else:
+                    scores = kernel.ratio(lin[:, :-1], lin[:, -1:])
+                tv = np.abs(kernel.to_distribution(scores, e) - oracle).sum(axis=1) / 2
+                floor = float(w @ tv)
+                se = 0.0 if s.exact else float(tv.std(ddof=1) / np.sqrt(M)) if M > 1 else np.nan
+                row = {"world": world_label, "concept": int(c), "prior": float(ks.world.prior[c]), "kernel": kn,
+                       "estimator": e, "floor_tv": floor, "floor_se": se, "exact": bool(s.exact)}
+                row.update(extra)
+                row["eta2_eps"] = row["eta"] ** 2 * row["eps"]
+                row["eta2_eps_span"] = row["eta"] ** 2 * row["eps_span"]
+                out.append(row)
     return out
 
 
-# ---------------------------------------------------------------------- metrics
-def metrics(p_ref: np.ndarray, q: np.ndarray, y_test: np.ndarray) -> dict:
-    """Per-prompt, per-n metrics of the estimate q against the reference p (both (B, N, L),
-    or (B, L) broadcast): l1 = Σ|p - q|, tv = l1 / 2, kl = KL(p || (1-KL_MIX) q + KL_MIX / L),
-    agree = [argmax q == argmax p], acc = [argmax q == y_test].  KL renormalises q first (the
-    averaged estimate need not sum to 1)."""
-    L = q.shape[-1]
-    l1 = np.abs(p_ref - q).sum(axis=-1)
-    mass = q.sum(axis=-1, keepdims=True)     # the averaged form is not renormalised: KL needs it
-    qn = np.where(mass > 0, q / np.where(mass > 0, mass, 1.0), 1.0 / L)
-    qm = (1 - KL_MIX) * qn + KL_MIX / L
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = np.where(p_ref > 0, p_ref * (np.log(p_ref) - np.log(qm)), 0.0).sum(axis=-1)
-    agree = (q.argmax(axis=-1) == p_ref.argmax(axis=-1)).astype(float)
-    yt = y_test.reshape((-1,) + (1,) * (q.ndim - 2))
-    acc = (q.argmax(axis=-1) == yt).astype(float)
-    return {"l1": l1, "tv": l1 / 2, "kl": kl, "agree": agree, "acc": acc}
+def bias_term_correlation(floors: list[dict], kernel_name: str = "theory") -> dict:
+    """Spearman rank correlation over (world, concept) pairs between the exact floor of each
+    estimator of ``kernel_name`` and the theory's bias term η²ε_θ (full and span-restricted).
+    {estimator: {'n_pairs', 'rho', 'p_value', 'rho_span', 'p_value_span'}}; NaN with < 4 pairs."""
+    from scipy.stats import spearmanr
 
-
-def mean_ci(x: np.ndarray, axis: int = 0):
-    """Mean and normal-approximation 95% CI over ``axis`` (NaNs dropped): (mean, lo, hi, count)."""
-    n = np.sum(np.isfinite(x), axis=axis)
-    m = np.nanmean(x, axis=axis)
-    sd = np.nanstd(x, axis=axis, ddof=1) if x.shape[axis] > 1 else np.zeros_like(m)
-    half = 1.96 * sd / np.sqrt(np.maximum(n, 1))
-    return m, m - half, m + half, n
-
-
-def fit_power_law(n: np.ndarray, d: np.ndarray):
-    """Fit d(n) = a n^slope + floor (a > 0, floor >= 0, -3 <= slope <= 0) by least squares on
-    log d.  Returns (slope, floor, a); NaNs when fewer than 4 usable points."""
-    from scipy.optimize import least_squares
-
-    ok = np.isfinite(d) & (d > 0)
-    n, d = np.asarray(n, float)[ok], np.asarray(d, float)[ok]
-    if len(n) < 4:
-        return float("nan"), float("nan"), float("nan")
-    ln, ld = np.log(n), np.log(d)
-    b0, a0 = np.polyfit(ln, ld, 1)
-
-    def resid(p):
-        la, b, lc = p
-        return np.logaddexp(la + b * ln, lc) - ld
-
-    lc0 = np.log(max(d.min() / 4, 1e-12))
-    fit = least_squares(resid, [a0, min(max(b0, -3), 0), lc0], bounds=([-50, -3, -40], [50, 0, 5]))
-    la, b, lc = fit.x
-    return float(b), float(np.exp(lc)), float(np.exp(la))
+    out = {}
+    for e in sorted({r["estimator"] for r in floors if r["kernel"] == kernel_name}):
+        sel = [r for r in floors if r["kernel"] == kernel_name and r["estimator"] == e
+               and np.isfinite(r["floor_tv"])]
+        entry = {"n_pairs": len(sel)}
+        for key, col in (("", "eta2_eps"), ("_span", "eta2_eps_span")):
+            x = np.array([r[col] for r in sel], float)
+            y = np.array([r["floor_tv"] for r in sel], float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            # floors at round-off level (a kernel exact in the limit) have no ranks to compare
+            if ok.sum() >= 4 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 1e-9:
+                rho, p = spearmanr(x[ok], y[ok])
+                entry["rho" + key], entry["p_value" + key] = float(rho), float(p)
+            else:
+                entry["rho" + key], entry["p_value" + key] = float("nan"), float("nan")
+        out[e] = entry
+    return out
 
 
 # ---------------------------------------------------------------------- tidy tables
-def summarise(results: list[SeedResult], n_demos) -> tuple[list[dict], dict]:
-    """Pool the prompts of every seed; for each requested n, every (kernel, estimator) and
-    every metric: mean and 95% CI over prompts.  Reference rows: kernel 'bayes' (the exact
-    posterior's own accuracy, estimator '-') and 'bayes-vs-oracle' (Bayes scored against the
-    oracle, so its distance is the concept-identification term).
+def summarise(results: list[SeedResult], n_demos, n_fit_min: int = FIT_N_MIN) -> tuple[list[dict], dict]:
+    """Pool the prompts of every seed; for each requested n, every (kernel, estimator) and every
+    metric: the mean and a 95% CI with worlds as the unit (metrics.world_ci; over prompts when
+    there is one world).  Rows at n_demos = inf hold the exact limits.  Reference rows: kernel
+    'bayes' (the exact posterior's own accuracy; at inf the oracle's), 'bayes-vs-oracle' (Bayes
+    scored against the oracle) and, in restart-free worlds, 'bayes-vs-known' (against the
+    concept-known predictive: the concept-identification term).
 
-    Returns (rows, fits): rows are dicts with the columns n_demos, estimator, kernel, metric,
-    mean, ci_low, ci_high, n_prompts; fits maps 'kernel/estimator' to {slope, floor, amplitude}
-    fitted to the mean total variation over every n = 1..N (not only the requested ones)."""
+    Returns (rows with ``COLUMNS``, fits): fits maps 'kernel/estimator' to the power-law fit
+    (metrics.PowerLaw.as_dict) of the mean TV between the estimate and its limit over
+    n = n_fit_min..N."""
     n_demos = np.asarray(sorted(set(int(n) for n in n_demos)))
-    bayes_all = np.concatenate([r.bayes for r in results])
-    oracle_all = np.concatenate([r.oracle for r in results])
-    y_all = np.concatenate([r.y_test for r in results])
+    cat = lambda get: np.concatenate([get(r) for r in results])  # noqa: E731
+    bayes_all, oracle_all, y_all = cat(lambda r: r.bayes), cat(lambda r: r.oracle), cat(lambda r: r.y_test)
+    worlds = cat(lambda r: np.full(len(r.y_test), r.world))
     N = bayes_all.shape[1]
     rows, fits = [], {}
 
-    def add(kname, est, per_prompt):
+    def add(kname, est, per_prompt, ns=n_demos, inf=False):
         for metric, arr in per_prompt.items():
-            m, lo, hi, cnt = mean_ci(arr, axis=0)
-            m, lo, hi, cnt = (np.broadcast_to(v, (N,)) for v in (m, lo, hi, cnt))
-            for n in n_demos:
-                rows.append(dict(n_demos=int(n), estimator=est, kernel=kname, metric=metric,
-                                 mean=float(m[n - 1]), ci_low=float(lo[n - 1]), ci_high=float(hi[n - 1]),
-                                 n_prompts=int(cnt[n - 1])))
+            arr = np.asarray(arr, np.float64)
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            m, lo, hi, cnt, nw = world_ci(arr, worlds)
+            # a t-interval over a few worlds can leave the metric's range: clip it to the range
+            lo = np.maximum(lo, 0.0)
+            if metric in BOUNDED:
+                hi = np.minimum(hi, 1.0)
+            for j, n in enumerate([np.inf] if inf else ns):
+                col = 0 if inf or arr.shape[1] == 1 else n - 1
+                rows.append(dict(n_demos=float("inf") if inf else int(n), estimator=est, kernel=kname, metric=metric,
+                                 mean=float(m[col]), ci_low=float(lo[col]), ci_high=float(hi[col]),
+                                 n_prompts=int(cnt[col]), n_worlds=int(nw[col])))
 
-    for key in results[0].estimates:
-        q = np.concatenate([r.estimates[key] for r in results])
-        per = metrics(bayes_all, q, y_all)
+    fit_n = np.arange(1, N + 1)
+    keys = list(results[0].estimates)
+    for key in keys:
+        q = cat(lambda r: r.estimates[key])
+        lim = cat(lambda r: r.limits[key])
+        per = compare(bayes_all, q, y_all)
+        per["tv_limit"] = np.abs(q - lim[:, None]).sum(-1) / 2
         add(key[0], key[1], per)
-        slope, floor, amp = fit_power_law(np.arange(1, N + 1), np.nanmean(per["tv"], axis=0))
-        fits[f"{key[0]}/{key[1]}"] = {"slope": slope, "floor": floor, "amplitude": amp,
-                                      "metric": "tv", "n_range": [1, N]}
-    acc = {"acc": (bayes_all.argmax(-1) == y_all[:, None]).astype(float)}
-    add("bayes", "-", acc)
-    add("bayes-vs-oracle", "-", {k: v for k, v in metrics(np.broadcast_to(oracle_all[:, None], bayes_all.shape),
-                                                          bayes_all, y_all).items() if k in ("l1", "tv", "kl", "agree")})
+        mean_tv = np.nanmean(per["tv_limit"], axis=0)
+        lo = min(max(1, n_fit_min), max(1, N - 3))
+        # an exact limit leaves no floor to fit; a Monte Carlo one leaves its own error
+        exact = all(r.info.get("limits_exact", True) for r in results)
+        fit = fit_power_law(fit_n[lo - 1:], mean_tv[lo - 1:], floor=not exact)
+        fits[f"{key[0]}/{key[1]}"] = fit.as_dict(metric="tv_limit", n_range=[int(lo), int(N)],
+                                                 with_floor=not exact)
+        inf = compare(oracle_all, lim, y_all)
+        inf["tv_bayes"] = np.abs(bayes_all[:, -1] - lim).sum(-1) / 2
+        inf["limit_se"] = cat(lambda r: r.limit_se[key])
+        add(key[0], key[1], inf, inf=True)
+    for kname in results[0].nonpositive:
+        add(kname, "-", {"nonpositive_sum": cat(lambda r: r.nonpositive[kname]).astype(float)})
+        add(kname, "-", {"nonpositive_sum": cat(lambda r: r.nonpositive_limit[kname]).astype(float)}, inf=True)
+    from .metrics import tie_accuracy
+    add("bayes", "-", {"acc": tie_accuracy(bayes_all, y_all)})
+    add("bayes", "-", {"acc": tie_accuracy(oracle_all, y_all)}, inf=True)
+    vs = compare(np.broadcast_to(oracle_all[:, None], bayes_all.shape), bayes_all, y_all)
+    add("bayes-vs-oracle", "-", {k: vs[k] for k in ("l1", "tv", "kl", "agree")})
+    if not all(r.info.get("restart", True) for r in results):
+        known = cat(lambda r: r.known)
+        vk = compare(known, bayes_all, y_all)
+        add("bayes-vs-known", "-", {k: vk[k] for k in ("l1", "tv", "kl", "agree")})
     return rows, fits
+
+
+def spread_summary(results: list[SeedResult]) -> dict:
+    """Per kernel, over every prompt: the median coefficient of variation, median number of
+    distinct values and median modal share of K(x_test, x_i) within a prompt, and the share of
+    prompts where the kernel is constant (one value)."""
+    out = {}
+    for kname in results[0].spread:
+        sp = np.concatenate([r.spread[kname] for r in results])
+        out[kname] = {"median_cv": float(np.median(sp[:, 0])), "median_distinct": float(np.median(sp[:, 1])),
+                      "median_modal_share": float(np.median(sp[:, 2])),
+                      "constant_fraction": float(np.mean(sp[:, 1] == 1))}
+    return out
+
+
+def spread_warnings(spread: dict) -> list[str]:
+    """One line per kernel (other than 'frequency') that is constant, or nearly so, within the
+    prompts: its estimate is then the label frequencies."""
+    out = []
+    for kname, s in spread.items():
+        if kname == "frequency":
+            continue
+        if s["constant_fraction"] >= 0.5 or s["median_modal_share"] >= 0.95:
+            out.append(f"the {kname} kernel is constant within prompts (one value in "
+                       f"{s['constant_fraction']:.0%} of them; median share of the most common value "
+                       f"{s['median_modal_share']:.2f}): its estimate is the label frequencies")
+    return out
+
+
+# ---------------------------------------------------------------------- the whole experiment
+def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0,), kernels=KERNELS,
+        estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior", n_samples: int = 20_000,
+        ridge: float = 0.01, world_labels=None, floors: bool = True, progress=None) -> Convergence:
+    """``simkernel converge`` as a library call.
+
+    worlds: a World or a list of Worlds (e.g. one preset at several world seeds); n_demos: the n
+    to report (prompts hold max(n) demonstrations); seeds: prompt seeds, each run in every world
+    (the first also draws the Monte Carlo inputs of Σ where those are sampled); world_labels: a
+    name per world for the floors table (default: its meta seed, else its index).
+    ``progress(message, done)`` is called before each stage, ``done`` the number of finished
+    (world, seed) runs.  Returns a :class:`Convergence`."""
+    if isinstance(worlds, World):
+        worlds = [worlds]
+    worlds = list(worlds)
+    if not worlds:
+        raise ValueError("worlds is empty: give at least one world")
+    ns = sorted(set(int(n) for n in n_demos))
+    if not ns or ns[0] < 1:
+        raise ValueError(f"n_demos must be integers >= 1, got {n_demos!r}")
+    seeds = list(seeds)
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds!r}")
+    kernels, estimators = tuple(kernels), tuple(estimators)
+    _check_names(kernels, estimators)
+    labels = list(world_labels) if world_labels is not None else [
+        w.meta.get("seed", i) if len(worlds) > 1 else w.meta.get("seed", 0) for i, w in enumerate(worlds)]
+    if len(set(map(str, labels))) != len(labels):
+        labels = list(range(len(worlds)))
+    tick = progress or (lambda _msg, _done: None)
+    results, floor_rows, sigma = [], [], {}
+    for wi, (world, wl) in enumerate(zip(worlds, labels)):
+        ks = KernelSet(world, example_length, features, n_samples, ridge, seeds[0])
+        for s in seeds:
+            done = len(results)
+            res = run_seed(world, ns[-1], example_length, n_prompts, seed=s, kernels=kernels, estimators=estimators,
+                           features=features, concepts=concepts, n_samples=n_samples, ridge=ridge,
+                           progress=lambda m, wl=wl, s=s, done=done: tick(f"world {wl}, seed {s}: {m}", done),
+                           kernel_set=ks, world_id=wi)
+            results.append(res)
+            sigma[f"{wl}/{s}"] = {k: v for k, v in res.info.items() if k in ("theory", "oracle")}
+        if floors:
+            # every concept, those no prompt drew included: a floor needs no prompts
+            tick(f"world {wl}: floors per concept", len(results))
+            floor_rows += concept_floors(ks, range(world.n_concepts), kernels, estimators, world_label=wl)
+    rows, fits = summarise(results, ns)
+    spread = spread_summary(results)
+    impossible = {f"{labels[r.world]}/{s}": int(r.info.get("impossible_prompts", 0))
+                  for r, s in zip(results, [s for _ in worlds for s in seeds])}
+    info = {"spread": spread, "warnings": spread_warnings(spread), "sigma": sigma,
+            "impossible_prompts": impossible, "n_worlds": len(worlds), "worlds": labels,
+            "restart": [bool(w.restart) for w in worlds],
+            "limits_exact": world_inputs_enumerable(worlds[0], example_length),
+            "bias_term": bias_term_correlation(floor_rows) if floor_rows and "theory" in kernels else {}}
+    if not all(w.restart for w in worlds):
+        info["warnings"].append("a restart-free world breaks the theory's Assumption 1 (the hidden state runs on "
+                                "through the delimiter): kernels and limits use the inputs as they occur after a "
+                                "delimiter, and 'bayes-vs-known' is the concept-identification term")
+    return Convergence(rows, fits, floor_rows, info, results)
+
+
+def world_inputs_enumerable(world: World, example_length: int) -> bool:
+    """True when the V^(k-1) inputs are enumerated (Σ and the limits exact), else Monte Carlo."""
+    return world.n_symbols ** (example_length - 1) <= kernel.EXACT_LIMIT
 
 
 # ---------------------------------------------------------------------- exact Bayes alone
@@ -298,11 +633,13 @@ def bayes_summary(world: World, prompts, curve, ns) -> tuple[list[dict], int]:
     ci_high, n_prompts) and the number of prompts whose posterior is undefined (probability 0
     under the pretraining mixture) at some n.  Over the labels, renormalised:
       posterior_true    P(true concept | n demonstrations, x_test)
-      bayes_accuracy    argmax of the Bayes predictive == y_test
-      oracle_agreement  that argmax == the oracle's argmax (true concept known)
+      bayes_accuracy    argmax of the Bayes predictive == y_test (a tie among m labels: 1/m)
+      oracle_agreement  that argmax == the oracle's argmax (true concept known; tie-fair)
       tv_oracle         total variation between Bayes and oracle
       oracle_accuracy   the oracle's argmax == y_test (a ceiling, the same for every n)
     A prompt is left out at the n where it is impossible."""
+    from .metrics import mean_ci, tie_accuracy
+
     labels = world.labels
     idx = np.full(world.n_symbols, -1)
     idx[labels] = np.arange(len(labels))
@@ -312,14 +649,12 @@ def bayes_summary(world: World, prompts, curve, ns) -> tuple[list[dict], int]:
     post_true = curve.posterior[np.arange(len(y)), :, prompts.concepts][:, list(ns)]
     bad = ~np.isfinite(pred).all(axis=-1) | ~np.isfinite(curve.posterior[:, list(ns)]).all(axis=-1)
     both = ~bad & np.isfinite(oracle).all(axis=-1)[:, None]
-    m = metrics(oracle[:, None], np.where(bad[..., None], 0.0, pred), y)
-    m_oracle = metrics(oracle, oracle, y)
+    m = compare(oracle[:, None], np.where(bad[..., None], 0.0, pred), y)
     per = {"posterior_true": np.where(bad, np.nan, post_true),
-           "bayes_accuracy": np.where(bad, np.nan, (pred.argmax(-1) == y[:, None]).astype(float)),
+           "bayes_accuracy": np.where(bad, np.nan, tie_accuracy(np.where(bad[..., None], 0.0, pred), y)),
            "oracle_agreement": np.where(both, m["agree"], np.nan),
            "tv_oracle": np.where(both, m["tv"], np.nan),
-           "oracle_accuracy": np.broadcast_to(np.where(np.isfinite(oracle).all(-1), m_oracle["acc"],
-                                                       np.nan)[:, None], bad.shape)}
+           "oracle_accuracy": np.broadcast_to(tie_accuracy(oracle, y)[:, None], bad.shape)}
     rows = []
     for j, n in enumerate(ns):
         for metric in BAYES_METRICS:

@@ -1,5 +1,5 @@
-"""In-context learning of a trained model against the exact Bayesian posterior predictive and
-the theory kernel estimator.
+"""In-context learning of a trained model against the exact Bayesian posterior predictive, the
+theory kernel estimator and the label-frequency baseline.
 
 For each number of demonstrations n the same prompts (sampled once with N = max(n)
 demonstrations, then cut to n by ``Prompts.truncated``) are given to
@@ -12,20 +12,33 @@ demonstrations, then cut to n by ``Prompts.truncated``) are given to
     the kernel  the theory kernel's estimate after the n demonstrations
                 (``convergence.kernel_estimates``, with ``simkernel converge``'s defaults:
                 theory kernel, belief features, ridge 0.01, Σ exact or from 20000 Monte Carlo
-                inputs drawn with the prompt seed; both estimators), for n >= 1.
+                inputs drawn with the prompt seed; every estimator), for n >= 1;
+    label frequencies  the frequency kernel K ≡ 1 in the same call: the share of each label
+                among the n demonstrations, the null model a kernel has to beat (n >= 1).
 
-Metrics per prompt and n (``METRICS``), averaged with 95% CIs (``convergence.mean_ci``):
+Metrics per prompt and n (``METRICS``), averaged with 95% CIs (``metrics.mean_ci``):
 tv_bayes (total variation model vs Bayes), agree_bayes (same argmax), acc_model / acc_bayes /
-acc_oracle (argmax == y_test), tv_oracle (model vs oracle), and for the kernel estimator
-(``KERNEL_METRICS``; the normalised estimator unsuffixed, the averaged one with the suffix
-``_averaged``): tv_kernel (model vs kernel), agree_kernel (same argmax), acc_kernel (the
-kernel's argmax == y_test) and tv_kernel_bayes (kernel vs Bayes, the quantity ``simkernel
-converge`` reports).  A prompt whose Bayes posterior is undefined (probability 0 under every
-in-distribution concept) is left out of the metrics that need it.  n whose prompt is longer
-than the model's context (n_positions) is skipped and reported.  The kernel metrics have no
-row at n = 0 (no demonstrations to regress on); when the kernel cannot be computed for a
-world (e.g. its features would exceed ``convergence.FEATURE_MEMORY_LIMIT``) they are left out
-and the reason is recorded in ``info["kernel"]["skipped"]``.
+acc_oracle (argmax == y_test), tv_oracle (model vs oracle); for the theory kernel
+(``KERNEL_METRICS``; the normalised estimator unsuffixed, the others with the suffix
+``_averaged`` / ``_clipped``): tv_kernel (model vs kernel), agree_kernel (same argmax),
+acc_kernel (the kernel's argmax == y_test) and tv_kernel_bayes (kernel vs Bayes, the quantity
+``simkernel converge`` reports); for the label frequencies (``FREQUENCY_METRICS``, one
+estimator: every form is the same distribution when K ≡ 1): tv_frequency, agree_frequency,
+acc_frequency and tv_frequency_bayes, named likewise.
+
+Every argmax comparison is tie-fair (``metrics.tie_agreement`` / ``metrics.tie_accuracy``): an
+argmax tie among m labels scores 1/m, the expected score of a uniformly random tie-break.  The
+label frequencies tie whenever two labels have the same count, and a normalised kernel
+estimate whose kernel sum is <= 0 is uniform (a tie among all labels), so the lowest-index
+argmax would credit label 0 with every such prompt.
+
+A prompt whose Bayes posterior is undefined (probability 0 under every in-distribution
+concept) is left out of the metrics that need it.  n whose prompt is longer than the model's
+context (n_positions) is skipped and reported.  The kernel and frequency metrics have no row
+at n = 0 (no demonstrations to regress on).  When the theory kernel cannot be computed for a
+world (e.g. its features would exceed ``convergence.FEATURE_MEMORY_LIMIT``) its metrics are
+left out, the reason is recorded in ``info["kernel"]["skipped"]``, and the label frequencies
+(which need no features) are still reported.
 
 torch is imported inside the functions that need it.
 """
@@ -38,26 +51,33 @@ from pathlib import Path
 import numpy as np
 
 from . import bayes, kernel
-from .convergence import kernel_estimates, mean_ci, metrics, restrict
+from .convergence import kernel_estimates
+from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement
 from .sampling import sample_prompt_set
 from .world import World
 
 BASE_METRICS = ("tv_bayes", "agree_bayes", "acc_model", "acc_bayes", "acc_oracle", "tv_oracle")
 #: The kernel estimator's settings: ``simkernel converge``'s defaults, so that tv_kernel_bayes
-#: here is the tv that converge reports for the same world, prompts and seed.
-KERNEL_OPTIONS = {"kernel": "theory", "estimators": kernel.ESTIMATORS, "features": "belief",
-                  "ridge": 0.01, "n_samples": 20_000}
-_KERNEL_BASE = ("tv_kernel", "agree_kernel", "acc_kernel", "tv_kernel_bayes")
+#: here is the tv that converge reports for the same world, prompts and seed.  ``baseline``:
+#: the kernel computed beside it in the same call (K ≡ 1, the label frequencies).
+KERNEL_OPTIONS = {"kernel": "theory", "baseline": "frequency", "estimators": kernel.ESTIMATORS,
+                  "features": "belief", "ridge": 0.01, "n_samples": 20_000}
+#: metric name -> the per-prompt score of :func:`_estimate_metrics` it holds
+_KERNEL_BASE = {"tv_kernel": "tv", "agree_kernel": "agree", "acc_kernel": "acc", "tv_kernel_bayes": "tv_bayes"}
 
 
 def kernel_metric(name: str, estimator: str) -> str:
     """'tv_kernel' for the normalised estimator (a distribution, like the model's), with the
-    suffix '_averaged' for the averaged one."""
+    suffix '_averaged' / '_clipped' for the others."""
     return name if estimator == "normalised" else f"{name}_{estimator}"
 
 
-KERNEL_METRICS = tuple(kernel_metric(m, e) for e in ("normalised", "averaged") for m in _KERNEL_BASE)
-METRICS = BASE_METRICS + KERNEL_METRICS
+_ESTIMATOR_ORDER = ("normalised",) + tuple(e for e in kernel.ESTIMATORS if e != "normalised")
+KERNEL_METRICS = tuple(kernel_metric(m, e) for e in _ESTIMATOR_ORDER for m in _KERNEL_BASE)
+#: The label-frequency baseline (the frequency kernel's normalised estimate), named like the kernel's.
+_FREQUENCY_BASE = {m.replace("kernel", "frequency"): score for m, score in _KERNEL_BASE.items()}
+FREQUENCY_METRICS = tuple(_FREQUENCY_BASE)
+METRICS = BASE_METRICS + KERNEL_METRICS + FREQUENCY_METRICS
 COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16, 32, 64)
 
@@ -96,6 +116,29 @@ def model_predictive(model, tokens, labels, device="cpu", batch_size: int = 64) 
     return out
 
 
+def _estimate_metrics(e, q, p, ok, y) -> dict:
+    """One estimate e (B, L) against the model q (B, L), exact Bayes p (B, L; rows ``ok``) and
+    y (B,): {'tv', 'agree', 'acc', 'tv_bayes'} per prompt, tie-fair."""
+    return {"tv": 0.5 * np.abs(q - e).sum(-1), "agree": tie_agreement(q, e), "acc": tie_accuracy(e, y),
+            "tv_bayes": np.where(ok, 0.5 * np.abs(np.where(ok[:, None], p, 0.0) - e).sum(-1), np.nan)}
+
+
+def _estimates(world, prompts, kopts, seed, info, g):
+    """The theory kernel's and the label frequencies' estimates, {(kernel, estimator): (B, N, L)}
+    (the theory kernel's left out, with the reason in ``info``, when it cannot be computed)."""
+    common = dict(features=kopts["features"], n_samples=kopts["n_samples"], ridge=kopts["ridge"], seed=seed)
+    try:
+        est, kinfo = kernel_estimates(world, prompts, (kopts["kernel"], kopts["baseline"]), kopts["estimators"],
+                                      **common)
+        info["kernel"]["sigma"][str(g)] = kinfo[kopts["kernel"]]
+        return est
+    except ValueError as e:
+        # the comparisons with Bayes and with the label frequencies stand on their own
+        info["kernel"]["skipped"][str(g)] = " ".join(str(e).split())
+    est, _ = kernel_estimates(world, prompts, (kopts["baseline"],), ("normalised",), **common)
+    return est
+
+
 def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: int = 3,
              n_prompts: int = 200, seed: int = 0, concepts=None, device="cpu",
              batch_size: int = 64, progress=None) -> tuple[list[dict], dict]:
@@ -121,25 +164,19 @@ def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: 
     idx = np.full(world.n_symbols, -1)
     idx[labels] = np.arange(len(labels))
     kopts = dict(KERNEL_OPTIONS, estimators=list(KERNEL_OPTIONS["estimators"]))
+    kname, fname = kopts["kernel"], kopts["baseline"]
     rows, info = [], {"skipped_n": skipped, "context": ctx, "impossible_prompts": {}, "groups": [str(g) for g in groups],
                       "kernel": {"options": kopts, "sigma": {}, "skipped": {}}}
     tick = progress or (lambda _msg: None)
     for g in groups:
         prompts = sample_prompt_set(world, n_prompts, keep[-1], example_length, seed=seed, concepts=g)
         curve = bayes.icl_curve(world, prompts)
-        kest = None
+        kest = {}
         if keep[-1] < 1:
             info["kernel"]["skipped"][str(g)] = "no n >= 1: the kernel estimate needs a demonstration"
         else:
             tick(f"{g}: kernel estimator")
-            try:
-                kest, kinfo = kernel_estimates(world, prompts, (kopts["kernel"],), kopts["estimators"],
-                                               features=kopts["features"], n_samples=kopts["n_samples"],
-                                               ridge=kopts["ridge"], seed=seed)
-                info["kernel"]["sigma"][str(g)] = kinfo[kopts["kernel"]]
-            except ValueError as e:
-                # the model comparison with Bayes stands on its own; only the kernel rows go
-                info["kernel"]["skipped"][str(g)] = " ".join(str(e).split())
+            kest = _estimates(world, prompts, kopts, seed, info, g)
         y = idx[prompts.y_test]
         oracle = restrict(curve.oracle, labels)                                  # (B, L)
         ok_oracle = np.isfinite(oracle).all(-1)
@@ -150,23 +187,22 @@ def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: 
             p = restrict(curve.predictive[:, n], labels)
             ok = np.isfinite(p).all(-1)
             bad_any |= ~ok
-            mb = metrics(np.where(ok[:, None], p, 0.0), q, y)
-            mo = metrics(np.where(ok_oracle[:, None], oracle, 0.0), q, y)
+            mb = compare(np.where(ok[:, None], p, 0.0), q, y)
+            mo = compare(np.where(ok_oracle[:, None], oracle, 0.0), q, y)
             per = {"tv_bayes": np.where(ok, mb["tv"], np.nan),
                    "agree_bayes": np.where(ok, mb["agree"], np.nan),
                    "acc_model": mb["acc"],
-                   "acc_bayes": np.where(ok, (p.argmax(-1) == y).astype(float), np.nan),
-                   "acc_oracle": np.where(ok_oracle, (oracle.argmax(-1) == y).astype(float), np.nan),
+                   "acc_bayes": tie_accuracy(p, y),
+                   "acc_oracle": tie_accuracy(oracle, y),
                    "tv_oracle": np.where(ok_oracle, mo["tv"], np.nan)}
-            if kest is not None and n >= 1:
+            if n >= 1:
                 for est in kopts["estimators"]:
-                    e = kest[(kopts["kernel"], est)][:, n - 1]                       # (B, L)
-                    mk = metrics(e, q, y)
-                    per[kernel_metric("tv_kernel", est)] = mk["tv"]
-                    per[kernel_metric("agree_kernel", est)] = mk["agree"]
-                    per[kernel_metric("acc_kernel", est)] = (e.argmax(-1) == y).astype(float)
-                    per[kernel_metric("tv_kernel_bayes", est)] = np.where(ok, metrics(np.where(ok[:, None], p, 0.0),
-                                                                                      e, y)["tv"], np.nan)
+                    if (kname, est) in kest:
+                        mk = _estimate_metrics(kest[(kname, est)][:, n - 1], q, p, ok, y)
+                        per.update({kernel_metric(m, est): mk[score] for m, score in _KERNEL_BASE.items()})
+                if (fname, "normalised") in kest:
+                    mf = _estimate_metrics(kest[(fname, "normalised")][:, n - 1], q, p, ok, y)
+                    per.update({m: mf[score] for m, score in _FREQUENCY_BASE.items()})
             for metric in (m for m in METRICS if m in per):
                 m, lo, hi, cnt = mean_ci(per[metric])
                 rows.append({"n_demos": n, "concepts": str(g), "metric": metric, "mean": float(m),

@@ -13,10 +13,19 @@ Features ψ(x) of a demonstration input x (k-1 tokens), from the exact forward p
   Exactly linear only when starts are one-hot.
 
 Σ = E_{x ~ p}[ψ(x) ψ(x)ᵀ] (uncentred), p = the pretraining example distribution (prior-weighted
-mixture of the concepts' x distributions) or one concept's (the oracle Σ_θ*), exact by
-enumeration of all V^(k-1) inputs when that is cheap, Monte Carlo otherwise.  The kernel is
-K(x, x') = ψ(x)ᵀ (Σ + λI)⁻¹ ψ(x'), λ = ridge · trace(Σ) / D.  When D is large the same kernel is
-computed in sample space (Woodbury) from the Monte Carlo features, never forming a D x D matrix.
+mixture of the concepts' demonstration-input distributions) or one concept's (the oracle Σ_θ*),
+exact by enumeration of all V^(k-1) inputs when that is cheap, Monte Carlo otherwise.  The kernel
+is K(x, x') = ψ(x)ᵀ (Σ + λI)⁻¹ ψ(x'), λ = ridge · trace(Σ) / D.  When D is large the same kernel
+is computed in sample space (Woodbury) from the Monte Carlo features, never forming a D x D
+matrix.
+
+Restart-free worlds (docs/theory.md §17): a demonstration deep inside a prompt starts from the
+chain's state after a delimiter, not from the concept's start.  :func:`example_world` returns the
+world whose ``start`` is that stationary first-state distribution; features, Σ and the limits
+are computed on it (in a restart world it is the world itself).
+
+Exact limits (docs/theory.md §18): as n -> ∞ each estimate tends to a population value computed
+from the demonstration distribution q_θ*(x, y) (:func:`input_distribution`, :func:`limits`).
 
 Everything here is a pure function of arrays; nothing prints.
 """
@@ -24,7 +33,7 @@ Everything here is a pure function of arrays; nothing prints.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +42,7 @@ from .sampling import sample_prompts
 from .world import World
 
 FEATURES = ("belief", "operator")
-ESTIMATORS = ("averaged", "normalised")
+ESTIMATORS = ("averaged", "normalised", "clipped")
 
 #: Inputs are enumerated exactly (instead of Monte Carlo) up to this many sequences.
 EXACT_LIMIT = 20_000
@@ -109,50 +118,141 @@ def all_inputs(V: int, length: int) -> np.ndarray:
     return np.array(list(itertools.product(range(V), repeat=length)), dtype=np.int32).reshape(-1, length)
 
 
+def demo_weight(world: World) -> np.ndarray:
+    """w (K, S): the weight of the state that emits y in a demonstration, m_θ(s) times [a
+    delimiter can follow s] (the sampler's conditioning event for demonstrations, §4)."""
+    d = world.delimiter
+    can_delim = (world.transition @ world.emission[:, :, d][..., None])[..., 0] > 0
+    return label_mass(world) * can_delim
+
+
+def example_start(world: World, example_length: int) -> np.ndarray:
+    """(K, S): the distribution of the first hidden state of a demonstration deep inside a
+    prompt, the one the estimator's demonstrations follow as n -> ∞ (docs/theory.md §17).
+
+    Restart world: each concept's start.  Restart-free world: with h_d the hidden state of the
+    delimiter before an example, the demonstrations form a Markov chain on h_d (the example is
+    drawn given h_d and the sampler's conditioning event E, then the next delimiter state); its
+    Cesàro-stationary law π (the limit of the lazy chain's powers, started from the state after
+    the first demonstration) gives the first state's law ρ(h) ∝ Σ_{h_d} π(h_d) T[h_d, h] /
+    P(E | h_d).  Rows are normalised; a concept that cannot produce an example keeps its start."""
+    if world.restart:
+        return np.array(world.start)
+    K, S = world.n_concepts, world.n_states
+    k = int(example_length)
+    T, E, d = world.transition, world.emission, world.delimiter
+    w = demo_weight(world)                                               # (K, S)
+    out = np.array(world.start)
+    for c in range(K):
+        Tk = np.linalg.matrix_power(T[c], k)                             # h_d -> h_y: k steps
+        Tk1 = np.linalg.matrix_power(T[c], k - 1)                        # h_0 -> h_y
+        p_event = Tk @ w[c]                                              # P(E | h_d)
+        to_y = _normalise_rows(Tk * w[c][None])                          # P(h_y | h_d, E)
+        to_d = _normalise_rows(T[c] * E[c, :, d][None])                  # P(h_d' | h_y)
+        chain = to_y @ to_d
+        dead = chain.sum(axis=1) == 0                                    # no example from there
+        chain[dead, dead] = 1.0
+        first = world.start[c] @ Tk1 * w[c]
+        if first.sum() <= 0:
+            continue
+        p1 = (first / first.sum()) @ to_d                                # after demonstration 1
+        lazy = 0.5 * (np.eye(S) + chain)
+        for _ in range(64):                      # lazy^(2^j) -> the Cesàro projection of chain
+            nxt = _normalise_rows(lazy @ lazy)   # renormalised: round-off must not compound
+            done = np.abs(nxt - lazy).max() < 1e-15
+            lazy = nxt
+            if done:
+                break
+        pi = p1 @ lazy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(p_event > 0, pi / np.where(p_event > 0, p_event, 1.0), 0.0) @ T[c]
+        if rho.sum() > 0:
+            out[c] = rho / rho.sum()
+    return out
+
+
+def example_world(world: World, example_length: int) -> World:
+    """The world whose ``start`` is :func:`example_start`: its first example is distributed as
+    a demonstration deep inside a prompt of ``world``.  A restart world is returned as it is."""
+    if world.restart:
+        return world
+    return replace(world, start=example_start(world, example_length)).revalidated()
+
+
 @dataclass(frozen=True)
 class InputSample:
-    """Inputs x with weights summing to 1: exact enumeration (weights = probabilities) or
-    Monte Carlo (uniform weights).  x (M, k-1) int32, weights (M,), exact bool."""
+    """Demonstration inputs x with weights summing to 1: exact enumeration (weights =
+    probabilities) or Monte Carlo (uniform weights).
+
+    x (M, k-1) int32; weights (M,); exact bool; label_probs (M, L): P(y = c | x, E) under the
+    sampled or enumerated law (for the prior mixture, the mixture's posterior predictive); so
+    q(x, c) = weights[:, None] * label_probs is the demonstration distribution (exactly, when
+    enumerated).  concepts (M,) the concept of each Monte Carlo draw (-1 when enumerated)."""
 
     x: np.ndarray
     weights: np.ndarray
     exact: bool
+    label_probs: np.ndarray | None = None
+    concepts: np.ndarray | None = None
+
+    @property
+    def joint(self) -> np.ndarray:
+        """(M, L) q(x, c) = weights · P(c | x)."""
+        return self.weights[:, None] * self.label_probs
 
 
 def input_distribution(world: World, example_length: int, concept=None, n_samples: int = 20_000,
                        seed: int = 0, exact_limit: int = EXACT_LIMIT) -> InputSample:
-    """The distribution of demonstration inputs x: under the pretraining prior (concept None)
-    or under one concept.  Exact when V^(k-1) <= exact_limit, else ``n_samples`` draws from the
-    prompt sampler (so x follows exactly the sampler's example distribution)."""
+    """The distribution of demonstration inputs x (and of their labels given x): under the
+    pretraining prior (concept None) or under one concept.  Pass :func:`example_world` for
+    restart-free worlds.  Exact when V^(k-1) <= exact_limit, else ``n_samples`` draws from the
+    prompt sampler (the first demonstration of one-demonstration prompts, so x follows exactly
+    the sampler's demonstration distribution) with P(y | x, θ) computed exactly for each draw."""
     length = example_length - 1
     V = world.n_symbols
     if V ** length <= exact_limit:
-        # The sampler conditions an example on (y is a label, delimiter follows); x's weight is
-        # P(x | θ) times the probability of that event, computed by the forward pass.
+        # The sampler conditions a demonstration on E = (y is a label, a delimiter can follow);
+        # q(x, c) = P(x, y = c, E | θ), computed by the forward pass.
         x = all_inputs(V, length)
-        w = _example_weights(world, x, concept)
+        joint = _demo_joint(world, x, concept)
+        w = joint.sum(axis=1)
         keep = w > 0
-        return InputSample(x[keep], w[keep] / w[keep].sum(), True)
-    p = sample_prompts(world, n_samples, 0, example_length, seed=seed, concept=concept)
-    return InputSample(p.x_test(), np.full(n_samples, 1.0 / n_samples), False)
+        x, joint, w = x[keep], joint[keep], w[keep]
+        tot = w.sum()
+        return InputSample(x, w / tot, True, joint / w[:, None], np.full(len(x), -1))
+    p = sample_prompts(world, n_samples, 1, example_length, seed=seed, concept=concept)
+    x = np.ascontiguousarray(p.tokens[:, :length])
+    lab = _label_given_x(world, x, p.concepts)
+    return InputSample(x, np.full(n_samples, 1.0 / n_samples), False, lab, p.concepts)
 
 
-def _example_weights(world: World, x: np.ndarray, concept) -> np.ndarray:
-    """P(x, y ∈ labels | θ) mixed over the prior (or for one concept): (M,).  This is the
-    marginal of x under the prompt sampler for a world whose examples start from ``start``
-    (restart worlds, and the first example of any world)."""
+def _demo_joint(world: World, x: np.ndarray, concept) -> np.ndarray:
+    """(M, L) over every input x: Σ_θ π_θ P(x, y = c | θ, E) for the prior mixture (concept
+    None), or P(x, y = c, E | θ) up to a positive factor for one concept.  Each concept's law is
+    normalised by its own P(E | θ) before mixing, as the sampler draws θ from the prior and then
+    an example conditioned on E."""
     fw = bayes.forward(world, x, prefixes=False)
-    ll = fw.final
-    p_label = (fw.next_state * label_mass(world)[None]).sum(axis=2)      # (M, K)
-    with np.errstate(divide="ignore"):
-        lw = ll + np.log(p_label)
-    if concept is None:
-        with np.errstate(divide="ignore"):
-            lw = lw + np.log(world.prior)[None]
-    else:
-        lw = lw[:, [int(concept)]]
-    m = np.max(lw)
-    return np.exp(lw - m).sum(axis=1)
+    emit = world.emission[:, :, world.labels] * demo_weight(world)[..., None].astype(bool)   # (K, S, L)
+    per = np.einsum("mks,ksl->mkl", fw.next_state, emit)                  # P(c, E | x, θ)
+    keep = np.arange(world.n_concepts) == int(concept) if concept is not None else world.prior > 0
+    lw = np.where(keep[None], fw.final, -np.inf)                           # log P(x | θ)
+    m = np.max(lw, axis=0, keepdims=True)                                  # per concept: ratios only
+    scale = np.where(np.isfinite(m), np.exp(lw - np.where(np.isfinite(m), m, 0.0)), 0.0)
+    joint = scale[:, :, None] * per                                        # ∝ P(x, c, E | θ)
+    if concept is not None:
+        return joint[:, int(concept)]
+    tot = joint.sum(axis=(0, 2))
+    weight = np.where(tot > 0, world.prior / np.where(tot > 0, tot, 1.0), 0.0)
+    return np.einsum("k,mkl->ml", weight, joint)
+
+
+def _label_given_x(world: World, x: np.ndarray, concepts: np.ndarray) -> np.ndarray:
+    """(M, L): P(y = c | x, θ_m, E) for each draw's own concept."""
+    fw = bayes.forward(world, x, prefixes=False)
+    emit = world.emission[:, :, world.labels] * demo_weight(world)[..., None].astype(bool)
+    per = np.einsum("mks,ksl->mkl", fw.next_state, emit)[np.arange(len(x)), concepts]
+    s = per.sum(axis=1, keepdims=True)
+    return np.where(s > 0, per / np.where(s > 0, s, 1.0), 1.0 / per.shape[1])
 
 
 # ---------------------------------------------------------------------- Σ and K
@@ -185,6 +285,14 @@ class KernelModel:
         flat = pb.reshape(-1, pb.shape[-1]).T
         sol = cho_solve((self.chol, True), flat).T.reshape(pb.shape)    # (..., C, M)
         return (a @ np.swapaxes(b, -1, -2) - pa @ np.swapaxes(sol, -1, -2)) / self.ridge
+
+    def precision_times(self, b: np.ndarray) -> np.ndarray:
+        """(Σ + λI)⁻¹ b for b (D, r): (D, r), in either form (so that K-weighted sums over many
+        inputs are one product with a D x r matrix instead of a Gram matrix)."""
+        if self.form == "dense":
+            return self.precision @ b
+        from scipy.linalg import cho_solve
+        return (b - self.psi.T @ cho_solve((self.chol, True), self.psi @ b)) / self.ridge
 
 
 def second_moment(psi: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -223,30 +331,40 @@ def estimates(kvals: np.ndarray, labels: np.ndarray, label_set: np.ndarray, form
 
     kvals (B, N) = K(x_test, x_i); labels (B, N) symbols y_i; label_set (L,).
     averaged:   (1/n) Σ_{i<=n} e(y_i) K(x_test, x_i)
-    normalised: Σ_{i<=n} e(y_i) K(x_test, x_i) / Σ_{i<=n} K(x_test, x_i)
+    normalised: Σ_{i<=n} e(y_i) K(x_test, x_i) / Σ_{i<=n} K(x_test, x_i); undefined (NaN, which
+                :func:`to_distribution` turns into the uniform distribution) where the kernel
+                sum is <= 0: dividing by a negative sum would reverse the vote
+    clipped:    the normalised form of K⁺ = max(K, 0), non-negative weights like attention's
     Returns (B, N, L) raw scores over the label set (not yet a distribution)."""
     if form not in ESTIMATORS:
         raise ValueError(f"unknown estimator {form!r}; allowed: {', '.join(ESTIMATORS)}")
+    if form == "clipped":
+        kvals = np.clip(kvals, 0.0, None)
     onehot = (labels[:, :, None] == label_set[None, None, :]).astype(np.float64)   # (B, N, L)
     num = np.cumsum(onehot * kvals[:, :, None], axis=1)
     if form == "averaged":
         return num / np.arange(1, kvals.shape[1] + 1)[None, :, None]
     den = np.cumsum(kvals, axis=1)[:, :, None]
+    return ratio(num, den)
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den where den > 0, NaN elsewhere (the normalised estimators' rule)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def to_distribution(scores: np.ndarray, form: str = "normalised") -> np.ndarray:
     """Raw scores over the label set (..., L) -> the estimate compared with Bayes.
 
-    Negative (or NaN) scores are clipped to 0 in both forms: a negative kernel weight cannot be a
+    Negative scores are clipped to 0 in every form: a negative kernel weight cannot be a
     probability, and Σ⁻¹ makes K(x, x') negative for dissimilar inputs.
-    normalised: the clipped scores renormalised to sum to 1 (a row with no positive score
-        becomes uniform).
-    averaged: the clipped scores as they are.  The averaged estimator estimates the vector
-        P(y | x_test) itself (docs/theory.md: population least squares), so its total mass is
-        part of what is measured; renormalising it would make it identical to the normalised
-        form, which differs from it only by the positive factor n / Σ_i K(x_test, x_i)."""
+    normalised, clipped: the clipped scores renormalised to sum to 1; a row that is undefined
+        (NaN: the kernel sum was <= 0) or has no positive score becomes uniform.
+    averaged: the clipped scores as they are (NaN -> 0).  The averaged estimator estimates the
+        vector P(y | x_test) itself (docs/theory.md: population least squares), so its total
+        mass is part of what is measured; renormalising it would make it identical to the
+        normalised form wherever the kernel sum is positive."""
     s = np.where(np.isfinite(scores), np.clip(scores, 0.0, None), 0.0)
     if form == "averaged":
         return s
@@ -255,14 +373,117 @@ def to_distribution(scores: np.ndarray, form: str = "normalised") -> np.ndarray:
     return np.where(tot > 0, s / np.where(tot > 0, tot, 1.0), 1.0 / L)
 
 
+# ---------------------------------------------------------------------- exact limits
+@dataclass(frozen=True)
+class Limit:
+    """The n -> ∞ limit of one estimator for U test inputs.
+
+    scores (U, L) raw population scores (to_distribution gives the estimate); den (U,) the
+    population kernel mass Σ_x q(x) K(x*, x) (K⁺ for clipped; NaN for averaged); se (U, L) the
+    Monte Carlo standard error of the scores (zeros when exact)."""
+
+    scores: np.ndarray
+    den: np.ndarray
+    se: np.ndarray
+
+
+def limits(kvals: np.ndarray, sample: InputSample, estimators=ESTIMATORS) -> dict:
+    """Population estimates from K(x*_u, x_m) over an input sample of the test concept's
+    demonstrations: kvals (U, M), sample.joint (M, L) = q(x_m, c).
+
+    averaged   Σ_m q(x_m, c) K(x*, x_m)                           -> f_∞(x*)
+    normalised f_∞(x*) / Σ_m q(x_m) K(x*, x_m)   (NaN where that mass is <= 0)
+    clipped    the same with K⁺
+    Monte Carlo samples (uniform weights) give each score's standard error over draws (the delta
+    method for the ratios).  Returns {estimator: Limit}."""
+    J, w = sample.joint, sample.weights
+    M = len(w)
+    out = {}
+    for est in estimators:
+        if est not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {est!r}; allowed: {', '.join(ESTIMATORS)}")
+        kv = np.clip(kvals, 0.0, None) if est == "clipped" else kvals
+        num = kv @ J                                                     # (U, L)
+        den = kv @ w                                                     # (U,)
+        if est == "averaged":
+            scores, den_out = num, np.full(len(den), np.nan)
+        else:
+            scores, den_out = ratio(num, den[:, None]), den
+        se = np.zeros_like(num)
+        if not sample.exact and M > 1:
+            # draws z_m = M q(x_m, c) K(x*, x_m) (uniform weights 1/M): the se of their mean; for a
+            # ratio R = mean(z) / mean(k), k_m = M w_m K(x*, x_m), the se of mean(z - R k) / mean(k).
+            # Sums of squares as matrix products, never the (U, M, L) draws themselves.
+            a, b = M * J, (M * w)[:, None]                                  # (M, L), (M, 1)
+            k2 = kv ** 2
+            ss = k2 @ (a ** 2)                                               # Σ_m z²
+            if est == "averaged":
+                mean = num
+            else:
+                R = np.nan_to_num(scores)
+                ss = ss - 2 * R * (k2 @ (a * b)) + R ** 2 * (k2 @ (b ** 2))   # Σ_m (z - R k)²
+                mean = num - R * den[:, None]
+            var = np.maximum(ss - M * mean ** 2, 0.0) / (M - 1)
+            se = np.sqrt(var / M)
+            if est != "averaged":
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    se = se / np.abs(den)[:, None]
+        out[est] = Limit(scores, den_out, se)
+    return out
+
+
+def belief_readout(world: World, concept: int) -> np.ndarray:
+    """U (L, D): the linear map from belief features to P(y | x, θ, y ∈ labels) for one concept
+    (block θ holds B_θ[:, c] / m_θ, zeros elsewhere; §7)."""
+    K, S = world.n_concepts, world.n_states
+    m = label_mass(world)[concept]
+    block = np.where(m[:, None] > 0, world.emission[concept][:, world.labels] / np.where(m > 0, m, 1.0)[:, None], 0.0)
+    out = np.zeros((len(world.labels), K * S))
+    out[:, concept * S:(concept + 1) * S] = block.T
+    return out
+
+
 def similarity(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
     """The paper's prediction-similarity kernel sim(x, x') = P(o|x)ᵀ P(o|x'):
     p_a (..., A, V), p_b (..., C, V) -> (..., A, C)."""
     return p_a @ np.swapaxes(p_b, -1, -2)
 
 
-def epsilon_theta(model_pre: KernelModel, model_task: KernelModel) -> float:
-    """ε_θ = ρ(Σ_pre⁻¹ − Σ_θ⁻¹) (spectral radius; ridged precisions, dense form only)."""
+def epsilon_theta(model_pre: KernelModel, model_task: KernelModel, basis: np.ndarray | None = None) -> float:
+    """ε_θ = ρ(Σ_pre⁻¹ − Σ_θ⁻¹) (spectral radius; ridged precisions, dense form only).
+
+    basis (D, r), orthonormal columns: the radius of the difference restricted to their span,
+    ρ(Qᵀ(Σ_pre⁻¹ − Σ_θ⁻¹)Q).  With Q a basis of the span of the features that occur under θ
+    (:func:`support_basis`) this leaves out the directions no input of θ touches, where the
+    ridged inverses only measure 1/λ."""
     if model_pre.form != "dense" or model_task.form != "dense":
         raise ValueError("epsilon_theta needs dense kernels (feature dimension <= DENSE_LIMIT)")
-    return float(np.max(np.abs(np.linalg.eigvalsh(model_pre.precision - model_task.precision))))
+    diff = model_pre.precision - model_task.precision
+    if basis is not None:
+        diff = basis.T @ diff @ basis
+    return float(np.max(np.abs(np.linalg.eigvalsh((diff + diff.T) / 2)))) if diff.size else 0.0
+
+
+def support_basis(psi: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """(D, r) an orthonormal basis of the span of the rows of psi (M, D): the right singular
+    vectors whose singular value exceeds rtol times the largest (from the eigenvectors of the
+    D x D Gram matrix psiᵀpsi, whose eigenvalues are the squared singular values: far cheaper
+    than an SVD of psi when M >> D)."""
+    if psi.size == 0:
+        return np.zeros((psi.shape[1], 0))
+    ev, vec = np.linalg.eigh(psi.T @ psi)
+    top = ev.max()
+    keep = ev > (rtol ** 2) * top if top > 0 else np.zeros(ev.shape, bool)
+    return vec[:, keep]
+
+
+def ridge_bias_bound(model: KernelModel, psi_star: np.ndarray, readout: np.ndarray) -> np.ndarray:
+    """An upper bound on the L1 distance between the averaged estimator's population limit with
+    the ridged Σ_θ* and the oracle, for belief features (docs/theory.md §18):
+
+        f_∞ − P(y | x*, θ*) = −λ U (Σ_θ* + λI)⁻¹ ψ(x*),  so  ‖·‖₁ <= λ Σ_c ‖u_c‖₂ ‖(Σ_θ* + λI)⁻¹ψ(x*)‖₂ = δ,
+
+    with readout U (L, D) the linear map from ψ to the oracle (rows u_c).  The normalised limit
+    is then within 2δ / (1 − δ) of the oracle (when δ < 1).  psi_star (U, D) -> (U,) δ."""
+    v = model.precision_times(psi_star.T).T                                   # (U, D)
+    return model.ridge * np.linalg.norm(readout, axis=1).sum() * np.linalg.norm(v, axis=1)

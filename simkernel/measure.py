@@ -6,7 +6,14 @@ demonstration's span and label position recorded by the prompt builder (``sampli
 simulator, ``textdata`` for real text), never found by searching the token stream.
 Comparisons with the true kernel and the exact posterior live in ``alignment``.
 
-torch is imported inside the functions that need it.
+Every argmax comparison (a head's reconstructed vote against a reference, the model against a
+reference, the majority vote) is tie-fair (``metrics.tie_agreement``): an argmax tie among m
+labels scores 1/m, the expected score of a uniformly random tie-break.  Votes tie often (two
+labels with the same number of demonstrations under an even head), and the lowest-index argmax
+would credit the first label with every such tie.
+
+torch is imported inside the functions that need it; the only other simkernel import is
+``metrics`` (pure numpy), so this module runs on real LLMs without the simulator.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .metrics import onehot_scores, tie_accuracy, tie_agreement
 
 
 @dataclass
@@ -141,7 +150,8 @@ class Capture:
 
     @property
     def prediction(self) -> np.ndarray:
-        """(B,) the model's own prediction: the class whose label token is most probable."""
+        """(B,) the model's own prediction: the class whose label token is most probable (ties:
+        the lowest class; scoring uses :attr:`label_probs`, tie-fair, never this)."""
         return self.label_logp.argmax(-1)
 
 
@@ -388,8 +398,30 @@ def label_votes(weights: np.ndarray, demo_labels: np.ndarray, n_classes: int) ->
 
 
 def reconstruct(weights: np.ndarray, demo_labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """(B, ...) the reconstructed prediction argmax_c Σ_i a_i [y_i = c] (ties: lowest class)."""
+    """(B, ...) the reconstructed prediction argmax_c Σ_i a_i [y_i = c] (ties: lowest class).
+
+    For display only: :func:`analyse` scores the votes themselves (:func:`label_votes`) with
+    ``metrics.tie_agreement``, so a tie among m classes scores 1/m instead of crediting the
+    lowest class."""
     return label_votes(weights, demo_labels, n_classes).argmax(-1)
+
+
+def reference_scores(ref, n_examples: int, n_classes: int) -> np.ndarray:
+    """A reference prediction -> (B, C) scores whose top set is the predicted class(es).
+
+    ref: (B,) class indices (-1: undefined for that example) or (B, C) scores (e.g. a
+    distribution; ties among the top scores are kept, NaN rows are undefined)."""
+    ref = np.asarray(ref)
+    if ref.shape == (n_examples,):
+        if not np.issubdtype(ref.dtype, np.integer):
+            raise ValueError(f"a (B,) reference must hold class indices, got dtype {ref.dtype}")
+        if (ref >= n_classes).any() or (ref < -1).any():
+            raise ValueError(f"reference class indices must be in -1..{n_classes - 1}")
+        return onehot_scores(ref, n_classes)
+    if ref.shape == (n_examples, n_classes):
+        return ref.astype(np.float64)
+    raise ValueError(f"a reference must be ({n_examples},) class indices or ({n_examples}, {n_classes}) "
+                     f"scores, got shape {ref.shape}")
 
 
 def split_indices(n_examples: int, n_select: int = 700, n_report: int = 300, seed: int = 0):
@@ -419,9 +451,9 @@ class HeadChoice:
 
 
 def select_head(scores: np.ndarray, select: np.ndarray, report: np.ndarray) -> HeadChoice:
-    """scores (B, L, H): a per-example score of every head (1/0 hits, or a correlation with
-    nan where undefined).  The head with the best mean on ``select`` (nan ignored; ties: the
-    lowest layer, then head), scored on ``report`` only."""
+    """scores (B, L, H): a per-example score of every head (a tie-fair agreement in [0, 1], or
+    a correlation; nan where undefined).  The head with the best mean on ``select`` (nan
+    ignored; ties: the lowest layer, then head), scored on ``report`` only."""
     if np.intersect1d(select, report).size:
         raise ValueError("the selection and report splits overlap")
     sel = _nanmean0(scores[select])
@@ -500,9 +532,12 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, n_classes: int, lam: float = 0.01):
 
 
 def ridge_accuracy(x_train, y_train, x_test, y_test, n_classes: int, lam: float = 0.01) -> float:
-    """Test accuracy of :func:`ridge_fit`'s argmax classifier."""
+    """Test accuracy of :func:`ridge_fit`'s argmax classifier, tie-fair (a tie among m classes
+    that holds the target scores 1/m: e.g. an all-zero input predicts the intercept, and the
+    class means tie when the classes are equally frequent)."""
     w, b = ridge_fit(x_train, y_train, n_classes, lam)
-    return float(((np.asarray(x_test, np.float64) @ w + b).argmax(-1) == np.asarray(y_test)).mean())
+    scores = np.asarray(x_test, np.float64) @ w + b
+    return float(tie_accuracy(scores, np.asarray(y_test)).mean())
 
 
 def probe_accuracy(vectors: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray,
@@ -539,9 +574,9 @@ BEST_COLUMNS = ("measure", "reference", "layer", "head", "select", "report", "n_
 class Analysis:
     """Tidy tables (lists of dicts with the ``*_COLUMNS`` keys) and a summary dict.
 
-    heads    per layer, head, measure ('agree' with a reference prediction, or a
-             'pearson' / 'spearman' correlation with a reference kernel), split
-             ('select' / 'report' / 'all')
+    heads    per layer, head, measure ('agree': the tie-fair agreement of the head's vote
+             with a reference prediction, or a 'pearson' / 'spearman' correlation with a
+             reference kernel), split ('select' / 'report' / 'all')
     best     per measure and reference: the head chosen on the selection split and its
              held-out score on the report split
     profile  the attention profile (layer, head, position 0..length-1; the label is last)
@@ -570,9 +605,11 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
             probe_targets=None, probe_lambda: float = 0.01) -> Analysis:
     """Every measurement of one captured batch.
 
-    references  {name: (B,) class index}: predictions each head's reconstructed vote is
-                compared with; 'model' (the model's own prediction) and 'gold' (when known)
-                are always included
+    references  {name: (B,) class index (-1: undefined) or (B, C) scores (NaN rows:
+                undefined)}: predictions each head's vote Σ_i a_i e(y_i) is compared with, by
+                tie-fair agreement (:func:`reference_scores`; undefined examples are left
+                out); 'model' (the model's label distribution) and 'gold' (when every test
+                label is known) are always included
     kernels     {name: (B, n) weights}: kernels each head's a_i are correlated with within a
                 prompt (Pearson and Spearman), e.g. 'similarity' (prediction similarity) or,
                 in the simulator, the theory's K(x_test, x_i)
@@ -580,17 +617,25 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
                 default values -> y_i ('label')
     Heads are chosen on a selection split and reported on a disjoint report split
     (:func:`split_indices`); probes train on the selection split and test on the report split.
+
+    summary: model_matches {reference: tie-fair agreement of the model with it} (all
+    examples), model_accuracy (= model_matches['gold']), model_accuracy_report (report split),
+    majority_baseline {reference: agreement of the uniform-weight vote, i.e. the most
+    frequent demonstration label(s), on the report split}, table2 (the head chosen by
+    agreement with the model: its held-out agreement and the accuracy of its vote).
     """
     B, L, H, _ = cap.attn.shape
     C = batch.n_classes
     select, report = split_indices(B, n_select, n_report, seed)
     splits = {"select": select, "report": report, "all": np.arange(B)}
-    refs = {"model": cap.prediction}
+    model = cap.label_probs                                                    # (B, C)
+    refs = {"model": model}
     if (batch.gold >= 0).all():
         refs["gold"] = batch.gold
     refs.update(references or {})
+    refs = {name: reference_scores(ref, B, C) for name, ref in refs.items()}   # (B, C) each
     weights = demo_weights(cap.attn, batch.spans, batch.label_pos, how)       # (B, L, H, n)
-    recon = reconstruct(weights, batch.demo_labels, C)                         # (B, L, H)
+    votes = label_votes(weights, batch.demo_labels, C)                         # (B, L, H, C)
     heads, best = [], []
 
     def choose(per_example, measure, name):
@@ -600,9 +645,8 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
                      "n_select": c.n_select, "n_report": c.n_report})
 
     for name, ref in refs.items():
-        ref = np.asarray(ref)
-        # a reference of -1 is undefined for that example (e.g. a prompt exact Bayes rules out)
-        hits = np.where((ref >= 0)[:, None, None], (recon == ref[:, None, None]).astype(float), np.nan)
+        # NaN where the reference is undefined (e.g. a prompt exact Bayes rules out)
+        hits = tie_agreement(votes, ref[:, None, None, :])                     # (B, L, H)
         _head_rows(heads, hits, "agree", name, splits)
         choose(hits, "agree", name)
     for name, kern in (kernels or {}).items():
@@ -629,23 +673,28 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
             probes.append({"vector": vector, "target": tname, "offset": int(cap.offsets[o]),
                            "layer": int(layer_ids[j]), "head": head, "accuracy": float(v),
                            "n_train": int(select.size * batch.n_demos), "n_test": int(report.size * batch.n_demos)})
-    acc = {name: float((cap.prediction == np.asarray(ref))[np.asarray(ref) >= 0].mean())
-           for name, ref in refs.items() if name != "model" and (np.asarray(ref) >= 0).any()}
+    def mean_defined(x):
+        ok = np.isfinite(x)
+        return float(x[ok].mean()) if ok.any() else None
+
+    acc = {name: mean_defined(tie_agreement(model, ref)) for name, ref in refs.items() if name != "model"}
+    acc = {name: v for name, v in acc.items() if v is not None}
+    gold = refs.get("gold")
     summary = {"n_examples": B, "n_demos": batch.n_demos, "n_classes": C, "layers": L, "heads": H,
                "weight": how, "n_select": int(select.size), "n_report": int(report.size), "seed": seed,
                "model_matches": acc,
                "model_accuracy": acc.get("gold"),
-               "model_accuracy_report": (float((cap.prediction[report] == batch.gold[report]).mean())
-                                         if "gold" in refs else None)}
-    # the vote of a head that weighs every demonstration equally: the majority label, the
-    # baseline a head's reconstruction has to beat to show it weighs demonstrations at all
-    majority = reconstruct(np.ones(batch.demo_labels.shape), batch.demo_labels, C)
-    summary["majority_baseline"] = {name: float((majority[report] == np.asarray(ref)[report])[
-        np.asarray(ref)[report] >= 0].mean()) for name, ref in refs.items() if (np.asarray(ref)[report] >= 0).any()}
+               "model_accuracy_report": (mean_defined(tie_agreement(model[report], gold[report]))
+                                         if gold is not None else None)}
+    # the vote of a head that weighs every demonstration equally: the majority label(s), the
+    # baseline a head's vote has to beat to show it weighs demonstrations at all
+    majority = label_votes(np.ones(batch.demo_labels.shape), batch.demo_labels, C)      # (B, C)
+    base = {name: mean_defined(tie_agreement(majority[report], ref[report])) for name, ref in refs.items()}
+    summary["majority_baseline"] = {name: v for name, v in base.items() if v is not None}
     top = best[0]                                   # chosen by agreement with the model
     summary["table2"] = {"layer": top["layer"], "head": top["head"], "agreement": top["report"],
                          "icl_accuracy": summary["model_accuracy_report"],
-                         "reconstructed_accuracy": (float((recon[report, top["layer"], top["head"]]
-                                                           == batch.gold[report]).mean())
-                                                    if "gold" in refs else None)}
+                         "reconstructed_accuracy": (mean_defined(tie_agreement(
+                             votes[report, top["layer"], top["head"]], gold[report]))
+                                                    if gold is not None else None)}
     return Analysis(heads, best, profile, probes, summary)

@@ -1,4 +1,5 @@
-"""Recipes that build worlds: ``paper-c``, ``ginc`` and ``random``.
+"""Recipes that build worlds: ``paper-c``, ``ginc`` (and its small restart variant
+``ginc-small``) and ``random``.
 
 Every recipe is a pure function of its options and an integer seed (numpy's PCG64 through
 ``np.random.default_rng``), so ``make_world(preset, seed)`` is identical on every run.
@@ -22,6 +23,11 @@ PRESETS: dict[str, dict] = {
     # change to GINC's numbers: see docs/theory.md, "The GINC trap".
     "ginc": dict(n_symbols=50, n_entities=10, n_properties=10, n_concepts=10, trans=0.1,
                  start=10.0, vic=0.9, restart=False, smoothing=1e-3, n_labels=0),
+    # The headline world of `simkernel converge`: GINC's construction, small enough to enumerate
+    # every input of length 2 (16^2), with the theory's delimiter restart (Assumption 1), so that
+    # the theory kernel varies within a prompt and its limits are exact (docs/theory.md §19).
+    "ginc-small": dict(n_symbols=16, n_entities=4, n_properties=4, n_concepts=4, trans=0.1,
+                       start=10.0, vic=0.9, restart=True, smoothing=1e-3, n_labels=0),
     # Small fully random mixtures (each concept its own Dirichlet HMM), for tests and sweeps.
     "random": dict(n_concepts=4, n_states=8, n_symbols=12, concentration=1.0, n_labels=0,
                    delimiter=0, restart=True, smoothing=0.0),
@@ -41,7 +47,7 @@ def make_world(preset: str = "paper-c", seed: int = 0, **overrides) -> World:
             raise ValueError(f"unknown option {name!r} for preset {preset!r}; allowed: {', '.join(opts)}")
         opts[name] = _coerce(preset, name, value, opts[name])
     rng = np.random.default_rng(seed)
-    builder = {"paper-c": _paper_c, "ginc": _ginc, "random": _random}[preset]
+    builder = {"paper-c": _paper_c, "ginc": _ginc, "ginc-small": _ginc, "random": _random}[preset]
     world = builder(rng, **opts)
     meta = dict(world.meta, preset=preset, seed=seed, options=opts)
     world = World.from_arrays(world.prior, world.start, world.transition, world.emission,

@@ -1,5 +1,7 @@
 """The simulator's ground truth for the measurements (prompt layout, standalone inputs, the
-exact and kernel references), and `simkernel measure` end to end on a tiny trained model."""
+exact, kernel, oracle and label-frequency references as distributions), heads scored against
+them tie-fairly with undefined Bayes rows left out, and `simkernel measure` end to end on a
+tiny trained model."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from simkernel import alignment, bayes, kernel, make_world
-from simkernel.convergence import restrict
+from simkernel import World, alignment, bayes, kernel, make_world
+from simkernel import measure as M
+from simkernel.metrics import restrict
 from simkernel.sampling import sample_prompt_set
 
 from cli_helpers import ok, run
@@ -51,11 +54,18 @@ def test_standalone_batch_indexes_every_input(world, prompts):
 
 def test_references_equal_independent_computations(world, prompts):
     truth = alignment.ground_truth(world, prompts, seed=0)
+    B, n, L = 40, 6, len(world.labels)
+    assert set(truth.references) == {"bayes", "kernel", "oracle", "frequency"}
+    assert all(r.shape == (B, L) for r in truth.references.values())
     # exact Bayes: the posterior predictive after the whole prompt, restricted to the labels
     p = restrict(bayes.posterior_predictive(world, prompts.tokens), world.labels)
-    ok_rows = np.isfinite(p).all(-1)
-    np.testing.assert_array_equal(truth.references["bayes"][ok_rows], p[ok_rows].argmax(-1))
-    assert (truth.references["bayes"][~ok_rows] == -1).all()
+    np.testing.assert_allclose(truth.references["bayes"], p, rtol=1e-12, atol=1e-15)
+    # the oracle: P(y | x_test, true concept), x_test scored alone from the concept's start
+    o = restrict(bayes.oracle_predictive(world, prompts.x_test(), prompts.concepts), world.labels)
+    np.testing.assert_allclose(truth.references["oracle"], o, rtol=1e-9, atol=1e-12)
+    # the label frequencies: counts of the demonstrations' labels over n
+    counts = np.stack([(prompts.labels == c).sum(1) for c in world.labels], 1)
+    np.testing.assert_allclose(truth.references["frequency"], counts / n, rtol=1e-12, atol=1e-15)
     # the theory kernel: K from kernel.py's public pieces, then the normalised vote
     k = 3
     sample = kernel.input_distribution(world, k, None, n_samples=20_000, seed=0)
@@ -64,9 +74,52 @@ def test_references_equal_independent_computations(world, prompts):
     psi = np.stack([kernel.features(world, x) for x in xs], 1)                  # (B, n + 1, D)
     K = np.einsum("bd,de,bne->bn", psi[:, -1], km.precision, psi[:, :-1])
     np.testing.assert_allclose(truth.kernels["theory"], K, rtol=1e-9, atol=1e-12)
-    # the normalised estimator Σ_i e(y_i) K_i / Σ_i K_i, clipped at 0 (Σ_i K_i can be negative)
-    votes = np.stack([(K * (prompts.labels == c)).sum(1) for c in world.labels], 1) / K.sum(1, keepdims=True)
-    np.testing.assert_array_equal(truth.references["kernel"], np.clip(votes, 0, None).argmax(1))
+    # the normalised estimator Σ_i e(y_i) K_i / Σ_i K_i, clipped at 0 and renormalised; uniform
+    # where Σ_i K_i <= 0 (dividing by it would reverse the vote)
+    den = K.sum(1, keepdims=True)
+    votes = np.clip(np.stack([(K * (prompts.labels == c)).sum(1) for c in world.labels], 1) / den, 0, None)
+    expect = np.where(den > 0, votes / votes.sum(1, keepdims=True), 1 / L)
+    np.testing.assert_allclose(truth.references["kernel"], expect, rtol=1e-9, atol=1e-12)
+
+
+def impossible_world():
+    """A world whose out-of-distribution concept (prior 0) alone emits symbol 7, so prompts
+    drawn from it that contain 7 have no Bayes predictive."""
+    w = make_world("random", 0, **WORLD)
+    e = w.emission.copy()
+    e[:2, :, 7] = 0.0
+    e /= e.sum(-1, keepdims=True)
+    prior = w.prior.copy()
+    prior[-1] = 0.0
+    return World.from_arrays(prior / prior.sum(), w.start, w.transition, e, w.delimiter, w.labels,
+                             restart=w.restart)
+
+
+def test_heads_against_the_references_leave_undefined_bayes_out_and_ties_count_one_over_m():
+    """ground_truth's references fed to measure.analyse with hand-built attention: an even
+    head is the majority vote, so its agreement with 'frequency' is the mean of 1/m over its
+    m-way ties and equals the majority baseline; prompts without a Bayes predictive (NaN rows)
+    are left out of every 'bayes' score and nowhere else."""
+    w = impossible_world()
+    pr = sample_prompt_set(w, 40, 6, 3, seed=2, concepts="ood")
+    truth = alignment.ground_truth(w, pr, seed=0)
+    undefined = np.isnan(truth.references["bayes"]).any(-1)
+    assert 0 < undefined.sum() < 40
+    assert not any(np.isnan(truth.references[r]).any() for r in ("kernel", "oracle", "frequency"))
+    batch = M.collate(alignment.examples_from_prompts(w, pr), w.labels)
+    B, T = batch.input_ids.shape
+    cap = M.Capture(np.full((B, 1, 1, T), 1 / T, np.float32), np.zeros((B, len(w.labels))))
+    res = M.analyse(cap, batch, references=truth.references, n_select=20, n_report=20)
+    head = {(r["reference"], r["split"]): r for r in res.heads if r["measure"] == "agree"}
+    assert head[("bayes", "all")]["n_examples"] == B - undefined.sum()
+    assert head[("frequency", "all")]["n_examples"] == head[("kernel", "all")]["n_examples"] == B
+    counts = np.stack([(pr.labels == c).sum(1) for c in w.labels], 1)
+    m = (counts == counts.max(1, keepdims=True)).sum(1)
+    assert (m > 1).any()
+    assert head[("frequency", "all")]["value"] == pytest.approx((1 / m).mean(), abs=1e-12)
+    _, rep = M.split_indices(B, 20, 20, 0)
+    assert res.summary["majority_baseline"]["frequency"] == pytest.approx((1 / m[rep]).mean(), abs=1e-12)
+    assert res.summary["majority_baseline"]["bayes"] == pytest.approx(head[("bayes", "report")]["value"], abs=1e-12)
 
 
 # ---------------------------------------------------------------------- the command
@@ -112,7 +165,8 @@ def test_measure_end_to_end(run_dir, tmp_path, monkeypatch):
     heads, best, probes = read(out / "heads.csv"), read(out / "best.csv"), read(out / "probes.csv")
     assert tuple(heads[0]) == measure.HEAD_COLUMNS and tuple(probes[0]) == measure.PROBE_COLUMNS
     refs = {r["reference"] for r in best}
-    assert {"model", "gold", "bayes", "kernel", "oracle", "theory", "similarity", "model_similarity"} <= refs
+    assert {"model", "gold", "bayes", "kernel", "oracle", "frequency", "theory", "similarity",
+            "model_similarity"} <= refs
     # each chosen head's held-out score is that head's report-split row of the heads table
     for b in best:
         row = [h for h in heads if (h["measure"], h["reference"], h["layer"], h["head"], h["split"])

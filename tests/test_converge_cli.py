@@ -17,7 +17,9 @@ from cli_helpers import ok, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "random", "--set", "n_states=3", "--set", "n_symbols=6", "--n-prompts", "6"]
-PAIRS = {(k, e) for k in ("theory", "oracle", "similarity") for e in ("averaged", "normalised")}
+PAIRS = {(k, e) for k in ("theory", "oracle", "similarity", "frequency") for e in ("averaged", "normalised", "clipped")}
+REFERENCES = {("bayes", "-"), ("bayes-vs-oracle", "-"), ("theory", "-"), ("oracle", "-"), ("similarity", "-"),
+              ("frequency", "-")}          # reference rows, and nonpositive_sum per kernel
 
 
 
@@ -92,40 +94,54 @@ def test_converge_outputs(converged):
     assert sorted(p.name for p in out.iterdir()) == sorted(CONVERGE_FILES)
     columns, rows = read_csv(out / "convergence.csv")
     assert tuple(columns) == CONVERGE_COLUMNS
-    pairs = {(r["kernel"], r["estimator"]) for r in rows} - {("bayes", "-"), ("bayes-vs-oracle", "-")}
-    assert pairs == PAIRS
+    assert {(r["kernel"], r["estimator"]) for r in rows} == PAIRS | REFERENCES
     for kname, est in PAIRS:
-        for metric in ("l1", "agree", "acc"):
+        for metric in ("l1", "agree", "acc", "tv_limit"):
             ns = sorted(int(r["n_demos"]) for r in rows
-                        if (r["kernel"], r["estimator"], r["metric"]) == (kname, est, metric))
+                        if (r["kernel"], r["estimator"], r["metric"]) == (kname, est, metric) and r["n_demos"] != "inf")
             assert ns == list(range(1, 9))
-    assert {int(r["n_demos"]) for r in rows if r["kernel"] == "bayes-vs-oracle" and r["metric"] == "l1"} == set(range(1, 9))
+        # the exact limit: one row per limit metric at n_demos = inf
+        assert {r["metric"] for r in rows if (r["kernel"], r["estimator"]) == (kname, est)
+                and r["n_demos"] == "inf"} == {"l1", "tv", "kl", "agree", "acc", "tv_bayes", "limit_se"}
+    nonpos = [r for r in rows if r["metric"] == "nonpositive_sum"]
+    assert {r["kernel"] for r in nonpos} == {"theory", "oracle", "similarity", "frequency"}
+    assert all(float(r["mean"]) == 0 for r in nonpos if r["kernel"] == "frequency")
+    assert {r["n_demos"] for r in rows if r["kernel"] == "bayes-vs-oracle" and r["metric"] == "l1"} == \
+        {str(n) for n in range(1, 9)}
     for r in rows:
+        assert r["n_worlds"] == "1"
         if r["metric"] == "l1" and np.isfinite(float(r["mean"])):
             assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
             assert int(r["n_prompts"]) <= 12
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "convergence.pdf").read_bytes()[:5] == b"%PDF-"
+    fcols, floors = read_csv(out / "floors.csv")
+    assert "floor_tv" in fcols and "eta2_eps" in fcols
+    assert {(r["kernel"], r["estimator"]) for r in floors} == PAIRS
+    assert all(r["exact"] == "True" and float(r["floor_se"]) == 0 for r in floors)
 
     meta = json.loads((out / "convergence.json").read_text())
     cfg = meta["config"]
-    assert meta["seed"] == [0, 3] and cfg["seeds"] == [0, 3]
-    assert cfg["n_demos"] == "1..8" and cfg["example_length"] == 2 and cfg["n_prompts"] == 6
-    assert cfg["world"]["preset"] == "random" and cfg["kernels"] == ["theory", "oracle", "similarity"]
-    for key in ("concepts", "estimators", "features", "ridge", "n_samples"):
+    assert meta["seed"] == {"prompt": [0, 3], "world": [0]} and cfg["seeds"] == [0, 3]
+    assert cfg["n_demos"] == "1..8" and cfg["example_length"] == 3 and cfg["n_prompts"] == 6
+    assert cfg["world"]["preset"] == "random" and cfg["kernels"] == ["theory", "oracle", "similarity", "frequency"]
+    for key in ("concepts", "estimators", "features", "ridge", "n_samples", "world_seeds"):
         assert key in cfg
     assert {"simkernel", "numpy", "scipy", "numba", "matplotlib"} <= set(meta["versions"])
     assert set(meta["fits"]) == {f"{k}/{e}" for k, e in PAIRS}
-    assert {"slope", "floor", "floor_l1"} <= set(meta["fits"]["theory/averaged"])
-    assert set(meta["sigma"]) == {"0", "3"}
-    info = meta["sigma"]["0"]["theory"]
+    assert {"slope", "amplitude", "degenerate", "n_range"} <= set(meta["fits"]["theory/averaged"])
+    assert set(meta["sigma"]) == {"0/0", "0/3"}
+    info = meta["sigma"]["0/0"]["theory"]
     assert info["exact"] is True and info["ridge_lambda"] > 0 and info["n_inputs"] > 0
-    assert meta["impossible_prompts"]["of"] == 12
+    assert meta["impossible_prompts"]["of"] == 12 and meta["n_worlds"] == 1
     assert meta["world"]["K"] == 4
+    assert set(meta["spread"]) == {"theory", "oracle", "similarity", "frequency"}
+    assert meta["spread"]["frequency"]["constant_fraction"] == 1.0
 
     text = result.output
-    assert "theory kernel vs the exact posterior" in text and "slope" in text
-    for n in ("1", "2", "4", "8"):
+    assert "TV to the exact posterior" in text and "frequency" in text and "floor vs Bayes" in text
+    assert "within a prompt" in text
+    for n in ("1", "2", "4", "8", "∞"):
         assert any(line.split()[:1] == [n] for line in text.splitlines())
 
 
@@ -134,12 +150,45 @@ def test_converge_lists_and_subsets(tmp_path):
     ok(["converge", *TINY, "--n-demos", "1,3,5..6", "--kernel", "theory,oracle", "--estimator", "normalised",
         "--concepts", "id", "--features", "operator", "--out", out])
     _, rows = read_csv(out / "convergence.csv")
-    assert {int(r["n_demos"]) for r in rows} == {1, 3, 5, 6}
+    assert {r["n_demos"] for r in rows} == {"1", "3", "5", "6", "inf"}
     assert {(r["kernel"], r["estimator"]) for r in rows} == {
-        ("theory", "normalised"), ("oracle", "normalised"), ("bayes", "-"), ("bayes-vs-oracle", "-")}
+        ("theory", "normalised"), ("oracle", "normalised"), ("bayes", "-"), ("bayes-vs-oracle", "-"),
+        ("theory", "-"), ("oracle", "-")}
     meta = json.loads((out / "convergence.json").read_text())
     assert meta["config"]["features"] == "operator" and meta["config"]["concepts"] == "id"
     assert set(meta["fits"]) == {"theory/normalised", "oracle/normalised"}
+
+
+def test_several_worlds(tmp_path):
+    """--world-seed repeated: CIs over worlds (n_worlds in every row), a floors block per world."""
+    out = tmp_path / "o"
+    res = ok(["converge", *TINY, "--n-demos", "1..4", "--world-seed", "2", "--world-seed", "5",
+              "--kernel", "theory,frequency", "--out", out])
+    _, rows = read_csv(out / "convergence.csv")
+    assert {r["n_worlds"] for r in rows} == {"2"}
+    _, floors = read_csv(out / "floors.csv")
+    assert {r["world"] for r in floors} == {"2", "5"}
+    meta = json.loads((out / "convergence.json").read_text())
+    assert meta["config"]["world_seeds"] == [2, 5] and meta["n_worlds"] == 2
+    assert "over worlds" in res.output
+
+
+def test_constant_kernel_warns(tmp_path):
+    """paper-c with x one token: the theory kernel is one number within a prompt; the run says so."""
+    res = ok(["converge", "--preset", "paper-c", "--example-length", "2", "--n-demos", "1..16", "--n-prompts", "20",
+              "--kernel", "theory,frequency", "--out", tmp_path / "o"])
+    warn = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "theory kernel is constant within prompts" in warn[0]
+    assert "label frequencies" in warn[0]
+
+
+def test_restart_free_world_is_flagged(tmp_path):
+    res = ok(["converge", *TINY, "--set", "restart=false", "--n-demos", "1..4", "--kernel", "theory",
+              "--out", tmp_path / "o"])
+    assert any("Assumption 1" in line for line in res.stderr.splitlines())
+    assert "Bayes-known" in res.output
+    _, rows = read_csv(tmp_path / "o" / "convergence.csv")
+    assert any(r["kernel"] == "bayes-vs-known" for r in rows)
 
 
 def test_replaces_old_results(tmp_path, converged):
@@ -208,11 +257,22 @@ def empty_labels_world(tmp_path):
     (["--seed", "1", "--seed", "1"], "twice"),
     (["--world", "w.npz"], "cannot be combined with --preset"),
     (["--example-length", "1"], "--example-length"),
+    (["--world-seed", "x"], "--world-seed"),
+    (["--world-seed", "1.5"], "not an integer"),
+    (["--world-seed", "3", "--world-seed", "3"], "twice"),
+    (["--estimator", "clipped", "--kernel", "rbf"], "unknown kernel 'rbf'"),
 ])
 def test_bad_input_writes_nothing(tmp_path, extra, needle):
     out = tmp_path / "out"
     line = fails(["converge", *TINY, "--n-demos", "1..4", *extra, "--out", out], code=2)
     assert needle in line
+    assert tree(tmp_path) == []
+
+
+def test_too_many_inputs_need_n_samples(tmp_path):
+    """GINC's 50 symbols with x of 4 tokens: 6.25 million inputs cannot be enumerated."""
+    line = fails(["converge", "--preset", "ginc", "--example-length", "5", "--out", tmp_path / "o"], code=2)
+    assert "--n-samples" in line and "6,250,000" in line
     assert tree(tmp_path) == []
 
 

@@ -1,7 +1,9 @@
-"""ICL evaluation of a trained model against exact Bayes and the theory kernel: the comparison
-code checked against known answers (stubs whose logits are the exact Bayes log-predictive, or
-the kernel estimate computed here from kernel.py alone), context skipping, the kernel's
-memory guard, and the icl-eval and plot icl commands end to end on a tiny run folder."""
+"""ICL evaluation of a trained model against exact Bayes, the theory kernel and the
+label-frequency baseline: the comparison code checked against known answers (stubs whose
+logits are the exact Bayes log-predictive, or the kernel estimate computed here from kernel.py
+alone), tie-fair scores against values computed here from label counts and kernel signs,
+context skipping, the kernel's memory guard, and the icl-eval and plot icl commands end to end
+on a tiny run folder."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ pytest.importorskip("transformers")
 
 from simkernel import bayes, convergence, kernel, make_world  # noqa: E402
 from simkernel import icl_eval  # noqa: E402
+from simkernel.metrics import compare, restrict  # noqa: E402
+from simkernel.sampling import sample_prompt_set  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
 from simkernel import train as tr  # noqa: E402
 from simkernel.store import write_corpus  # noqa: E402
@@ -57,26 +61,50 @@ class KernelStub(BayesStub):
         self.km = kernel.fit_kernel(kernel.features(world, sample.x), sample.weights, ridge=0.01,
                                     exact=sample.exact)
 
+    def kernel_values(self, x):
+        """(K(x_test, x_i) (B, n), demonstration labels (B, n)) of prompt rows x (B, T)."""
+        B, T = x.shape
+        k = self.k
+        n = (T - (k - 1)) // (k + 1)
+        assert T == icl_eval.prompt_length(n, k)
+        demos = x[:, :n * (k + 1)].reshape(B, n, k + 1)
+        psi_d = kernel.features(self.world, demos[:, :, :k - 1].reshape(B * n, k - 1)).reshape(B, n, -1)
+        psi_t = kernel.features(self.world, x[:, n * (k + 1):])
+        return self.km.gram(psi_t[:, None, :], psi_d)[:, 0, :], demos[:, :, k - 1]
+
+    def estimate(self, x):
+        """(B, L) the normalised estimate after the demonstrations of rows x (uniform at n = 0)."""
+        if x.shape[1] == icl_eval.prompt_length(0, self.k):
+            return np.full((x.shape[0], len(self.world.labels)), 1.0 / len(self.world.labels))
+        kv, y = self.kernel_values(x)
+        return kernel.to_distribution(kernel.estimates(kv, y, self.world.labels, "normalised"), "normalised")[:, -1]
+
     def __call__(self, input_ids):
         x = input_ids.cpu().numpy()
         B, T = x.shape
-        k, labels = self.k, self.world.labels
-        n = (T - (k - 1)) // (k + 1)
-        assert T == icl_eval.prompt_length(n, k)
         logits = np.full((B, self.world.n_symbols), -np.inf)
-        if n == 0:
-            logits[:, labels] = 0.0
-        else:
-            demos = x[:, :n * (k + 1)].reshape(B, n, k + 1)
-            psi_d = kernel.features(self.world, demos[:, :, :k - 1].reshape(B * n, k - 1)).reshape(B, n, -1)
-            psi_t = kernel.features(self.world, x[:, n * (k + 1):])
-            kv = self.km.gram(psi_t[:, None, :], psi_d)[:, 0, :]                    # (B, n)
-            est = kernel.to_distribution(kernel.estimates(kv, demos[:, :, k - 1], labels, "normalised"),
-                                         "normalised")[:, -1]
-            with np.errstate(divide="ignore"):
-                logits[:, labels] = np.log(est)
+        with np.errstate(divide="ignore"):
+            logits[:, self.world.labels] = np.log(self.estimate(x))
         out = torch.as_tensor(logits, dtype=torch.float64)[:, None, :].expand(B, T, -1)
         return SimpleNamespace(logits=out)
+
+
+class Uniform(BayesStub):
+    """A model predicting the uniform distribution over the vocabulary."""
+
+    def __call__(self, input_ids):
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.world.n_symbols))
+
+
+def top(x, rtol=1e-9):
+    """(B, L) bool: the scores within rtol (relative) of the row's maximum, written out here
+    rather than taken from simkernel.metrics.  Scores are non-negative."""
+    return x >= x.max(-1, keepdims=True) * (1 - rtol)
+
+
+def label_counts(labels, world):
+    """(B, L) how often each label of world.labels occurs among the demonstrations (B, n)."""
+    return np.stack([(labels == c).sum(1) for c in world.labels], 1)
 
 
 def by(rows, metric, concepts=None):
@@ -105,13 +133,6 @@ def test_bayes_stub_gets_tv_zero_and_agreement_one(world):
 
 def test_wrong_model_is_far_from_bayes(world):
     """A model predicting the uniform distribution: TV = TV(uniform, Bayes) exactly."""
-    from simkernel.convergence import restrict
-    from simkernel.sampling import sample_prompt_set
-
-    class Uniform(BayesStub):
-        def __call__(self, input_ids):
-            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.world.n_symbols))
-
     rows, _ = icl_eval.evaluate(Uniform(world), world, [2], example_length=3, n_prompts=30, seed=2)
     prompts = sample_prompt_set(world, 30, 2, 3, seed=2)
     p = restrict(bayes.icl_curve(world, prompts).predictive[:, 2], world.labels)
@@ -120,19 +141,28 @@ def test_wrong_model_is_far_from_bayes(world):
 
 
 def test_kernel_stub_gets_tv_kernel_zero(world):
-    """A model that returns exactly the theory kernel's estimate: tv_kernel 0, agreement 1, and
-    its distance to Bayes is the kernel's (tv_bayes == tv_kernel_bayes)."""
-    rows, info = icl_eval.evaluate(KernelStub(world, 3, seed=4), world, [0, 1, 2, 5, 12], example_length=3,
-                                   n_prompts=30, seed=4)
+    """A model that returns exactly the theory kernel's estimate: tv_kernel 0, its distance to
+    Bayes is the kernel's (tv_bayes == tv_kernel_bayes), and its agreement with the kernel is
+    the mean of 1/m over prompts whose estimate ties among m labels: each side breaks its ties
+    independently, so two identical m-way ties agree with probability 1/m."""
+    stub = KernelStub(world, 3, seed=4)
+    rows, info = icl_eval.evaluate(stub, world, [0, 1, 2, 5, 12], example_length=3, n_prompts=30, seed=4)
     assert info["kernel"]["skipped"] == {} and info["kernel"]["options"]["features"] == "belief"
     assert info["kernel"]["sigma"]["prior"]["exact"] is True
     tv_k, agree_k = by(rows, "tv_kernel"), by(rows, "agree_kernel")
     assert sorted(tv_k) == [1, 2, 5, 12]                   # no kernel estimate without demonstrations
+    assert sorted(by(rows, "tv_frequency")) == [1, 2, 5, 12]
     assert 0 in by(rows, "tv_bayes")
+    prompts = sample_prompt_set(world, 30, 12, 3, seed=4)
+    ties = 0
     for n in tv_k:
-        assert tv_k[n]["mean"] < 1e-6 and agree_k[n]["mean"] == 1.0 and tv_k[n]["n_prompts"] == 30
+        m = top(stub.estimate(prompts.truncated(n).tokens)).sum(1)
+        ties += (m > 1).sum()
+        assert tv_k[n]["mean"] < 1e-6 and tv_k[n]["n_prompts"] == 30
+        assert agree_k[n]["mean"] == pytest.approx((1 / m).mean(), rel=1e-12)
         assert by(rows, "tv_bayes")[n]["mean"] == pytest.approx(by(rows, "tv_kernel_bayes")[n]["mean"], abs=1e-6)
-        assert by(rows, "acc_model")[n]["mean"] == by(rows, "acc_kernel")[n]["mean"]
+        assert by(rows, "acc_model")[n]["mean"] == pytest.approx(by(rows, "acc_kernel")[n]["mean"], rel=1e-12)
+    assert ties > 0                                        # the tie rule was exercised
     # the averaged estimator is not a distribution: the model is away from it
     assert by(rows, "tv_kernel_averaged")[12]["mean"] > 1e-3
 
@@ -140,25 +170,26 @@ def test_kernel_stub_gets_tv_kernel_zero(world):
 def test_tv_kernel_matches_convergence_on_the_same_prompts(world):
     """A uniform model against the kernel: the tv evaluate reports equals the one computed from
     convergence.run_seed's theory estimates on the same prompts (same sampler call and seed);
-    tv_kernel_bayes equals converge's own tv of the kernel against Bayes."""
-    class Uniform(BayesStub):
-        def __call__(self, input_ids):
-            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.world.n_symbols))
-
+    tv_kernel_bayes equals converge's own tv of the kernel against Bayes, for every estimator;
+    acc_kernel is the 1/m-weighted accuracy of the estimate's top set, and the uniform model
+    agrees with any estimate with probability 1/L."""
     N, B, seed = 6, 25, 3
     rows, _ = icl_eval.evaluate(Uniform(world), world, [1, 3, N], example_length=3, n_prompts=B, seed=seed)
     res = convergence.run_seed(world, N, 3, B, seed=seed, kernels=("theory",))
     L = len(world.labels)
-    for est, name in (("normalised", "tv_kernel"), ("averaged", "tv_kernel_averaged")):
+    assert set(kernel.ESTIMATORS) == {"normalised", "averaged", "clipped"}
+    for est in kernel.ESTIMATORS:
         e = res.estimates[("theory", est)]                                          # (B, N, L)
-        conv_tv = convergence.metrics(res.bayes, e, res.y_test)["tv"]               # (B, N)
+        conv_tv = compare(res.bayes, e, res.y_test)["tv"]                           # (B, N)
         for n in (1, 3, N):
             expect = 0.5 * np.abs(e[:, n - 1] - 1 / L).sum(-1).mean()
-            assert by(rows, name)[n]["mean"] == pytest.approx(expect, abs=1e-6)   # float32 logits
+            assert by(rows, icl_eval.kernel_metric("tv_kernel", est))[n]["mean"] == pytest.approx(expect, abs=1e-6)
             assert by(rows, icl_eval.kernel_metric("tv_kernel_bayes", est))[n]["mean"] == pytest.approx(
                 conv_tv[:, n - 1].mean(), rel=1e-9, abs=1e-12)
-            acc = (e[:, n - 1].argmax(-1) == res.y_test).mean()
-            assert by(rows, icl_eval.kernel_metric("acc_kernel", est))[n]["mean"] == pytest.approx(acc)
+            t = top(e[:, n - 1])
+            acc = (t[np.arange(B), res.y_test] / t.sum(1)).mean()
+            assert by(rows, icl_eval.kernel_metric("acc_kernel", est))[n]["mean"] == pytest.approx(acc, rel=1e-12)
+            assert by(rows, icl_eval.kernel_metric("agree_kernel", est))[n]["mean"] == pytest.approx(1 / L, rel=1e-12)
 
 
 def test_kernel_skipped_with_a_reason(world, monkeypatch):
@@ -166,10 +197,109 @@ def test_kernel_skipped_with_a_reason(world, monkeypatch):
     the kernel rows go, with the reason recorded."""
     monkeypatch.setattr(convergence, "FEATURE_MEMORY_LIMIT", 0)
     rows, info = icl_eval.evaluate(BayesStub(world), world, [0, 2], example_length=3, n_prompts=8)
-    assert {r["metric"] for r in rows} == set(icl_eval.BASE_METRICS)
+    # the label frequencies need no features: they stay beside the Bayes rows
+    assert {r["metric"] for r in rows} == set(icl_eval.BASE_METRICS) | set(icl_eval.FREQUENCY_METRICS)
+    assert {r["n_demos"] for r in rows if r["metric"] in icl_eval.FREQUENCY_METRICS} == {2}
     assert "GiB" in info["kernel"]["skipped"]["prior"] and info["kernel"]["sigma"] == {}
     _, info = icl_eval.evaluate(BayesStub(world), world, [0], example_length=3, n_prompts=4)
     assert "needs a demonstration" in info["kernel"]["skipped"]["prior"]
+
+
+def test_frequency_baseline_equals_an_independent_count(world):
+    """tv_frequency_bayes, acc_frequency and agree_frequency against numpy on label counts and
+    exact Bayes of the same prompts (posterior_predictive of the truncated rows, restricted to
+    the labels); counts tie often at small n, and each tie among m labels scores 1/m."""
+    ns, B, seed = [1, 2, 3, 6], 40, 5
+    rows, _ = icl_eval.evaluate(BayesStub(world), world, [0] + ns, example_length=3, n_prompts=B, seed=seed)
+    prompts = sample_prompt_set(world, B, ns[-1], 3, seed=seed)
+    y = np.searchsorted(world.labels, prompts.y_test)
+    ties = 0
+    for n in ns:
+        counts = label_counts(prompts.labels[:, :n], world)                            # (B, L) integers
+        freq = counts / n
+        p = restrict(bayes.posterior_predictive(world, prompts.truncated(n).tokens), world.labels)
+        ok = np.isfinite(p).all(-1)
+        tv = 0.5 * np.abs(freq - p).sum(-1)[ok]
+        assert by(rows, "tv_frequency_bayes")[n]["mean"] == pytest.approx(tv.mean(), rel=1e-12)
+        assert by(rows, "tv_frequency_bayes")[n]["n_prompts"] == ok.sum()
+        # the model is exact Bayes up to float32 logits
+        assert by(rows, "tv_frequency")[n]["mean"] == pytest.approx(tv.mean(), abs=1e-6)
+        tf = counts == counts.max(1, keepdims=True)                                    # exact: integers
+        ties += (tf.sum(1) > 1).sum()
+        acc = tf[np.arange(B), y] / tf.sum(1)
+        assert by(rows, "acc_frequency")[n]["mean"] == pytest.approx(acc.mean(), rel=1e-12)
+        tp = top(p[ok])
+        agree = (tf[ok] & tp).sum(1) / (tf[ok].sum(1) * tp.sum(1))
+        assert by(rows, "agree_frequency")[n]["mean"] == pytest.approx(agree.mean(), rel=1e-12)
+    assert ties > 0
+    # the lowest-index argmax would score differently on these prompts
+    counts = label_counts(prompts.labels[:, :2], world)
+    assert by(rows, "acc_frequency")[2]["mean"] != pytest.approx((counts.argmax(1) == y).mean())
+
+
+def test_acc_kernel_at_one_demonstration_counts_a_uniform_estimate_as_a_tie(world):
+    """With one demonstration every theory estimate is e(y_1) where K(x_test, x_1) > 0 and a
+    tie among all L labels where K <= 0 (normalised, clipped: no positive mass; averaged: the
+    negative score clipped to 0).  acc_kernel is then [y = y_1] or 1/L, in every estimator;
+    the lowest-index argmax would give [y = label 0] on the tied prompts."""
+    B, seed = 60, 6
+    rows, _ = icl_eval.evaluate(Uniform(world), world, [1], example_length=3, n_prompts=B, seed=seed)
+    prompts = sample_prompt_set(world, B, 1, 3, seed=seed)
+    kv, y1 = KernelStub(world, 3, seed=seed).kernel_values(prompts.tokens)
+    pos = kv[:, 0] > 0
+    assert 0 < pos.sum() < B                               # both cases occur in this world
+    L = len(world.labels)
+    expect = np.where(pos, (y1[:, 0] == prompts.y_test).astype(float), 1 / L).mean()
+    lowest = np.where(pos, y1[:, 0] == prompts.y_test, prompts.y_test == world.labels[0]).mean()
+    assert expect != pytest.approx(lowest)
+    for est in kernel.ESTIMATORS:
+        assert by(rows, icl_eval.kernel_metric("acc_kernel", est))[1]["mean"] == pytest.approx(expect, rel=1e-12)
+
+
+def test_crafted_kernel_ties_score_one_over_m(world, monkeypatch):
+    """Kernel estimates with exact ties among m = 1, 2, 3 and L labels (written over the real
+    ones): acc_kernel is the mean of [y in the tie] / m, agree_kernel with a model that puts
+    its mass on label 0 is [0 in the tie] / m."""
+    real = icl_eval.kernel_estimates
+    L, B = len(world.labels), 24
+    sizes = np.array([1, 2, 3, L] * (B // 4))
+
+    def crafted(*args, **kwargs):
+        est, info = real(*args, **kwargs)
+        out = np.zeros(est[("theory", "normalised")].shape)                            # (B, N, L)
+        for b, m in enumerate(sizes):
+            out[b, :, (b + np.arange(m)) % L] = 1.0 / m
+        return {key: (out if key[0] == "theory" else e) for key, e in est.items()}, info
+
+    class First(BayesStub):
+        def __call__(self, input_ids):
+            logits = torch.full((*input_ids.shape, self.world.n_symbols), -30.0)
+            logits[..., self.world.labels[0]] = 0.0
+            return SimpleNamespace(logits=logits)
+
+    monkeypatch.setattr(icl_eval, "kernel_estimates", crafted)
+    rows, _ = icl_eval.evaluate(First(world), world, [2], example_length=3, n_prompts=B, seed=7)
+    prompts = sample_prompt_set(world, B, 2, 3, seed=7)
+    y = np.searchsorted(world.labels, prompts.y_test)
+    in_tie = np.array([(y[b] - b) % L < m for b, m in enumerate(sizes)])
+    has_0 = np.array([(0 - b) % L < m for b, m in enumerate(sizes)])
+    for est in kernel.ESTIMATORS:
+        assert by(rows, icl_eval.kernel_metric("acc_kernel", est))[2]["mean"] == pytest.approx(
+            (in_tie / sizes).mean(), rel=1e-12)
+        assert by(rows, icl_eval.kernel_metric("agree_kernel", est))[2]["mean"] == pytest.approx(
+            (has_0 / sizes).mean(), rel=1e-12)
+
+
+def test_baseline_series_has_its_own_style():
+    """Every label-frequency metric is drawn, and no baseline series shares a (colour, line
+    style, marker) with a kernel or model series."""
+    from simkernel.plots import _ICL_SERIES
+
+    drawn = {s[1]: s for s in _ICL_SERIES}
+    assert set(icl_eval.FREQUENCY_METRICS) <= set(drawn)
+    base = {(c, ls, mk) for _p, m, c, ls, _w, mk, _l in _ICL_SERIES if m in icl_eval.FREQUENCY_METRICS}
+    rest = {(c, ls, mk) for _p, m, c, ls, _w, mk, _l in _ICL_SERIES if m not in icl_eval.FREQUENCY_METRICS}
+    assert not base & rest and not {c for c, _ls, _mk in base} & {c for c, _ls, _mk in rest}
 
 
 def test_model_predictive_rows_sum_to_one(world):
@@ -234,7 +364,8 @@ def test_cli_end_to_end(run_dir, tmp_path):
     assert {r["metric"] for r in rows} == set(icl_eval.METRICS)
     for r in rows:
         assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
-    assert not any(r["metric"] in icl_eval.KERNEL_METRICS for r in rows if r["n_demos"] == "0")
+    assert not any(r["metric"] in icl_eval.KERNEL_METRICS + icl_eval.FREQUENCY_METRICS
+                   for r in rows if r["n_demos"] == "0")
     meta = json.loads((out / "icl_vs_bayes.json").read_text())
     assert meta["config"]["command"] == "icl-eval" and meta["skipped_n"] == [16] and meta["context"] == 48
     assert meta["seed"] == 0 and "torch" in meta["versions"]
@@ -271,6 +402,11 @@ def test_figure_has_a_row_of_panels_per_concept_group(tmp_path):
     two = imread(plot_icl_vs_bayes(rows(["id", "ood"], icl_eval.METRICS), tmp_path / "two.png"))
     assert two.shape[0] > 1.6 * one.shape[0] and two.shape[1] == one.shape[1]
     plot_icl_vs_bayes(rows(["prior"], icl_eval.BASE_METRICS), tmp_path / "old.png")
+    # a table written before the label-frequency baseline and the clipped estimator
+    before = icl_eval.BASE_METRICS + tuple(icl_eval.kernel_metric(m, e) for e in ("normalised", "averaged")
+                                           for m in ("tv_kernel", "agree_kernel", "acc_kernel", "tv_kernel_bayes"))
+    old = imread(plot_icl_vs_bayes(rows(["prior"], before), tmp_path / "before.png"))
+    assert old.shape == one.shape and not np.array_equal(old, one)      # the baseline is drawn
     with pytest.raises(ValueError, match="lacks column 'concepts'"):
         plot_icl_vs_bayes([{"n_demos": 1, "metric": "tv_bayes", "mean": 0, "ci_low": 0, "ci_high": 0,
                             "n_prompts": 1}], tmp_path / "bad.png")

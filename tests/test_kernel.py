@@ -220,19 +220,26 @@ def regression_problems(draw, positive=False):
 
 
 def brute_estimates(kv, labels, label_set, form):
+    """By loops: averaged (1/n) Σ e(y_i) K_i; normalised Σ e(y_i) K_i / Σ K_i (NaN where Σ K_i <= 0);
+    clipped the normalised form of max(K_i, 0)."""
     B, N = kv.shape
     out = np.empty((B, N, len(label_set)))
     for b in range(B):
         for n in range(1, N + 1):
-            num = np.array([sum(kv[b, i] for i in range(n) if labels[b, i] == c) for c in label_set])
-            out[b, n - 1] = num / n if form == "averaged" else num / kv[b, :n].sum()
+            k = [max(kv[b, i], 0.0) if form == "clipped" else kv[b, i] for i in range(n)]
+            num = np.array([sum(k[i] for i in range(n) if labels[b, i] == c) for c in label_set])
+            if form == "averaged":
+                out[b, n - 1] = num / n
+            else:
+                out[b, n - 1] = num / sum(k) if sum(k) > 0 else np.nan
     return out
 
 
 @SETTINGS
 @given(regression_problems(positive=True))
 def test_estimates_match_their_definition(prob):
-    """averaged = (1/n) Σ_{i<=n} e(y_i) K_i, normalised = Σ e(y_i) K_i / Σ K_i, every n, by loops."""
+    """averaged = (1/n) Σ_{i<=n} e(y_i) K_i, normalised = Σ e(y_i) K_i / Σ K_i, clipped (= normalised
+    for positive kernels), every n, by loops."""
     kv, labels, label_set, _, _ = prob
     for form in kernel.ESTIMATORS:
         got = kernel.estimates(kv, labels, label_set, form)
@@ -256,7 +263,7 @@ def test_estimates_are_invariant_to_the_order_of_demonstrations(prob):
                   ((kv, labels), (kv[:, perm], labels[:, perm])))
     np.testing.assert_allclose(avg_p[:, -1], avg[:, -1], rtol=1e-12, atol=1e-13 * scale)
     den = kv.sum(axis=1)
-    good = np.abs(den) > 1e-6 * scale
+    good = den > 1e-6 * scale          # the normalised estimate is undefined (NaN) where den <= 0
     nor, nor_p = (kernel.estimates(k_, l_, label_set, "normalised") for k_, l_ in
                   ((kv, labels), (kv[:, perm], labels[:, perm])))
     np.testing.assert_allclose(nor_p[good, -1] * den[good, None], nor[good, -1] * den[good, None],
@@ -309,18 +316,19 @@ def test_constant_kernel_gives_label_frequencies(prob, c):
 @SETTINGS
 @given(regression_problems())
 def test_normalised_is_averaged_rescaled(prob):
-    """normalised = averaged · n / Σ_{i<=n} K_i wherever Σ K_i != 0; where Σ K_i > 0 (a positive
-    factor) the two give the same distribution once renormalised."""
+    """normalised = averaged · n / Σ_{i<=n} K_i wherever Σ K_i > 0 (a positive factor: the two
+    give the same distribution once renormalised) and undefined (NaN) where Σ K_i <= 0, since a
+    negative factor would reverse the vote."""
     kv, labels, label_set, _, _ = prob
     N = kv.shape[1]
     avg = kernel.estimates(kv, labels, label_set, "averaged")
     nor = kernel.estimates(kv, labels, label_set, "normalised")
     den = np.cumsum(kv, axis=1)
     scale = np.cumsum(np.abs(kv), axis=1)
-    good = np.abs(den) > 1e-6 * scale
-    factor = np.arange(1, N + 1)[None, :] / np.where(good, den, 1.0)
-    np.testing.assert_allclose(nor[good], (avg * factor[..., None])[good], rtol=1e-9, atol=1e-12)
     pos = den > 1e-6 * scale
+    factor = np.arange(1, N + 1)[None, :] / np.where(pos, den, 1.0)
+    np.testing.assert_allclose(nor[pos], (avg * factor[..., None])[pos], rtol=1e-9, atol=1e-12)
+    assert np.isnan(nor[den <= 0]).all()
     np.testing.assert_allclose(kernel.to_distribution(nor, "normalised")[pos],
                                kernel.to_distribution(avg, "normalised")[pos], rtol=1e-9, atol=1e-12)
 
@@ -417,18 +425,20 @@ def test_independent_features_make_the_kernel_a_delta(seed, concept):
 @SETTINGS
 @given(seed=st.integers(0, 1999), k=st.sampled_from([2, 3]))
 def test_input_distribution_is_the_label_conditioned_marginal(seed, k):
-    """Exact input weights: w(x) ∝ Σ_θ prior_θ P(x | θ) P(y ∈ labels | x, θ) (and for one
-    concept, without the mixture), summing to 1 over the support, by brute force on the tiny world."""
+    """Exact input weights: w(x) = Σ_θ prior_θ P(x | θ, y ∈ labels), each concept's law
+    normalised by its own P(y ∈ labels | θ) as the prompt sampler draws θ, then an example
+    conditioned on its label (for one concept, without the mixture); summing to 1 over the
+    support, by brute force on the tiny world (every state can reach the delimiter here)."""
     from conftest import brute_prob
     world = make_world("random", seed=seed, n_labels=2, **TINY)
     for concept in (None, 0, 1):
         s = kernel.input_distribution(world, k, concept=concept)
         concepts = range(world.n_concepts) if concept is None else [concept]
-        want = {}
-        for x in kernel.all_inputs(world.n_symbols, k - 1):
-            want[tuple(x)] = sum((world.prior[c] if concept is None else 1.0) *
-                                 sum(brute_prob(world, c, list(x) + [y]) for y in world.labels)
-                                 for c in concepts)
+        xs = kernel.all_inputs(world.n_symbols, k - 1)
+        per = {c: {tuple(x): sum(brute_prob(world, c, list(x) + [y]) for y in world.labels) for x in xs}
+               for c in concepts}
+        want = {tuple(x): sum((world.prior[c] if concept is None else 1.0) * per[c][tuple(x)] / sum(per[c].values())
+                              for c in concepts) for x in xs}
         tot = sum(want.values())
         got = {tuple(x): w for x, w in zip(s.x, s.weights)}
         assert set(got) == {x for x, v in want.items() if v > 0}

@@ -1,6 +1,8 @@
 """The measurement library on tensors with known answers, the capture against transformers'
-own eager attention (one example at a time, no padding) for three architectures, and the
-held-out head selection.  The end-to-end runs on a trained model live in test_measure_cli."""
+own eager attention (one example at a time, no padding) for three architectures, the held-out
+head selection, and tie-fair scoring (a tie among m labels scores 1/m) on hand-built
+attention and hand-counted majority votes.  The end-to-end runs on a trained model live in
+test_alignment."""
 
 from __future__ import annotations
 
@@ -13,6 +15,38 @@ from simkernel import measure as M
 
 
 # ---------------------------------------------------------------------- hand-built batches
+def top(x, rtol=1e-9):
+    """(..., C) bool: the scores within rtol (relative) of the maximum (scores >= 0), written
+    out here rather than taken from simkernel.metrics."""
+    return x >= x.max(-1, keepdims=True) * (1 - rtol)
+
+
+def fair(a, b):
+    """Expected [a's argmax == b's argmax] under uniform tie-breaks, by enumerating every pair
+    of choices from the top sets a, b (..., C) bool."""
+    out = np.zeros(a.shape[:-1])
+    for idx in np.ndindex(*a.shape[:-1]):
+        pairs = [(i, j) for i in np.flatnonzero(a[idx]) for j in np.flatnonzero(b[idx])]
+        out[idx] = sum(i == j for i, j in pairs) / len(pairs)
+    return out
+
+
+def batch_of(demo_labels, gold, C, span=2):
+    """Unpadded prompts whose demonstrations carry ``demo_labels`` (B, n), each a span of
+    ``span`` tokens ending on its label, then a 2-token test input."""
+    demo_labels = np.asarray(demo_labels)
+    B, n = demo_labels.shape
+    spans = np.stack([np.arange(n) * span, np.arange(n) * span + span], 1)
+    ex = [M.Example(np.arange(n * span + 2) % 7 + 1, spans, spans[:, 1] - 1, demo_labels[b], int(gold[b]))
+          for b in range(B)]
+    return M.collate(ex, np.arange(C) + 10)
+
+
+def head_value(res, reference, layer=0, head=0, split="all"):
+    return next(r for r in res.heads if (r["measure"], r["reference"], r["layer"], r["head"], r["split"])
+                == ("agree", reference, layer, head, split))
+
+
 def layout(B=6, n=5, span=3, C=3, seed=0):
     """B unpadded prompts of n demonstrations of ``span`` tokens each, then a 2-token test
     input; labels drawn at random.  Returns a PromptBatch (no padding)."""
@@ -182,16 +216,19 @@ def test_analyse_reports_the_chosen_head_on_held_out_prompts_only():
     best = {(r["measure"], r["reference"]): r for r in res.best}
     assert (best[("agree", "model")]["layer"], best[("agree", "model")]["head"]) == (1, 2)
     sel, rep = M.split_indices(B, 35, 15, seed=0)
-    rec = M.reconstruct(M.demo_weights(attn, batch.spans, batch.label_pos), batch.demo_labels, 3)[:, 1, 2]
-    assert best[("agree", "model")]["report"] == pytest.approx((rec[rep] == np.where(has1, 1, 0)[rep]).mean())
+    # the head's vote: its top set (a tie where it attends evenly and two labels are as frequent)
+    vote = top(M.label_votes(M.demo_weights(attn, batch.spans, batch.label_pos), batch.demo_labels, 3)[:, 1, 2])
+    pred = np.eye(3, dtype=bool)[np.where(has1, 1, 0)]
+    gold = np.eye(3, dtype=bool)[batch.gold]
+    assert best[("agree", "model")]["report"] == pytest.approx(fair(vote[rep], pred[rep]).mean())
     t2 = res.summary["table2"]
-    assert t2["reconstructed_accuracy"] == pytest.approx((rec[rep] == batch.gold[rep]).mean())
+    assert t2["reconstructed_accuracy"] == pytest.approx(fair(vote[rep], gold[rep]).mean())
     assert t2["icl_accuracy"] == pytest.approx((np.where(has1, 1, 0)[rep] == batch.gold[rep]).mean())
-    heads = [r for r in res.heads if (r["layer"], r["head"], r["measure"], r["reference"], r["split"])
-             == (1, 2, "agree", "model", "report")]
-    assert heads[0]["value"] == pytest.approx(best[("agree", "model")]["report"])
+    assert head_value(res, "model", 1, 2, "report")["value"] == pytest.approx(best[("agree", "model")]["report"])
     counts = np.stack([(batch.demo_labels == c).sum(1) for c in range(3)], 1)
-    assert res.summary["majority_baseline"]["gold"] == pytest.approx((counts.argmax(1)[rep] == batch.gold[rep]).mean())
+    majority = counts == counts.max(1, keepdims=True)
+    assert (majority[rep].sum(1) > 1).any()                # ties occur on the report prompts
+    assert res.summary["majority_baseline"]["gold"] == pytest.approx(fair(majority[rep], gold[rep]).mean())
     prof = {(r["layer"], r["head"], r["position"]): r["attention"] for r in res.profile}
     assert len(prof) == 2 * 3 * 30 and all(r["is_label"] == (r["position"] == 29) for r in res.profile)
 
@@ -320,3 +357,137 @@ def test_probe_rows_carry_the_model_layer_when_only_some_layers_are_kept(tiny_mo
     res = M.analyse(cap, batch, n_select=8, n_report=4)
     assert {r["layer"] for r in res.probes} == {1}
     assert {(r["vector"], r["target"]) for r in res.probes} == {("values", "label")}
+
+
+# ---------------------------------------------------------------------- ties
+def even_heads(batch, tie_sets):
+    """Attention (B, 1, H, T): head h puts equal weight on the label token of one demonstration
+    of every class in tie_sets[h][b] and the rest on the last token (outside every span)."""
+    B, T = batch.input_ids.shape
+    attn = np.zeros((B, 1, len(tie_sets), T), np.float32)
+    for h, sets in enumerate(tie_sets):
+        for b, S in enumerate(sets):
+            w = 1.0 / (len(S) + 1)
+            for c in S:
+                attn[b, 0, h, batch.label_pos[b][np.flatnonzero(batch.demo_labels[b] == c)[0]]] = w
+            attn[b, 0, h, -1] = 1.0 - w * len(S)
+    return attn
+
+
+def test_a_head_tie_among_m_labels_scores_one_over_m():
+    """Head h weighs one demonstration of each of classes 0..h equally: its vote ties among
+    m = h + 1 labels that hold the gold label, so its agreement with gold is 1/m; against a
+    reference tied on {0, 1} it is |{0..h} ∩ {0, 1}| / (2m)."""
+    C, B = 4, 6
+    batch = batch_of(np.tile(np.arange(C), (B, 1)), np.zeros(B), C)
+    attn = even_heads(batch, [[range(m)] * B for m in range(1, C + 1)])
+    pair = np.tile([0.4, 0.4, 0.1, 0.1], (B, 1))
+    logp = np.log(np.tile([0.7, 0.1, 0.1, 0.1], (B, 1)))
+    res = M.analyse(M.Capture(attn, logp), batch, references={"pair": pair}, n_select=3, n_report=3)
+    for h in range(C):
+        m = h + 1
+        assert head_value(res, "gold", head=h)["value"] == pytest.approx(1 / m, abs=1e-15)
+        assert head_value(res, "model", head=h)["value"] == pytest.approx(1 / m, abs=1e-15)
+        assert head_value(res, "pair", head=h)["value"] == pytest.approx(min(m, 2) / (2 * m), abs=1e-15)
+    # the lowest-index argmax (still what reconstruct shows) would credit every head with 1
+    w = M.demo_weights(attn, batch.spans, batch.label_pos)
+    assert (M.reconstruct(w, batch.demo_labels, C) == 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 5))
+def test_head_agreement_is_the_expected_value_of_random_tie_breaks(seed, C):
+    """Random tie sets on both sides (the head's vote, built from attention; the reference, as
+    (B, C) scores): each prompt scores the fraction of equal pairs of tie-break choices."""
+    rng = np.random.default_rng(seed)
+    B = 5
+    batch = batch_of(np.stack([rng.permutation(C) for _ in range(B)]), rng.integers(0, C, B), C)
+
+    def subsets():
+        return [np.flatnonzero(rng.random(C) < 0.5) if rng.random() < 0.8 else np.arange(C) for _ in range(B)]
+
+    head_sets = [S if S.size else np.array([0]) for S in subsets()]
+    ref_sets = subsets()
+    ref = np.zeros((B, C))
+    for b, S in enumerate(ref_sets):
+        ref[b, S] = 1.0                                    # an empty set: an all-zero row, a tie everywhere
+    attn = even_heads(batch, [head_sets])
+    res = M.analyse(M.Capture(attn, np.zeros((B, C))), batch, references={"r": ref}, n_select=2, n_report=3)
+    a = np.zeros((B, C), bool)
+    for b, S in enumerate(head_sets):
+        a[b, S] = True
+    b_sets = ref > 0
+    b_sets[~b_sets.any(1)] = True
+    assert head_value(res, "r")["value"] == pytest.approx(fair(a, b_sets).mean(), abs=1e-12)
+    # the model's distribution is uniform: a tie among all C labels, 1/C with any reference
+    assert res.summary["model_matches"]["r"] == pytest.approx(1 / C, abs=1e-12)
+    assert res.summary["model_accuracy"] == pytest.approx(1 / C, abs=1e-12)
+
+
+def test_majority_baseline_is_the_expected_value_under_uniform_tie_breaking():
+    """Hand-counted majority votes (ties of 2 and 3 labels) against gold and a reference tied
+    on {1, 2}: the baseline is the report-split mean of the values written out below."""
+    labels = [[0, 0, 1, 2, 0, 1],      # counts (3, 2, 1): {0}
+              [0, 1, 1, 2, 1, 2],      # (1, 3, 2): {1}
+              [0, 1, 0, 1, 0, 1],      # (3, 3, 0): {0, 1}
+              [0, 1, 2, 2, 1, 0],      # (2, 2, 2): {0, 1, 2}
+              [2, 2, 1, 1, 0, 0],      # (2, 2, 2): {0, 1, 2}
+              [1, 1, 1, 2, 2, 2]]      # (0, 3, 3): {1, 2}
+    gold = [0, 0, 1, 2, 0, 0]
+    vs_gold = np.array([1, 0, 1 / 2, 1 / 3, 1 / 3, 0])
+    vs_pair = np.array([0, 1 / 2, 1 / 4, 1 / 3, 1 / 3, 1 / 2])
+    lowest = np.array([1, 0, 0, 0, 1, 0])                  # argmax with the lowest class on ties
+    labels, gold = np.array(labels * 2), np.array(gold * 2)
+    vs_gold, vs_pair, lowest = np.tile(vs_gold, 2), np.tile(vs_pair, 2), np.tile(lowest, 2)
+    batch = batch_of(labels, gold, 3)
+    B, T = batch.input_ids.shape
+    pair = np.tile([0.2, 0.4, 0.4], (B, 1))
+    cap = M.Capture(np.full((B, 1, 1, T), 1 / T, np.float32), np.log(np.tile([0.5, 0.3, 0.2], (B, 1))))
+    res = M.analyse(cap, batch, references={"pair": pair}, n_select=6, n_report=6, seed=1)
+    _, rep = M.split_indices(B, 6, 6, seed=1)
+    base = res.summary["majority_baseline"]
+    assert base["gold"] == pytest.approx(vs_gold[rep].mean(), abs=1e-12)
+    assert base["pair"] == pytest.approx(vs_pair[rep].mean(), abs=1e-12)
+    assert base["gold"] != pytest.approx(lowest[rep].mean())
+    # the model always says 0: the majority vote agrees with it on [0 in the tie] / m
+    assert base["model"] == pytest.approx(np.tile([1, 0, 1 / 2, 1 / 3, 1 / 3, 0], 2)[rep].mean(), abs=1e-12)
+    # a head attending evenly over the whole prompt is the majority vote
+    assert head_value(res, "gold", split="report")["value"] == pytest.approx(base["gold"], abs=1e-12)
+
+
+def test_undefined_references_are_left_out():
+    """A (B,) reference of -1 and a (B, C) reference with a NaN row leave those examples out of
+    the heads table, the model's matches and the baseline; an index reference scores exactly as
+    its one-hot scores; a reference of another shape is refused."""
+    rng = np.random.default_rng(0)
+    B, C = 10, 3
+    batch = batch_of(rng.integers(0, C, (B, 6)), rng.integers(0, C, B), C)
+    T = batch.input_ids.shape[1]
+    idx = rng.integers(0, C, B)
+    idx[[1, 4]] = -1
+    scores = np.eye(C)[idx]
+    scores[[1, 4]] = np.nan
+    cap = M.Capture(rng.random((B, 2, 2, T)).astype(np.float32), np.log(rng.dirichlet(np.ones(C), B)))
+    res = M.analyse(cap, batch, references={"idx": idx, "scores": scores}, n_select=5, n_report=5)
+    for r in (r for r in res.heads if r["reference"] == "idx" and r["split"] == "all"):
+        assert r["n_examples"] == B - 2
+        twin = next(t for t in res.heads if (t["reference"], t["layer"], t["head"], t["split"], t["measure"])
+                    == ("scores", r["layer"], r["head"], "all", r["measure"]))
+        assert twin["value"] == r["value"] and twin["n_examples"] == B - 2
+    keep = idx >= 0
+    assert res.summary["model_matches"]["idx"] == pytest.approx(
+        (cap.label_probs.argmax(1) == idx)[keep].mean(), abs=1e-12)
+    assert res.summary["model_matches"]["scores"] == res.summary["model_matches"]["idx"]
+    for bad in (idx[:-1], np.zeros((B, C + 1)), idx.astype(float), np.full(B, C)):
+        with pytest.raises(ValueError, match="reference"):
+            M.analyse(cap, batch, references={"bad": bad}, n_select=5, n_report=5)
+
+
+def test_probe_accuracy_is_tie_fair():
+    """An all-zero value vector predicts the intercept, the class means: with two classes
+    equally frequent in training they tie, and each test example scores 1/2 (the
+    lowest-index argmax would score 1 on class 0 and 0 on class 1)."""
+    y_train = np.array([0, 1] * 10)
+    y_test = np.array([0, 1, 1, 1])
+    acc = M.ridge_accuracy(np.zeros((20, 3)), y_train, np.zeros((4, 3)), y_test, 2)
+    assert acc == pytest.approx(0.5, abs=1e-12)
