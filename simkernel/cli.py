@@ -558,12 +558,18 @@ def _choice_list(allowed, what):
     return callback
 
 
-def _distinct_seeds(ctx, param, values):
-    values = tuple(values) or (0,)
-    dup = sorted({s for s in values if values.count(s) > 1})
-    if dup:
-        raise click.BadParameter(f"seed {dup[0]} is given twice: its prompts would be counted twice", ctx, param)
-    return values
+def _distinct(what):
+    """A callback for a repeatable seed option: the seeds given (default (0,)), each at most once."""
+    def callback(ctx, param, values):
+        values = tuple(values) or (0,)
+        dup = sorted({s for s in values if values.count(s) > 1})
+        if dup:
+            raise click.BadParameter(f"{what} {dup[0]} is given twice: its prompts would be counted twice", ctx, param)
+        return values
+    return callback
+
+
+_distinct_seeds = _distinct("seed")
 
 
 def _check_concepts(concepts, world):
@@ -677,14 +683,6 @@ def _world_title(world, source, n_worlds: int = 1) -> str:
             f"symbols, {len(world.labels)} labels{'' if world.restart else ', no restart'}")
 
 
-def _world_seeds(ctx, param, values):
-    values = tuple(values) or (0,)
-    dup = sorted({s for s in values if values.count(s) > 1})
-    if dup:
-        raise click.BadParameter(f"world seed {dup[0]} is given twice: its prompts would be counted twice", ctx, param)
-    return values
-
-
 @main.command("converge", short_help="Kernel estimators against exact Bayes for n = 1..N, with a figure.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help=f"Build the world from this recipe (default {CONVERGE_PRESET}: GINC's construction with 16 "
@@ -692,7 +690,7 @@ def _world_seeds(ctx, param, values):
                    "within a prompt).")
 @click.option("--world", "world_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Load the world from this .npz instead (not with --preset, --set, --world-seed).")
-@click.option("--world-seed", "world_seeds", type=NONNEG, multiple=True, callback=_world_seeds,
+@click.option("--world-seed", "world_seeds", type=NONNEG, multiple=True, callback=_distinct("world seed"),
               help="Seed of the preset's random world; repeat for several worlds (the CIs are then over "
                    "worlds).  Default 0.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
@@ -823,6 +821,10 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
                   "once n is large against the rare inputs that carry the kernel's variance); degenerate: "
                   "the fit sits on a bound of its search and measures nothing"),
         spread=info["spread"], warnings=info["warnings"], sigma=info["sigma"],
+        per_world=info["per_world"],
+        per_world_note=("with several worlds: each world's own means of l1, tv, agree and acc (primary "
+                        "estimator; kernel 'bayes': its accuracy) at the n listed under 'n', the spread "
+                        "behind the intervals over worlds"),
         limits_exact=info["limits_exact"], bias_term=info["bias_term"],
         impossible_prompts={"per_world_seed": info["impossible_prompts"],
                             "total": sum(info["impossible_prompts"].values()),

@@ -141,10 +141,15 @@ class KernelSet:
         D = kernel.feature_dim(self.world, self.features)
         V, k = self.world.n_symbols, self.k
         n_sigma = V ** (k - 1) if V ** (k - 1) <= kernel.EXACT_LIMIT else self.n_samples
-        need = 8 * D * (n_inputs + 2 * n_sigma) + (8 * D * D if D <= kernel.DENSE_LIMIT else 8 * n_sigma ** 2)
+        # the prompts' inputs, Σ_pretrain's sample and every concept's (cached for the floors),
+        # plus one precision or Gram matrix per model
+        models = 1 + self.world.n_concepts
+        need = 8 * D * (n_inputs + models * n_sigma) + models * (8 * D * D if D <= kernel.DENSE_LIMIT
+                                                                   else 8 * n_sigma ** 2)
         if need > FEATURE_MEMORY_LIMIT:
             raise ValueError(f"{self.features} features of this world have D = {D:,} dimensions: {n_inputs:,} "
-                             f"distinct inputs plus {n_sigma:,} Σ inputs need about {need / 2**30:.1f} GiB "
+                             f"distinct inputs plus {models} samples of {n_sigma:,} inputs (Σ_pretrain and each "
+                             f"concept's) need about {need / 2**30:.1f} GiB "
                              f"(limit {FEATURE_MEMORY_LIMIT / 2**30:.0f} GiB); use fewer prompts or "
                              f"demonstrations, fewer Monte Carlo inputs (n_samples), or belief features")
 
@@ -605,9 +610,23 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
             floor_rows += concept_floors(ks, range(world.n_concepts), kernels, estimators, world_label=wl)
     rows, fits = summarise(results, ns)
     spread = spread_summary(results)
+    per_world = {}
+    if len(worlds) > 1:
+        # each world's own means at the powers of two, the largest n and the limit (the spread
+        # behind an interval over worlds): {"n": [...], "estimator": e, world: {kernel: {metric: [...]}}}
+        shown = sorted({n for n in ns if n & (n - 1) == 0} | {ns[-1]})
+        est = "normalised" if "normalised" in estimators else estimators[0]
+        per_world = {"n": shown + ["inf"], "estimator": est}
+        for wi, wl in enumerate(labels):
+            wrows, _ = summarise([r for r in results if r.world == wi], shown)
+            got = {(r["n_demos"], r["kernel"], r["metric"]): r["mean"] for r in wrows
+                   if r["estimator"] in (est, "-")}
+            per_world[str(wl)] = {
+                k: {m: [got.get((n, k, m)) for n in shown + [float("inf")]] for m in ("l1", "tv", "agree", "acc")}
+                for k in (*kernels, "bayes")}
     impossible = {f"{labels[r.world]}/{s}": int(r.info.get("impossible_prompts", 0))
                   for r, s in zip(results, [s for _ in worlds for s in seeds])}
-    info = {"spread": spread, "warnings": spread_warnings(spread), "sigma": sigma,
+    info = {"spread": spread, "warnings": spread_warnings(spread), "sigma": sigma, "per_world": per_world,
             "impossible_prompts": impossible, "n_worlds": len(worlds), "worlds": labels,
             "restart": [bool(w.restart) for w in worlds],
             "limits_exact": world_inputs_enumerable(worlds[0], example_length),

@@ -330,7 +330,7 @@ def _runner_module():
     return mod
 
 
-@pytest.mark.parametrize("name", ["paper_c_table3", "ginc", "ginc_ood", "sigma_ablation"])
+@pytest.mark.parametrize("name", ["paper_c_table3", "ginc", "ginc_ood", "sigma_ablation", "floor_epsilon"])
 def test_experiment_configs_parse(name):
     import tomllib
     mod = _runner_module()

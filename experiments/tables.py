@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""The README's experiment tables, made from the committed results in ``figures/<name>/`` (so
+the numbers in the README cannot drift from the files; ``tests/test_readme.py`` checks that
+the README holds exactly what this prints).
+
+    python experiments/tables.py            # print every table
+    python experiments/tables.py table3     # one of: table3, summary:<experiment>, bias
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The paper's Table 3 (Appendix C), n = 1..128.
+PAPER = {"distance": [1.322, 0.942, 0.519, 0.218, 0.163, 0.085, 0.093, 0.083],
+         "accuracy": [0.337, 0.532, 0.745, 0.901, 0.926, 0.968, 0.961, 0.964]}
+NS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+SUMMARY_EXPERIMENTS = ("paper_c_table3", "sigma_ablation", "floor_epsilon", "ginc", "ginc_ood")
+
+
+def load(name: str):
+    folder = ROOT / "figures" / name
+    with open(folder / "convergence.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    meta = json.loads((folder / "convergence.json").read_text())
+    by = {(r["n_demos"], r["kernel"], r["estimator"], r["metric"]): r for r in rows}
+    return by, meta
+
+
+def _per_world(meta, kernel, metric, n):
+    """Each world's own mean of one metric at n (the JSON's per_world block, primary estimator)."""
+    pw = meta["per_world"]
+    j = pw["n"].index(n)
+    return [v[kernel][metric][j] for w, v in pw.items() if w not in ("n", "estimator")]
+
+
+def table3() -> str:
+    """The paper's Table 3 against paper-c over its worlds: the mean over worlds and the range of
+    the worlds' own means, for the normalised theory estimate."""
+    by, meta = load("paper_c_table3")
+    W = meta["n_worlds"]
+
+    def mean(metric, n, kernel="theory", est="normalised"):
+        return float(by[(str(n), kernel, est, metric)]["mean"])
+
+    def span(metric, n, kernel="theory"):
+        v = _per_world(meta, kernel, metric, n)
+        return f"{min(v):.2f}–{max(v):.2f}"
+
+    head = "| n | " + " | ".join(map(str, NS)) + " |"
+    lines = [head, "| --- |" + " --- |" * len(NS),
+             "| L1 distance, paper | " + " | ".join(f"{v:.3f}" for v in PAPER["distance"]) + " | |",
+             f"| L1 distance, ours (mean of {W} worlds) | " + " | ".join(f"{mean('l1', n):.3f}" for n in NS) + " |",
+             "| L1 distance, ours (range over worlds) | " + " | ".join(span("l1", n) for n in NS) + " |",
+             "| L1 distance, label frequencies | " + " | ".join(f"{mean('l1', n, 'frequency'):.3f}" for n in NS) + " |",
+             "| \"accuracy\", paper | " + " | ".join(f"{v:.3f}" for v in PAPER["accuracy"]) + " | |",
+             f"| agreement with exact Bayes, ours (mean of {W} worlds) | " + " | ".join(f"{mean('agree', n):.3f}" for n in NS) + " |",
+             "| agreement, ours (range over worlds) | " + " | ".join(span("agree", n) for n in NS) + " |",
+             "| accuracy vs `y_test`, ours | " + " | ".join(f"{mean('acc', n):.3f}" for n in NS) + " |",
+             "| exact Bayes accuracy vs `y_test` | " + " | ".join(f"{float(by[(str(n), 'bayes', '-', 'acc')]['mean']):.3f}" for n in NS) + " |"]
+    return "\n".join(lines)
+
+
+def summary(name: str) -> str:
+    """Per kernel and estimator: TV to exact Bayes at the largest n, and the exact floor (the
+    limit's TV to the oracle), mean ± 95% CI (over worlds when there are several)."""
+    by, meta = load(name)
+    n_max = max(int(k[0]) for k in by if k[0] != "inf")
+    kernels = [k for k in ("theory", "oracle", "similarity", "frequency") if ("inf", k, "normalised", "tv") in by]
+    unit = f"{meta['n_worlds']} worlds" if meta["n_worlds"] > 1 else "prompts"
+
+    def cell(n, k, e, m):
+        r = by.get((n, k, e, m))
+        if r is None:
+            return "–"
+        half = (float(r["ci_high"]) - float(r["ci_low"])) / 2
+        return f"{float(r['mean']):.3f} ± {half:.3f}"
+
+    lines = [f"| kernel | TV to Bayes at n = {n_max}, normalised | floor (n = ∞), normalised | "
+             f"TV at n = {n_max}, averaged | floor, averaged |", "| --- | --- | --- | --- | --- |"]
+    for k in kernels:
+        lines.append(f"| {k} | {cell(str(n_max), k, 'normalised', 'tv')} | {cell('inf', k, 'normalised', 'tv')} | "
+                     f"{cell(str(n_max), k, 'averaged', 'tv')} | {cell('inf', k, 'averaged', 'tv')} |")
+    lines.append(f"\n(95% CI over {unit}; the floor is the exact limit's TV to the oracle.)")
+    return "\n".join(lines)
+
+
+def bias() -> str:
+    """The rank correlation of the exact theory floor with η²ε_θ in the floor_epsilon sweep."""
+    _by, meta = load("floor_epsilon")
+    bt = meta["bias_term"]
+    parts = []
+    for e in ("averaged", "normalised", "clipped"):
+        b = bt[e]
+        parts.append(f"| {e} | {b['n_pairs']} | {b['rho']:.2f} (p = {b['p_value']:.2g}) | "
+                     f"{b['rho_span']:.2f} (p = {b['p_value_span']:.2g}) |")
+    return "\n".join(["| estimator | (world, concept) pairs | Spearman: floor vs η²ε_θ | with ε_θ on the span |",
+                      "| --- | --- | --- | --- |", *parts])
+
+
+def all_tables() -> dict:
+    out = {"table3": table3(), "bias": bias()}
+    for name in SUMMARY_EXPERIMENTS:
+        out[f"summary:{name}"] = summary(name)
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tables = all_tables()
+    names = argv or list(tables)
+    for name in names:
+        if name not in tables:
+            print(f"error: unknown table {name!r}; allowed: {', '.join(tables)}", file=sys.stderr)
+            return 2
+        print(f"<!-- experiments/tables.py {name} -->")
+        print(tables[name])
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
