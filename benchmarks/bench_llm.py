@@ -12,9 +12,9 @@ layers, d 32, 4 heads); ``--model gpt-j-6b`` (weights downloaded beforehand) run
 Modes, each in a fresh subprocess (so that one mode's allocator caches and peak do not leak
 into the next), on the same prompts, batched ``--batch-size`` at a time, longest first:
 
-    forward      measure.forward_labels: a plain forward pass, label log-probs only
-    capture      measure.capture: + the final row's attention in every layer and head
-    capture+kv   measure.capture with keys and values at label position -1..3 for the layers
+    forward      capture.forward_labels: a plain forward pass, label log-probs only
+    capture      capture.capture: + the final row's attention in every layer and head
+    capture+kv   capture.capture with keys and values at label position -1..3 for the layers
                  ``simkernel llm --probe-layers auto`` keeps
     protocol     the whole model side of ``simkernel llm``: building the prompts
                  (``textdata.build_prompts``), ``llm.prepare_batch`` (the texts to run alone,
@@ -76,7 +76,8 @@ def load_data(args):
 def workload(args, tokenizer, dataset, pool, ctx):
     """(test_ids (N,), demo_ids (N, n), batch): the cycled prompts in test order, built by
     ``textdata.build_prompts`` (cycle c with seed ``--seed`` + c)."""
-    from simkernel import measure, textdata
+    from simkernel import textdata
+    from simkernel.prompts import collate
 
     test_ids = np.arange(args.n_examples) % len(dataset)
     examples, demos = [], []
@@ -85,7 +86,7 @@ def workload(args, tokenizer, dataset, pool, ctx):
                                        "random", args.seed + c, pool=pool, max_length=ctx, return_demos=True)
         examples += ex
         demos.append(d)
-    batch = measure.collate(examples, textdata.label_tokens(tokenizer, dataset), tokenizer.pad_token_id or 0)
+    batch = collate(examples, textdata.label_tokens(tokenizer, dataset), tokenizer.pad_token_id or 0)
     return test_ids, np.concatenate(demos), batch
 
 
@@ -93,7 +94,9 @@ def child(args) -> dict:
     """Run one mode and return its measurements (called in a subprocess)."""
     import torch
 
-    from simkernel import llm, measure
+    from simkernel import llm
+    from simkernel.analysis import PROBE_OFFSETS
+    from simkernel.capture import capture, forward_labels
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,10 +110,9 @@ def child(args) -> dict:
     H = cfg.num_attention_heads
     layers = llm.probe_layer_list("auto", cfg.num_hidden_layers, llm.probe_layer_bytes(cfg, len(batch), args.n_demos))
     runs = {
-        "forward": lambda b: measure.forward_labels(model, b, args.batch_size),
-        "capture": lambda b: measure.capture(model, b, batch_size=args.batch_size),
-        "capture+kv": lambda b: measure.capture(model, b, offsets=measure.PROBE_OFFSETS, batch_size=args.batch_size,
-                                                layers=layers),
+        "forward": lambda b: forward_labels(model, b, args.batch_size),
+        "capture": lambda b: capture(model, b, batch_size=args.batch_size),
+        "capture+kv": lambda b: capture(model, b, offsets=PROBE_OFFSETS, batch_size=args.batch_size, layers=layers),
         "protocol": None,
     }
     # warm-up on the shortest prompts: lazy initialisation is not what is measured

@@ -3,13 +3,13 @@
 
 Model: the CPU default preset (``cpu``: 4 layers, d_model 128, 4 heads), randomly initialised
 with seed 0 over a 12-symbol vocabulary (the default world's); timing does not depend on the
-weights.  Inputs: --prompts prompts of the measure default layout (16 demonstrations of
-example length 3: 66 tokens), run in batches of --batch-size.
+weights.  Inputs: --prompts prompts of `simkernel measure`'s default layout (16 demonstrations
+of example length 3: 66 tokens), run in batches of --batch-size.
 
 Contenders, interleaved in one process, each timed --repeats times (median reported):
-    forward   measure.forward_labels: the model's own sdpa attention, nothing captured
-    capture   measure.capture: every layer's and head's final attention row
-    +probes   measure.capture with keys and values at label offsets -1..+3 (what
+    forward   capture.forward_labels: the model's own sdpa attention, nothing captured
+    capture   capture.capture: every layer's and head's final attention row
+    +probes   capture.capture with keys and values at label offsets -1..+3 (what
               `simkernel measure` runs)
 
 Peak memory: each contender runs --memory-repeats times (median) in a fresh subprocess, after
@@ -46,8 +46,8 @@ def build(n_prompts: int, seed: int = 0):
     import numpy as np
     import torch
 
-    from simkernel import measure
     from simkernel.model import build_model
+    from simkernel.prompts import Example, collate
 
     torch.manual_seed(seed)
     model = build_model("cpu", 12).eval()
@@ -55,18 +55,18 @@ def build(n_prompts: int, seed: int = 0):
     n, k = 16, 3
     T = n * (k + 1) + k - 1
     spans = np.stack([np.arange(n) * (k + 1), np.arange(n) * (k + 1) + k], 1)
-    ex = [measure.Example(rng.integers(1, 12, T), spans, spans[:, 1] - 1, rng.integers(0, 11, n), 0)
-          for _ in range(n_prompts)]
-    return model, measure.collate(ex, np.arange(1, 12))
+    ex = [Example(rng.integers(1, 12, T), spans, spans[:, 1] - 1, rng.integers(0, 11, n), 0) for _ in range(n_prompts)]
+    return model, collate(ex, np.arange(1, 12))
 
 
 def run_mode(mode: str, model, batch, batch_size: int):
-    from simkernel import measure
+    from simkernel.analysis import PROBE_OFFSETS
+    from simkernel.capture import capture, forward_labels
 
     if mode == "forward":
-        return measure.forward_labels(model, batch, batch_size=batch_size)
-    offsets = measure.PROBE_OFFSETS if mode == "+probes" else None
-    return measure.capture(model, batch, offsets=offsets, batch_size=batch_size)
+        return forward_labels(model, batch, batch_size=batch_size)
+    offsets = PROBE_OFFSETS if mode == "+probes" else None
+    return capture(model, batch, offsets=offsets, batch_size=batch_size)
 
 
 def memory_child(mode: str, n_prompts: int, batch_size: int, threads: int) -> None:

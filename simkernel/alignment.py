@@ -1,6 +1,6 @@
 """Simulator only: the measurement library's per-head weights against the ground truth.
 
-``measure`` runs on any causal LM and knows nothing of HMMs.  In a simulated world the true
+``capture`` and ``analysis`` run on any causal LM and know nothing of HMMs.  In a simulated world the true
 kernel K(x_test, x_i) (``convergence.kernel_values``) and the exact posterior predictive
 (``bayes.icl_curve``) are known, so each head's demonstration weights a_i and its label vote
 can be compared with them:
@@ -9,14 +9,14 @@ can be compared with them:
                 (the exact pretraining predictive P(o|x)ᵀP(o|x')); plus the model's own
                 prediction similarity from standalone runs ('model_similarity')
     references  distributions over the labels (B, L), so that a tie in one of them is scored
-                as a tie (``measure`` compares each head's vote with them tie-fairly):
+                as a tie (``analysis`` compares each head's vote with them tie-fairly):
                 'bayes' the exact posterior predictive after the prompt's n demonstrations,
                 'kernel' the theory kernel estimator (normalised form), 'oracle'
                 P(y | x_test, true concept), and 'frequency' the label frequencies of the
                 prompt's demonstrations (the frequency kernel K ≡ 1: a head weighing every
                 demonstration equally), the baseline every head is shown beside
 
-torch is imported only through ``measure``.
+torch is imported only through ``capture``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bayes, kernel, measure
+from . import bayes, kernel
+from .analysis import PROBE_OFFSETS, analyse, prediction_similarity
+from .capture import capture, forward_labels, label_distribution
 from .convergence import kernel_values
 from .metrics import restrict
+from .prompts import Example, PromptBatch, collate
 from .sampling import Prompts, sample_prompt_set
 from .world import World
 
@@ -40,25 +43,24 @@ def label_index(world: World) -> np.ndarray:
 
 
 def examples_from_prompts(world: World, prompts: Prompts) -> list:
-    """One :class:`measure.Example` per prompt: demonstration i spans x_i through y_i (the
+    """One :class:`Example` per prompt: demonstration i spans x_i through y_i (the
     delimiter after y_i is outside), positions straight from the sampler's layout."""
     idx = label_index(world)
     spans = np.stack([prompts.x_spans[:-1, 0], prompts.label_positions + 1], axis=1)
-    return [measure.Example(prompts.tokens[b].astype(np.int64), spans, prompts.label_positions,
-                            idx[prompts.labels[b]], int(idx[prompts.y_test[b]]))
+    return [Example(prompts.tokens[b].astype(np.int64), spans, prompts.label_positions,
+                    idx[prompts.labels[b]], int(idx[prompts.y_test[b]]))
             for b in range(prompts.tokens.shape[0])]
 
 
-def standalone_batch(world: World, prompts: Prompts) -> tuple[measure.PromptBatch, np.ndarray]:
+def standalone_batch(world: World, prompts: Prompts) -> tuple[PromptBatch, np.ndarray]:
     """Every distinct input x (demonstrations and x_test) as a prompt of its own, and the
     (B, n + 1) index of each prompt's inputs into it (the last column is x_test)."""
     k = prompts.example_length
     xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
     uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
     empty = np.zeros((0, 2), np.int64)
-    ex = [measure.Example(u.astype(np.int64), empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
-          for u in uniq]
-    return measure.collate(ex, world.labels), inv.reshape(xs.shape[:2])
+    ex = [Example(u.astype(np.int64), empty, np.zeros(0, np.int64), np.zeros(0, np.int64)) for u in uniq]
+    return collate(ex, world.labels), inv.reshape(xs.shape[:2])
 
 
 @dataclass
@@ -98,7 +100,7 @@ def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_sam
 
 def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3,
                   seed: int = 0, concepts="prior", how: str = "max", n_select: int = 700,
-                  n_report: int = 300, offsets=measure.PROBE_OFFSETS, batch_size: int = 32,
+                  n_report: int = 300, offsets=PROBE_OFFSETS, batch_size: int = 32,
                   n_samples: int = 20_000, progress=None):
     """Every measurement of ``model`` (a causal LM over the world's symbols) on freshly
     sampled prompts, with the ground truth attached: (Analysis, info).
@@ -109,22 +111,21 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
     gold, exact Bayes, the kernel estimator, the oracle and the label frequencies."""
     tick = progress or (lambda _msg: None)
     prompts = sample_prompt_set(world, n_prompts, n_demos, example_length, seed=seed, concepts=concepts)
-    batch = measure.collate(examples_from_prompts(world, prompts), world.labels)
+    batch = collate(examples_from_prompts(world, prompts), world.labels)
     tick("capture")
-    cap = measure.capture(model, batch, offsets=offsets, batch_size=batch_size)
+    cap = capture(model, batch, offsets=offsets, batch_size=batch_size)
     tick("standalone predictions")
     alone, inv = standalone_batch(world, prompts)
-    p_alone = np.exp(measure.forward_labels(model, alone, batch_size=max(batch_size, 256)))
-    p_alone /= p_alone.sum(-1, keepdims=True)
+    p_alone = label_distribution(forward_labels(model, alone, batch_size=max(batch_size, 256)))
     p_demos, p_test = p_alone[inv[:, :-1]], p_alone[inv[:, -1]]
     tick("ground truth")
     truth = ground_truth(world, prompts, n_samples=n_samples, seed=seed)
     kernels = dict(truth.kernels)
-    kernels["model_similarity"] = measure.prediction_similarity(p_test, p_demos)
+    kernels["model_similarity"] = prediction_similarity(p_test, p_demos)
     tick("analysis")
-    result = measure.analyse(cap, batch, references=truth.references, kernels=kernels, how=how,
-                             n_select=n_select, n_report=n_report, seed=seed,
-                             probe_targets={"keys": ("standalone", p_demos.argmax(-1))})
+    result = analyse(cap, batch, references=truth.references, kernels=kernels, how=how,
+                     n_select=n_select, n_report=n_report, seed=seed,
+                     probe_targets={"keys": ("standalone", p_demos.argmax(-1))})
     info = {"n_prompts": len(batch), "n_demos": n_demos, "example_length": example_length,
             "concepts": str(concepts), "prompt_length": int(batch.input_ids.shape[1]),
             "theory_kernel": truth.info}

@@ -22,7 +22,7 @@ import click
 
 from . import __version__, llm, textdata
 from .presets import PRESETS
-from .world import sha256_file
+from .store import check_out_file as _store_out_file, check_results_dir, publish, sha256_file
 
 DEFAULT_PRESET = "paper-c"
 
@@ -114,33 +114,10 @@ def parse_sets(values) -> dict:
 
 
 def check_out_file(path: Path, suffix: str = ".npz") -> Path:
-    """An output file: right suffix, not a folder, parent folder exists and is writable."""
-    if path.suffix != suffix:
+    """An output file (``store.check_out_file``); a wrong suffix is a usage error of --out."""
+    if Path(path).suffix != suffix:
         raise click.BadParameter(f"must end in {suffix}, got {str(path)!r}", param_hint="'--out'")
-    if path.is_dir():
-        raise ValueError(f"--out {str(path)!r} is a folder; expected a {suffix} file")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        why = "is not a folder" if parent.exists() else "does not exist"
-        raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} {why}")
-    from .store import check_writable
-    check_writable(parent, path)
-    return path
-
-
-def check_results_dir(path: Path) -> Path:
-    """A results folder that may not exist yet: it must not be a file, and its nearest
-    existing ancestor must be a writable folder (it is created only when results exist)."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {str(path)!r} exists and is not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"cannot create {str(path)!r}: {str(probe)!r} is not a folder")
-    from .store import check_writable
-    check_writable(probe, path)
-    return path
+    return _store_out_file(path, suffix)
 
 
 def load_or_build_world(preset, world_file, world_seed, overrides, *, world_opt="--world",
@@ -284,7 +261,10 @@ def corpus_cmd(preset, world_file, world_seed, overrides, n_docs, doc_length, se
     """Sample pretraining documents (one concept per document, drawn from the prior)."""
     from .store import check_out_dir, write_corpus
 
-    check_out_dir(out, overwrite)
+    try:
+        check_out_dir(out, overwrite)
+    except ValueError as e:            # the library names its argument; the user typed a flag
+        raise ValueError(str(e).replace("overwrite=True", "--overwrite")) from None
     world, source = load_or_build_world(preset, world_file, world_seed, overrides)
     config = {"command": "sample corpus", "world": source}
     t0 = time.perf_counter()
@@ -750,11 +730,7 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
     floors.csv (per world and concept: the exact floor of every kernel and estimator, η, ε_θ)
     and convergence.json (config, seeds, versions, worlds, fits, spreads, Σ, warnings).
     """
-    import os
-    import shutil
-    import tempfile
-
-    from .store import provenance, public_mode, world_summary, write_csv, write_json
+    from .store import provenance, world_summary, write_csv, write_json
 
     # ---- everything is validated before the long work
     check_results_dir(out)
@@ -776,9 +752,6 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
                                f"{world.n_symbols ** (example_length - 1):,} inputs are too many to enumerate "
                                f"(limit 20,000): give --n-samples N to use N Monte Carlo inputs for Σ and the limits")
     n_samples = 20_000 if n_samples is None else n_samples
-    probe = out                     # the temp folder goes here: out, or its nearest existing ancestor
-    while not probe.exists():
-        probe = probe.parent
 
     from . import convergence
     from .plots import plot_convergence
@@ -857,19 +830,14 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
 
     table = converge_table(rows, fits, n_demos, kernels, estimators, info)
 
-    # ---- every file into a temp folder, then renamed into --out together
-    tmp = Path(tempfile.mkdtemp(prefix=".convergence.", suffix=".tmp", dir=probe))
-    try:
-        write_csv(tmp / "convergence.csv", rows, CONVERGE_COLUMNS)
-        write_csv(tmp / "floors.csv", floors, convergence.FLOOR_COLUMNS)
-        write_json(tmp / "convergence.json", meta)
-        plot_convergence(rows, meta["fits"], tmp / "convergence.png", tmp / "convergence.pdf", title=title)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in CONVERGE_FILES:
-            public_mode(tmp / name)
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # ---- every file complete before any is renamed into --out
+    publish(out, {"convergence.csv": lambda p: write_csv(p, rows, CONVERGE_COLUMNS),
+                  "floors.csv": lambda p: write_csv(p, floors, convergence.FLOOR_COLUMNS),
+                  "convergence.json": lambda p: write_json(p, meta),
+                  # one drawing makes both: the pdf lands beside the png in the temp folder
+                  "convergence.png": lambda p: plot_convergence(rows, meta["fits"], p, p.with_suffix(".pdf"),
+                                                                title=title),
+                  "convergence.pdf": lambda p: None})
 
     click.echo(repr(world) + (f" x {n_w} worlds (seeds {', '.join(map(str, world_seeds))})" if n_w > 1 else ""))
     click.echo(f"{n_prompts} prompts x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
@@ -957,30 +925,25 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
               ckpt_every, device, compile_, seed, resume, runs_dir):
     """Train a small GPT-J on a world's documents until its held-out loss is within
     --target-gap of the exact Bayes floor (or --patience / --max-steps run out).  Rerunning a
-    finished config prints where it is; --resume continues an interrupted one."""
-    from .store import read_corpus
-
+    finished config prints where it is; --resume continues an interrupted one.  One run at a
+    time per config: a second one refuses while the first holds the run folder."""
     ctx = click.get_current_context()
-    check_results_dir(runs_dir)
+    world = None
     if corpus_dir is not None:
         clash = [n for n, g in (("--preset", preset is not None), ("--world", world_file is not None),
                                 ("--set", bool(overrides))) + tuple((f"--{o.replace('_', '-')}", _given(ctx, o))
                                 for o in ("world_seed", "n_docs", "doc_length", "corpus_seed")) if g]
         if clash:
             raise click.UsageError(f"--corpus uses an existing corpus; it cannot be combined with {clash[0]}")
-        corpus = read_corpus(corpus_dir)
-        if corpus.tokens.size == 0:
-            raise ValueError(f"corpus {str(corpus_dir)!r} is empty")
-        source = None
     else:
         if world_file is None and preset is None and not overrides:
             preset, overrides = TRAIN_PRESET, tuple(f"{k}={v}" for k, v in TRAIN_WORLD_DEFAULTS[TRAIN_PRESET].items())
         world, wsource = load_or_build_world(preset, world_file, world_seed, overrides)
-        source = {"world": wsource, "n_docs": n_docs, "doc_length": doc_length, "seed": corpus_seed}
 
     from . import train as tr     # imports torch and transformers
 
-    corpus_id = tr.corpus_identity(corpus_dir) if corpus_dir is not None else {"sampled": source}
+    corpus_id = (tr.corpus_identity(corpus_dir) if corpus_dir is not None
+                 else tr.sampled_corpus(wsource, n_docs, doc_length, corpus_seed))
     cfg = tr.TrainConfig(corpus=corpus_id, model=model_name, block_size=block_size, batch_size=batch_size,
                          lr=lr, warmup_steps=warmup, max_steps=max_steps, eval_every=eval_every,
                          target_gap=target_gap, patience=patience, ckpt_every=ckpt_every, seed=seed,
@@ -1067,12 +1030,9 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
     tv_frequency_bayes.  Writes icl_vs_bayes.csv (tidy), .json (provenance) and .png (one row
     of panels per concept group: in- and out-of-distribution)."""
     import json
-    import os
-    import shutil
-    import tempfile
 
     from .icl_eval import run_paths
-    from .store import provenance, public_mode, world_summary, write_csv, write_json
+    from .store import provenance, world_summary, write_csv, write_json
 
     run_paths(run_dir)                           # one-line errors before torch is imported
     out = run_dir if out is None else out
@@ -1124,24 +1084,10 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
                              "label frequencies of the demonstrations (K ≡ 1), the baseline of every kernel",
                          "ties": "every agree_* and acc_* scores an argmax tie among m labels 1/m"},
                 kernel=info["kernel"])
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    tmp = Path(tempfile.mkdtemp(prefix=".icl_eval.", suffix=".tmp", dir=probe))
-    try:
-        write_csv(tmp / ICL_FILES[0], rows, ICL_COLUMNS)
-        write_json(tmp / ICL_FILES[1], meta)
-        plot_icl_vs_bayes(rows, tmp / ICL_FILES[2], title=title)
-        out.mkdir(parents=True, exist_ok=True)
-        if to_figures:
-            Path("figures").mkdir(exist_ok=True)
-        for name in ICL_FILES:
-            public_mode(tmp / name)
-            if to_figures:
-                shutil.copyfile(tmp / name, Path("figures") / name)
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish(out, {ICL_FILES[0]: lambda p: write_csv(p, rows, ICL_COLUMNS),
+                  ICL_FILES[1]: lambda p: write_json(p, meta),
+                  ICL_FILES[2]: lambda p: plot_icl_vs_bayes(rows, p, title=title)},
+            copy_to=Path("figures") if to_figures else None)
 
     if info["skipped_n"]:
         click.echo(f"skipped n = {', '.join(map(str, info['skipped_n']))}: the prompt is longer than the "
@@ -1169,48 +1115,6 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
 
 # ---------------------------------------------------------------------- measure
 MEASURE_JSON = "measure.json"
-
-
-def publish(out: Path, writers: dict, copy_to: Path | None = None, remove=()) -> list[Path]:
-    """Write every file through ``writers`` ({name: fn(path)}) into a temporary folder beside
-    ``out``, then move each into ``out`` (and copy into ``copy_to``): an interrupted command
-    leaves no half-written file behind.  Each name in ``remove`` that this call did not write
-    is deleted from ``out`` (and ``copy_to``): e.g. the probes.png of an earlier run with probes,
-    which would otherwise sit beside tables without probes."""
-    import os
-    import shutil
-    import tempfile
-
-    from .store import public_mode
-
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    tmp = Path(tempfile.mkdtemp(prefix=".simkernel.", suffix=".tmp", dir=probe))
-    written = []
-    try:
-        for name, write in writers.items():
-            write(tmp / name)
-        out.mkdir(parents=True, exist_ok=True)
-        if copy_to is not None:
-            copy_to.mkdir(parents=True, exist_ok=True)
-        for name in writers:
-            if not (tmp / name).exists():
-                continue
-            public_mode(tmp / name)
-            if copy_to is not None:
-                shutil.copyfile(tmp / name, copy_to / name)
-                written.append(copy_to / name)
-            os.replace(tmp / name, out / name)
-            written.append(out / name)
-        done = {p.name for p in written}
-        for name in set(remove) - done:
-            for folder in (out, copy_to):
-                if folder is not None:
-                    (folder / name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return written
 
 
 def _run_of_checkpoint(path: Path) -> Path:
@@ -1293,7 +1197,7 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
     figures_dir = Path("figures") / "measure"
     if to_figures:
         check_results_dir(figures_dir)
-    from . import alignment, icl_eval, measure
+    from . import alignment, analysis, icl_eval
     from .plots import MEASURE_FIGURES, plot_attention_profile, plot_head_scores, plot_probes
     from .train import select_device
 
@@ -1324,19 +1228,19 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
     config = {"command": "measure", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
               "n_prompts": n_prompts, "n_demos": n_demos, "example_length": example_length,
               "concepts": str(concepts), "weight": weight, "n_select": n_select, "n_report": n_report,
-              "probe_offsets": list(measure.PROBE_OFFSETS), "probe_lambda": 0.01, "device": str(dev),
+              "probe_offsets": list(analysis.PROBE_OFFSETS), "probe_lambda": 0.01, "device": str(dev),
               "out": str(out)}
     meta = provenance(config, seed, extra_packages=("torch", "matplotlib"))
     title = (f"run {run_dir.name} ({model.config.n_layer} layers x {model.config.n_head} heads), "
              f"{n_prompts} prompts x {n_demos} demos, k={example_length}, weight {weight}")
     meta.update(title=title, world=world_summary(world), summary=result.summary, info=info, best=result.best,
                 elapsed_s=round(elapsed, 3),
-                tables={"heads.csv": list(measure.HEAD_COLUMNS), "best.csv": list(measure.BEST_COLUMNS),
-                        "profile.csv": list(measure.PROFILE_COLUMNS), "probes.csv": list(measure.PROBE_COLUMNS)})
-    writers = {"heads.csv": lambda p: write_csv(p, result.heads, measure.HEAD_COLUMNS),
-               "best.csv": lambda p: write_csv(p, result.best, measure.BEST_COLUMNS),
-               "profile.csv": lambda p: write_csv(p, result.profile, measure.PROFILE_COLUMNS),
-               "probes.csv": lambda p: write_csv(p, result.probes, measure.PROBE_COLUMNS),
+                tables={"heads.csv": list(analysis.HEAD_COLUMNS), "best.csv": list(analysis.BEST_COLUMNS),
+                        "profile.csv": list(analysis.PROFILE_COLUMNS), "probes.csv": list(analysis.PROBE_COLUMNS)})
+    writers = {"heads.csv": lambda p: write_csv(p, result.heads, analysis.HEAD_COLUMNS),
+               "best.csv": lambda p: write_csv(p, result.best, analysis.BEST_COLUMNS),
+               "profile.csv": lambda p: write_csv(p, result.profile, analysis.PROFILE_COLUMNS),
+               "probes.csv": lambda p: write_csv(p, result.probes, analysis.PROBE_COLUMNS),
                MEASURE_JSON: lambda p: write_json(p, meta),
                MEASURE_FIGURES[0]: lambda p: plot_attention_profile(result.profile, p, title),
                MEASURE_FIGURES[1]: lambda p: plot_head_scores(result.heads, result.best, p, title=title)}
@@ -1545,7 +1449,7 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     elif split is not None:
         raise click.UsageError("--split selects a --task split; a --data file is read whole")
 
-    from .measure import BEST_COLUMNS, HEAD_COLUMNS, PROBE_COLUMNS, PROFILE_COLUMNS
+    from .analysis import BEST_COLUMNS, HEAD_COLUMNS, PROBE_COLUMNS, PROFILE_COLUMNS
     from .plots import MEASURE_FIGURES, MEASURE_FILES, plot_attention_profile, plot_head_scores, plot_probes
     from .store import provenance, write_csv, write_json
 

@@ -1,17 +1,18 @@
 """Real language models: load a Hugging Face causal LM, build prompts over a text task, measure.
 
 The paper's §5 protocol (Han et al.; ``THEORY.md`` §7) on any open causal LM, with the
-measurement code validated on the simulator (``measure``) and the prompts of ``textdata``:
+measurement code validated on the simulator (``capture``, ``analysis``) and the prompts of
+``textdata``:
 
 1. ``n_demos`` demonstrations per test example (``textdata.sample_demos``: random, balanced
    or similar; per-example seeds), one prompt per test example, left-padded into a
-   :class:`measure.PromptBatch`.
+   :class:`prompts.PromptBatch`.
 2. Standalone predictions P(o | x) for every text that appears (each demonstration's pool
    text and each test input run alone, zero demonstrations; each pool index once).
-3. One capture pass (``measure.capture``): the final row's attention in every layer and head,
+3. One capture pass (``capture.capture``): the final row's attention in every layer and head,
    the label log-probabilities and, for the probed layers, keys and values at label
    position + (-1..3).
-4. ``measure.analyse`` with the prediction-similarity kernel P(o|x_test)ᵀP(o|x_i), then ridge
+4. ``analysis.analyse`` with the prediction-similarity kernel P(o|x_test)ᵀP(o|x_i), then ridge
    probes (keys -> the demonstration's standalone prediction, values -> y_i) per probed layer.
 
 Steps 1-3 are the model's work and are cached (:func:`save_outputs`) in the run folder as
@@ -36,7 +37,7 @@ Defaults and why:
   layers as fit (GPT-J-6B, 872-1000 SST-2 examples x 8 demonstrations: 1.1-1.2 GiB a layer,
   so layers 7, 14 and 20).  The process peaks at about 1.5x the arrays: one array is copied
   while the examples are put back in order, :func:`save_outputs` holds float16 copies of both,
-  and ``measure.probe_accuracy`` copies the selection and report rows of one array.
+  and ``analysis.probe_accuracy`` copies the selection and report rows of one array.
   ``--probe-layers 16..21`` probes the paper's good layers; ``none`` skips the probes.
 
 torch and transformers are imported inside the functions that need them; without
@@ -54,8 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import measure, textdata
-from .world import sha256_file
+from . import analysis, capture, textdata
+from .prompts import PromptBatch, collate
+from .store import sha256_file
 
 #: short names -> Hugging Face hub ids
 MODEL_ALIASES = {
@@ -271,7 +273,7 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
                device_map: str | None = None, *, tokenizer=None, config=None):
     """(model, tokenizer) from an alias, hub id or local folder, in eval mode.
 
-    The model keeps transformers' default attention (sdpa); ``measure.capture`` switches to
+    The model keeps transformers' default attention (sdpa); ``capture.capture`` switches to
     its recording implementation and back.  ``dtype`` auto is bfloat16 on CUDA and float32 on
     CPU.  ``device_map`` (e.g. ``"auto"``) spreads the layers over every visible GPU through
     accelerate instead of moving the model to ``device``.  Weights that are neither in a
@@ -360,24 +362,24 @@ def choose_examples(n_total: int, n_examples: int, seed: int) -> np.ndarray:
 def build_batch(tokenizer, dataset, test_ids, n_demos: int, mode: str = "random", seed: int = 0, *, pool=None,
                 max_text_tokens: int | None = None, max_length: int | None = None):
     """(batch, demo_ids): the prompts of ``test_ids`` (B,) as a left-padded
-    :class:`measure.PromptBatch` and each prompt's demonstration indices into the pool (B, n).
+    :class:`PromptBatch` and each prompt's demonstration indices into the pool (B, n).
 
     ``test_ids`` may repeat an index; a repeat gets the same demonstrations.  The prompts are
     ``textdata.build_prompts``'s, which checks the arguments and the label words."""
     examples, demo_ids = textdata.build_prompts(tokenizer, dataset, test_ids, n_demos, mode, seed, pool=pool,
                                                 max_text_tokens=max_text_tokens, max_length=max_length,
                                                 return_demos=True)
-    return measure.collate(examples, textdata.label_tokens(tokenizer, dataset), _pad_id(tokenizer)), demo_ids
+    return collate(examples, textdata.label_tokens(tokenizer, dataset), _pad_id(tokenizer)), demo_ids
 
 
 def _standalone_examples(tokenizer, dataset, ids, max_text_tokens):
     return [textdata.build_example(tokenizer, dataset, int(i), [], max_text_tokens=max_text_tokens) for i in ids]
 
 
-def standalone_batch(tokenizer, dataset, ids, *, max_text_tokens: int | None = None) -> measure.PromptBatch:
+def standalone_batch(tokenizer, dataset, ids, *, max_text_tokens: int | None = None) -> PromptBatch:
     """The zero-demonstration prompts ("Input: <text> Output:") of ``dataset``'s rows ``ids``."""
-    return measure.collate(_standalone_examples(tokenizer, dataset, ids, max_text_tokens),
-                           textdata.label_tokens(tokenizer, dataset), _pad_id(tokenizer))
+    return collate(_standalone_examples(tokenizer, dataset, ids, max_text_tokens),
+                   textdata.label_tokens(tokenizer, dataset), _pad_id(tokenizer))
 
 
 def _pad_id(tokenizer) -> int:
@@ -404,8 +406,8 @@ class Outputs:
     meta         JSON-able description (model, data, prompts, device, dtype, batch size, timings)
     """
 
-    batch: measure.PromptBatch
-    capture: measure.Capture
+    batch: PromptBatch
+    capture: capture.Capture
     test_ids: np.ndarray
     demo_ids: np.ndarray
     test_logp: np.ndarray
@@ -423,15 +425,15 @@ class Outputs:
     @property
     def p_test(self) -> np.ndarray:
         """(B, C) P(o | x_test) over the labels, the test input run alone."""
-        return measure.label_distribution(self.test_logp)
+        return capture.label_distribution(self.test_logp)
 
     @property
     def p_demos(self) -> np.ndarray:
         """(B, n, C) P(o | x_i) over the labels, each demonstration run alone."""
-        return measure.label_distribution(self.pool_logp)[np.searchsorted(self.pool_ids, self.demo_ids)]
+        return capture.label_distribution(self.pool_logp)[np.searchsorted(self.pool_ids, self.demo_ids)]
 
 
-def probe_layer_bytes(config, n_examples: int, n_demos: int, n_offsets: int = len(measure.PROBE_OFFSETS)) -> int:
+def probe_layer_bytes(config, n_examples: int, n_demos: int, n_offsets: int = len(analysis.PROBE_OFFSETS)) -> int:
     """Bytes of the float32 keys and values one probed layer holds for ``n_examples`` prompts
     of ``n_demos`` demonstrations: B x n x O x Hkv x d x 4 bytes x 2 arrays (``config``: the
     model's, for the kv heads Hkv and the head size d)."""
@@ -463,13 +465,13 @@ def probe_layer_list(spec, n_layers: int, per_layer_bytes: int) -> list[int]:
     return layers
 
 
-def length_order(batch: measure.PromptBatch) -> np.ndarray:
+def length_order(batch: PromptBatch) -> np.ndarray:
     """(B,) the prompts longest first: an out-of-memory batch shows at once, and prompts of
     similar length share a batch, so little padding is computed."""
     return np.argsort(-batch.attention_mask.sum(1), kind="stable")
 
 
-def _reordered(fn, batch: measure.PromptBatch):
+def _reordered(fn, batch: PromptBatch):
     """(fn(batch sorted by length), inv): ``result[inv]`` puts per-example results back in
     ``batch``'s order."""
     order = length_order(batch)
@@ -479,9 +481,9 @@ def _reordered(fn, batch: measure.PromptBatch):
     return res, inv
 
 
-def standalone_logp(model, batch: measure.PromptBatch, batch_size: int, progress=None) -> np.ndarray:
-    """(B, C) label log-probabilities of zero-demonstration prompts (``measure.forward_labels``)."""
-    out, inv = _reordered(lambda b: measure.forward_labels(model, b, batch_size, progress), batch)
+def standalone_logp(model, batch: PromptBatch, batch_size: int, progress=None) -> np.ndarray:
+    """(B, C) label log-probabilities of zero-demonstration prompts (``capture.forward_labels``)."""
+    out, inv = _reordered(lambda b: capture.forward_labels(model, b, batch_size, progress), batch)
     return out[inv]
 
 
@@ -499,12 +501,12 @@ class Prepared:
     meta        JSON-able description of the prompts
     """
 
-    batch: measure.PromptBatch
+    batch: PromptBatch
     test_ids: np.ndarray
     demo_ids: np.ndarray
     pool_ids: np.ndarray
     test_unique: np.ndarray | None
-    alone: measure.PromptBatch
+    alone: PromptBatch
     layers: list
     offsets: np.ndarray
     meta: dict
@@ -512,7 +514,7 @@ class Prepared:
 
 def prepare(tokenizer, config, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS, mode: str = "random",
             seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, *, pool=None, test_ids=None, probe_layers="auto",
-            offsets=measure.PROBE_OFFSETS, max_text_tokens: int | None = None) -> Prepared:
+            offsets=analysis.PROBE_OFFSETS, max_text_tokens: int | None = None) -> Prepared:
     """Step 1 and the prompts of step 2 of the module docstring, from the tokenizer and the
     model's ``config`` alone: the prompts of ``n_examples`` test examples (``test_ids``
     overrides the choice), the zero-demonstration prompts and the probed layers.  Every
@@ -530,8 +532,8 @@ def prepare(tokenizer, config, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS,
     return p
 
 
-def prepare_batch(tokenizer, config, dataset, batch: measure.PromptBatch, test_ids, demo_ids, *, pool=None,
-                  probe_layers="auto", offsets=measure.PROBE_OFFSETS,
+def prepare_batch(tokenizer, config, dataset, batch: PromptBatch, test_ids, demo_ids, *, pool=None,
+                  probe_layers="auto", offsets=analysis.PROBE_OFFSETS,
                   max_text_tokens: int | None = None) -> Prepared:
     """:func:`prepare` for prompts already built (``batch`` with its ``test_ids`` (B,) and
     ``demo_ids`` (B, n)): the texts to run alone and the probed layers."""
@@ -546,7 +548,7 @@ def prepare_batch(tokenizer, config, dataset, batch: measure.PromptBatch, test_i
     examples = _standalone_examples(tokenizer, src, pool_ids, max_text_tokens)
     if test_unique is not None:
         examples += _standalone_examples(tokenizer, dataset, test_unique, max_text_tokens)
-    alone = measure.collate(examples, batch.label_tokens, _pad_id(tokenizer))
+    alone = collate(examples, batch.label_tokens, _pad_id(tokenizer))
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
     n_demos = demo_ids.shape[1]
     layers = probe_layer_list(probe_layers, int(config.num_hidden_layers),
@@ -598,7 +600,7 @@ def execute(model, prepared: Prepared, batch_size: int = DEFAULT_BATCH_SIZE, *, 
     t2 = time.perf_counter()
     layers = p.layers
     with bar("capture", len(p.test_ids)) as b:
-        cap, inv = _reordered(lambda bb: measure.capture(model, bb, offsets=p.offsets if layers else None,
+        cap, inv = _reordered(lambda bb: capture.capture(model, bb, offsets=p.offsets if layers else None,
                                                          batch_size=batch_size, layers=layers or None,
                                                          progress=b.update), p.batch)
     t3 = time.perf_counter()
@@ -606,7 +608,7 @@ def execute(model, prepared: Prepared, batch_size: int = DEFAULT_BATCH_SIZE, *, 
     attn, cap.attn = _in_order_half(cap.attn, inv), None
     keys, cap.keys = (None if cap.keys is None else _in_order_half(cap.keys, inv)), None
     values, cap.values = (None if cap.values is None else _in_order_half(cap.values, inv)), None
-    cap = measure.Capture(attn, cap.label_logp[inv], keys, values, cap.offsets, cap.layers)
+    cap = capture.Capture(attn, cap.label_logp[inv], keys, values, cap.offsets, cap.layers)
     param = next(model.parameters())
     meta = dict(p.meta, device=_devices(model), dtype=str(param.dtype).removeprefix("torch."),
                 batch_size=int(batch_size))
@@ -616,7 +618,7 @@ def execute(model, prepared: Prepared, batch_size: int = DEFAULT_BATCH_SIZE, *, 
 
 def compute(model, tokenizer, dataset, n_demos: int = textdata.DEFAULT_N_DEMOS, mode: str = "random",
             seed: int = 0, n_examples: int = DEFAULT_N_EXAMPLES, batch_size: int = DEFAULT_BATCH_SIZE, *, pool=None,
-            test_ids=None, probe_layers="auto", offsets=measure.PROBE_OFFSETS, max_text_tokens: int | None = None,
+            test_ids=None, probe_layers="auto", offsets=analysis.PROBE_OFFSETS, max_text_tokens: int | None = None,
             bar=None) -> Outputs:
     """Steps 1-3 of the module docstring: :func:`prepare` with ``model.config``, then
     :func:`execute`."""
@@ -642,7 +644,7 @@ def _no_bar(desc, total):
 
 # ---------------------------------------------------------------------- the cache
 def cache_key(model: dict, data: dict, *, n_demos: int, mode: str, seed: int, n_examples: int, dtype: str,
-              probe_layers, offsets=measure.PROBE_OFFSETS, max_text_tokens: int | None = None) -> str:
+              probe_layers, offsets=analysis.PROBE_OFFSETS, max_text_tokens: int | None = None) -> str:
     """16 hex digits of the SHA-256 of everything that changes the model's outputs: the model
     identity (:func:`model_identity`), the data identity (``DataSpec.identity``), the prompt
     settings, the dtype and the probed layers.  ``dtype`` is the resolved one
@@ -668,8 +670,7 @@ def save_outputs(path, outputs: Outputs) -> Path:
     """Write ``outputs`` as one uncompressed ``.npz`` (atomically): attention, keys and values
     in float16 (half the bytes; :func:`execute` rounds them to float16 before any analysis, so
     nothing is lost), the rest exact, ``meta`` as a JSON string."""
-    from .store import public_mode
-    from .world import atomic_write
+    from .store import atomic_write
 
     cap = outputs.capture
     arrays = {f"batch_{k}": getattr(outputs.batch, k) for k in _BATCH_FIELDS}
@@ -681,7 +682,6 @@ def save_outputs(path, outputs: Outputs) -> Path:
                       layers=outputs.probe_layers)
     path = Path(path)
     atomic_write(path, lambda f: np.savez(f, **arrays))
-    public_mode(path)
     return path
 
 
@@ -691,10 +691,10 @@ def load_outputs(path) -> Outputs:
     try:
         with np.load(path, allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}
-        batch = measure.PromptBatch(*(a[f"batch_{k}"] for k in _BATCH_FIELDS))
+        batch = PromptBatch(*(a[f"batch_{k}"] for k in _BATCH_FIELDS))
         keys = a["keys"].astype(np.float32) if "keys" in a else None
         values = a["values"].astype(np.float32) if "values" in a else None
-        cap = measure.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"),
+        cap = capture.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"),
                               a.get("layers"))
         return Outputs(batch, cap, a["test_ids"], a["demo_ids"], a["test_logp"], a["pool_ids"], a["pool_logp"],
                        json.loads(str(a["meta"])))
@@ -705,15 +705,15 @@ def load_outputs(path) -> Outputs:
 
 # ---------------------------------------------------------------------- analysis
 def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: int = 300,
-            split_seed: int = 0, probe_lambda: float = 0.01) -> measure.Analysis:
-    """``measure.analyse`` of the cached outputs with the prediction-similarity kernel and
+            split_seed: int = 0, probe_lambda: float = 0.01) -> analysis.Analysis:
+    """``analysis.analyse`` of the cached outputs with the prediction-similarity kernel and
     ridge probes on the probed layers: keys -> the demonstration's standalone prediction
     argmax P(o | x_i), values -> y_i; trained on the selection split, scored on the report
     split (the same split as the head choice)."""
-    sim = measure.prediction_similarity(outputs.p_test, outputs.p_demos)
-    return measure.analyse(outputs.capture, outputs.batch, kernels={"similarity": sim}, how=how, n_select=n_select,
-                           n_report=n_report, seed=split_seed, probe_lambda=probe_lambda,
-                           probe_targets={"keys": ("standalone", outputs.p_demos.argmax(-1))})
+    sim = analysis.prediction_similarity(outputs.p_test, outputs.p_demos)
+    return analysis.analyse(outputs.capture, outputs.batch, kernels={"similarity": sim}, how=how, n_select=n_select,
+                            n_report=n_report, seed=split_seed, probe_lambda=probe_lambda,
+                            probe_targets={"keys": ("standalone", outputs.p_demos.argmax(-1))})
 
 
 # ---------------------------------------------------------------------- one job, cached
@@ -725,7 +725,7 @@ class Job:
     cache hit)."""
 
     outputs: Outputs
-    analysis: measure.Analysis
+    analysis: analysis.Analysis
     info: dict
 
 
@@ -774,8 +774,8 @@ def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None
     meta = outputs.meta
     info = {"cache_file": str(path), "cache_key": key, "cache_hit": hit, "model_loaded": not hit,
             "device": meta.get("device"), "dtype": meta.get("dtype"), "batch_size": meta.get("batch_size")}
-    analysis = analyse(outputs, how, n_select, n_report, split_seed)
-    return Job(outputs, analysis, info)
+    result = analyse(outputs, how, n_select, n_report, split_seed)
+    return Job(outputs, result, info)
 
 
 def slug(text: str) -> str:

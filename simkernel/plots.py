@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from .world import atomic_write
+from .store import atomic_write
 
 CONVERGENCE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts",
                        "n_worlds")
@@ -613,7 +613,7 @@ def redraw_icl(folder, out_folder=None) -> Path:
 
 
 # ---------------------------------------------------------------------- measurement figures
-#: measure's tidy tables (``measure.HEAD_COLUMNS`` etc.): the figures below read only these.
+#: the measurement's tidy tables (``analysis.HEAD_COLUMNS`` etc.): the figures below read only these.
 MEASURE_FILES = {"heads": "heads.csv", "best": "best.csv", "profile": "profile.csv", "probes": "probes.csv"}
 MEASURE_FIGURES = ("attention_profile.png", "head_scores.png", "probes.png")
 

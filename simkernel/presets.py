@@ -7,10 +7,9 @@ Every recipe is a pure function of its options and an integer seed (numpy's PCG6
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from .store import check_seed
 from .world import World
 
 # Each preset: its defaults (the allowed override names and their types come from these).
@@ -53,13 +52,6 @@ def make_world(preset: str = "paper-c", seed: int = 0, **overrides) -> World:
     world = World.from_arrays(world.prior, world.start, world.transition, world.emission,
                               world.delimiter, world.labels, world.restart, meta, world.extras)
     return world
-
-
-def check_seed(seed) -> int:
-    """A seed is a non-negative Python/numpy integer (not a bool, not a float)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _coerce(preset, name, value, default):

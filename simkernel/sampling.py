@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from .presets import check_seed
+from .store import check_seed
 from .world import World
 
 # ---------------------------------------------------------------------- RNG and draws

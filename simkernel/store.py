@@ -5,7 +5,11 @@ into place, so a crash, a Ctrl-C or a bad value never leaves a half-written resu
 existing result is only replaced by a complete one.  Every result carries its provenance:
 the config and seed that made it and the package versions (``provenance``).
 
-This module does no printing and never imports torch.  Errors are one-line ``ValueError`` s.
+This module is the one place that writes files: ``atomic_write`` (one file), ``publish`` (several
+files into a folder together), ``publish_folder`` (a whole folder: corpora, checkpoints), with
+the hashes (``sha256_file``), seeds (``check_seed``) and output-folder checks every command uses.
+It imports nothing of the simulator at load time (``world`` and ``sampling`` import it), does no
+printing and never imports torch.  Errors are one-line ``ValueError`` s naming the path.
 
 Corpus folder (``write_corpus`` / ``read_corpus``)::
 
@@ -33,11 +37,15 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import hashlib
+import numbers
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from . import sampling
-from .presets import check_seed
-from .world import World, _json_default, atomic_write
+if TYPE_CHECKING:                     # types only: store is a leaf that world and sampling import
+    from .sampling import Corpus, Prompts
+    from .world import World
 
 #: Packages whose versions every result records.
 VERSIONED = ("simkernel", "numpy", "scipy", "numba")
@@ -46,6 +54,157 @@ CORPUS_FILES = ("tokens.npy", "offsets.npy", "concepts.npy", "meta.json")
 
 #: Documents per chunk when writing a corpus: about this many tokens at a time.
 CHUNK_TOKENS = 1 << 21
+
+
+# ---------------------------------------------------------------------- leaf helpers
+def check_seed(seed) -> int:
+    """A seed is a non-negative Python/numpy integer (not a bool, not a float)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_default(o):
+    """json.dumps ``default=`` for numpy scalars and arrays."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path) -> None:
+    """Give a file or folder made through ``tempfile`` (mode 0600 / 0700) the permissions an
+    ordinary ``open``/``mkdir`` would have given it (0666 / 0777 less the umask)."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it into place, so a
+    crash or a bad value never leaves a half-written ``path``; the file gets ordinary
+    permissions."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} {what}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        public_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = Path(path)
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
+def publish(out, writers: dict, copy_to=None, remove=()) -> list[Path]:
+    """Write every file through ``writers`` ({name: fn(path)}) into a temporary folder beside
+    ``out``, then move each into ``out`` (created if needed; and copy into ``copy_to``): a failed
+    or interrupted command leaves no half-written file, and earlier results are replaced only
+    once every new file is complete.  Each name in ``remove`` that this call did not write is
+    deleted from ``out`` (and ``copy_to``): e.g. the probes.png of an earlier run with probes,
+    which would otherwise sit beside tables without probes.  Returns the paths written."""
+    out = Path(out)
+    copy_to = Path(copy_to) if copy_to is not None else None
+    tmp = Path(tempfile.mkdtemp(prefix=".simkernel.", suffix=".tmp", dir=_existing_ancestor(out)))
+    written = []
+    try:
+        for name, write in writers.items():
+            write(tmp / name)
+        out.mkdir(parents=True, exist_ok=True)
+        if copy_to is not None:
+            copy_to.mkdir(parents=True, exist_ok=True)
+        for name in writers:
+            if not (tmp / name).exists():
+                continue
+            public_mode(tmp / name)
+            if copy_to is not None:
+                shutil.copyfile(tmp / name, copy_to / name)
+                written.append(copy_to / name)
+            os.replace(tmp / name, out / name)
+            written.append(out / name)
+        done = {p.name for p in written}
+        for name in set(remove) - done:
+            for folder in (out, copy_to):
+                if folder is not None:
+                    (folder / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+def publish_folder(target, build) -> Path:
+    """Build a whole folder with ``build(tmp_path)`` in a temporary folder beside ``target``,
+    then rename it into place; an existing ``target`` is renamed away first and deleted only
+    once the new one is in place (and put back if the rename fails).  For corpora and
+    checkpoints, whose files only make sense together."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        build(tmp)
+        public_mode(tmp)
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def check_results_dir(path, name: str = "output folder") -> Path:
+    """A results folder that may not exist yet: it must not be a file, and its nearest existing
+    ancestor must be a writable folder (it is created only when results exist)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} exists and is not a folder")
+    probe = _existing_ancestor(path)
+    if not probe.is_dir():
+        raise ValueError(f"cannot create {str(path)!r}: {str(probe)!r} is not a folder")
+    check_writable(probe, path)
+    return path
+
+
+def check_out_file(path, suffix: str = ".npz") -> Path:
+    """An output file: right suffix, not a folder, parent folder exists and is writable."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise ValueError(f"output file {str(path)!r} must end in {suffix}")
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; expected a {suffix} file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise ValueError(f"cannot write {str(path)!r}: folder {str(parent)!r} {why}")
+    check_writable(parent, path)
+    return path
 
 
 # ---------------------------------------------------------------------- provenance
@@ -69,41 +228,23 @@ def provenance(config: dict, seed, extra_packages=()) -> dict:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def world_summary(world: World) -> dict:
+def world_summary(world: "World") -> dict:
     """The shape of a world and how it was made (its ``meta``: preset, seed, options)."""
     return {"meta": world.meta, "K": world.n_concepts, "S": world.n_states, "V": world.n_symbols,
             "delimiter": world.delimiter, "restart": world.restart,
             "labels": [int(x) for x in world.labels]}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def public_mode(path) -> None:
-    """Give a file or folder made through ``tempfile`` (mode 0600 / 0700) the permissions an
-    ordinary ``open``/``mkdir`` would have given it (0666 / 0777 less the umask)."""
-    path = Path(path)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
-
-
-def _atomic(path: Path, write) -> None:
-    atomic_write(path, write)
-    public_mode(path)
-
-
 # ---------------------------------------------------------------------- JSON / CSV
 def _dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n"
+    return json.dumps(obj, indent=2, default=json_default, allow_nan=True) + "\n"
 
 
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically.  numpy scalars and arrays are converted."""
     path = Path(path)
     text = _dumps(obj).encode()
-    _atomic(path, lambda f: f.write(text))
+    atomic_write(path, lambda f: f.write(text))
     return path
 
 
@@ -116,7 +257,7 @@ def write_csv(path, rows, columns) -> Path:
     for row in rows:
         w.writerow({c: row[c] for c in columns})
     data = buf.getvalue().encode()
-    _atomic(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
     return path
 
 
@@ -130,7 +271,7 @@ def check_out_dir(out_dir, overwrite: bool = False) -> Path:
         raise ValueError(f"output {str(out_dir)!r} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"output folder {str(out_dir)!r} already exists and is not empty; "
-                         f"choose another, or pass --overwrite (overwrite=True) to replace it")
+                         f"choose another, or pass overwrite=True to replace it")
     if not parent.is_dir():
         why = "is not a folder" if parent.exists() else "does not exist"
         raise ValueError(f"cannot write {str(out_dir)!r}: folder {str(parent)!r} {why}")
@@ -155,7 +296,7 @@ def default_chunk_docs(doc_length: int) -> int:
     return max(1, CHUNK_TOKENS // max(1, int(doc_length)))
 
 
-def write_corpus(world: World, out_dir, n_docs: int, doc_length: int, seed: int, *,
+def write_corpus(world: "World", out_dir, n_docs: int, doc_length: int, seed: int, *,
                  chunk_docs: int | None = None, progress=None, overwrite: bool = False,
                  config: dict | None = None) -> Path:
     """Sample ``n_docs`` documents of ``doc_length`` symbols into the folder ``out_dir``.
@@ -168,6 +309,8 @@ def write_corpus(world: World, out_dir, n_docs: int, doc_length: int, seed: int,
     ``out_dir`` must be absent or empty unless ``overwrite`` (then the old folder is replaced
     only once the new one is complete).  ``progress``: optional callable(n_done_docs).
     ``config``: extra entries for meta.json's config (e.g. the command line that ran)."""
+    from . import sampling
+
     for name, v in (("n_docs", n_docs), ("doc_length", doc_length)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -190,8 +333,7 @@ def write_corpus(world: World, out_dir, n_docs: int, doc_length: int, seed: int,
     meta = provenance(cfg, seed)
     meta["world"] = world_summary(world)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-    try:
+    def build(tmp: Path):
         tokens = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=dtype,
                                            shape=(n_docs * doc_length,))
         concepts = np.empty(n_docs, dtype=np.int64)
@@ -208,14 +350,9 @@ def write_corpus(world: World, out_dir, n_docs: int, doc_length: int, seed: int,
         np.save(tmp / "offsets.npy", np.arange(n_docs + 1, dtype=np.int64) * doc_length)
         np.save(tmp / "concepts.npy", concepts)
         world.save(tmp / "world.npz")
-        public_mode(tmp / "world.npz")
         (tmp / "meta.json").write_text(_dumps(meta))
-        public_mode(tmp)
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return publish_folder(out_dir, build)
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
@@ -235,8 +372,10 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_corpus(path) -> sampling.Corpus:
+def read_corpus(path) -> "Corpus":
     """Open a corpus folder written by :func:`write_corpus`; tokens is a read-only memmap."""
+    from . import sampling
+
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"corpus folder {str(path)!r} does not exist")
@@ -273,20 +412,24 @@ def read_meta(path) -> dict:
 
 
 # ---------------------------------------------------------------------- prompts
-_PROMPT_FIELDS = tuple(f.name for f in fields(sampling.Prompts))
+def _prompt_fields() -> tuple:
+    from . import sampling
+    return tuple(f.name for f in fields(sampling.Prompts))
 
 
-def write_prompts(prompts: sampling.Prompts, path, config: dict, seed) -> Path:
+def write_prompts(prompts: "Prompts", path, config: dict, seed) -> Path:
     """Save a prompt batch as one ``.npz`` (atomically) with its provenance in ``meta``."""
     path = Path(path)
-    arrays = {name: np.asarray(getattr(prompts, name)) for name in _PROMPT_FIELDS}
+    arrays = {name: np.asarray(getattr(prompts, name)) for name in _prompt_fields()}
     arrays["meta"] = np.array(_dumps(provenance(config, seed)))
-    _atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 
-def read_prompts(path) -> sampling.Prompts:
+def read_prompts(path) -> "Prompts":
     """Load a prompt batch written by :func:`write_prompts` (checks fields and shapes)."""
+    from . import sampling
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompts file {str(path)!r} does not exist")
@@ -296,7 +439,8 @@ def read_prompts(path) -> sampling.Prompts:
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{str(path)!r} is not a simkernel prompts file: cannot read it as "
                          f".npz ({type(e).__name__})") from None
-    missing = [k for k in _PROMPT_FIELDS if k not in data]
+    names = _prompt_fields()
+    missing = [k for k in names if k not in data]
     if missing:
         raise ValueError(f"{str(path)!r} is not a simkernel prompts file: it lacks array "
                          f"'{missing[0]}'")
@@ -309,7 +453,7 @@ def read_prompts(path) -> sampling.Prompts:
         if data[name].shape != shape:
             raise ValueError(f"{str(path)!r}: array '{name}' has shape {data[name].shape}, "
                              f"expected {shape} for n_demos={n}, example_length={k}")
-    kw = {name: data[name] for name in _PROMPT_FIELDS}
+    kw = {name: data[name] for name in names}
     kw.update(n_demos=n, example_length=k)
     return sampling.Prompts(**kw)
 

@@ -4,7 +4,7 @@ A task is a list of texts with integer labels 0..C-1, C label words and a prompt
 (:class:`TextDataset`).  It comes from the Hugging Face hub (:func:`load_task`, the paper's
 tasks below) or from a local CSV, TSV or JSONL file (:func:`load_local`).  For each test
 example, :func:`sample_demos` draws n demonstrations and :func:`build_example` turns them
-into a :class:`simkernel.measure.Example` whose demonstration spans and label positions are
+into a :class:`simkernel.prompts.Example` whose demonstration spans and label positions are
 known exactly, without searching the token stream.  :func:`build_prompts` does both.
 
 Tasks (``TASKS``; hub datasets loaded with ``datasets.load_dataset(path, config, split=...)``)
@@ -98,7 +98,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .measure import Example
+from .prompts import Example
 
 DEFAULT_N_DEMOS = 8
 MODES = ("random", "balanced", "similar")

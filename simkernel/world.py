@@ -15,20 +15,20 @@ Arrays (float64 unless stated; K concepts, S hidden states per concept, V symbol
                            and any plain HMM such as hmmlearn's).
 
 The K blocks stay separate: nothing here builds the (K*S)^2 block-diagonal matrix.
-This module is numpy-only and does no printing; errors are one-line ``ValueError`` s.
+This module is numpy-only and does no printing; errors are one-line ``ValueError`` s.  Files are
+written through ``store`` (atomically).
 """
 
 from __future__ import annotations
 
 import json
-import hashlib
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .store import atomic_write, json_default
 
 #: Tolerance on row sums, shared by loading and validation.
 ROW_SUM_TOL = 1e-6
@@ -139,7 +139,7 @@ class World:
         arrays = dict(prior=self.prior, start=self.start, transition=self.transition,
                       emission=self.emission, delimiter=np.int64(self.delimiter),
                       labels=self.labels, restart_on_delimiter=np.bool_(self.restart),
-                      meta=np.array(json.dumps(self.meta, sort_keys=True, default=_json_default)))
+                      meta=np.array(json.dumps(self.meta, sort_keys=True, default=json_default)))
         for k, v in self.extras.items():
             arrays[k] = np.asarray(v)
         atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
@@ -227,45 +227,3 @@ def _as_symbol(name, value, V):
     if not 0 <= v < V:
         raise ValueError(f"{name} {v} is outside the vocabulary 0..{V - 1}")
     return v
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def sha256_file(path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it into place,
-    so a crash or a bad value never leaves a half-written ``path``."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        what = "is not a folder" if parent.exists() else "does not exist"
-        raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} {what}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        # mkstemp makes the file owner-only; give it the mode a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

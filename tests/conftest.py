@@ -1,6 +1,7 @@
 """Shared helpers for the simkernel test suite.
 
-- ``GINC_DIR``: GINC's published arrays, a sibling of the repository (``../shared/ginc-data``).
+- ``GINC_DIR``: GINC's published arrays, shipped in ``tests/data/ginc`` (converted from the public
+  GINC repository, p-lambda/incontext-learning; see its README), so a plain clone runs the GINC tests.
 - ``worlds()``: a hypothesis strategy for small random worlds (K 1-3 concepts, S 1-4 states,
   V 2-5 symbols, both restart semantics, Dirichlet rows that sometimes contain exact zeros,
   sometimes a strict subset of labels).
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from simkernel import World
 
-GINC_DIR = Path(__file__).resolve().parents[2] / "shared" / "ginc-data"
+GINC_DIR = Path(__file__).resolve().parent / "data" / "ginc"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def ginc_dir() -> Path:
     needed = ("ginc_id_world.npz", "ginc_ood_world.npz", "ginc_val.npz")
     missing = [f for f in needed if not (GINC_DIR / f).is_file()]
     if missing:
-        pytest.skip(f"GINC's published arrays are not available: {GINC_DIR} lacks {', '.join(missing)}")
+        pytest.fail(f"GINC's published arrays ship with the tests, yet {GINC_DIR} lacks {', '.join(missing)}")
     return GINC_DIR
 
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from simkernel import World, alignment, bayes, kernel, make_world
-from simkernel import measure as M
+from simkernel.analysis import analyse, split_indices
+from simkernel.capture import Capture
 from simkernel.metrics import restrict
+from simkernel.prompts import collate
 from simkernel.sampling import sample_prompt_set
 
 from cli_helpers import ok, run
@@ -96,7 +98,7 @@ def impossible_world():
 
 
 def test_heads_against_the_references_leave_undefined_bayes_out_and_ties_count_one_over_m():
-    """ground_truth's references fed to measure.analyse with hand-built attention: an even
+    """ground_truth's references fed to analysis.analyse with hand-built attention: an even
     head is the majority vote, so its agreement with 'frequency' is the mean of 1/m over its
     m-way ties and equals the majority baseline; prompts without a Bayes predictive (NaN rows)
     are left out of every 'bayes' score and nowhere else."""
@@ -106,10 +108,10 @@ def test_heads_against_the_references_leave_undefined_bayes_out_and_ties_count_o
     undefined = np.isnan(truth.references["bayes"]).any(-1)
     assert 0 < undefined.sum() < 40
     assert not any(np.isnan(truth.references[r]).any() for r in ("kernel", "oracle", "frequency"))
-    batch = M.collate(alignment.examples_from_prompts(w, pr), w.labels)
+    batch = collate(alignment.examples_from_prompts(w, pr), w.labels)
     B, T = batch.input_ids.shape
-    cap = M.Capture(np.full((B, 1, 1, T), 1 / T, np.float32), np.zeros((B, len(w.labels))))
-    res = M.analyse(cap, batch, references=truth.references, n_select=20, n_report=20)
+    cap = Capture(np.full((B, 1, 1, T), 1 / T, np.float32), np.zeros((B, len(w.labels))))
+    res = analyse(cap, batch, references=truth.references, n_select=20, n_report=20)
     head = {(r["reference"], r["split"]): r for r in res.heads if r["measure"] == "agree"}
     assert head[("bayes", "all")]["n_examples"] == B - undefined.sum()
     assert head[("frequency", "all")]["n_examples"] == head[("kernel", "all")]["n_examples"] == B
@@ -117,7 +119,7 @@ def test_heads_against_the_references_leave_undefined_bayes_out_and_ties_count_o
     m = (counts == counts.max(1, keepdims=True)).sum(1)
     assert (m > 1).any()
     assert head[("frequency", "all")]["value"] == pytest.approx((1 / m).mean(), abs=1e-12)
-    _, rep = M.split_indices(B, 20, 20, 0)
+    _, rep = split_indices(B, 20, 20, 0)
     assert res.summary["majority_baseline"]["frequency"] == pytest.approx((1 / m[rep]).mean(), abs=1e-12)
     assert res.summary["majority_baseline"]["bayes"] == pytest.approx(head[("bayes", "report")]["value"], abs=1e-12)
 
@@ -148,7 +150,7 @@ def read(path):
 
 
 def test_measure_end_to_end(run_dir, tmp_path, monkeypatch):
-    from simkernel import measure
+    from simkernel.analysis import HEAD_COLUMNS, PROBE_COLUMNS
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "m"
@@ -163,7 +165,7 @@ def test_measure_end_to_end(run_dir, tmp_path, monkeypatch):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
         assert (tmp_path / "figures" / "measure" / f).is_file()
     heads, best, probes = read(out / "heads.csv"), read(out / "best.csv"), read(out / "probes.csv")
-    assert tuple(heads[0]) == measure.HEAD_COLUMNS and tuple(probes[0]) == measure.PROBE_COLUMNS
+    assert tuple(heads[0]) == HEAD_COLUMNS and tuple(probes[0]) == PROBE_COLUMNS
     refs = {r["reference"] for r in best}
     assert {"model", "gold", "bayes", "kernel", "oracle", "frequency", "theory", "similarity",
             "model_similarity"} <= refs

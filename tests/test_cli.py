@@ -324,3 +324,26 @@ def test_cli_never_imports_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_every_prompt_impossible_warns_nothing(tmp_path):
+    """A world whose out-of-distribution concept emits a symbol no in-distribution concept can:
+    every prompt from it has probability 0 under the pretraining mixture.  `bayes` and `converge`
+    say so in one line and raise no numpy RuntimeWarning (mean of an empty slice, 0/0)."""
+    import warnings
+
+    import numpy as np
+    from simkernel import World
+
+    # concept 0 (prior 1) emits symbols 0 and 1; concept 1 (prior 0) emits 0 and 2
+    emission = np.array([[[0.5, 0.5, 0.0]], [[0.5, 0.0, 0.5]]])
+    world = World.from_arrays([1.0, 0.0], [[1.0], [1.0]], [[[1.0]], [[1.0]]], emission, 0, [1, 2])
+    path = tmp_path / "w.npz"
+    world.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = ok(["bayes", "--world", path, "--concept", 1, "--n-prompts", 6, "--n-demos", 4, "--out", tmp_path / "b"])
+        assert "6 of 6" in r.output
+        r = ok(["converge", "--world", path, "--concepts", "ood", "--n-prompts", 6, "--n-demos", "1..4",
+                "--out", tmp_path / "c"])
+        assert "6 of 6" in r.output

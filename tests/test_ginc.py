@@ -1,5 +1,5 @@
 """GINC: scoring GINC's own published world and documents, and the ``ginc`` preset's structure
-against GINC's design and its published parameters (../shared/ginc-data, see its README)."""
+against GINC's design and its published parameters (tests/data/ginc, see its README)."""
 
 from __future__ import annotations
 

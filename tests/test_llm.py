@@ -22,12 +22,12 @@ pytest.importorskip("tokenizers")
 
 from cli_helpers import ok, run  # noqa: E402
 
-from simkernel import llm, measure, textdata  # noqa: E402
-from simkernel.cli import publish  # noqa: E402
+from simkernel import analysis, capture, llm, textdata  # noqa: E402
+from simkernel.store import publish  # noqa: E402
 
 SAMPLE = textdata.sample_data_path("sst2_sample.tsv")
-TABLES = {"heads.csv": measure.HEAD_COLUMNS, "best.csv": measure.BEST_COLUMNS,
-          "profile.csv": measure.PROFILE_COLUMNS, "probes.csv": measure.PROBE_COLUMNS}
+TABLES = {"heads.csv": analysis.HEAD_COLUMNS, "best.csv": analysis.BEST_COLUMNS,
+          "profile.csv": analysis.PROFILE_COLUMNS, "probes.csv": analysis.PROBE_COLUMNS}
 FIGURES = ("attention_profile.png", "head_scores.png", "probes.png")
 
 
@@ -42,7 +42,7 @@ def rows(path):
 
 
 def same_tables(a, b):
-    """Two ``measure.Analysis`` have equal tables (NaN equal to NaN)."""
+    """Two ``analysis.Analysis`` have equal tables (NaN equal to NaN)."""
     for t in ("heads", "best", "profile", "probes"):
         assert json.dumps(getattr(a, t)) == json.dumps(getattr(b, t)), t
 
@@ -86,7 +86,7 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
                                f"{t2['reconstructed_accuracy']:.3f}", f"L{t2['layer']}", f"H{t2['head']}"]
     probes = rows(out / "probes.csv")
     assert {(p["vector"], p["target"]) for p in probes} == {("keys", "standalone"), ("values", "label")}
-    assert {int(p["offset"]) for p in probes} == set(measure.PROBE_OFFSETS)
+    assert {int(p["offset"]) for p in probes} == set(analysis.PROBE_OFFSETS)
     assert (meta["cache"]["device"], meta["cache"]["dtype"], meta["cache"]["batch_size"]) == ("cpu", "float32", 8)
     first = {name: (out / name).read_text() for name in TABLES}
 
@@ -169,11 +169,11 @@ def test_batched_equals_single_through_the_llm_path(tiny, sample):
     pad = many.batch.attention_mask == 0
     assert (many.capture.attn.transpose(0, 3, 1, 2)[pad] == 0).all()
     # the capture's label log-probs are a plain forward's
-    np.testing.assert_allclose(measure.forward_labels(model, many.batch, 4), many.capture.label_logp,
+    np.testing.assert_allclose(capture.forward_labels(model, many.batch, 4), many.capture.label_logp,
                                rtol=1e-5, atol=1e-5)
     # each standalone prediction is the zero-demonstration prompt's, each pool text once
     assert np.array_equal(many.pool_ids, np.unique(np.concatenate([many.demo_ids.ravel(), ids])))
-    alone = measure.forward_labels(model, llm.standalone_batch(tok, sample, many.pool_ids), 1)
+    alone = capture.forward_labels(model, llm.standalone_batch(tok, sample, many.pool_ids), 1)
     np.testing.assert_allclose(many.pool_logp, alone, rtol=1e-5, atol=1e-5)
 
 
@@ -194,12 +194,12 @@ def test_cache_round_trip_and_held_out_selection(tiny, sample, tmp_path):
     # probes name the model's layer, not its place among the probed layers
     assert {p["layer"] for p in a.probes} == {1}
 
-    select, report = measure.split_indices(40, 28, 12, 0)
+    select, report = analysis.split_indices(40, 28, 12, 0)
     assert np.intersect1d(select, report).size == 0 and select.size + report.size == 40
     # Table 2's numbers come from the report split alone
     t2 = a.summary["table2"]
-    w = measure.demo_weights(outputs.capture.attn, outputs.batch.spans, outputs.batch.label_pos, "max")
-    recon = measure.reconstruct(w, outputs.batch.demo_labels, 2)[:, t2["layer"], t2["head"]]
+    w = analysis.demo_weights(outputs.capture.attn, outputs.batch.spans, outputs.batch.label_pos, "max")
+    recon = analysis.reconstruct(w, outputs.batch.demo_labels, 2)[:, t2["layer"], t2["head"]]
     pred = outputs.capture.prediction
     assert t2["agreement"] == pytest.approx((recon[report] == pred[report]).mean())
     assert t2["icl_accuracy"] == pytest.approx((pred[report] == outputs.batch.gold[report]).mean())
@@ -221,10 +221,10 @@ def test_separate_pool_runs_test_texts_and_pool_texts_alone(tiny, sample):
     assert out.meta["dataset"]["pool"]["rows"] == len(pool)
     assert np.array_equal(out.pool_ids, np.unique(out.demo_ids))
     assert out.meta["standalone_texts"] == out.pool_ids.size + np.unique(ids).size
-    alone_test = measure.forward_labels(model, llm.standalone_batch(tok, sample, ids), 1)
+    alone_test = capture.forward_labels(model, llm.standalone_batch(tok, sample, ids), 1)
     np.testing.assert_allclose(out.test_logp, alone_test, rtol=1e-5, atol=1e-5)
-    alone_demos = measure.forward_labels(model, llm.standalone_batch(tok, pool, out.demo_ids.ravel()), 1)
-    np.testing.assert_allclose(out.p_demos, measure.label_distribution(alone_demos).reshape(out.p_demos.shape),
+    alone_demos = capture.forward_labels(model, llm.standalone_batch(tok, pool, out.demo_ids.ravel()), 1)
+    np.testing.assert_allclose(out.p_demos, capture.label_distribution(alone_demos).reshape(out.p_demos.shape),
                                rtol=1e-5, atol=1e-6)
     # the prompts' demonstrations are the pool's rows
     for b in range(len(ids)):

@@ -97,7 +97,7 @@ def test_corpus_overwrite_semantics(world, tmp_path):
     out = tmp_path / "corpus"
     out.mkdir()                                    # an empty folder is fine
     store.write_corpus(world, out, 3, 4, seed=0)
-    with pytest.raises(ValueError, match="already exists and is not empty.*--overwrite"):
+    with pytest.raises(ValueError, match="already exists and is not empty.*overwrite=True"):
         store.write_corpus(world, out, 5, 4, seed=1)
     assert store.read_corpus(out).concepts.size == 3
     store.write_corpus(world, out, 5, 4, seed=1, overwrite=True)

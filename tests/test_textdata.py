@@ -22,8 +22,8 @@ pytest.importorskip("transformers")
 
 from llm_helpers import train_llama2_style_tokenizer, train_tokenizer  # noqa: E402
 
-from simkernel import measure  # noqa: E402
 from simkernel import textdata as td  # noqa: E402
+from simkernel.prompts import collate  # noqa: E402
 
 WORDS = ["Negative", "Positive"]
 
@@ -421,7 +421,7 @@ def test_prompts_collate_into_a_batch():
     ds = sst2_sample()
     examples = td.build_prompts(tok, ds, [0, 1, 2], 4, "balanced", seed=0)
     lt = td.label_tokens(tok, ds.label_words)
-    batch = measure.collate(examples, lt, pad_id=tok.pad_token_id)
+    batch = collate(examples, lt, pad_id=tok.pad_token_id)
     rows = np.arange(3)[:, None]
     np.testing.assert_array_equal(batch.input_ids[rows, batch.label_pos], lt[batch.demo_labels])
     np.testing.assert_array_equal(batch.gold, ds.labels[:3])

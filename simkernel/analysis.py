@@ -1,9 +1,11 @@
-"""Kernel regression inside a transformer: attention capture, reconstruction, probes.
+"""Kernel regression read off captured attention: reconstruction, head selection, probes.
 
-One implementation for any Hugging Face causal LM (the small GPT-J models trained here and
-GPT-J-6B alike).  This module knows nothing of HMMs: prompts arrive as token ids with every
-demonstration's span and label position recorded by the prompt builder (``sampling`` for the
-simulator, ``textdata`` for real text), never found by searching the token stream.
+Everything here is numpy on the arrays of a :class:`~simkernel.capture.Capture` and the
+positions of a :class:`~simkernel.prompts.PromptBatch`, so it runs unchanged on the
+simulator's models and on real LLMs.  Each head's weights a_i on the demonstrations give a
+label vote Σ_i a_i e(y_i), compared with reference predictions; the weights are also
+correlated with reference kernels within each prompt, heads are chosen on one split of the
+prompts and reported on a disjoint one, and ridge probes read the labels from keys and values.
 Comparisons with the true kernel and the exact posterior live in ``alignment``.
 
 Every argmax comparison (a head's reconstructed vote against a reference, the model against a
@@ -12,328 +14,21 @@ labels scores 1/m, the expected score of a uniformly random tie-break.  Votes ti
 labels with the same number of demonstrations under an even head), and the lowest-index argmax
 would credit the first label with every such tie.
 
-torch is imported inside the functions that need it; the only other simkernel import is
-``metrics`` (pure numpy), so this module runs on real LLMs without the simulator.
+The only simkernel import is ``metrics`` (pure numpy); scipy is imported only for ranks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .metrics import onehot_scores, tie_accuracy, tie_agreement
 
-
-@dataclass
-class Example:
-    """One in-context prompt as built by a prompt builder (no padding).
-
-    input_ids    (T,) int64   token ids of the whole prompt, ending with the test input's last
-                              token (the model's prediction at position T-1 is the answer)
-    spans        (n, 2) int64 [start, end) of demonstration i: from x_i's first token through
-                              y_i's first label token inclusive (so end - 1 == label_pos[i])
-    label_pos    (n,) int64   position of y_i's (first) label token
-    demo_labels  (n,) int64   class index of y_i (0..C-1)
-    gold         int          class index of the test example's label (-1 when unknown)
-    """
-
-    input_ids: np.ndarray
-    spans: np.ndarray
-    label_pos: np.ndarray
-    demo_labels: np.ndarray
-    gold: int = -1
-
-
-@dataclass
-class PromptBatch:
-    """Left-padded prompts, every position in padded coordinates.
-
-    input_ids       (B, T) int64   pad token where attention_mask is 0 (on the left)
-    attention_mask  (B, T) int64   1 on real tokens
-    spans           (B, n, 2)      [start, end) of each demonstration
-    label_pos       (B, n)         position of each demonstration's label token
-    demo_labels     (B, n)         class index of each demonstration's label
-    gold            (B,)           class index of each test label (-1 when unknown)
-    label_tokens    (C,)           the token id scored for each class (a label word's first token)
-    """
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    spans: np.ndarray
-    label_pos: np.ndarray
-    demo_labels: np.ndarray
-    gold: np.ndarray
-    label_tokens: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def n_demos(self) -> int:
-        return int(self.label_pos.shape[1])
-
-    @property
-    def n_classes(self) -> int:
-        return int(self.label_tokens.size)
-
-    def subset(self, idx) -> "PromptBatch":
-        """The rows ``idx`` (padding columns that no kept row uses are dropped)."""
-        idx = np.asarray(idx)
-        mask = self.attention_mask[idx]
-        lead = int(np.argmax(mask.any(0))) if mask.size else 0
-        return PromptBatch(self.input_ids[idx, lead:], mask[:, lead:], self.spans[idx] - lead,
-                           self.label_pos[idx] - lead, self.demo_labels[idx], self.gold[idx],
-                           self.label_tokens)
-
-
-def collate(examples, label_tokens, pad_id: int = 0) -> PromptBatch:
-    """Left-pad ``examples`` (a sequence of :class:`Example` with the same number of
-    demonstrations) into one :class:`PromptBatch`."""
-    examples = list(examples)
-    if not examples:
-        raise ValueError("no examples to collate")
-    ns = {len(e.label_pos) for e in examples}
-    if len(ns) != 1:
-        raise ValueError(f"every example needs the same number of demonstrations, got {sorted(ns)}")
-    T = max(len(e.input_ids) for e in examples)
-    B, n = len(examples), ns.pop()
-    ids = np.full((B, T), int(pad_id), dtype=np.int64)
-    mask = np.zeros((B, T), dtype=np.int64)
-    spans = np.zeros((B, n, 2), dtype=np.int64)
-    pos = np.zeros((B, n), dtype=np.int64)
-    for b, e in enumerate(examples):
-        shift = T - len(e.input_ids)
-        ids[b, shift:] = e.input_ids
-        mask[b, shift:] = 1
-        spans[b] = np.asarray(e.spans, dtype=np.int64).reshape(n, 2) + shift
-        pos[b] = np.asarray(e.label_pos, dtype=np.int64) + shift
-    return PromptBatch(ids, mask, spans, pos,
-                       np.array([np.asarray(e.demo_labels, dtype=np.int64) for e in examples]).reshape(B, n),
-                       np.array([int(e.gold) for e in examples], dtype=np.int64),
-                       np.asarray(label_tokens, dtype=np.int64).reshape(-1))
-
-
-# ---------------------------------------------------------------------- capture
-#: the attention implementation registered with transformers while capturing
-CAPTURE_IMPLEMENTATION = "simkernel_final_row"
-
-
-@dataclass
-class Capture:
-    """What one pass over a :class:`PromptBatch` recorded.
-
-    attn         (B, L, H, T) float32  attention of the final position over every position, per
-                                       layer and head (0 on padding); rows sum to 1
-    label_logp   (B, C) float64        log P(label token c | prompt) at the final position, over
-                                       the whole vocabulary (not renormalised over the labels)
-    keys, values (B, n, O, L, Hkv, d) float32 or None: the attention key / value vectors at
-                                       ``label_pos + offset`` for each offset in ``offsets``
-                                       (rotary applied to keys, as the attention sees them);
-                                       Hkv < H for grouped-query models (head h reads kv
-                                       head h // (H // Hkv))
-    offsets      (O,) int64
-    layers       (L',) int64: the model layers the keys / values axis holds (all by default)
-    """
-
-    attn: np.ndarray
-    label_logp: np.ndarray
-    keys: np.ndarray | None = None
-    values: np.ndarray | None = None
-    offsets: np.ndarray | None = None
-    layers: np.ndarray | None = None
-
-    @property
-    def label_probs(self) -> np.ndarray:
-        """(B, C) the label distribution renormalised over the C label tokens."""
-        return label_distribution(self.label_logp)
-
-    @property
-    def prediction(self) -> np.ndarray:
-        """(B,) the model's own prediction: the class whose label token is most probable (ties:
-        the lowest class; scoring uses :attr:`label_probs`, tie-fair, never this)."""
-        return self.label_logp.argmax(-1)
-
-
-def label_distribution(label_logp: np.ndarray) -> np.ndarray:
-    """(..., C) log P(label token) over the whole vocabulary -> the distribution over the C
-    labels (renormalised)."""
-    z = label_logp - label_logp.max(-1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(-1, keepdims=True)
-
-
-class _Recorder:
-    """Receives each layer's query / key / value from the registered attention function."""
-
-    def __init__(self, positions=None, layers=None):
-        self.positions = positions      # torch (B, P) long or None: where to keep keys / values
-        self.layers = layers            # the layers whose keys / values are kept (None: all)
-        self.rows: dict[int, object] = {}
-        self.keys: dict[int, object] = {}
-        self.values: dict[int, object] = {}
-
-    def record(self, layer, query, key, value, mask, scaling):
-        import torch
-
-        h, hkv = query.shape[1], key.shape[1]
-        k = key if h == hkv else key.repeat_interleave(h // hkv, dim=1)
-        if scaling is None:
-            scaling = query.shape[-1] ** -0.5
-        # the final query row only: (B, H, T) scores, never the T x T map
-        # K q (not q K^T): no transposed copy of K
-        s = torch.matmul(k.float(), query[:, :, -1, :, None].float())[..., 0] * scaling
-        if mask is not None:
-            last = mask[:, :, -1, :]
-            s = s.masked_fill(~last, float("-inf")) if last.dtype == torch.bool else s + last.float()
-        self.rows[layer] = torch.softmax(s, dim=-1).cpu()
-        if self.positions is not None and (self.layers is None or layer in self.layers):
-            idx = self.positions[:, None, :, None].expand(-1, hkv, -1, key.shape[-1])
-            self.keys[layer] = torch.gather(key, 2, idx).float().cpu()        # (B, Hkv, P, d)
-            self.values[layer] = torch.gather(value, 2, idx).float().cpu()
-
-
-_ACTIVE: list[_Recorder] = []
-
-
-def _attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers attention function: the output from sdpa, the final row on the side."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if kwargs.get("softcap"):
-        # sdpa has no logit soft-capping: its output (and the row) would not be the model's
-        raise ValueError(f"{type(module).__name__} soft-caps its attention logits; simkernel's capture "
-                         f"(sdpa plus the final row) supports models without soft-capping")
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if _ACTIVE:
-        _ACTIVE[-1].record(module.layer_idx, query, key, value, attention_mask, kwargs.get("scaling"))
-    return out
-
-
-def _register() -> None:
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    AttentionInterface.register(CAPTURE_IMPLEMENTATION, _attention)
-    # a registered attention needs a mask function too, or padded batches get no mask at all
-    AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
-
-
-def _position_ids(mask):
-    """Positions that ignore left padding, so a padded row sees what it would see alone."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _model_device(model):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:       # pragma: no cover - a model without parameters
-        import torch
-        return torch.device("cpu")
-
-
-def forward_labels(model, batch: PromptBatch, batch_size: int = 8, progress=None) -> np.ndarray:
-    """(B, C) log P(label token | prompt) at the final position from a plain forward pass (the
-    model's own attention implementation, nothing captured): the baseline that
-    :func:`capture` is checked and benchmarked against."""
-    import torch
-
-    dev = _model_device(model)
-    out = np.empty((len(batch), batch.n_classes))
-    lab = torch.tensor(batch.label_tokens, device=dev)
-    with torch.no_grad():
-        for a in range(0, len(batch), batch_size):
-            part = batch.subset(np.arange(a, min(a + batch_size, len(batch))))
-            ids = torch.as_tensor(part.input_ids, device=dev)
-            mask = torch.as_tensor(part.attention_mask, device=dev)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask),
-                           logits_to_keep=1).logits[:, -1].float()
-            out[a:a + len(part)] = torch.log_softmax(logits, -1)[:, lab].double().cpu().numpy()
-            if progress is not None:
-                progress(len(part))
-    return out
-
-
-def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers=None,
-            progress=None) -> Capture:
-    """Run ``model`` over ``batch`` and record the final position's attention row in every
-    layer and head, the label log-probabilities and, when ``offsets`` is given (e.g. -1..3),
-    the key and value vectors at ``label_pos + offset`` of every demonstration.
-
-    Works for any Hugging Face model whose attention goes through transformers'
-    ``AttentionInterface`` (GPT-J, GPT-2, GPT-NeoX/Pythia, Llama, ... in transformers 5): while
-    capturing, the model's attention is sdpa for the output plus the final row computed
-    explicitly (softmax(q_T K^T · scale + mask)), so memory grows by one (B, H, T) row per
-    layer, never by T x T maps.  ``layers`` limits which layers keep keys / values (all by
-    default).  The model's attention implementation is restored afterwards.
-    """
-    import torch
-
-    offsets = None if offsets is None else np.asarray(offsets, dtype=np.int64).reshape(-1)
-    if offsets is not None and len(batch):
-        first = batch.input_ids.shape[1] - batch.attention_mask.sum(1, keepdims=True)    # (B, 1)
-        if ((batch.label_pos + offsets.min() < first).any()
-                or (batch.label_pos + offsets.max() >= batch.input_ids.shape[1]).any()):
-            raise ValueError(f"offsets {offsets.tolist()} around the label positions reach outside "
-                             f"some prompt; allowed: offsets that stay within every prompt")
-    _register()
-    cfg = model.config
-    old = getattr(cfg, "_attn_implementation", None) or "eager"
-    dev = _model_device(model)
-    B, T = batch.input_ids.shape
-    attn = keys = values = None
-    label_logp = np.empty((B, batch.n_classes))
-    lab = torch.tensor(batch.label_tokens, device=dev)
-    model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
-    try:
-        with torch.no_grad():
-            for a in range(0, B, batch_size):
-                rows = np.arange(a, min(a + batch_size, B))
-                part = batch.subset(rows)
-                t = part.input_ids.shape[1]
-                ids = torch.as_tensor(part.input_ids, device=dev)
-                mask = torch.as_tensor(part.attention_mask, device=dev)
-                pos = None
-                if offsets is not None:
-                    p = part.label_pos[:, :, None] + offsets[None, None, :]          # (b, n, O)
-                    pos = torch.as_tensor(p.reshape(len(rows), -1), device=dev)
-                rec = _Recorder(pos, None if layers is None else set(layers))
-                _ACTIVE.append(rec)
-                try:
-                    logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask),
-                                   logits_to_keep=1).logits[:, -1].float()
-                finally:
-                    _ACTIVE.pop()
-                if not rec.rows:
-                    raise RuntimeError(f"{type(model).__name__} does not route attention through "
-                                       f"transformers' AttentionInterface; cannot capture attention")
-                L = len(rec.rows)
-                H = rec.rows[0].shape[1]
-                if attn is None:
-                    attn = np.zeros((B, L, H, T), dtype=np.float32)
-                attn[rows, :, :, T - t:] = torch.stack([rec.rows[i] for i in range(L)], 1).numpy()
-                label_logp[rows] = torch.log_softmax(logits, -1)[:, lab].double().cpu().numpy()
-                if offsets is not None:
-                    keep = range(L) if layers is None else list(layers)
-                    n, O = batch.n_demos, offsets.size
-                    k0 = rec.keys[keep[0]]
-                    if keys is None:
-                        shape = (B, n, O, len(keep), k0.shape[1], k0.shape[-1])
-                        keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-                    for j, layer in enumerate(keep):
-                        # (b, Hkv, n*O, d) -> (b, n, O, Hkv, d)
-                        kk = rec.keys[layer].permute(0, 2, 1, 3).reshape(len(rows), n, O, k0.shape[1], -1)
-                        vv = rec.values[layer].permute(0, 2, 1, 3).reshape(len(rows), n, O, k0.shape[1], -1)
-                        keys[rows, :, :, j] = kk.numpy()
-                        values[rows, :, :, j] = vv.numpy()
-                if progress is not None:
-                    progress(len(rows))
-    finally:
-        model.set_attn_implementation(old)
-    kept = None
-    if offsets is not None:
-        kept = np.arange(attn.shape[1]) if layers is None else np.asarray(list(layers), dtype=np.int64)
-    return Capture(attn, label_logp, keys, values, offsets, kept)
+if TYPE_CHECKING:
+    from .capture import Capture
+    from .prompts import PromptBatch
 
 
 # ---------------------------------------------------------------------- attention profile
@@ -424,6 +119,7 @@ def reference_scores(ref, n_examples: int, n_classes: int) -> np.ndarray:
                      f"scores, got shape {ref.shape}")
 
 
+# ---------------------------------------------------------------------- held-out head selection
 def split_indices(n_examples: int, n_select: int = 700, n_report: int = 300, seed: int = 0):
     """(select, report): disjoint random index sets.  With fewer than n_select + n_report
     examples both shrink in proportion (at least one each), so the report set is always
@@ -544,7 +240,7 @@ def probe_accuracy(vectors: np.ndarray, targets: np.ndarray, train: np.ndarray, 
                    n_classes: int, lam: float = 0.01, heads_per_kv: int = 1) -> np.ndarray:
     """(O, L, H): ridge-probe test accuracy per offset, layer and head.
 
-    vectors (B, n, O, L, Hkv, d) from :func:`capture` (keys or values), targets (B, n) class
+    vectors (B, n, O, L, Hkv, d) from :func:`simkernel.capture.capture` (keys or values), targets (B, n) class
     indices (the model's standalone prediction for keys, y_i for values).  The split is by
     prompt (``train`` / ``test`` index the B axis), so no prompt is on both sides.  With
     grouped-query attention a kv head serves ``heads_per_kv`` query heads, which share its
@@ -563,6 +259,8 @@ def probe_accuracy(vectors: np.ndarray, targets: np.ndarray, train: np.ndarray, 
 
 
 # ---------------------------------------------------------------------- one analysis
+#: offsets from each label token whose keys and values the probes read: the token before the
+#: label, the label, and the three after it (what measure_model and llm ask capture for)
 PROBE_OFFSETS = (-1, 0, 1, 2, 3)
 HEAD_COLUMNS = ("layer", "head", "measure", "reference", "split", "value", "n_examples")
 PROFILE_COLUMNS = ("layer", "head", "position", "attention", "is_label")

@@ -1,8 +1,7 @@
-"""The measurement library on tensors with known answers, the capture against transformers'
-own eager attention (one example at a time, no padding) for three architectures, the held-out
-head selection, and tie-fair scoring (a tie among m labels scores 1/m) on hand-built
-attention and hand-counted majority votes.  The end-to-end runs on a trained model live in
-test_alignment."""
+"""The analysis on arrays with known answers: reconstruction, attention profile, correlations,
+ridge probes, the held-out head selection, and tie-fair scoring (a tie among m labels scores
+1/m) on hand-built attention and hand-counted majority votes.  The capture itself is tested in
+test_capture, the end-to-end runs on a trained model in test_alignment."""
 
 from __future__ import annotations
 
@@ -11,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simkernel import measure as M
+from simkernel import analysis as A
+from simkernel.capture import Capture
+from simkernel.prompts import Example, collate
 
 
 # ---------------------------------------------------------------------- hand-built batches
@@ -37,9 +38,9 @@ def batch_of(demo_labels, gold, C, span=2):
     demo_labels = np.asarray(demo_labels)
     B, n = demo_labels.shape
     spans = np.stack([np.arange(n) * span, np.arange(n) * span + span], 1)
-    ex = [M.Example(np.arange(n * span + 2) % 7 + 1, spans, spans[:, 1] - 1, demo_labels[b], int(gold[b]))
+    ex = [Example(np.arange(n * span + 2) % 7 + 1, spans, spans[:, 1] - 1, demo_labels[b], int(gold[b]))
           for b in range(B)]
-    return M.collate(ex, np.arange(C) + 10)
+    return collate(ex, np.arange(C) + 10)
 
 
 def head_value(res, reference, layer=0, head=0, split="all"):
@@ -53,9 +54,9 @@ def layout(B=6, n=5, span=3, C=3, seed=0):
     rng = np.random.default_rng(seed)
     T = n * span + 2
     spans = np.stack([np.arange(n) * span, np.arange(n) * span + span], 1)
-    ex = [M.Example(rng.integers(0, 50, T), spans, spans[:, 1] - 1, rng.integers(0, C, n), int(rng.integers(0, C)))
+    ex = [Example(rng.integers(0, 50, T), spans, spans[:, 1] - 1, rng.integers(0, C, n), int(rng.integers(0, C)))
           for _ in range(B)]
-    return M.collate(ex, np.arange(C) + 10)
+    return collate(ex, np.arange(C) + 10)
 
 
 def test_head_on_the_labels_of_one_class_reconstructs_that_class():
@@ -69,8 +70,8 @@ def test_head_on_the_labels_of_one_class_reconstructs_that_class():
                 attn[b, 0, c, on] = 1.0 / on.size
             else:
                 attn[b, 0, c, -1] = 1.0
-    w = M.demo_weights(attn, batch.spans, batch.label_pos, "max")
-    rec = M.reconstruct(w, batch.demo_labels, 3)                          # (B, 1, 3)
+    w = A.demo_weights(attn, batch.spans, batch.label_pos, "max")
+    rec = A.reconstruct(w, batch.demo_labels, 3)                          # (B, 1, 3)
     for c in range(3):
         has = (batch.demo_labels == c).any(1)
         assert (rec[has, 0, c] == c).all()
@@ -82,22 +83,22 @@ def test_uniform_attention_reconstructs_the_majority_label():
     attn = np.full((B, 2, 2, T), 1.0 / T)
     counts = np.stack([(batch.demo_labels == c).sum(1) for c in range(3)], 1)
     majority = counts.argmax(1)                                           # ties: lowest class, as documented
-    for how in M.WEIGHTS:
-        rec = M.reconstruct(M.demo_weights(attn, batch.spans, batch.label_pos, how), batch.demo_labels, 3)
+    for how in A.WEIGHTS:
+        rec = A.reconstruct(A.demo_weights(attn, batch.spans, batch.label_pos, how), batch.demo_labels, 3)
         assert (rec == majority[:, None, None]).all()
     # weights without layer / head axes: (B, n)
-    np.testing.assert_array_equal(M.reconstruct(np.ones((B, 7)), batch.demo_labels, 3), majority)
+    np.testing.assert_array_equal(A.reconstruct(np.ones((B, 7)), batch.demo_labels, 3), majority)
 
 
 def test_demo_weights_max_label_mean_on_known_values():
     spans = np.array([[[0, 3], [3, 6]]])
     label_pos = np.array([[2, 5]])
     attn = np.array([0.1, 0.5, 0.05, 0.0, 0.2, 0.15, 0.0])[None, None, None, :]
-    np.testing.assert_allclose(M.demo_weights(attn, spans, label_pos, "max")[0, 0, 0], [0.5, 0.2])
-    np.testing.assert_allclose(M.demo_weights(attn, spans, label_pos, "label")[0, 0, 0], [0.05, 0.15])
-    np.testing.assert_allclose(M.demo_weights(attn, spans, label_pos, "mean")[0, 0, 0], [0.65 / 3, 0.35 / 3])
+    np.testing.assert_allclose(A.demo_weights(attn, spans, label_pos, "max")[0, 0, 0], [0.5, 0.2])
+    np.testing.assert_allclose(A.demo_weights(attn, spans, label_pos, "label")[0, 0, 0], [0.05, 0.15])
+    np.testing.assert_allclose(A.demo_weights(attn, spans, label_pos, "mean")[0, 0, 0], [0.65 / 3, 0.35 / 3])
     with pytest.raises(ValueError, match="unknown weight 'sum'; allowed: max, label, mean"):
-        M.demo_weights(attn, spans, label_pos, "sum")
+        A.demo_weights(attn, spans, label_pos, "sum")
 
 
 @settings(max_examples=40, deadline=None)
@@ -107,21 +108,21 @@ def test_label_vote_is_invariant_to_the_order_of_demonstrations(seed, n, C):
     w = rng.random((3, 2, 2, n))
     y = rng.integers(0, C, (3, n))
     perm = rng.permutation(n)
-    np.testing.assert_allclose(M.label_votes(w, y, C), M.label_votes(w[..., perm], y[:, perm], C))
+    np.testing.assert_allclose(A.label_votes(w, y, C), A.label_votes(w[..., perm], y[:, perm], C))
     # the vote is the total weight on each class
-    np.testing.assert_allclose(M.label_votes(w, y, C).sum(-1), w.sum(-1))
+    np.testing.assert_allclose(A.label_votes(w, y, C).sum(-1), w.sum(-1))
 
 
 def test_attention_profile_interpolates_and_ends_on_the_label():
     # one prompt, one demonstration of 3 tokens with attention 0, 0.3, 0.6: linear in position
     attn = np.zeros((1, 1, 1, 4))
     attn[0, 0, 0, :3] = [0.0, 0.3, 0.6]
-    prof = M.attention_profile(attn, np.array([[[0, 3]]]), length=7)
+    prof = A.attention_profile(attn, np.array([[[0, 3]]]), length=7)
     np.testing.assert_allclose(prof[0, 0], np.linspace(0, 0.6, 7), atol=1e-12)
     # a one-token span is constant, and spans are averaged
     attn2 = np.zeros((1, 1, 1, 5))
     attn2[0, 0, 0, 3] = 0.8
-    prof2 = M.attention_profile(np.concatenate([attn2, attn2]), np.array([[[3, 4]], [[0, 1]]]), length=5)
+    prof2 = A.attention_profile(np.concatenate([attn2, attn2]), np.array([[[3, 4]], [[0, 1]]]), length=5)
     np.testing.assert_allclose(prof2[0, 0], np.full(5, 0.4))
 
 
@@ -132,8 +133,8 @@ def test_probe_on_one_hot_values_scores_one_and_on_noise_near_chance():
     vec = np.zeros((B, n, 1, 2, 1, d))
     vec[:, :, 0, 0, 0, :C] = np.eye(C)[y]                                 # layer 0: the label, one-hot
     vec[:, :, 0, 1, 0] = rng.normal(size=(B, n, d))                       # layer 1: noise
-    train, test = M.split_indices(B, 40, 20, seed=1)
-    acc = M.probe_accuracy(vec, y, train, test, C)
+    train, test = A.split_indices(B, 40, 20, seed=1)
+    acc = A.probe_accuracy(vec, y, train, test, C)
     assert acc[0, 0, 0] == 1.0
     assert acc[0, 1, 0] < 0.5
 
@@ -146,7 +147,7 @@ def test_ridge_fit_matches_the_stacked_least_squares_closed_form(seed, N, d, lam
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N, d))
     y = rng.integers(0, 3, N)
-    w, b = M.ridge_fit(x, y, 3, lam)
+    w, b = A.ridge_fit(x, y, 3, lam)
     t = np.eye(3)[y]
     xc, tc = x - x.mean(0), t - t.mean(0)
     ref = np.linalg.lstsq(np.vstack([xc, np.sqrt(lam) * np.eye(d)]), np.vstack([tc, np.zeros((d, 3))]),
@@ -162,21 +163,21 @@ def test_correlations_match_scipy_and_are_nan_for_constant_rows():
     a = rng.random((5, 9))
     b = np.round(rng.random((5, 9)), 1)                                   # ties, for Spearman
     for i in range(5):
-        assert M.row_correlation(a[i], b[i]) == pytest.approx(pearsonr(a[i], b[i])[0], abs=1e-12)
-        assert M.row_correlation(a[i], b[i], "spearman") == pytest.approx(spearmanr(a[i], b[i])[0], abs=1e-12)
-    assert np.isnan(M.row_correlation(a[0], np.full(9, 0.3)))
+        assert A.row_correlation(a[i], b[i]) == pytest.approx(pearsonr(a[i], b[i])[0], abs=1e-12)
+        assert A.row_correlation(a[i], b[i], "spearman") == pytest.approx(spearmanr(a[i], b[i])[0], abs=1e-12)
+    assert np.isnan(A.row_correlation(a[0], np.full(9, 0.3)))
     # a head's mean within-prompt correlation leaves out the constant prompts
     w = np.stack([a[0], a[1], np.ones(9)])[:, None, None, :]              # (3 prompts, L=1, H=1, n)
     target = np.stack([b[0], -b[0], b[1]])
     expect = 0.5 * (pearsonr(a[0], b[0])[0] + pearsonr(a[1], -b[0])[0])
-    assert M.head_correlation(w, target)[0, 0] == pytest.approx(expect, abs=1e-12)
+    assert A.head_correlation(w, target)[0, 0] == pytest.approx(expect, abs=1e-12)
 
 
 # ---------------------------------------------------------------------- held-out selection
 @settings(max_examples=50, deadline=None)
 @given(st.integers(2, 2000), st.integers(1, 900), st.integers(1, 400), st.integers(0, 2**31))
 def test_split_is_disjoint_and_scaled_down_in_proportion(n, n_select, n_report, seed):
-    sel, rep = M.split_indices(n, n_select, n_report, seed)
+    sel, rep = A.split_indices(n, n_select, n_report, seed)
     assert np.intersect1d(sel, rep).size == 0
     assert sel.size >= 1 and rep.size >= 1
     assert sel.max() < n and rep.max() < n
@@ -190,14 +191,14 @@ def test_selection_never_reports_on_the_examples_it_selected_with():
     """Head 1 is perfect on the selection split and useless on the report split; head 0 is the
     other way round.  Selection must pick head 1 and report its held-out score, 0."""
     B = 100
-    sel, rep = M.split_indices(B, 70, 30, seed=4)
+    sel, rep = A.split_indices(B, 70, 30, seed=4)
     hits = np.zeros((B, 1, 2))
     hits[sel, 0, 1] = 1.0
     hits[rep, 0, 0] = 1.0
-    c = M.select_head(hits, sel, rep)
+    c = A.select_head(hits, sel, rep)
     assert (c.layer, c.head, c.select_score, c.report_score) == (0, 1, 1.0, 0.0)
     with pytest.raises(ValueError, match="overlap"):
-        M.select_head(hits, sel, np.append(rep, sel[0]))
+        A.select_head(hits, sel, np.append(rep, sel[0]))
 
 
 def test_analyse_reports_the_chosen_head_on_held_out_prompts_only():
@@ -212,12 +213,12 @@ def test_analyse_reports_the_chosen_head_on_held_out_prompts_only():
     # the model "predicts" class 1 whenever a class-1 demonstration exists
     has1 = (batch.demo_labels == 1).any(1)
     logp = np.log(np.where(np.arange(3)[None] == np.where(has1, 1, 0)[:, None], 0.9, 0.05))
-    res = M.analyse(M.Capture(attn, logp), batch, n_select=35, n_report=15, seed=0)
+    res = A.analyse(Capture(attn, logp), batch, n_select=35, n_report=15, seed=0)
     best = {(r["measure"], r["reference"]): r for r in res.best}
     assert (best[("agree", "model")]["layer"], best[("agree", "model")]["head"]) == (1, 2)
-    sel, rep = M.split_indices(B, 35, 15, seed=0)
+    sel, rep = A.split_indices(B, 35, 15, seed=0)
     # the head's vote: its top set (a tie where it attends evenly and two labels are as frequent)
-    vote = top(M.label_votes(M.demo_weights(attn, batch.spans, batch.label_pos), batch.demo_labels, 3)[:, 1, 2])
+    vote = top(A.label_votes(A.demo_weights(attn, batch.spans, batch.label_pos), batch.demo_labels, 3)[:, 1, 2])
     pred = np.eye(3, dtype=bool)[np.where(has1, 1, 0)]
     gold = np.eye(3, dtype=bool)[batch.gold]
     assert best[("agree", "model")]["report"] == pytest.approx(fair(vote[rep], pred[rep]).mean())
@@ -231,132 +232,6 @@ def test_analyse_reports_the_chosen_head_on_held_out_prompts_only():
     assert res.summary["majority_baseline"]["gold"] == pytest.approx(fair(majority[rep], gold[rep]).mean())
     prof = {(r["layer"], r["head"], r["position"]): r["attention"] for r in res.profile}
     assert len(prof) == 2 * 3 * 30 and all(r["is_label"] == (r["position"] == 29) for r in res.profile)
-
-
-# ---------------------------------------------------------------------- collate
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.integers(4, 12), min_size=1, max_size=5), st.integers(0, 2**31))
-def test_collate_left_pads_and_subset_keeps_every_position(lengths, seed):
-    rng = np.random.default_rng(seed)
-    ex = []
-    for T in lengths:
-        spans = np.array([[0, 2], [2, 4]])
-        ex.append(M.Example(rng.integers(1, 9, T), spans, spans[:, 1] - 1, rng.integers(0, 2, 2), 1))
-    b = M.collate(ex, [3, 4], pad_id=0)
-    assert b.input_ids.shape == (len(lengths), max(lengths))
-    for i, e in enumerate(ex):
-        row = b.input_ids[i][b.attention_mask[i] == 1]
-        np.testing.assert_array_equal(row, e.input_ids)
-        np.testing.assert_array_equal(b.input_ids[i, b.label_pos[i]], e.input_ids[e.label_pos])
-        sub = b.subset([i])
-        assert sub.input_ids.shape[1] == len(e.input_ids)
-        np.testing.assert_array_equal(sub.label_pos[0], e.label_pos)
-
-
-def test_collate_rejects_unequal_demonstration_counts():
-    a = M.Example(np.arange(5), np.array([[0, 2]]), np.array([1]), np.array([0]))
-    b = M.Example(np.arange(5), np.zeros((0, 2), int), np.zeros(0, int), np.zeros(0, int))
-    with pytest.raises(ValueError, match=r"same number of demonstrations, got \[0, 1\]"):
-        M.collate([a, b], [1])
-
-
-# ---------------------------------------------------------------------- capture (torch)
-def _tiny_models():
-    torch = pytest.importorskip("torch")
-    tr = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    common = dict(bos_token_id=None, eos_token_id=None)
-    return {
-        "gptj": tr.GPTJForCausalLM(tr.GPTJConfig(vocab_size=40, n_embd=32, n_head=4, n_layer=2, rotary_dim=8,
-                                                 n_positions=64, **common)),
-        "llama-gqa": tr.LlamaForCausalLM(tr.LlamaConfig(vocab_size=40, hidden_size=32, num_attention_heads=4,
-                                                        num_key_value_heads=2, num_hidden_layers=2,
-                                                        intermediate_size=64, max_position_embeddings=64,
-                                                        pad_token_id=None, **common)),
-        "gpt2": tr.GPT2LMHeadModel(tr.GPT2Config(vocab_size=40, n_embd=32, n_head=4, n_layer=2, n_positions=64,
-                                                 **common)),
-    }
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    return {k: m.eval() for k, m in _tiny_models().items()}
-
-
-def _ragged_batch(seed=0):
-    rng = np.random.default_rng(seed)
-    ex = []
-    for T in (9, 14, 11, 14):
-        n = 2
-        spans = np.array([[0, 3], [4, 7]])
-        ex.append(M.Example(rng.integers(1, 40, T), spans, spans[:, 1] - 1, rng.integers(0, 3, n), 1))
-    return ex, M.collate(ex, [5, 6, 7], pad_id=0)
-
-
-@pytest.mark.parametrize("name", ["gptj", "llama-gqa", "gpt2"])
-def test_captured_rows_equal_eager_attention_one_by_one(tiny_models, name):
-    """The batched, left-padded capture equals transformers' eager ``output_attentions`` last row
-    of each prompt run alone — an independent computation of the same attention."""
-    import torch
-
-    model = tiny_models[name]
-    ex, batch = _ragged_batch()
-    cap = M.capture(model, batch, offsets=[-1, 0, 1], batch_size=3)
-    assert model.config._attn_implementation == "sdpa"                 # restored afterwards
-    T = batch.input_ids.shape[1]
-    model.set_attn_implementation("eager")
-    try:
-        for i, e in enumerate(ex):
-            with torch.no_grad():
-                out = model(input_ids=torch.as_tensor(e.input_ids)[None], output_attentions=True)
-            ref = torch.stack([a[0, :, -1] for a in out.attentions]).numpy()           # (L, H, t)
-            t = len(e.input_ids)
-            np.testing.assert_allclose(cap.attn[i, :, :, T - t:], ref, atol=2e-6)
-            assert np.all(cap.attn[i, :, :, :T - t] == 0)
-            lp = torch.log_softmax(out.logits[0, -1].double(), -1)[[5, 6, 7]].numpy()
-            np.testing.assert_allclose(cap.label_logp[i], lp, atol=1e-5)
-    finally:
-        model.set_attn_implementation("sdpa")
-    np.testing.assert_allclose(cap.label_logp, M.forward_labels(model, batch, batch_size=2), atol=1e-5)
-
-
-def test_keys_and_values_are_read_at_the_label_offsets(tiny_models):
-    """The captured value vectors equal v_proj of the layer's input at label_pos + offset,
-    taken from the hidden states transformers returns (GPT-J, no padding)."""
-    import torch
-
-    model = tiny_models["gptj"]
-    ex, _ = _ragged_batch(seed=2)
-    batch = M.collate(ex[:1], [5, 6, 7])
-    cap = M.capture(model, batch, offsets=[-1, 0, 1])
-    with torch.no_grad():
-        out = model(input_ids=torch.as_tensor(batch.input_ids), output_hidden_states=True)
-    layer = 1
-    blk = model.transformer.h[layer]
-    with torch.no_grad():
-        v = blk.attn.v_proj(blk.ln_1(out.hidden_states[layer]))[0].view(-1, 4, 8).numpy()    # (T, H, d)
-    for i, p in enumerate(batch.label_pos[0]):
-        for j, o in enumerate([-1, 0, 1]):
-            np.testing.assert_allclose(cap.values[0, i, j, layer], v[p + o], atol=1e-5)
-
-
-def test_capture_memory_is_one_row_per_layer_and_offsets_are_checked(tiny_models):
-    ex, batch = _ragged_batch()
-    cap = M.capture(tiny_models["gpt2"], batch)
-    assert cap.attn.shape == (4, 2, 4, batch.input_ids.shape[1]) and cap.keys is None
-    np.testing.assert_allclose(cap.attn.sum(-1), 1.0, atol=1e-5)
-    with pytest.raises(ValueError, match="offsets .* reach outside some prompt"):
-        M.capture(tiny_models["gpt2"], batch, offsets=[0, 40])
-
-
-def test_probe_rows_carry_the_model_layer_when_only_some_layers_are_kept(tiny_models):
-    ex, _ = _ragged_batch(seed=5)
-    batch = M.collate(ex * 3, [5, 6, 7])
-    cap = M.capture(tiny_models["gptj"], batch, offsets=[0, 1], layers=[1])
-    assert cap.keys.shape[3] == 1 and cap.layers.tolist() == [1]
-    res = M.analyse(cap, batch, n_select=8, n_report=4)
-    assert {r["layer"] for r in res.probes} == {1}
-    assert {(r["vector"], r["target"]) for r in res.probes} == {("values", "label")}
 
 
 # ---------------------------------------------------------------------- ties
@@ -383,15 +258,15 @@ def test_a_head_tie_among_m_labels_scores_one_over_m():
     attn = even_heads(batch, [[range(m)] * B for m in range(1, C + 1)])
     pair = np.tile([0.4, 0.4, 0.1, 0.1], (B, 1))
     logp = np.log(np.tile([0.7, 0.1, 0.1, 0.1], (B, 1)))
-    res = M.analyse(M.Capture(attn, logp), batch, references={"pair": pair}, n_select=3, n_report=3)
+    res = A.analyse(Capture(attn, logp), batch, references={"pair": pair}, n_select=3, n_report=3)
     for h in range(C):
         m = h + 1
         assert head_value(res, "gold", head=h)["value"] == pytest.approx(1 / m, abs=1e-15)
         assert head_value(res, "model", head=h)["value"] == pytest.approx(1 / m, abs=1e-15)
         assert head_value(res, "pair", head=h)["value"] == pytest.approx(min(m, 2) / (2 * m), abs=1e-15)
     # the lowest-index argmax (still what reconstruct shows) would credit every head with 1
-    w = M.demo_weights(attn, batch.spans, batch.label_pos)
-    assert (M.reconstruct(w, batch.demo_labels, C) == 0).all()
+    w = A.demo_weights(attn, batch.spans, batch.label_pos)
+    assert (A.reconstruct(w, batch.demo_labels, C) == 0).all()
 
 
 @settings(max_examples=30, deadline=None)
@@ -412,7 +287,7 @@ def test_head_agreement_is_the_expected_value_of_random_tie_breaks(seed, C):
     for b, S in enumerate(ref_sets):
         ref[b, S] = 1.0                                    # an empty set: an all-zero row, a tie everywhere
     attn = even_heads(batch, [head_sets])
-    res = M.analyse(M.Capture(attn, np.zeros((B, C))), batch, references={"r": ref}, n_select=2, n_report=3)
+    res = A.analyse(Capture(attn, np.zeros((B, C))), batch, references={"r": ref}, n_select=2, n_report=3)
     a = np.zeros((B, C), bool)
     for b, S in enumerate(head_sets):
         a[b, S] = True
@@ -442,9 +317,9 @@ def test_majority_baseline_is_the_expected_value_under_uniform_tie_breaking():
     batch = batch_of(labels, gold, 3)
     B, T = batch.input_ids.shape
     pair = np.tile([0.2, 0.4, 0.4], (B, 1))
-    cap = M.Capture(np.full((B, 1, 1, T), 1 / T, np.float32), np.log(np.tile([0.5, 0.3, 0.2], (B, 1))))
-    res = M.analyse(cap, batch, references={"pair": pair}, n_select=6, n_report=6, seed=1)
-    _, rep = M.split_indices(B, 6, 6, seed=1)
+    cap = Capture(np.full((B, 1, 1, T), 1 / T, np.float32), np.log(np.tile([0.5, 0.3, 0.2], (B, 1))))
+    res = A.analyse(cap, batch, references={"pair": pair}, n_select=6, n_report=6, seed=1)
+    _, rep = A.split_indices(B, 6, 6, seed=1)
     base = res.summary["majority_baseline"]
     assert base["gold"] == pytest.approx(vs_gold[rep].mean(), abs=1e-12)
     assert base["pair"] == pytest.approx(vs_pair[rep].mean(), abs=1e-12)
@@ -467,8 +342,8 @@ def test_undefined_references_are_left_out():
     idx[[1, 4]] = -1
     scores = np.eye(C)[idx]
     scores[[1, 4]] = np.nan
-    cap = M.Capture(rng.random((B, 2, 2, T)).astype(np.float32), np.log(rng.dirichlet(np.ones(C), B)))
-    res = M.analyse(cap, batch, references={"idx": idx, "scores": scores}, n_select=5, n_report=5)
+    cap = Capture(rng.random((B, 2, 2, T)).astype(np.float32), np.log(rng.dirichlet(np.ones(C), B)))
+    res = A.analyse(cap, batch, references={"idx": idx, "scores": scores}, n_select=5, n_report=5)
     for r in (r for r in res.heads if r["reference"] == "idx" and r["split"] == "all"):
         assert r["n_examples"] == B - 2
         twin = next(t for t in res.heads if (t["reference"], t["layer"], t["head"], t["split"], t["measure"])
@@ -480,7 +355,7 @@ def test_undefined_references_are_left_out():
     assert res.summary["model_matches"]["scores"] == res.summary["model_matches"]["idx"]
     for bad in (idx[:-1], np.zeros((B, C + 1)), idx.astype(float), np.full(B, C)):
         with pytest.raises(ValueError, match="reference"):
-            M.analyse(cap, batch, references={"bad": bad}, n_select=5, n_report=5)
+            A.analyse(cap, batch, references={"bad": bad}, n_select=5, n_report=5)
 
 
 def test_probe_accuracy_is_tie_fair():
@@ -489,5 +364,5 @@ def test_probe_accuracy_is_tie_fair():
     lowest-index argmax would score 1 on class 0 and 0 on class 1)."""
     y_train = np.array([0, 1] * 10)
     y_test = np.array([0, 1, 1, 1])
-    acc = M.ridge_accuracy(np.zeros((20, 3)), y_train, np.zeros((4, 3)), y_test, 2)
+    acc = A.ridge_accuracy(np.zeros((20, 3)), y_train, np.zeros((4, 3)), y_test, 2)
     assert acc == pytest.approx(0.5, abs=1e-12)
