@@ -22,12 +22,14 @@ torch is imported only through ``capture``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import bayes, kernel
 from .analysis import PROBE_OFFSETS, analyse, prediction_similarity
 from .capture import capture, forward_labels, label_distribution
+from .constants import DEFAULT_RIDGE
 from .convergence import kernel_values
 from .metrics import restrict
 from .prompts import Example, PromptBatch, collate
@@ -80,7 +82,7 @@ class Truth:
 
 
 def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_samples: int = 20_000,
-                 ridge: float = 0.01, seed: int = 0) -> Truth:
+                 ridge: float = DEFAULT_RIDGE, seed: int = 0) -> Truth:
     """The true kernel values and the exact / kernel / oracle / label-frequency predictions
     of ``prompts``."""
     values, info = kernel_values(world, prompts, ("theory", "similarity"), features=features,
@@ -131,3 +133,67 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
             "theory_kernel": truth.info}
     return result, info
 
+
+
+# ---------------------------------------------------------------------- simkernel measure as a call
+@dataclass
+class MeasureRun:
+    """What :func:`run` returns: the :class:`analysis.Analysis` (tidy tables and summary),
+    ``info`` (prompt layout, the theory kernel's Σ), ``meta`` (the JSON of the command: config,
+    seed, versions, summary, chosen heads, table schemas) and the figures' ``title``."""
+
+    result: object
+    info: dict
+    meta: dict
+    title: str
+
+
+def run_folder(path) -> Path:
+    """A run folder from either the run folder or its checkpoint/model folder."""
+    path = Path(path)
+    if (path / "config.json").is_file() and path.name == "model" and path.parent.name == "checkpoint":
+        return path.parent.parent
+    return path
+
+
+def run(checkpoint, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3, concepts="prior",
+        weight: str = "max", n_select: int = 700, n_report: int = 300, seed: int = 0, device="auto",
+        progress=None) -> MeasureRun:
+    """``simkernel measure`` as a library call: load a run folder's model and world (``checkpoint``:
+    the run folder or its checkpoint/model folder) and :func:`measure_model` it.  A prompt longer
+    than the model's context is a one-line ValueError naming ``n_demos`` and its largest allowed
+    value.  Writes nothing."""
+    import time
+
+    from . import analysis
+    from .icl_eval import context_of, load_run, prompt_length, run_paths
+    from .store import provenance, world_summary
+    from .capture import resolve_device
+
+    run_dir = run_folder(checkpoint)
+    run_paths(run_dir)
+    dev = resolve_device(device)
+    model, world, model_dir, world_file = load_run(run_dir, device=dev)
+    if not isinstance(concepts, str) and not 0 <= int(concepts) < world.n_concepts:
+        raise ValueError(f"{concepts} is not a concept of this world; allowed: prior, id, ood or "
+                         f"0..{world.n_concepts - 1}")
+    length, ctx = prompt_length(n_demos, example_length), context_of(model)
+    if ctx is not None and length > ctx:
+        raise ValueError(f"n_demos={n_demos} demonstrations of length {example_length} make {length}-symbol "
+                         f"prompts, longer than the model's context ({ctx}); allowed: n_demos <= "
+                         f"{(ctx - example_length + 1) // (example_length + 1)}")
+    t0 = time.perf_counter()
+    result, info = measure_model(model, world, n_prompts, n_demos, example_length, seed=seed, concepts=concepts,
+                                 how=weight, n_select=n_select, n_report=n_report, progress=progress)
+    config = {"command": "measure", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
+              "n_prompts": n_prompts, "n_demos": n_demos, "example_length": example_length,
+              "concepts": str(concepts), "weight": weight, "n_select": n_select, "n_report": n_report,
+              "probe_offsets": list(analysis.PROBE_OFFSETS), "probe_lambda": analysis.PROBE_LAMBDA, "device": str(dev)}
+    meta = provenance(config, seed, extra_packages=("torch", "matplotlib"))
+    title = (f"run {run_dir.name} ({model.config.n_layer} layers x {model.config.n_head} heads), "
+             f"{n_prompts} prompts x {n_demos} demos, k={example_length}, weight {weight}")
+    meta.update(title=title, world=world_summary(world), summary=result.summary, info=info, best=result.best,
+                elapsed_s=round(time.perf_counter() - t0, 3),
+                tables={"heads.csv": list(analysis.HEAD_COLUMNS), "best.csv": list(analysis.BEST_COLUMNS),
+                        "profile.csv": list(analysis.PROFILE_COLUMNS), "probes.csv": list(analysis.PROBE_COLUMNS)})
+    return MeasureRun(result, info, meta, title)

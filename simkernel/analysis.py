@@ -212,7 +212,11 @@ def prediction_similarity(p_test: np.ndarray, p_demos: np.ndarray) -> np.ndarray
 
 
 # ---------------------------------------------------------------------- probes
-def ridge_fit(x: np.ndarray, y: np.ndarray, n_classes: int, lam: float = 0.01):
+#: The probes' ridge (the paper's λ = 0.01).
+PROBE_LAMBDA = 0.01
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, n_classes: int, lam: float = PROBE_LAMBDA):
     """(W (d, C), b (C,)): ridge regression from x (N, d) to one-hot(y) (N, C), with an
     unpenalised intercept: W = (X_c^T X_c + λ I)^-1 X_c^T Y_c on centred X_c, Y_c."""
     x = np.asarray(x, np.float64)
@@ -227,7 +231,7 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, n_classes: int, lam: float = 0.01):
     return w, mt - mx @ w
 
 
-def ridge_accuracy(x_train, y_train, x_test, y_test, n_classes: int, lam: float = 0.01) -> float:
+def ridge_accuracy(x_train, y_train, x_test, y_test, n_classes: int, lam: float = PROBE_LAMBDA) -> float:
     """Test accuracy of :func:`ridge_fit`'s argmax classifier, tie-fair (a tie among m classes
     that holds the target scores 1/m: e.g. an all-zero input predicts the intercept, and the
     class means tie when the classes are equally frequent)."""
@@ -237,7 +241,7 @@ def ridge_accuracy(x_train, y_train, x_test, y_test, n_classes: int, lam: float 
 
 
 def probe_accuracy(vectors: np.ndarray, targets: np.ndarray, train: np.ndarray, test: np.ndarray,
-                   n_classes: int, lam: float = 0.01, heads_per_kv: int = 1) -> np.ndarray:
+                   n_classes: int, lam: float = PROBE_LAMBDA, heads_per_kv: int = 1) -> np.ndarray:
     """(O, L, H): ridge-probe test accuracy per offset, layer and head.
 
     vectors (B, n, O, L, Hkv, d) from :func:`simkernel.capture.capture` (keys or values), targets (B, n) class
@@ -300,7 +304,7 @@ def _head_rows(rows, per_example, measure, reference, splits):
 
 def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, how: str = "max",
             n_select: int = 700, n_report: int = 300, seed: int = 0, profile_length: int = 30,
-            probe_targets=None, probe_lambda: float = 0.01) -> Analysis:
+            probe_targets=None, probe_lambda: float = PROBE_LAMBDA) -> Analysis:
     """Every measurement of one captured batch.
 
     references  {name: (B,) class index (-1: undefined) or (B, C) scores (NaN rows:

@@ -517,3 +517,106 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
         with np.errstate(invalid="ignore"):
             logev[a:b] = np.where(np.isfinite(m), m + np.log(np.exp(lw - m[..., None]).sum(-1)), -np.inf)
     return IclCurve(post, pred, oracle, logev, known)
+
+
+# ---------------------------------------------------------------------- simkernel bayes as a call
+#: Prompts per icl_curve call: one progress step, and the unit that bounds memory.
+CHUNK = 128
+SUMMARY_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
+SUMMARY_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+SUMMARY_DESCRIPTIONS = {
+    "posterior_true": "P(true concept | n demonstrations, x_test)",
+    "bayes_accuracy": "argmax of the Bayes predictive over the labels == y_test (a tie among m labels scores 1/m)",
+    "oracle_agreement": "that argmax == the oracle's argmax (true concept known; tie-fair)",
+    "tv_oracle": "total variation between Bayes and the oracle over the labels",
+    "oracle_accuracy": "the oracle's argmax == y_test (a ceiling, the same for every n)"}
+
+
+def demo_counts(n_max: int) -> list[int]:
+    """0, 1, 2, 4, 8, ... up to n_max, and n_max itself."""
+    ns, n = [0], 1
+    while n <= n_max:
+        ns.append(n)
+        n *= 2
+    if ns[-1] != n_max:
+        ns.append(n_max)
+    return ns
+
+
+def summary(world: World, prompts, curve: IclCurve, ns) -> tuple[list[dict], int]:
+    """Per-n summary of exact Bayes on ``prompts`` (rows with ``SUMMARY_COLUMNS``; metrics
+    ``SUMMARY_METRICS``, over the labels, renormalised; mean and 95% normal-approximation CI
+    over prompts) and the number of prompts whose posterior is undefined (probability 0 under
+    the pretraining mixture) at some n.  A prompt is left out at the n where it is impossible."""
+    from .metrics import compare, mean_ci, restrict, tie_accuracy
+
+    labels = world.labels
+    idx = np.full(world.n_symbols, -1)
+    idx[labels] = np.arange(len(labels))
+    y = idx[prompts.y_test]
+    oracle = restrict(curve.oracle, labels)                                     # (B, L)
+    pred = restrict(curve.predictive[:, list(ns)], labels)                      # (B, n, L)
+    post_true = curve.posterior[np.arange(len(y)), :, prompts.concepts][:, list(ns)]
+    bad = ~np.isfinite(pred).all(axis=-1) | ~np.isfinite(curve.posterior[:, list(ns)]).all(axis=-1)
+    both = ~bad & np.isfinite(oracle).all(axis=-1)[:, None]
+    m = compare(oracle[:, None], np.where(bad[..., None], 0.0, pred), y)
+    per = {"posterior_true": np.where(bad, np.nan, post_true),
+           "bayes_accuracy": np.where(bad, np.nan, tie_accuracy(np.where(bad[..., None], 0.0, pred), y)),
+           "oracle_agreement": np.where(both, m["agree"], np.nan),
+           "tv_oracle": np.where(both, m["tv"], np.nan),
+           "oracle_accuracy": np.broadcast_to(tie_accuracy(oracle, y)[:, None], bad.shape)}
+    rows = []
+    for j, n in enumerate(ns):
+        for metric in SUMMARY_METRICS:
+            mean, lo, hi, cnt = mean_ci(per[metric][:, j])
+            rows.append({"n_demos": int(n), "metric": metric, "mean": float(mean), "ci_low": float(lo),
+                         "ci_high": float(hi), "n_prompts": int(cnt)})
+    return rows, int(bad.any(axis=1).sum())
+
+
+@dataclass
+class BayesRun:
+    """What :func:`run` returns: ``rows`` (``SUMMARY_COLUMNS``) for n = ``ns``, the prompts and
+    their :class:`IclCurve`, the count of prompts impossible under the pretraining mixture, and
+    ``meta`` (config, seed, package versions, world summary, timings: the JSON of the command)."""
+
+    rows: list
+    ns: list
+    n_impossible: int
+    prompts: object
+    curve: IclCurve
+    meta: dict
+
+
+def run(world: World, n_prompts: int = 256, n_demos: int = 64, example_length: int = 2, seed: int = 0,
+        concept: int | None = None, method: str = "auto", world_source: dict | None = None,
+        progress=None) -> BayesRun:
+    """``simkernel bayes`` as a library call: sample prompts (every concept from the prior, or
+    ``concept``), run :func:`icl_curve` in chunks of ``CHUNK`` prompts and summarise n = 0, 1, 2,
+    4, ..., n_demos.  ``progress(n_done)`` is called after each chunk; ``world_source`` is
+    recorded in the config (how the world was made).  Writes nothing."""
+    import time
+
+    from .sampling import sample_prompts
+    from .store import provenance, world_summary
+
+    if concept is not None and not (0 <= int(concept) < world.n_concepts):
+        raise ValueError(f"concept must be in 0..{world.n_concepts - 1}, got {concept}")
+    t0 = time.perf_counter()
+    prompts = sample_prompts(world, n_prompts, n_demos, example_length, seed, concept=concept)
+    parts = []
+    for a in range(0, n_prompts, CHUNK):
+        b = min(a + CHUNK, n_prompts)
+        parts.append(icl_curve(world, prompts.subset(a, b), method=method))
+        if progress is not None:
+            progress(b)
+    curve = IclCurve(*(np.concatenate([getattr(p, f) for p in parts]) for f in IclCurve.__dataclass_fields__))
+    ns = demo_counts(n_demos)
+    rows, n_bad = summary(world, prompts, curve, ns)
+    config = {"command": "bayes", "world": world_source or world.meta, "n_prompts": n_prompts,
+              "n_demos": n_demos, "example_length": example_length, "concept": concept, "method": method}
+    meta = provenance(config, seed)
+    meta.update(world=world_summary(world), n_impossible=n_bad, elapsed_s=round(time.perf_counter() - t0, 3),
+                files={"bayes.csv": "tidy table: " + ", ".join(SUMMARY_COLUMNS)},
+                metrics=SUMMARY_DESCRIPTIONS)
+    return BayesRun(rows, ns, n_bad, prompts, curve, meta)

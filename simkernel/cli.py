@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from . import __version__, llm, textdata
+from .constants import DEFAULT_RIDGE, ESTIMATORS, FEATURES, KERNELS
 from .presets import PRESETS
 from .store import check_out_file as _store_out_file, check_results_dir, publish, sha256_file
 
@@ -55,8 +56,6 @@ NONNEG = _Int(0)
 POSITIVE = _Int(1)
 EXAMPLE_LENGTH = _Int(2)
 
-BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
-BAYES_CHUNK = 128          # prompts per icl_curve call (one progress-bar step)
 
 
 # ---------------------------------------------------------------------- error handling
@@ -172,10 +171,61 @@ def _preset_help() -> str:
     return "\b\n" + "\n".join(lines)
 
 
+#: How long work reports progress: 'bar' (tqdm), 'plain' (a line per stage and per 10% on stderr)
+#: or 'none'.  Default: a bar on a terminal, plain lines otherwise (a batch job, a log file).
+PROGRESS_ENV = "SIMKERNEL_PROGRESS"
+
+
+class _PlainProgress:
+    """tqdm's few methods the commands use, printing plain lines to stderr instead of redrawing
+    a bar: one when the stage (description) changes and one per 10% of the work."""
+
+    def __init__(self, total, desc, unit):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self._post = ""
+        self._said = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def close(self):
+        pass
+
+    def _line(self, text):
+        click.echo(f"[{time.strftime('%H:%M:%S')}] {text}", err=True)
+
+    def set_description(self, desc, refresh=True):
+        if desc != self.desc:
+            self.desc = desc
+            self._line(desc)
+
+    def set_postfix(self, post=None, refresh=True, **kw):
+        self._post = ", ".join(f"{k} {v}" for k, v in {**(post or {}), **kw}.items())
+
+    def set_postfix_str(self, text, refresh=True):
+        if text and text != self._post:
+            self._post = text
+            self._line(f"{self.desc}: {text}")
+
+    def update(self, k=1):
+        self.n += k
+        tenth = int(10 * self.n / self.total) if self.total else 10
+        if tenth > self._said:
+            self._said = tenth
+            self._line(f"{self.desc}: {self.n}/{self.total} {self.unit}" + (f" ({self._post})" if self._post else ""))
+
+
 def _bar(total, desc, unit):
+    import os
+
+    mode = os.environ.get(PROGRESS_ENV) or ("bar" if sys.stderr.isatty() else "plain")
+    if mode == "plain":
+        return _PlainProgress(total, desc, unit)
     from tqdm import tqdm
-    # disable=None: the bar shows on a terminal and stays silent in pipes, logs and tests
-    return tqdm(total=total, desc=desc, unit=unit, disable=None, leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=mode == "none", leave=False, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------- the group
@@ -196,6 +246,8 @@ def main():
     simkernel train          train a small transformer; its gap to the Bayes floor
     simkernel icl-eval       a trained model's in-context predictions against exact Bayes
                              and the theory kernel, in and out of distribution
+    simkernel measure        attention, reconstruction and probes of a trained model
+                             against the true kernel and exact Bayes
     simkernel llm            the kernel-regression measurements on a real Hugging Face LLM
                              (GPT-J-6B, GPT-2, Pythia, Llama): the paper's Table 2
 
@@ -205,14 +257,16 @@ def main():
 
 
 # ---------------------------------------------------------------------- world
-@main.command("world", epilog="Preset options and defaults:\n\n" + _preset_help())
+@main.command("world", short_help="Build a world from a preset, or check a world file; save it as .npz.",
+              epilog="Preset options and defaults:\n\n" + _preset_help())
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help=f"Recipe to build the world from (default {DEFAULT_PRESET}).")
 @click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Instead of building, load and validate this world .npz (e.g. one made elsewhere); "
                    "with --out, re-save it in simkernel's format.")
-@click.option("--seed", type=NONNEG, default=0, show_default=True,
-              help="Seed of the preset's random draws: the same seed gives the same world.")
+@click.option("--world-seed", "--seed", "seed", type=NONNEG, default=0, show_default=True,
+              help="Seed of the preset's random draws: the same seed gives the same world (the name every "
+                   "other command uses; --seed is a deprecated alias).")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override one preset option (listed below), e.g. --set n_states=20; repeatable.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -225,7 +279,7 @@ def world_cmd(preset, from_file, seed, overrides, out):
     if out is not None:
         check_out_file(out)
     world, source = load_or_build_world(preset, from_file, seed, overrides,
-                                        world_opt="--from", seed_opt=("--seed", "seed"))
+                                        world_opt="--from", seed_opt=("--world-seed", "seed"))
     if out is not None:
         meta = {k: v for k, v in world.meta.items() if k != "provenance"}
         config = {"command": "world", "world": source}
@@ -315,22 +369,6 @@ def _check_concept(concept, world):
 
 
 # ---------------------------------------------------------------------- bayes
-def demo_counts(n_max: int) -> list[int]:
-    """0, 1, 2, 4, 8, ... up to n_max, and n_max itself."""
-    ns, n = [0], 1
-    while n <= n_max:
-        ns.append(n)
-        n *= 2
-    if ns[-1] != n_max:
-        ns.append(n_max)
-    return ns
-
-
-def _subset(prompts, a, b):
-    return dataclasses.replace(prompts, tokens=prompts.tokens[a:b], labels=prompts.labels[a:b],
-                               y_test=prompts.y_test[a:b], concepts=prompts.concepts[a:b])
-
-
 def _table(rows, ns) -> list[str]:
     by = {(r["n_demos"], r["metric"]): r["mean"] for r in rows}
     head = f"{'n':>5}  {'P(true concept)':>15}  {'Bayes acc':>9}  {'agree oracle':>12}  {'TV(Bayes,oracle)':>16}"
@@ -368,40 +406,18 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     mean, ci_low, ci_high, n_prompts; 95% normal-approximation CIs over prompts) and
     bayes.json (config, seed, versions).
     """
-    import numpy as np
-
-    from . import convergence
-    from .bayes import icl_curve
-    from .sampling import sample_prompts
-    from .store import provenance, world_summary, write_csv, write_json
+    from . import bayes
+    from .store import write_csv, write_json
 
     check_results_dir(out)
     world, source = load_or_build_world(preset, world_file, world_seed, overrides)
     _check_concept(concept, world)
-    t0 = time.perf_counter()
-    prompts = sample_prompts(world, n_prompts, n_demos, example_length, seed, concept=concept)
-    parts = []
-    chunk = BAYES_CHUNK
     with _bar(n_prompts, "exact Bayes", "prompt") as bar:
-        for a in range(0, n_prompts, chunk):
-            b = min(a + chunk, n_prompts)
-            parts.append(icl_curve(world, _subset(prompts, a, b), method=method))
-            bar.update(b - a)
-    curve = type(parts[0])(*(np.concatenate([getattr(p, f.name) for p in parts])
-                             for f in dataclasses.fields(parts[0])))
-    ns = demo_counts(n_demos)
-    rows, n_bad = convergence.bayes_summary(world, prompts, curve, ns)
-    elapsed = time.perf_counter() - t0
-
-    config = {"command": "bayes", "world": source, "n_prompts": n_prompts, "n_demos": n_demos,
-              "example_length": example_length, "concept": concept, "method": method}
-    meta = provenance(config, seed)
-    meta.update(world=world_summary(world), n_impossible=n_bad, elapsed_s=round(elapsed, 3),
-                files={"bayes.csv": "tidy table: " + ", ".join(BAYES_COLUMNS)},
-                metrics=list(convergence.BAYES_METRICS))
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "bayes.csv", rows, BAYES_COLUMNS)
-    write_json(out / "bayes.json", meta)
+        res = bayes.run(world, n_prompts, n_demos, example_length, seed, concept=concept, method=method,
+                        world_source=source, progress=lambda done: bar.update(done - bar.n))
+    publish(out, {"bayes.csv": lambda p: write_csv(p, res.rows, bayes.SUMMARY_COLUMNS),
+                  "bayes.json": lambda p: write_json(p, res.meta)})
+    rows, ns, n_bad, elapsed = res.rows, res.ns, res.n_impossible, res.meta["elapsed_s"]
 
     oracle = next(r for r in rows if r["metric"] == "oracle_accuracy")
     click.echo(repr(world))
@@ -419,8 +435,8 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
 CONVERGE_FILES = ("convergence.csv", "floors.csv", "convergence.json", "convergence.png", "convergence.pdf")
 CONVERGE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts",
                     "n_worlds")                                # = convergence.COLUMNS (not imported: Numba)
-CONVERGE_KERNELS = ("theory", "oracle", "similarity", "frequency")      # = convergence.KERNELS
-CONVERGE_ESTIMATORS = ("averaged", "normalised", "clipped")             # = kernel.ESTIMATORS
+CONVERGE_KERNELS = KERNELS
+CONVERGE_ESTIMATORS = ESTIMATORS
 #: The headline world of converge (no --preset, --world or --set): GINC's construction, small,
 #: with the delimiter restart, where the theory kernel varies within a prompt (docs/theory.md §19).
 CONVERGE_PRESET = "ginc-small"
@@ -700,11 +716,11 @@ def _world_title(world, source, n_worlds: int = 1) -> str:
               help="Kernel(s): theory (Σ of the pretraining inputs), oracle (Σ_θ* of the prompt's own "
                    "concept), similarity (P(o|x)ᵀP(o|x')), frequency (K ≡ 1: the label frequencies, the "
                    "baseline); repeatable or a comma list.  Default: all four.")
-@click.option("--features", type=click.Choice(["belief", "operator"]), default="belief", show_default=True,
+@click.option("--features", type=click.Choice(list(FEATURES)), default="belief", show_default=True,
               help="Feature map ψ(x): belief (label-conditioned beliefs, exactly linear) or operator "
                    "(the rows of the operator T_x from every start state, row-normalised and pushed one step: "
                    "not the paper's unnormalised vec(T_x)).")
-@click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_RIDGE, show_default=True,
               help="Ridge: λ = ridge · trace(Σ) / D is added to Σ before it is inverted.")
 @click.option("--n-samples", type=POSITIVE, default=None,
               help="Monte Carlo inputs for Σ and the limits when the V^(k-1) inputs are too many to "
@@ -730,7 +746,7 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
     floors.csv (per world and concept: the exact floor of every kernel and estimator, η, ε_θ)
     and convergence.json (config, seeds, versions, worlds, fits, spreads, Σ, warnings).
     """
-    from .store import provenance, world_summary, write_csv, write_json
+    from .store import write_csv, write_json
 
     # ---- everything is validated before the long work
     check_results_dir(out)
@@ -757,76 +773,27 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
     from .plots import plot_convergence
 
     kernels, estimators = tuple(kernels), tuple(estimators)
-    t0 = time.perf_counter()
     labels = list(world_seeds) if world_file is None else ["file"]
-    with _bar(len(worlds) * len(seeds), "converge", "seed") as bar:
+    n_w = len(worlds)
+    with _bar(n_w * len(seeds), "converge", "seed") as bar:
         def tick(msg, done):
             bar.set_description(msg[:60])
             bar.update(done - bar.n)
 
         result = convergence.run(worlds, n_demos, example_length, n_prompts, seeds=seeds, kernels=kernels,
                                  estimators=estimators, features=features, concepts=concepts,
-                                 n_samples=n_samples, ridge=ridge, world_labels=labels, progress=tick)
+                                 n_samples=n_samples, ridge=ridge, world_labels=labels, progress=tick,
+                                 world_source=source if n_w == 1 else {**source, "seed": list(world_seeds)})
         bar.update(bar.total - bar.n)
-    rows, fits, info = result.rows, result.fits, result.info
-    # 6 significant digits: far below the CI widths, and the CSV (the figure's only source) stays small
-    rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
-    floors = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("floor_tv", "floor_se", "eta", "eps", "eps_span",
-                                                           "eta2_eps", "eta2_eps_span")}) for r in result.floors]
-    elapsed = time.perf_counter() - t0
-
-    n_w = len(worlds)
-    title = (f"{_world_title(world, source, n_w)}; k={example_length}, {n_prompts} prompts x {len(seeds)} "
-             f"seed{'s' if len(seeds) > 1 else ''}{' per world' if n_w > 1 else ''}, concepts {concepts}, "
-             f"{features} features")
-    config = {"command": "converge", "world": source if n_w == 1 else {**source, "seed": list(world_seeds)},
-              "n_demos": format_n_demos(n_demos), "example_length": example_length, "n_prompts": n_prompts,
-              "seeds": list(seeds), "world_seeds": list(world_seeds) if world_file is None else None,
-              "concepts": concepts, "estimators": list(estimators), "kernels": list(kernels),
-              "features": features, "ridge": ridge, "n_samples": n_samples, "out": str(out)}
-    meta = provenance(config, {"prompt": list(seeds), "world": config["world_seeds"]},
-                      extra_packages=("matplotlib",))
-    meta.update(
-        title=title, world=world_summary(world), n_worlds=n_w,
-        fits=fits,
-        fit_note=("amplitude * n^slope + floor fitted to the mean TV between each estimate and its exact "
-                  "n -> ∞ limit over n_range (the sampling term; the central limit theorem gives slope -1/2 "
-                  "once n is large against the rare inputs that carry the kernel's variance); degenerate: "
-                  "the fit sits on a bound of its search and measures nothing"),
-        spread=info["spread"], warnings=info["warnings"], sigma=info["sigma"],
-        per_world=info["per_world"],
-        per_world_note=("with several worlds: each world's own means of l1, tv, agree and acc (primary "
-                        "estimator; kernel 'bayes': its accuracy) at the n listed under 'n', the spread "
-                        "behind the intervals over worlds"),
-        limits_exact=info["limits_exact"], bias_term=info["bias_term"],
-        impossible_prompts={"per_world_seed": info["impossible_prompts"],
-                            "total": sum(info["impossible_prompts"].values()),
-                            "of": n_prompts * len(seeds) * n_w},
-        elapsed_s=round(elapsed, 3),
-        columns=list(CONVERGE_COLUMNS), floor_columns=list(convergence.FLOOR_COLUMNS),
-        ci=("95%: mean of the world means ± t(0.975, W-1) · sd / √W when n_worlds > 1 (worlds are the "
-            "unit; prompts within a world are pooled over its prompt seeds), else mean ± 1.96 · sd / √n "
-            "over prompts; clipped to the metric's range (>= 0; <= 1 for agree, acc, nonpositive_sum)"),
-        metrics={"l1": "L1 distance over the label set to the exact posterior (= 2 x TV); our reading of "
-                       "the paper's undefined 'distance'",
-                 "tv": "total variation to the exact posterior",
-                 "kl": f"KL(exact || estimate mixed with {1e-6:g} uniform)",
-                 "agree": "argmax == argmax of the exact posterior; a tie among m labels scores 1/m",
-                 "acc": "argmax == y_test; a tie among m labels scores 1/m",
-                 "tv_limit": "total variation between the estimate and its own n -> ∞ limit (the sampling term)",
-                 "nonpositive_sum": "share of prompts with Σ_i K(x_test, x_i) <= 0 (estimator '-'); the "
-                                    "normalised estimate is then the uniform distribution",
-                 "tv_bayes": "n = inf only: total variation between the limit and exact Bayes at the largest n",
-                 "limit_se": "n = inf only: Monte Carlo standard error of the limit (TV scale; 0 when exact)"},
-        limit_rows=("n_demos = inf: the exact n -> ∞ limit of each estimate, scored against the oracle "
-                    "P(y | x_test, true concept) (what exact Bayes tends to once the concept is identified); "
-                    "l1/tv against the oracle is the bias floor"),
-        reference_rows={"bayes": "the exact posterior's own accuracy against y_test (estimator '-'; at inf, "
-                                 "the oracle's)",
-                        "bayes-vs-oracle": "the exact posterior scored against the oracle",
-                        "bayes-vs-known": "restart-free worlds only: the exact posterior against the concept-known "
-                                          "predictive P(y | prompt, true concept), the concept-identification term"},
-    )
+    fits, info, meta = result.fits, result.info, result.meta
+    rows, floors = result.tables()
+    elapsed = meta["elapsed_s"]
+    meta["config"].update(n_demos=format_n_demos(n_demos), out=str(out),
+                          world_seeds=list(world_seeds) if world_file is None else None)
+    meta["title"] = (f"{_world_title(world, source, n_w)}; k={example_length}, {n_prompts} prompts x {len(seeds)} "
+                     f"seed{'s' if len(seeds) > 1 else ''}{' per world' if n_w > 1 else ''}, concepts {concepts}, "
+                     f"{features} features")
+    title = meta["title"]
 
     table = converge_table(rows, fits, n_demos, kernels, estimators, info)
 
@@ -948,49 +915,50 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
                          lr=lr, warmup_steps=warmup, max_steps=max_steps, eval_every=eval_every,
                          target_gap=target_gap, patience=patience, ckpt_every=ckpt_every, seed=seed,
                          device=device, compile=compile_)
-    tr.check_config(cfg)
-    tr.select_device(device)
-    run_dir = runs_dir / cfg.run_id()
-    done = tr.run_status(run_dir)
-    if done is not None:
-        click.echo(f"already trained: {run_dir} (stopped at step {done['step']} by {done['reason']}; "
-                   f"val {done['val_loss']:.4f}, floor {done['floor']:.4f}, gap {done['gap']:.4f} nats/token)")
+    import contextlib
+
+    shown, post = {}, {}          # one bar on screen at a time: sampling, then training
+
+    def show(name, total, unit, n):
+        if shown.get("name") != name:
+            if "stack" in shown:
+                shown["stack"].close()
+            stack = contextlib.ExitStack()
+            shown.update(name=name, stack=stack, bar=stack.enter_context(_bar(total, name, unit)))
+        shown["bar"].update(n - shown["bar"].n)
+
+    def progress(step, info):
+        post["loss"] = f"{info['loss']:.3f}"
+        if "gap" in info:
+            post["gap"] = f"{info['gap']:.3f}"
+        show("training", max_steps, "step", step)
+        shown["bar"].set_postfix(post, refresh=False)
+
+    try:
+        res = tr.run(cfg, runs_dir, corpus_dir=corpus_dir, world=world, resume=resume, progress=progress,
+                     sample_progress=lambda n: show("sampling", n_docs, "doc", n))
+    except tr.CheckpointExists as e:
+        raise ValueError(f"run {str(e.run_dir)!r} has a checkpoint{f' at step {e.step}' if e.step is not None else ''} "
+                         f"from an interrupted run; rerun with --resume to continue it, or remove the folder "
+                         f"to start again") from None
+    except tr.NoCheckpoint as e:
+        raise ValueError(f"--resume: run {str(e.run_dir)!r} has no checkpoint to continue") from None
+    except tr.Interrupted as e:
+        if e.rank != 0:       # under torchrun rank 0 speaks for the run
+            return 130
+        next_step = (f"and {e.checkpoint_text}; rerun the same command with --resume to continue" if e.has_checkpoint
+                     else "but no checkpoint yet; rerun the same command to start over")
+        return _fail(f"interrupted at step {e.step}: {str(e.run_dir)!r} holds {e.contents} {next_step}", 130)
+    finally:
+        if "stack" in shown:
+            shown["stack"].close()
+    if res.rank != 0:
         return 0
-    has_ckpt = (run_dir / tr.CHECKPOINT).is_dir()
-    if has_ckpt and not resume:
-        raise ValueError(f"run {str(run_dir)!r} has a checkpoint from an interrupted run; pass --resume to "
-                         f"continue it, or remove the folder to start again")
-    if resume and not has_ckpt:
-        raise ValueError(f"--resume: run {str(run_dir)!r} has no checkpoint to continue")
-    if corpus_dir is None:
-        corpus_dir = run_dir / "corpus"
-    record = {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus_dir)}
-    rank, _ = tr.init_distributed(tr.select_device(device))      # under torchrun: rank 0 writes
-    if rank == 0:
-        run_dir = tr.prepare_run_dir(runs_dir, cfg, record)
-        if source is not None and not (corpus_dir / "meta.json").is_file():
-            from .store import write_corpus
-            with _bar(n_docs, "sampling", "doc") as bar:
-                write_corpus(world, corpus_dir, n_docs, doc_length, corpus_seed, overwrite=True,
-                             config={"command": "train", "world": source["world"]},
-                             progress=lambda d: bar.update(d - bar.n))
-    tr.barrier()
-    t0 = time.perf_counter()
-    with _bar(max_steps, "training", "step") as bar:
-        if resume:
-            bar.update(0)
-        post = {}
-
-        def progress(step, info):
-            post["loss"] = f"{info['loss']:.3f}"
-            if "gap" in info:
-                post["gap"] = f"{info['gap']:.3f}"
-            bar.set_postfix(post, refresh=False)
-            bar.update(step - bar.n)
-
-        res = tr.train(cfg, corpus_dir, run_dir, resume=resume, progress=progress if rank == 0 else None)
-    if rank == 0:
-        click.echo(f"{run_dir}: stopped at step {res.step} by {res.reason} ({time.perf_counter() - t0:.1f} s); "
+    if res.status == "already trained":
+        click.echo(f"already trained: {res.run_dir} (stopped at step {res.step} by {res.reason}; val "
+                   f"{res.val_loss:.4f}, floor {res.floor:.4f}, gap {res.gap:.4f} nats/token)")
+    else:
+        click.echo(f"{res.run_dir}: stopped at step {res.step} by {res.reason} ({res.elapsed_s:.1f} s); "
                    f"val {res.val_loss:.4f}, Bayes floor {res.floor:.4f}, gap {res.gap:.4f} nats/token")
     return 0
 
@@ -1029,10 +997,8 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
     suffixes _averaged, _clipped), tv_frequency, agree_frequency, acc_frequency,
     tv_frequency_bayes.  Writes icl_vs_bayes.csv (tidy), .json (provenance) and .png (one row
     of panels per concept group: in- and out-of-distribution)."""
-    import json
-
     from .icl_eval import run_paths
-    from .store import provenance, world_summary, write_csv, write_json
+    from .store import write_csv, write_json
 
     run_paths(run_dir)                           # one-line errors before torch is imported
     out = run_dir if out is None else out
@@ -1041,49 +1007,13 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
         check_results_dir(Path("figures"))
     from . import icl_eval
     from .plots import plot_icl_vs_bayes
-    from .train import select_device
 
-    dev = select_device(device)
-    model, world, model_dir, world_file = icl_eval.load_run(run_dir, device=dev)
-    groups = list(concepts) or icl_eval.default_concepts(world)
-    for g in groups:
-        if not isinstance(g, str):
-            _check_concept(g, world)
-    t0 = time.perf_counter()
-    rows, info = icl_eval.evaluate(model, world, n_demos, example_length, n_prompts, seed=seed,
-                                   concepts=groups, device=dev)
-    rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
-    elapsed = time.perf_counter() - t0
-    title = (f"model {run_dir.name} ({model.config.n_layer} layers, d {model.config.n_embd}) vs exact Bayes "
-             f"and the theory kernel; k={example_length}, {n_prompts} prompts per group, seed {seed}")
-    config = {"command": "icl-eval", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
-              "n_demos": ",".join(map(str, n_demos)), "example_length": example_length, "n_prompts": n_prompts,
-              "concepts": [str(g) for g in groups], "device": str(dev), "out": str(out)}
-    meta = provenance(config, seed, extra_packages=("matplotlib", "torch"))
-    try:
-        meta["train_config"] = json.loads((run_dir / "config.json").read_text())
-        meta["train_done"] = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").is_file() else None
-    except (OSError, ValueError):
-        pass
-    meta.update(title=title, world=world_summary(world), context=info["context"], skipped_n=info["skipped_n"],
-                impossible_prompts=info["impossible_prompts"], elapsed_s=round(elapsed, 3), columns=list(ICL_COLUMNS),
-                metrics={"tv_bayes": "total variation (labels) between the model and the exact posterior predictive",
-                         "agree_bayes": "argmax of the model == argmax of exact Bayes",
-                         "acc_model": "argmax of the model == y_test", "acc_bayes": "argmax of exact Bayes == y_test",
-                         "acc_oracle": "argmax of P(y | x_test, true concept) == y_test",
-                         "tv_oracle": "total variation between the model and the oracle",
-                         "tv_kernel": "total variation between the model and the theory kernel estimate "
-                                      "(normalised estimator; n >= 1)",
-                         "agree_kernel": "argmax of the model == argmax of the kernel estimate",
-                         "acc_kernel": "argmax of the kernel estimate == y_test",
-                         "tv_kernel_bayes": "total variation between the kernel estimate and exact Bayes "
-                                            "(as `simkernel converge` reports it)",
-                         "*_averaged, *_clipped": "the same with the averaged (unnormalised) and the clipped "
-                                                  "(max(K, 0)) estimators",
-                         "tv_frequency, agree_frequency, acc_frequency, tv_frequency_bayes": "the same for the "
-                             "label frequencies of the demonstrations (K ≡ 1), the baseline of every kernel",
-                         "ties": "every agree_* and acc_* scores an argmax tie among m labels 1/m"},
-                kernel=info["kernel"])
+    res = icl_eval.run(run_dir, n_demos, example_length, n_prompts, seed=seed, concepts=list(concepts),
+                       device=device)
+    rows, info, meta, title = res.rows, res.info, res.meta, res.title
+    meta["config"]["out"] = str(out)
+    elapsed = meta["elapsed_s"]
+    groups = meta["config"]["concepts"]
     publish(out, {ICL_FILES[0]: lambda p: write_csv(p, rows, ICL_COLUMNS),
                   ICL_FILES[1]: lambda p: write_json(p, meta),
                   ICL_FILES[2]: lambda p: plot_icl_vs_bayes(rows, p, title=title)},
@@ -1115,13 +1045,6 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
 
 # ---------------------------------------------------------------------- measure
 MEASURE_JSON = "measure.json"
-
-
-def _run_of_checkpoint(path: Path) -> Path:
-    """A run folder from either the run folder or its checkpoint/model folder."""
-    if (path / "config.json").is_file() and path.name == "model" and path.parent.name == "checkpoint":
-        return path.parent.parent
-    return path
 
 
 def best_heads_table(best) -> list[str]:
@@ -1187,32 +1110,20 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
     kernel K(x_test, x_i) and the prediction similarity; ridge probes (λ = 0.01) from keys to
     the model's standalone prediction and from values to y_i at offsets -1..+3.  Writes
     heads.csv, best.csv, profile.csv, probes.csv, measure.json and three figures."""
+    from .alignment import run_folder
     from .icl_eval import run_paths
-    from .store import provenance, world_summary, write_csv, write_json
+    from .store import write_csv, write_json
 
-    run_dir = _run_of_checkpoint(checkpoint)
+    run_dir = run_folder(checkpoint)
     run_paths(run_dir)                           # one-line errors before torch is imported
     out = run_dir / "measure" if out is None else out
     check_results_dir(out)
     figures_dir = Path("figures") / "measure"
     if to_figures:
         check_results_dir(figures_dir)
-    from . import alignment, analysis, icl_eval
+    from . import alignment, analysis
     from .plots import MEASURE_FIGURES, plot_attention_profile, plot_head_scores, plot_probes
-    from .train import select_device
 
-    dev = select_device(device)
-    model, world, model_dir, world_file = icl_eval.load_run(run_dir, device=dev)
-    if not isinstance(concepts, str):
-        _check_concept(concepts, world)
-    length = n_demos * (example_length + 1) + example_length - 1
-    ctx = icl_eval.context_of(model)
-    if ctx is not None and length > ctx:
-        raise click.BadParameter(f"{n_demos} demonstrations of length {example_length} make {length}-symbol "
-                                 f"prompts, longer than the model's context ({ctx}); allowed: "
-                                 f"--n-demos <= {(ctx - example_length + 1) // (example_length + 1)}",
-                                 param_hint="--n-demos")
-    t0 = time.perf_counter()
     with _bar(4, "measure", "stage") as bar:
         started = []
 
@@ -1221,22 +1132,17 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
             bar.update(1 if started else 0)
             started.append(stage)
             bar.set_postfix_str(stage)
-        result, info = alignment.measure_model(model, world, n_prompts, n_demos, example_length, seed=seed,
-                                               concepts=concepts, how=weight, n_select=n_select,
-                                               n_report=n_report, progress=tick)
-    elapsed = time.perf_counter() - t0
-    config = {"command": "measure", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
-              "n_prompts": n_prompts, "n_demos": n_demos, "example_length": example_length,
-              "concepts": str(concepts), "weight": weight, "n_select": n_select, "n_report": n_report,
-              "probe_offsets": list(analysis.PROBE_OFFSETS), "probe_lambda": 0.01, "device": str(dev),
-              "out": str(out)}
-    meta = provenance(config, seed, extra_packages=("torch", "matplotlib"))
-    title = (f"run {run_dir.name} ({model.config.n_layer} layers x {model.config.n_head} heads), "
-             f"{n_prompts} prompts x {n_demos} demos, k={example_length}, weight {weight}")
-    meta.update(title=title, world=world_summary(world), summary=result.summary, info=info, best=result.best,
-                elapsed_s=round(elapsed, 3),
-                tables={"heads.csv": list(analysis.HEAD_COLUMNS), "best.csv": list(analysis.BEST_COLUMNS),
-                        "profile.csv": list(analysis.PROFILE_COLUMNS), "probes.csv": list(analysis.PROBE_COLUMNS)})
+        try:
+            res = alignment.run(checkpoint, n_prompts, n_demos, example_length, concepts=concepts, weight=weight,
+                                n_select=n_select, n_report=n_report, seed=seed, device=device, progress=tick)
+        except ValueError as e:
+            if "n_demos=" in str(e):         # the library names its argument, the user typed a flag
+                raise click.BadParameter(str(e).replace("n_demos=", "").replace("n_demos", "--n-demos"),
+                                         param_hint="--n-demos") from None
+            raise
+    result, meta, title = res.result, res.meta, res.title
+    meta["config"]["out"] = str(out)
+    elapsed = meta["elapsed_s"]
     writers = {"heads.csv": lambda p: write_csv(p, result.heads, analysis.HEAD_COLUMNS),
                "best.csv": lambda p: write_csv(p, result.best, analysis.BEST_COLUMNS),
                "profile.csv": lambda p: write_csv(p, result.profile, analysis.PROFILE_COLUMNS),

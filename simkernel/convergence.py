@@ -14,6 +14,7 @@ Nothing here prints or writes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +22,10 @@ import numpy as np
 from . import bayes, kernel
 from .metrics import compare, fit_power_law, restrict, tie_agreement, world_ci  # noqa: F401 (restrict: re-exported)
 from .sampling import sample_prompt_set
+from .store import provenance, world_summary
 from .world import World
 
-#: theory: Σ of the pretraining inputs; oracle: Σ_θ* of the prompt's concept; similarity: the
-#: paper's P(o|x)ᵀP(o|x'); frequency: K ≡ 1, the demonstrations' label frequencies (the null model).
-KERNELS = ("theory", "oracle", "similarity", "frequency")
+from .constants import DEFAULT_RIDGE, KERNELS  # noqa: E402  (KERNELS re-exported)
 #: Per n and (kernel, estimator), against exact Bayes (tv_limit: against the estimate's own n -> ∞ limit).
 METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_limit")
 #: At n = inf: the limit against the oracle (l1 .. acc), against exact Bayes at the largest n
@@ -83,17 +83,65 @@ class SeedResult:
     info: dict = field(default_factory=dict)
 
 
+METRIC_DESCRIPTIONS = {
+    "l1": "L1 distance over the label set to the exact posterior (= 2 x TV); our reading of the paper's "
+          "undefined 'distance'",
+    "tv": "total variation to the exact posterior",
+    "kl": "KL(exact || estimate mixed with 1e-6 uniform)",
+    "agree": "argmax == argmax of the exact posterior; a tie among m labels scores 1/m",
+    "acc": "argmax == y_test; a tie among m labels scores 1/m",
+    "tv_limit": "total variation between the estimate and its own n -> ∞ limit (the sampling term)",
+    "nonpositive_sum": "share of prompts with Σ_i K(x_test, x_i) <= 0 (estimator '-'); the normalised "
+                       "estimate is then the uniform distribution",
+    "tv_bayes": "n = inf only: total variation between the limit and exact Bayes at the largest n",
+    "limit_se": "n = inf only: Monte Carlo standard error of the limit (TV scale; 0 when exact)"}
+NOTES = {
+    "fit_note": "amplitude * n^slope + floor fitted to the mean TV between each estimate and its exact n -> ∞ "
+                "limit over n_range (the sampling term; the central limit theorem gives slope -1/2 once n is "
+                "large against the rare inputs that carry the kernel's variance); degenerate: the fit sits on "
+                "a bound of its search and measures nothing",
+    "per_world_note": "with several worlds: each world's own means of l1, tv, agree and acc (primary estimator; "
+                      "kernel 'bayes': its accuracy) at the n listed under 'n', the spread behind the intervals "
+                      "over worlds",
+    "ci": "95%: mean of the world means ± t(0.975, W-1) · sd / √W when n_worlds > 1 (worlds are the unit; "
+          "prompts within a world are pooled over its prompt seeds), else mean ± 1.96 · sd / √n over prompts; "
+          "clipped to the metric's range (>= 0; <= 1 for agree, acc, nonpositive_sum)",
+    "limit_rows": "n_demos = inf: the exact n -> ∞ limit of each estimate, scored against the oracle "
+                  "P(y | x_test, true concept) (what exact Bayes tends to once the concept is identified); "
+                  "l1/tv against the oracle is the bias floor",
+    "reference_rows": {"bayes": "the exact posterior's own accuracy against y_test (estimator '-'; at inf, the "
+                                "oracle's)",
+                       "bayes-vs-oracle": "the exact posterior scored against the oracle",
+                       "bayes-vs-known": "restart-free worlds only: the exact posterior against the concept-known "
+                                         "predictive P(y | prompt, true concept), the concept-identification term"}}
+#: CSV values keep this many significant digits: far below the CI widths, and the tables (the
+#: figure's only source) stay small.
+DIGITS = 6
+
+
+def _rounded(rows, columns):
+    return [dict(r, **{c: float(f"{r[c]:.{DIGITS}g}") for c in columns}) for r in rows]
+
+
 @dataclass
 class Convergence:
     """What :func:`run` returns.  rows: tidy dicts with ``COLUMNS``; fits: 'kernel/estimator' ->
     the power-law fit of the mean TV between the estimate and its limit; floors: per world and
-    concept rows with ``FLOOR_COLUMNS``; info: spreads, warnings, Σ, ε_θ rank correlations, ..."""
+    concept rows with ``FLOOR_COLUMNS``; info: spreads, warnings, Σ, ε_θ rank correlations, ...;
+    meta: the config, seeds, versions and everything else of ``convergence.json``."""
 
     rows: list
     fits: dict
     floors: list
     info: dict
     results: list = field(default_factory=list, repr=False)
+    meta: dict = field(default_factory=dict)
+
+    def tables(self) -> tuple[list, list]:
+        """(rows, floors) with their floats at ``DIGITS`` significant digits, as written."""
+        return (_rounded(self.rows, ("mean", "ci_low", "ci_high")),
+                _rounded(self.floors, ("floor_tv", "floor_se", "eta", "eps", "eps_span", "eta2_eps",
+                                       "eta2_eps_span")))
 
 
 def _check_names(kernels, estimators) -> None:
@@ -121,7 +169,7 @@ class KernelSet:
     Monte Carlo inputs (when V^(k-1) is too large to enumerate) are drawn with ``seed``."""
 
     def __init__(self, world: World, example_length: int, features: str = "belief",
-                 n_samples: int = 20_000, ridge: float = 0.01, seed: int = 0):
+                 n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, seed: int = 0):
         self.world = world
         self.k = int(example_length)
         self.ew = kernel.example_world(world, self.k)
@@ -209,7 +257,7 @@ def _pairs(G_or_fn, inv, chunk: int = 64) -> np.ndarray:
 
 
 def kernel_values(world: World, prompts, kernels=KERNELS, features: str = "belief", n_samples: int = 20_000,
-                  ridge: float = 0.01, seed: int = 0, progress=None, kernel_set: KernelSet | None = None,
+                  ridge: float = DEFAULT_RIDGE, seed: int = 0, progress=None, kernel_set: KernelSet | None = None,
                   limits_for=None) -> tuple[dict, dict]:
     """K(x_test, x_i) for every prompt and demonstration: ({kernel: (B, N)}, info).
 
@@ -306,7 +354,7 @@ def _prompt_limits(ks: KernelSet, kernels, estimators, prompts, inputs, rows, in
 
 
 def kernel_estimates(world: World, prompts, kernels=KERNELS, estimators=kernel.ESTIMATORS,
-                     features: str = "belief", n_samples: int = 20_000, ridge: float = 0.01, seed: int = 0,
+                     features: str = "belief", n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, seed: int = 0,
                      progress=None, kernel_set: KernelSet | None = None) -> tuple[dict, dict]:
     """Every requested kernel estimate of the next label of ``prompts`` (B prompts of N >= 1
     demonstrations, example length k) after n = 1..N demonstrations, in one cumulative pass
@@ -347,7 +395,7 @@ def kernel_spread(kvals: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- one (world, seed)
 def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed: int = 0,
              kernels=KERNELS, estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior",
-             n_samples: int = 20_000, ridge: float = 0.01, progress=None, kernel_set: KernelSet | None = None,
+             n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, progress=None, kernel_set: KernelSet | None = None,
              world_id: int = 0) -> SeedResult:
     """Sample prompts (``concepts``: 'prior', 'id', 'ood' or a concept index; see
     sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max, every requested
@@ -566,7 +614,8 @@ def spread_warnings(spread: dict) -> list[str]:
 # ---------------------------------------------------------------------- the whole experiment
 def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0,), kernels=KERNELS,
         estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior", n_samples: int = 20_000,
-        ridge: float = 0.01, world_labels=None, floors: bool = True, progress=None) -> Convergence:
+        ridge: float = DEFAULT_RIDGE, world_labels=None, floors: bool = True, world_source=None,
+        progress=None) -> Convergence:
     """``simkernel converge`` as a library call.
 
     worlds: a World or a list of Worlds (e.g. one preset at several world seeds); n_demos: the n
@@ -574,7 +623,9 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
     (the first also draws the Monte Carlo inputs of Σ where those are sampled); world_labels: a
     name per world for the floors table (default: its meta seed, else its index).
     ``progress(message, done)`` is called before each stage, ``done`` the number of finished
-    (world, seed) runs.  Returns a :class:`Convergence`."""
+    (world, seed) runs; ``world_source`` is recorded as the config's world (how the worlds were
+    made; default their meta).  Returns a :class:`Convergence` (``meta`` is the JSON)."""
+    t0 = time.perf_counter()
     if isinstance(worlds, World):
         worlds = [worlds]
     worlds = list(worlds)
@@ -635,49 +686,21 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
         info["warnings"].append("a restart-free world breaks the theory's Assumption 1 (the hidden state runs on "
                                 "through the delimiter): kernels and limits use the inputs as they occur after a "
                                 "delimiter, and 'bayes-vs-known' is the concept-identification term")
-    return Convergence(rows, fits, floor_rows, info, results)
+    config = {"command": "converge", "world": world_source if world_source is not None else
+              [w.meta for w in worlds], "n_demos": ns, "example_length": example_length, "n_prompts": n_prompts,
+              "seeds": seeds, "world_labels": labels, "concepts": concepts, "estimators": list(estimators),
+              "kernels": list(kernels), "features": features, "ridge": ridge, "n_samples": n_samples}
+    meta = provenance(config, {"prompt": seeds, "world": labels}, extra_packages=("matplotlib",))
+    meta.update(world=world_summary(worlds[0]), n_worlds=len(worlds), fits=fits, spread=spread,
+                warnings=info["warnings"], sigma=sigma, per_world=per_world, limits_exact=info["limits_exact"],
+                bias_term=info["bias_term"],
+                impossible_prompts={"per_world_seed": impossible, "total": sum(impossible.values()),
+                                    "of": n_prompts * len(seeds) * len(worlds)},
+                elapsed_s=round(time.perf_counter() - t0, 3), columns=list(COLUMNS),
+                floor_columns=list(FLOOR_COLUMNS), metrics=METRIC_DESCRIPTIONS, **NOTES)
+    return Convergence(rows, fits, floor_rows, info, results, meta)
 
 
 def world_inputs_enumerable(world: World, example_length: int) -> bool:
     """True when the V^(k-1) inputs are enumerated (Σ and the limits exact), else Monte Carlo."""
     return world.n_symbols ** (example_length - 1) <= kernel.EXACT_LIMIT
-
-
-# ---------------------------------------------------------------------- exact Bayes alone
-BAYES_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
-
-
-def bayes_summary(world: World, prompts, curve, ns) -> tuple[list[dict], int]:
-    """Per-n summary of exact Bayes on ``prompts`` (tidy rows: n_demos, metric, mean, ci_low,
-    ci_high, n_prompts) and the number of prompts whose posterior is undefined (probability 0
-    under the pretraining mixture) at some n.  Over the labels, renormalised:
-      posterior_true    P(true concept | n demonstrations, x_test)
-      bayes_accuracy    argmax of the Bayes predictive == y_test (a tie among m labels: 1/m)
-      oracle_agreement  that argmax == the oracle's argmax (true concept known; tie-fair)
-      tv_oracle         total variation between Bayes and oracle
-      oracle_accuracy   the oracle's argmax == y_test (a ceiling, the same for every n)
-    A prompt is left out at the n where it is impossible."""
-    from .metrics import mean_ci, tie_accuracy
-
-    labels = world.labels
-    idx = np.full(world.n_symbols, -1)
-    idx[labels] = np.arange(len(labels))
-    y = idx[prompts.y_test]
-    oracle = restrict(curve.oracle, labels)                                     # (B, L)
-    pred = restrict(curve.predictive[:, list(ns)], labels)                      # (B, n, L)
-    post_true = curve.posterior[np.arange(len(y)), :, prompts.concepts][:, list(ns)]
-    bad = ~np.isfinite(pred).all(axis=-1) | ~np.isfinite(curve.posterior[:, list(ns)]).all(axis=-1)
-    both = ~bad & np.isfinite(oracle).all(axis=-1)[:, None]
-    m = compare(oracle[:, None], np.where(bad[..., None], 0.0, pred), y)
-    per = {"posterior_true": np.where(bad, np.nan, post_true),
-           "bayes_accuracy": np.where(bad, np.nan, tie_accuracy(np.where(bad[..., None], 0.0, pred), y)),
-           "oracle_agreement": np.where(both, m["agree"], np.nan),
-           "tv_oracle": np.where(both, m["tv"], np.nan),
-           "oracle_accuracy": np.broadcast_to(tie_accuracy(oracle, y)[:, None], bad.shape)}
-    rows = []
-    for j, n in enumerate(ns):
-        for metric in BAYES_METRICS:
-            mean, lo, hi, cnt = mean_ci(per[metric][:, j])
-            rows.append({"n_demos": int(n), "metric": metric, "mean": float(mean), "ci_low": float(lo),
-                         "ci_high": float(hi), "n_prompts": int(cnt)})
-    return rows, int(bad.any(axis=1).sum())

@@ -46,11 +46,13 @@ torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import bayes, kernel
+from .constants import DEFAULT_RIDGE
 from .convergence import kernel_estimates
 from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement
 from .sampling import sample_prompt_set
@@ -61,7 +63,7 @@ BASE_METRICS = ("tv_bayes", "agree_bayes", "acc_model", "acc_bayes", "acc_oracle
 #: here is the tv that converge reports for the same world, prompts and seed.  ``baseline``:
 #: the kernel computed beside it in the same call (K ≡ 1, the label frequencies).
 KERNEL_OPTIONS = {"kernel": "theory", "baseline": "frequency", "estimators": kernel.ESTIMATORS,
-                  "features": "belief", "ridge": 0.01, "n_samples": 20_000}
+                  "features": "belief", "ridge": DEFAULT_RIDGE, "n_samples": 20_000}
 #: metric name -> the per-prompt score of :func:`_estimate_metrics` it holds
 _KERNEL_BASE = {"tv_kernel": "tv", "agree_kernel": "agree", "acc_kernel": "acc", "tv_kernel_bayes": "tv_bayes"}
 
@@ -250,3 +252,76 @@ def load_run(run_dir, device="cpu"):
         raise ValueError(f"cannot load the model in {str(model_dir)!r} ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:120]})") from None
     return model, World.load(world_file), model_dir, world_file
+
+
+# ---------------------------------------------------------------------- simkernel icl-eval as a call
+METRIC_DESCRIPTIONS = {
+    "tv_bayes": "total variation (labels) between the model and the exact posterior predictive",
+    "agree_bayes": "argmax of the model == argmax of exact Bayes",
+    "acc_model": "argmax of the model == y_test", "acc_bayes": "argmax of exact Bayes == y_test",
+    "acc_oracle": "argmax of P(y | x_test, true concept) == y_test",
+    "tv_oracle": "total variation between the model and the oracle",
+    "tv_kernel": "total variation between the model and the theory kernel estimate (normalised estimator; n >= 1)",
+    "agree_kernel": "argmax of the model == argmax of the kernel estimate",
+    "acc_kernel": "argmax of the kernel estimate == y_test",
+    "tv_kernel_bayes": "total variation between the kernel estimate and exact Bayes (as `simkernel converge` "
+                       "reports it)",
+    "*_averaged, *_clipped": "the same with the averaged (unnormalised) and the clipped (max(K, 0)) estimators",
+    "tv_frequency, agree_frequency, acc_frequency, tv_frequency_bayes": "the same for the label frequencies of "
+                                                                        "the demonstrations (K ≡ 1), the baseline "
+                                                                        "of every kernel",
+    "ties": "every agree_* and acc_* scores an argmax tie among m labels 1/m"}
+
+
+@dataclass
+class IclEvalRun:
+    """What :func:`run` returns: ``rows`` (``COLUMNS``; floats at 6 significant digits), ``info``
+    (skipped n, impossible prompts, the kernel's options), ``meta`` (the JSON: config, seed,
+    versions, the run's training config, metric definitions) and the figure's ``title``."""
+
+    rows: list
+    info: dict
+    meta: dict
+    title: str
+
+
+def run(run_dir, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts: int = 200, seed: int = 0,
+        concepts=None, device="auto", progress=None) -> IclEvalRun:
+    """``simkernel icl-eval`` as a library call: load the run folder's model and world, and
+    :func:`evaluate` it.  ``concepts``: a list of 'prior' / 'id' / 'ood' / concept indices
+    (default :func:`default_concepts`); ``device``: 'auto', 'cpu', 'cuda', 'cuda:N'.  Writes
+    nothing."""
+    import time
+
+    from .store import provenance, world_summary
+    from .capture import resolve_device
+
+    run_dir = Path(run_dir)
+    run_paths(run_dir)
+    dev = resolve_device(device)
+    model, world, model_dir, world_file = load_run(run_dir, device=dev)
+    groups = list(concepts or ()) or default_concepts(world)
+    for g in groups:
+        if not isinstance(g, str) and not 0 <= int(g) < world.n_concepts:
+            raise ValueError(f"{g} is not a concept of this world; allowed: prior, id, ood or "
+                             f"0..{world.n_concepts - 1}")
+    t0 = time.perf_counter()
+    rows, info = evaluate(model, world, n_demos, example_length, n_prompts, seed=seed, concepts=groups,
+                          device=dev, progress=progress)
+    rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
+    title = (f"model {run_dir.name} ({model.config.n_layer} layers, d {model.config.n_embd}) vs exact Bayes "
+             f"and the theory kernel; k={example_length}, {n_prompts} prompts per group, seed {seed}")
+    config = {"command": "icl-eval", "run": str(run_dir), "model_dir": str(model_dir), "world_file": str(world_file),
+              "n_demos": ",".join(map(str, n_demos)), "example_length": example_length, "n_prompts": n_prompts,
+              "concepts": [str(g) for g in groups], "device": str(dev)}
+    meta = provenance(config, seed, extra_packages=("matplotlib", "torch"))
+    try:
+        meta["train_config"] = json.loads((run_dir / "config.json").read_text())
+        done = run_dir / "done.json"
+        meta["train_done"] = json.loads(done.read_text()) if done.is_file() else None
+    except (OSError, ValueError):
+        pass
+    meta.update(title=title, world=world_summary(world), context=info["context"], skipped_n=info["skipped_n"],
+                impossible_prompts=info["impossible_prompts"], elapsed_s=round(time.perf_counter() - t0, 3),
+                columns=list(COLUMNS), metrics=METRIC_DESCRIPTIONS, kernel=info["kernel"])
+    return IclEvalRun(rows, info, meta, title)

@@ -41,8 +41,7 @@ from . import bayes
 from .sampling import sample_prompts
 from .world import World
 
-FEATURES = ("belief", "operator")
-ESTIMATORS = ("averaged", "normalised", "clipped")
+from .constants import DEFAULT_RIDGE, ESTIMATORS, FEATURES  # noqa: E402,F401  (re-exported)
 
 #: Inputs are enumerated exactly (instead of Monte Carlo) up to this many sequences.
 EXACT_LIMIT = 20_000
@@ -300,7 +299,7 @@ def second_moment(psi: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (psi * weights[:, None]).T @ psi
 
 
-def fit_kernel(psi: np.ndarray, weights: np.ndarray, ridge: float = 0.01, exact: bool = False,
+def fit_kernel(psi: np.ndarray, weights: np.ndarray, ridge: float = DEFAULT_RIDGE, exact: bool = False,
                form: str = "auto") -> KernelModel:
     """The kernel of features psi (M, D) with input weights (M,) summing to 1.
     λ = ridge · trace(Σ) / D; form 'dense' (D <= DENSE_LIMIT under auto) or 'sample'."""

@@ -119,13 +119,22 @@ def resolve_model(name: str) -> dict:
     return {"name": name, "id": name, "local": False}
 
 
+#: Hub repositories whose default branch is not the one to download: GPT-J-6B's main holds float32
+#: weights (24 GiB); its float16 branch (12 GiB) is what the README runs.
+RECOMMENDED_REVISIONS = {"EleutherAI/gpt-j-6b": "float16"}
+
+
 def _download_hint(repo: str, revision: str | None) -> str:
+    advice = ""
+    if revision is None and repo in RECOMMENDED_REVISIONS:
+        revision = RECOMMENDED_REVISIONS[repo]
+        advice = f" and run with --revision {revision}"
     rev = f" --revision {revision}" if revision else ""
     rev_py = f", revision={revision!r}" if revision else ""
     return (f"download it on a machine with network (`hf download {repo}{rev}`, or `python -c \"from transformers "
             f"import AutoModelForCausalLM, AutoTokenizer; AutoTokenizer.from_pretrained({repo!r}{rev_py}); "
-            f"AutoModelForCausalLM.from_pretrained({repo!r}{rev_py})\"`), then set HF_HOME to that cache or "
-            f"pass --model the folder from `hf download {repo}{rev} --local-dir DIR`")
+            f"AutoModelForCausalLM.from_pretrained({repo!r}{rev_py})\"`), then set HF_HOME to that cache{advice} "
+            f"or pass --model the folder from `hf download {repo}{rev} --local-dir DIR`")
 
 
 #: huggingface_hub errors that mean "not downloaded / not reachable / no such repo or file"
@@ -200,26 +209,6 @@ def model_identity(where: dict, revision: str | None = None) -> dict:
     return {"hub_id": where["id"], "revision": revision, "commit": hub_commit(where["id"], revision)}
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; others are checked."""
-    import torch
-
-    device = str(device).strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} does not exist; {torch.cuda.device_count()} GPU(s) visible")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}; allowed: auto, cpu, cuda, cuda:N")
-    return str(dev)
-
-
 def planned_dtype(dtype: str = "auto", device: str = "auto", device_map: str | None = None) -> str:
     """The dtype the weights will be loaded in, without checking that the device exists (a
     cache hit needs no device): ``auto`` is bfloat16 when ``device_map`` is given, when
@@ -253,6 +242,12 @@ def load_tokenizer(name: str, revision: str | None = None):
         tok = AutoTokenizer.from_pretrained(where["id"], revision=revision)
     except (OSError, ValueError) as e:
         raise _unavailable(where, revision, e) from None
+    # transformers builds an empty tokenizer (only its special tokens) for a folder without
+    # tokenizer files, and every label word would then "tokenize to nothing"
+    if len(tok) <= len(set(tok.all_special_tokens)):
+        where_ = f"folder {where['id']!r}" if where["local"] else f"model {where['id']!r}"
+        raise ValueError(f"{where_} has no tokenizer (no tokenizer.json or vocabulary files); save one beside "
+                         f"the model with tokenizer.save_pretrained(folder)")
     tok.padding_side = "left"
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
@@ -287,7 +282,7 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     if config is None:
         config = load_config(name, revision)                  # fails fast, before the weights
     tok = tokenizer if tokenizer is not None else load_tokenizer(name, revision)
-    dev = resolve_device("cuda" if device_map is not None and device == "auto" else device)
+    dev = capture.resolve_device("cuda" if device_map is not None and device == "auto" else device)
     dt = resolve_dtype(dtype, dev)
     kw = {"revision": revision, "dtype": getattr(torch, dt), "config": config}
     if device_map is not None:
@@ -705,7 +700,7 @@ def load_outputs(path) -> Outputs:
 
 # ---------------------------------------------------------------------- analysis
 def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: int = 300,
-            split_seed: int = 0, probe_lambda: float = 0.01) -> analysis.Analysis:
+            split_seed: int = 0, probe_lambda: float = analysis.PROBE_LAMBDA) -> analysis.Analysis:
     """``analysis.analyse`` of the cached outputs with the prediction-similarity kernel and
     ridge probes on the probed layers: keys -> the demonstration's standalone prediction
     argmax P(o | x_i), values -> y_i; trained on the selection split, scored on the report

@@ -274,6 +274,12 @@ class Prompts:
         a, b = self.test_span
         return self.tokens[:, a:b]
 
+    def subset(self, a: int, b: int) -> "Prompts":
+        """Prompts a..b-1 of the batch (every array cut along the prompt axis)."""
+        from dataclasses import replace as _replace
+        return _replace(self, tokens=self.tokens[a:b], labels=self.labels[a:b], y_test=self.y_test[a:b],
+                        concepts=self.concepts[a:b])
+
     def truncated(self, n: int) -> "Prompts":
         """The same prompts with only the first ``n`` demonstrations before x_test."""
         if not 0 <= n <= self.n_demos:

@@ -25,6 +25,7 @@ Prompt file (``write_prompts`` / ``read_prompts``): one ``.npz`` holding every f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -177,6 +178,50 @@ def publish_folder(target, build) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+class FolderBusy(ValueError):
+    """Another process holds the folder's lock (a ValueError: one line for callers to show)."""
+
+    def __init__(self, folder: Path, pid: int | None, what: str = "run"):
+        self.folder, self.pid = Path(folder), pid
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(f"{what} folder {str(folder)!r} is in use by another process ({who}); wait for it "
+                         f"to finish or stop that process (its lock goes when it exits)")
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder, what: str = "run"):
+    """Hold an exclusive, non-blocking lock on ``folder`` (``flock`` on ``folder/.lock``, which
+    holds the holder's PID) for the ``with`` block; :class:`FolderBusy` names the PID of the
+    process that holds it.  Yields the lock file's path.
+
+    flock belongs to the open file, so the OS drops it when the holder exits in any way
+    (Ctrl-C, crash, kill -9): a lock never outlives its process, and the file never needs
+    removing (removing it while held would let a second process in).  Any two opens conflict,
+    even within one process.  Local file systems only (flock over NFS is not reliable)."""
+    import fcntl      # POSIX only; imported here so that the module still imports elsewhere
+
+    folder = Path(folder)
+    path = folder / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise FolderBusy(folder, int(text) if text.isdigit() else None, what) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)      # no stale PID for the next reader
+    finally:
+        os.close(fd)                 # releases the lock
 
 
 def check_results_dir(path, name: str = "output folder") -> Path:

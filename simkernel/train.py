@@ -33,20 +33,25 @@ Run folder: ``runs_dir / <hash of the config>``::
     metrics.jsonl   one JSON object per eval: step, train_loss, val_loss, floor, gap, lr, ...
     checkpoint/     model/ (save_pretrained: config.json + model.safetensors), state.pt
                     (optimizer, scheduler, step, RNG states, best, evals without improvement),
-                    train_config.json; replaced atomically (temp folder + rename)
+                    train_config.json, step.json; replaced atomically (temp folder + rename)
     done.json       written last: why training stopped and the final numbers
+    .lock           held (flock) by the one process training in the folder; see folder_lock
+
+``run`` is the library call of ``simkernel train``: it decides whether the folder is finished,
+resumable or fresh, samples the corpus, holds the lock and trains.  metrics.jsonl never holds a
+step twice: a run that starts over empties it, a resumed one keeps exactly the rows up to its
+checkpoint.  Ctrl-C raises ``Interrupted`` (a KeyboardInterrupt) saying what the folder holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +62,8 @@ import torch.nn.functional as F
 
 from . import bayes, model as model_mod
 from .sampling import sample_corpus
-from .store import public_mode, read_corpus, read_meta, versions, write_json
+from .store import (FolderBusy, atomic_write, check_results_dir, folder_lock, publish_folder, read_corpus,
+                    read_meta, versions, write_corpus, write_json)
 from .world import World
 
 try:        # transformers' per-save progress bars would break the training bar
@@ -70,6 +76,7 @@ CHECKPOINT = "checkpoint"
 DONE = "done.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+CORPUS = "corpus"
 
 
 # ---------------------------------------------------------------------- config
@@ -130,27 +137,29 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def corpus_identity(corpus_dir) -> dict:
-    """What identifies a corpus folder: its meta.json (config, seed, world, creation time)
-    and its size; its path is kept for reading it, but not hashed (see ``TrainConfig``)."""
+    """``TrainConfig.corpus`` for an existing corpus folder: its meta.json (config, seed, world,
+    creation time) and its size.  Its path is not part of it, so a moved corpus keeps its runs.
+    One-line ValueError when the folder is not a readable, non-empty corpus."""
     corpus_dir = Path(corpus_dir)
+    if read_corpus(corpus_dir).tokens.size == 0:
+        raise ValueError(f"corpus {str(corpus_dir)!r} is empty")
     meta = read_meta(corpus_dir)
     h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
     return {"meta_sha256": h, "seed": meta.get("seed"), "world": meta.get("world", {}).get("meta"),
             "n_tokens": int(np.load(corpus_dir / "tokens.npy", mmap_mode="r").size)}
 
 
+def sampled_corpus(world_source: dict, n_docs: int, doc_length: int, seed: int) -> dict:
+    """``TrainConfig.corpus`` for a corpus that ``run`` samples into the run folder: ``n_docs``
+    documents of ``doc_length`` symbols from the world described by ``world_source`` (a JSON-able
+    record of where the world came from), with sampling seed ``seed``."""
+    return {"sampled": {"world": world_source, "n_docs": n_docs, "doc_length": doc_length, "seed": seed}}
+
+
 def select_device(requested: str = "auto") -> torch.device:
-    """cuda (this rank's GPU under torchrun) when available and requested or ``auto``; else cpu."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} was requested but CUDA is not available; use --device cpu")
-        if requested == "cuda" and "LOCAL_RANK" in os.environ:
-            requested = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    elif requested != "cpu":
-        raise ValueError(f"unknown device {requested!r}; allowed: auto, cpu, cuda, cuda:N")
-    return torch.device(requested)
+    """:func:`capture.resolve_device` (the one resolver) as a torch.device."""
+    from .capture import resolve_device
+    return torch.device(resolve_device(requested))
 
 
 # ---------------------------------------------------------------------- data
@@ -287,25 +296,38 @@ def _set_rng_states(st: dict) -> None:
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, cfg: TrainConfig, state: dict) -> Path:
     """Write run_dir/checkpoint atomically: a complete temp folder renamed into place."""
-    final = run_dir / CHECKPOINT
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir))
-    try:
+    def build(tmp: Path):
         model_mod.save_model(model, tmp / "model")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_states(), **state}, tmp / "state.pt")
         (tmp / "train_config.json").write_text(json.dumps(cfg.hashed(), indent=2, sort_keys=True, default=str))
-        public_mode(tmp)
-        old = None
-        if final.exists():
-            old = run_dir / f".checkpoint.old.{os.getpid()}"
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        # the step, readable without loading state.pt (GBs of optimizer state for big models)
+        (tmp / "step.json").write_text(json.dumps({"step": int(state["step"])}))
+
+    return publish_folder(run_dir / CHECKPOINT, build)
+
+
+def checkpoint_step(run_dir) -> int | None:
+    """The step of run_dir's checkpoint; None when there is none (or it predates step.json)."""
+    try:
+        return int(json.loads((Path(run_dir) / CHECKPOINT / "step.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The rows of run_dir/metrics.jsonl; a torn last line (a crash mid-append) is skipped."""
+    try:
+        lines = (Path(run_dir) / METRICS).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
 
 
 def _diff_configs(saved: dict, now: dict, prefix="") -> list[str]:
@@ -324,22 +346,22 @@ def load_checkpoint(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler
     saved loop state.  One-line ValueError when it is missing, corrupt or for another config."""
     ck = run_dir / CHECKPOINT
     if not ck.is_dir():
-        raise ValueError(f"--resume: no checkpoint in {str(run_dir)!r}")
+        raise NoCheckpoint(run_dir)
     try:
         saved_cfg = json.loads((ck / "train_config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--resume: checkpoint {str(ck)!r} is corrupt: cannot read train_config.json "
+        raise ValueError(f"cannot resume: checkpoint {str(ck)!r} is corrupt: cannot read train_config.json "
                          f"({type(e).__name__})") from None
     now = json.loads(json.dumps(cfg.hashed(), sort_keys=True, default=str))
     diff = _diff_configs(saved_cfg, now)
     if diff:
-        raise ValueError(f"--resume: checkpoint {str(ck)!r} does not match this config: " + "; ".join(diff))
+        raise ValueError(f"cannot resume: checkpoint {str(ck)!r} does not match this config: " + "; ".join(diff))
     try:
         from safetensors.torch import load_file
         weights = load_file(str(ck / "model" / "model.safetensors"))
         state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
     except Exception as e:     # safetensors / pickle raise many types on a damaged file
-        raise ValueError(f"--resume: checkpoint {str(ck)!r} is corrupt ({type(e).__name__}: "
+        raise ValueError(f"cannot resume: checkpoint {str(ck)!r} is corrupt ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:120]})") from None
     target = getattr(model, "module", model)
     target = getattr(target, "_orig_mod", target)
@@ -349,7 +371,7 @@ def load_checkpoint(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler
     if bad or missing:
         what = (f"tensor {bad[0]} has shape {tuple(weights[bad[0]].shape)}, the model needs "
                 f"{tuple(own[bad[0]].shape)}") if bad else f"tensor {missing[0]} is missing"
-        raise ValueError(f"--resume: checkpoint {str(ck)!r} does not match the model: {what}")
+        raise ValueError(f"cannot resume: checkpoint {str(ck)!r} does not match the model: {what}")
     target.load_state_dict(weights, strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -360,14 +382,63 @@ def load_checkpoint(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler
 # ---------------------------------------------------------------------- the run
 @dataclass
 class RunResult:
+    """What a training call did.  Losses in nats/token; ``elapsed_s`` is this call's wall time
+    (sampling included); ``rank`` is this process's rank under torchrun (0 otherwise)."""
+
     run_dir: Path
-    status: str                 # "trained" | "already done"
-    reason: str                 # why it stopped: target_gap | patience | max_steps
+    status: str                 # "trained" | "already trained"
+    reason: str                 # why it stopped: target_gap | patience | max_steps (| interrupted: stop_after)
     step: int
     val_loss: float
     floor: float
     gap: float
-    metrics: list
+    metrics: list               # the rows of metrics.jsonl
+    elapsed_s: float = 0.0
+    rank: int = 0
+
+
+class CheckpointExists(ValueError):
+    """The run folder holds an interrupted run's checkpoint and ``resume`` was not asked for."""
+
+    def __init__(self, run_dir: Path, step: int | None):
+        self.run_dir, self.step = Path(run_dir), step
+        at = f" at step {step}" if step is not None else ""
+        super().__init__(f"run {str(run_dir)!r} has a checkpoint{at} from an interrupted run; pass "
+                         f"resume=True to continue it, or remove the folder to start again")
+
+
+class NoCheckpoint(ValueError):
+    """``resume=True`` but the run folder has no checkpoint."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        super().__init__(f"resume=True, but run {str(run_dir)!r} has no checkpoint to continue")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run``, with what the run folder holds now: ``step`` (the last step
+    trained, 0 before training), ``checkpoint_step`` (None: no checkpoint, so a rerun starts
+    over; else a rerun needs ``resume=True``), ``contents`` (e.g. "the config, the corpus and
+    metrics up to step 40").  Still a KeyboardInterrupt for callers that do not catch it."""
+
+    def __init__(self, run_dir: Path, step: int, rank: int = 0):
+        self.run_dir, self.step, self.rank = Path(run_dir), int(step), rank
+        self.has_checkpoint = (self.run_dir / CHECKPOINT).is_dir()
+        self.checkpoint_step = checkpoint_step(run_dir) if self.has_checkpoint else None
+        parts = [w for f, w in ((CONFIG, "the config"), (f"{CORPUS}/meta.json", "the corpus"))
+                 if (self.run_dir / f).is_file()]
+        rows = read_metrics(run_dir)
+        if rows:
+            parts.append(f"metrics up to step {rows[-1]['step']}")
+        self.contents = (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1
+                         else parts[0] if parts else "nothing yet")
+        super().__init__(f"interrupted at step {self.step}: {str(run_dir)!r} holds {self.contents}"
+                         + (f" and {self.checkpoint_text}; call run() again with resume=True to continue"
+                            if self.has_checkpoint else " but no checkpoint yet; call run() again to start over"))
+
+    @property
+    def checkpoint_text(self) -> str:
+        return "a checkpoint" + (f" at step {self.checkpoint_step}" if self.checkpoint_step is not None else "")
 
 
 def run_status(run_dir: Path) -> dict | None:
@@ -441,11 +512,11 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
     metrics = list(state["metrics"])
     step = int(state["step"])
     recent = list(state.get("recent", []))
-    if resume and rank == 0:     # drop rows logged after the checkpoint by an interrupted run
+    if rank == 0:
+        # An interrupted run may have logged rows past its checkpoint (or, without one, rows
+        # this run is about to log again): start from exactly the rows this run continues.
         text = "".join(json.dumps(r) + "\n" for r in metrics)
-        from .world import atomic_write
         atomic_write(run_dir / METRICS, lambda f: f.write(text.encode()))
-        public_mode(run_dir / METRICS)
 
     model = net
     if cfg.compile:
@@ -536,7 +607,7 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
         dist.barrier()
         dist.destroy_process_group()
     return RunResult(run_dir, "trained", reason or "interrupted", step, last.get("val_loss", math.nan),
-                     evalset.floor, last.get("gap", math.nan), metrics)
+                     evalset.floor, last.get("gap", math.nan), metrics, time.perf_counter() - t0, rank)
 
 
 def prepare_run_dir(runs_dir, cfg: TrainConfig, config_record: dict) -> Path:
@@ -546,3 +617,102 @@ def prepare_run_dir(runs_dir, cfg: TrainConfig, config_record: dict) -> Path:
     if not (run_dir / CONFIG).is_file():
         write_json(run_dir / CONFIG, config_record)
     return run_dir
+
+
+def _already_trained(run_dir: Path, rank: int, t0: float) -> RunResult | None:
+    done = run_status(run_dir)
+    if done is None:
+        return None
+    nan = math.nan
+    return RunResult(run_dir, "already trained", done.get("reason"), int(done.get("step", 0)),
+                     done.get("val_loss") if done.get("val_loss") is not None else nan,
+                     done.get("floor") if done.get("floor") is not None else nan,
+                     done.get("gap") if done.get("gap") is not None else nan,
+                     read_metrics(run_dir), time.perf_counter() - t0, rank)
+
+
+def _check_resumable(run_dir: Path, resume: bool) -> None:
+    has_ckpt = (run_dir / CHECKPOINT).is_dir()
+    if has_ckpt and not resume:
+        raise CheckpointExists(run_dir, checkpoint_step(run_dir))
+    if resume and not has_ckpt:
+        raise NoCheckpoint(run_dir)
+
+
+def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = None, resume: bool = False,
+        progress=None, sample_progress=None) -> RunResult:
+    """Train the run of ``cfg`` in ``runs_dir / cfg.run_id()``, or report it if it is finished.
+
+    The corpus is ``corpus_dir`` when ``cfg.corpus`` is ``corpus_identity(corpus_dir)``; when it
+    is ``sampled_corpus(...)``, ``world`` (the World it describes) is sampled into the run
+    folder's corpus/ (kept, so a rerun reuses it).  Writes only into ``runs_dir``.
+
+    - finished (done.json): returns status "already trained" and touches nothing;
+    - a checkpoint: ``resume=True`` continues it, else ``CheckpointExists``;
+    - no checkpoint (fresh, or interrupted before one): starts from step 0, emptying metrics.jsonl;
+      ``resume=True`` then raises ``NoCheckpoint``.
+    While training, the folder is locked (``folder_lock``; by rank 0 only under torchrun, as only
+    rank 0 writes): a second run of the same config gets ``FolderBusy``.  Ctrl-C raises
+    ``Interrupted``, which says what the folder holds and whether a rerun needs ``resume=True``.
+
+    ``progress``: callable(step, {"loss": float, "gap": float at evaluations}) after every step;
+    ``sample_progress``: callable(documents sampled so far); both on rank 0 only.
+    Bad arguments raise one-line ValueErrors before any file is written."""
+    t0 = time.perf_counter()
+    check_config(cfg)
+    device = select_device(cfg.device)
+    runs_dir = check_results_dir(runs_dir, "runs folder")
+    spec = cfg.corpus.get("sampled") if isinstance(cfg.corpus, dict) else None
+    if spec is not None:
+        if world is None or corpus_dir is not None:
+            raise ValueError("cfg.corpus is sampled_corpus(...): pass world= (the world to sample), not corpus_dir=")
+        for name in ("n_docs", "doc_length"):
+            v = spec.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"cfg.corpus['sampled'][{name!r}] must be an integer >= 1, got {v!r}")
+    else:
+        if corpus_dir is None or world is not None:
+            raise ValueError("cfg.corpus names an existing corpus: pass corpus_dir=, not world=")
+        if corpus_identity(corpus_dir) != cfg.corpus:
+            raise ValueError(f"corpus_dir {str(corpus_dir)!r} is not the corpus that cfg.corpus describes "
+                             f"(build cfg with corpus=corpus_identity(corpus_dir))")
+    run_dir = runs_dir / cfg.run_id()
+    rank, _, _ = _ddp_env()
+    done = _already_trained(run_dir, rank, t0)
+    if done is not None:
+        return done
+    _check_resumable(run_dir, resume)
+
+    rank, _ = init_distributed(device)
+    corpus_dir = run_dir / CORPUS if spec is not None else Path(corpus_dir)
+    record = {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus_dir)}
+    last_step = [(checkpoint_step(run_dir) or 0) if resume else 0]      # the step Ctrl-C would report
+
+    def tracked(step, info):
+        last_step[0] = step
+        if progress is not None and rank == 0:
+            progress(step, info)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = folder_lock(run_dir) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        try:
+            if rank == 0:
+                prepare_run_dir(runs_dir, cfg, record)
+                if spec is not None and not (corpus_dir / "meta.json").is_file():
+                    write_corpus(world, corpus_dir, spec["n_docs"], spec["doc_length"], spec["seed"],
+                                 overwrite=True, config={"command": "train", "world": spec["world"]},
+                                 progress=sample_progress)
+            barrier()
+            # Decided again under the lock: another run may have finished or checkpointed
+            # between the checks above and taking the lock.  Every rank sees the same folder.
+            done = _already_trained(run_dir, rank, t0)
+            if done is not None:
+                return done
+            _check_resumable(run_dir, resume)
+            res = train(cfg, corpus_dir, run_dir, resume=resume, progress=tracked)
+        except KeyboardInterrupt:
+            raise Interrupted(run_dir, last_step[0], rank) from None
+    res.elapsed_s = time.perf_counter() - t0
+    return res

@@ -161,3 +161,11 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     from llm_helpers import make_tiny_llm_dir
 
     return make_tiny_llm_dir(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    """Commands report progress on stderr when it is not a terminal (plain lines); the tests
+    compare stderr with single error lines and stdout with documented outputs, so they run
+    with progress off (tests of the progress lines set it themselves)."""
+    monkeypatch.setenv("SIMKERNEL_PROGRESS", "none")

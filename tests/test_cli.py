@@ -13,7 +13,7 @@ import pytest
 import simkernel.sampling as sampling
 import simkernel.store as store
 from simkernel import World, make_world, sample_corpus, sample_prompts
-from simkernel.cli import demo_counts
+from simkernel.bayes import demo_counts
 from cli_helpers import ok, run
 
 TINY = ["--preset", "random", "--set", "n_states=3", "--set", "n_symbols=6"]
@@ -45,7 +45,9 @@ def test_version_and_no_args():
 # ---------------------------------------------------------------------- world
 def test_world_build_save_and_check(tmp_path):
     out = tmp_path / "w.npz"
-    r = ok(["world", "--seed", 3, *TINY, "--out", out])
+    r = ok(["world", "--world-seed", 3, *TINY, "--out", out])
+    # the old name still works (a deprecated alias)
+    assert ok(["world", "--seed", 3, *TINY]).output.splitlines()[0] == r.output.splitlines()[0]
     w = World.load(out)
     ref = make_world("random", 3, n_states=3, n_symbols=6)
     assert r.output.splitlines() == [repr(ref), f"wrote {out}"]
@@ -149,9 +151,9 @@ def test_bayes(tmp_path):
 
 
 def test_bayes_metrics_match_a_direct_computation(tmp_path, monkeypatch):
-    import simkernel.cli
+    import simkernel.bayes
     from simkernel import icl_curve
-    monkeypatch.setattr(simkernel.cli, "BAYES_CHUNK", 5)       # 12 prompts in 3 chunks
+    monkeypatch.setattr(simkernel.bayes, "CHUNK", 5)           # 12 prompts in 3 chunks
     out = tmp_path / "b"
     ok(["bayes", *TINY, "--n-prompts", 12, "--n-demos", 2, "--seed", 3, "--out", out])
     w = make_world("random", 0, n_states=3, n_symbols=6)
@@ -347,3 +349,15 @@ def test_every_prompt_impossible_warns_nothing(tmp_path):
         r = ok(["converge", "--world", path, "--concepts", "ood", "--n-prompts", 6, "--n-demos", "1..4",
                 "--out", tmp_path / "c"])
         assert "6 of 6" in r.output
+
+
+def test_plain_progress_lines_when_not_on_a_terminal(tmp_path, monkeypatch):
+    """Outside a terminal (a batch job, a log file) a long command prints plain progress lines
+    on stderr as it goes, stdout keeps only the results, and 'none' silences them."""
+    monkeypatch.setenv("SIMKERNEL_PROGRESS", "plain")
+    r = ok(["converge", *TINY, "--n-demos", "1..4", "--seed", "0", "--seed", "1", "--out", tmp_path / "c"])
+    lines = r.stderr.splitlines()
+    assert any("seed 1" in line for line in lines) and all(line.startswith("[") for line in lines)
+    assert "seed 1:" not in r.stdout
+    monkeypatch.setenv("SIMKERNEL_PROGRESS", "none")
+    assert ok(["converge", *TINY, "--n-demos", "1..4", "--out", tmp_path / "d"]).stderr == ""

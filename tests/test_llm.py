@@ -352,9 +352,26 @@ def test_missing_hub_model_is_one_line(tmp_path):
                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
-    one_error_line(p, "'EleutherAI/gpt-j-6b'", "not available offline", "hf download EleutherAI/gpt-j-6b",
+    # GPT-J's main branch holds 24 GiB of float32 weights: the hint names the float16 branch
+    one_error_line(p, "'EleutherAI/gpt-j-6b'", "not available offline",
+                   "hf download EleutherAI/gpt-j-6b --revision float16", "run with --revision float16",
                    "HF_HOME", "--model")
     assert not list(out.glob("*.csv")) if out.exists() else True
+
+
+def test_model_folder_without_a_tokenizer_is_one_line(tiny_llm_dir, tmp_path):
+    """A folder holding only the model (no tokenizer files): transformers would build an empty
+    tokenizer and every label word would "tokenize to nothing"; the error says what is missing."""
+    import shutil
+
+    folder = tmp_path / "model-only"
+    folder.mkdir()
+    for f in tiny_llm_dir.iterdir():
+        if f.name in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(f, folder / f.name)
+    r = run(["llm", "--model", folder, "--data", SAMPLE, "--out", tmp_path / "run"])
+    assert r.exit_code == 1
+    one_error_line(r, "has no tokenizer", "save_pretrained")
 
 
 def test_bad_inputs_are_one_line(tiny_llm_dir, tmp_path):

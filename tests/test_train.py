@@ -324,6 +324,182 @@ def test_help_does_not_import_torch_for_train_options():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
 
 
+# ---------------------------------------------------------------------- run(): interruptions, the lock
+def _stripped(rows):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]
+
+
+def _steps(run_dir):
+    return [r["step"] for r in tr.read_metrics(run_dir)]
+
+
+def _stop_at(k):
+    """A progress callback that presses Ctrl-C after step k."""
+    def progress(step, info):
+        if step == k:
+            raise KeyboardInterrupt
+    return progress
+
+
+#: checkpoints at 15 and 30; evaluations every 10 steps
+RUN_KW = dict(max_steps=40, ckpt_every=15)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus_dir, tmp_path_factory):
+    res = tr.run(cfg_for(corpus_dir, **RUN_KW), tmp_path_factory.mktemp("whole"), corpus_dir=corpus_dir)
+    assert res.status == "trained" and _steps(res.run_dir) == [10, 20, 30, 40]
+    return res
+
+
+def test_run_interrupted_before_a_checkpoint_starts_over_cleanly(corpus_dir, uninterrupted, tmp_path):
+    cfg = cfg_for(corpus_dir, **RUN_KW)
+    with pytest.raises(tr.Interrupted) as info:
+        tr.run(cfg, tmp_path, corpus_dir=corpus_dir, progress=_stop_at(12))
+    e = info.value
+    assert isinstance(e, KeyboardInterrupt) and e.step == 12 and not e.has_checkpoint
+    assert e.run_dir == tmp_path / cfg.run_id() and _steps(e.run_dir) == [10]
+    assert str(e) == (f"interrupted at step 12: {str(e.run_dir)!r} holds the config and metrics up to step 10 "
+                      f"but no checkpoint yet; call run() again to start over")
+    res = tr.run(cfg, tmp_path, corpus_dir=corpus_dir)          # no refusal, no resume=True needed
+    assert res.status == "trained" and res.step == 40
+    assert _steps(res.run_dir) == [10, 20, 30, 40]              # not 10, 10, 20, ...
+    assert _stripped(tr.read_metrics(res.run_dir)) == _stripped(tr.read_metrics(uninterrupted.run_dir))
+
+
+def test_run_interrupted_after_a_checkpoint_needs_resume(corpus_dir, uninterrupted, tmp_path):
+    cfg = cfg_for(corpus_dir, **RUN_KW)
+    with pytest.raises(tr.Interrupted) as info:
+        tr.run(cfg, tmp_path, corpus_dir=corpus_dir, progress=_stop_at(25))
+    e = info.value
+    assert (e.step, e.checkpoint_step) == (25, 15) and _steps(e.run_dir) == [10, 20]
+    assert str(e).endswith("holds the config and metrics up to step 20 and a checkpoint at step 15; "
+                           "call run() again with resume=True to continue")
+    before = snapshot(e.run_dir)
+    with pytest.raises(tr.CheckpointExists, match="checkpoint at step 15 .*pass resume=True"):
+        tr.run(cfg, tmp_path, corpus_dir=corpus_dir)
+    assert snapshot(e.run_dir) == before
+    res = tr.run(cfg, tmp_path, corpus_dir=corpus_dir, resume=True)
+    assert res.status == "trained" and _steps(res.run_dir) == [10, 20, 30, 40]
+    assert _stripped(tr.read_metrics(res.run_dir)) == _stripped(tr.read_metrics(uninterrupted.run_dir))
+
+
+def test_run_already_trained_touches_nothing(corpus_dir, uninterrupted):
+    run_dir = uninterrupted.run_dir
+    stamps = {p: p.stat().st_mtime_ns for p in [run_dir, *run_dir.rglob("*")]}
+    res = tr.run(cfg_for(corpus_dir, **RUN_KW), run_dir.parent, corpus_dir=corpus_dir)
+    assert res.status == "already trained" and res.run_dir == run_dir
+    assert (res.step, res.reason, res.val_loss, res.gap) == (40, "max_steps", uninterrupted.val_loss,
+                                                            uninterrupted.gap)
+    assert res.metrics == tr.read_metrics(run_dir)
+    assert {p: p.stat().st_mtime_ns for p in [run_dir, *run_dir.rglob("*")]} == stamps
+
+
+def test_run_arguments_checked_before_writing(corpus_dir, tmp_path):
+    world = make_world("random", 0, **WORLD)
+    with pytest.raises(ValueError, match="pass corpus_dir="):
+        tr.run(cfg_for(corpus_dir), tmp_path / "runs", world=world)
+    sampled = cfg_for(corpus_dir, corpus=tr.sampled_corpus({"preset": "random"}, 4, 64, 0))
+    with pytest.raises(ValueError, match="pass world="):
+        tr.run(sampled, tmp_path / "runs", corpus_dir=corpus_dir)
+    other = write_corpus(world, tmp_path / "other", 4, 64, seed=1)
+    with pytest.raises(ValueError, match="is not the corpus that cfg.corpus describes"):
+        tr.run(cfg_for(corpus_dir), tmp_path / "runs", corpus_dir=other)
+    with pytest.raises(tr.NoCheckpoint, match="resume=True, but run .* has no checkpoint"):
+        tr.run(cfg_for(corpus_dir), tmp_path / "runs", corpus_dir=corpus_dir, resume=True)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_folder_lock_is_exclusive_and_dies_with_its_process(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    with tr.folder_lock(tmp_path) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(tr.FolderBusy) as info:          # two opens conflict, even in one process
+            with tr.folder_lock(tmp_path):
+                pass
+        assert info.value.pid == os.getpid() and str(tmp_path) in str(info.value)
+    with tr.folder_lock(tmp_path):                          # released on exit
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from simkernel.train import folder_lock\n"
+         f"with folder_lock({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(tr.FolderBusy) as info:
+            with tr.folder_lock(tmp_path):
+                pass
+        assert info.value.pid == holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)                  # a crash: no cleanup code runs
+        holder.wait(timeout=30)
+    with tr.folder_lock(tmp_path):                          # no stale lock
+        pass
+
+
+def _interrupt_cli_at(monkeypatch, k):
+    """Make the CLI's training press Ctrl-C after step k (through run(), as a real one would)."""
+    real = tr.train
+
+    def train(*a, progress=None, **kw):
+        def stop(step, info):
+            progress(step, info)
+            if step == k:
+                raise KeyboardInterrupt
+        return real(*a, progress=stop, **kw)
+
+    monkeypatch.setattr(tr, "train", train)
+
+
+def test_cli_ctrl_c_before_a_checkpoint_then_rerun_starts_over(tmp_path, monkeypatch):
+    argv = [*TRAIN, "--ckpt-every", 6, "--target-gap", 1e-6, "--preset", "random", "--n-docs", 4,
+            "--doc-length", 64, "--runs-dir", tmp_path / "runs"]
+    _interrupt_cli_at(monkeypatch, 4)
+    r = run(argv)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert r.exit_code == 130
+    assert r.stderr.strip() == (f"error: interrupted at step 4: {str(run_dir)!r} holds the config, the corpus and "
+                                f"metrics up to step 3 but no checkpoint yet; rerun the same command to start over")
+    monkeypatch.undo()
+    r = ok(argv)
+    assert "stopped at step 6 by max_steps" in r.output and _steps(run_dir) == [3, 6]
+
+
+def test_cli_ctrl_c_after_a_checkpoint_then_resume(corpus_dir, tmp_path, monkeypatch):
+    argv = [*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs"]
+    _interrupt_cli_at(monkeypatch, 5)
+    r = run(argv)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert r.exit_code == 130
+    assert r.stderr.strip() == (f"error: interrupted at step 5: {str(run_dir)!r} holds the config and metrics up to "
+                                f"step 3 and a checkpoint at step 3; rerun the same command with --resume to continue")
+    monkeypatch.undo()
+    r = run(argv)
+    assert r.exit_code == 1 and r.stderr.strip() == (
+        f"error: run {str(run_dir)!r} has a checkpoint at step 3 from an interrupted run; rerun with --resume "
+        f"to continue it, or remove the folder to start again")
+    r = ok([*argv, "--resume"])
+    assert "stopped at step 6 by max_steps" in r.output and _steps(run_dir) == [3, 6]
+
+
+def test_cli_refuses_while_the_run_folder_is_in_use(corpus_dir, tmp_path):
+    cfg = tr.TrainConfig(corpus=tr.corpus_identity(corpus_dir), model="tiny", block_size=32, batch_size=4,
+                         max_steps=6, eval_every=3, ckpt_every=3, device="cpu")     # the config of TRAIN
+    run_dir = tmp_path / "runs" / cfg.run_id()
+    run_dir.mkdir(parents=True)
+    argv = [*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs"]
+    with tr.folder_lock(run_dir):           # another `simkernel train` of the same config
+        r = run(argv)
+        assert r.exit_code == 1 and r.stderr.strip() == (
+            f"error: run folder {str(run_dir)!r} is in use by another process (pid {os.getpid()}); "
+            f"wait for it to finish or stop that process (its lock goes when it exits)")
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    r = ok(argv)
+    assert "stopped at step 6 by max_steps" in r.output and _steps(run_dir) == [3, 6]
+
+
 # ---------------------------------------------------------------------- DDP (torchrun, 2 gloo ranks)
 #: evaluated every step, so metrics.jsonl holds rank 0's loss of every step; checkpoints every 3
 DDP_TRAIN = ["train", "--model", "tiny", "--block-size", 32, "--batch-size", 4, "--max-steps", 8,
