@@ -400,3 +400,31 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
                              votes[report, top["layer"], top["head"]], gold[report]))
                                                     if gold is not None else None)}
     return Analysis(heads, best, profile, probes, summary)
+
+
+# ---------------------------------------------------------------------- printed tables
+def best_heads_table(best) -> list[str]:
+    """The printed summary: each (measure, reference)'s head chosen on the selection split."""
+    lines = [f"  {'measure':<9} {'reference':<17} {'layer':>5} {'head':>4}  {'select':>7}  {'held-out':>8}"]
+    for b in best:
+        lines.append(f"  {b['measure']:<9} {b['reference']:<17} {b['layer']:>5} {b['head']:>4}  "
+                     f"{b['select']:>7.3f}  {b['report']:>8.3f}")
+    return lines
+
+
+TOP_HEAD_COLUMNS = (("agree", "model"), ("agree", "gold"), ("agree", "bayes"), ("agree", "kernel"),
+                    ("pearson", "theory"), ("spearman", "theory"), ("pearson", "model_similarity"))
+
+
+def top_heads_table(heads, k: int = 3) -> list[str]:
+    """The k heads whose votes agree best with the model on the selection split, with their
+    held-out (report split) agreement and their correlation with the true kernel."""
+    val = {(r["measure"], r["reference"], r["layer"], r["head"], r["split"]): r["value"] for r in heads}
+    cand = sorted({(r["layer"], r["head"]) for r in heads},
+                  key=lambda lh: -val.get(("agree", "model", *lh, "select"), float("-inf")))[:k]
+    cols = [c for c in TOP_HEAD_COLUMNS if any((c[0], c[1], *lh, "report") in val for lh in cand)]
+    lines = ["  layer head  " + "  ".join(f"{m[:5] + ' ' + r[:10]:>16}" for m, r in cols)]
+    for lh in cand:
+        lines.append(f"  {lh[0]:>5} {lh[1]:>4}  " + "  ".join(
+            f"{val.get((m, r, *lh, 'report'), float('nan')):>16.3f}" for m, r in cols))
+    return lines

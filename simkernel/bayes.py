@@ -620,3 +620,14 @@ def run(world: World, n_prompts: int = 256, n_demos: int = 64, example_length: i
                 files={"bayes.csv": "tidy table: " + ", ".join(SUMMARY_COLUMNS)},
                 metrics=SUMMARY_DESCRIPTIONS)
     return BayesRun(rows, ns, n_bad, prompts, curve, meta)
+
+
+def summary_lines(rows, ns) -> list[str]:
+    """The printed table of :func:`summary`'s rows, one line per n."""
+    by = {(r["n_demos"], r["metric"]): r["mean"] for r in rows}
+    head = f"{'n':>5}  {'P(true concept)':>15}  {'Bayes acc':>9}  {'agree oracle':>12}  {'TV(Bayes,oracle)':>16}"
+    out = [head]
+    for n in ns:
+        out.append(f"{n:>5}  {by[n, 'posterior_true']:>15.3f}  {by[n, 'bayes_accuracy']:>9.3f}  "
+                   f"{by[n, 'oracle_agreement']:>12.3f}  {by[n, 'tv_oracle']:>16.3f}")
+    return out

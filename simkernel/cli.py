@@ -22,40 +22,13 @@ import click
 
 from . import __version__, llm, textdata
 from .constants import DEFAULT_RIDGE, ESTIMATORS, FEATURES, KERNELS
+from .options import (EXAMPLE_LENGTH, NONNEG, POSITIVE, Concepts, Int, NDemos, PositiveFloat, choice_list,
+                      comma_words, distinct, distinct_seeds, format_n_demos, parse_n_demos, parse_sets,
+                      probe_layers, progress_bar)
 from .presets import PRESETS
 from .store import check_out_file as _store_out_file, check_results_dir, publish, sha256_file
 
 DEFAULT_PRESET = "paper-c"
-
-
-class _Int(click.ParamType):
-    """An integer >= ``minimum``, with a one-line message naming the bad value and the range."""
-
-    name = "integer"
-
-    def __init__(self, minimum: int):
-        self.minimum = minimum
-
-    def get_metavar(self, param, ctx=None):
-        return f"INT>={self.minimum}"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            v = value
-        else:
-            try:
-                v = int(str(value).strip(), 10)
-            except ValueError:
-                self.fail(f"{value!r} is not an integer; allowed: integers >= {self.minimum}", param, ctx)
-        if v < self.minimum:
-            self.fail(f"{v} is too small; allowed: integers >= {self.minimum}", param, ctx)
-        return v
-
-
-NONNEG = _Int(0)
-POSITIVE = _Int(1)
-EXAMPLE_LENGTH = _Int(2)
-
 
 
 # ---------------------------------------------------------------------- error handling
@@ -99,19 +72,6 @@ class _Group(click.Group):
 
 
 # ---------------------------------------------------------------------- option helpers
-def parse_sets(values) -> dict:
-    """``("n_states=20", "restart=false")`` -> ``{"n_states": "20", "restart": "false"}``
-    (make_world coerces the strings to each option's type)."""
-    out = {}
-    for v in values:
-        name, eq, value = v.partition("=")
-        name, value = name.strip(), value.strip()
-        if not eq or not name or not value:
-            raise click.UsageError(f"--set expected NAME=VALUE, got {v!r}")
-        out[name] = value
-    return out
-
-
 def check_out_file(path: Path, suffix: str = ".npz") -> Path:
     """An output file (``store.check_out_file``); a wrong suffix is a usage error of --out."""
     if Path(path).suffix != suffix:
@@ -169,63 +129,6 @@ def _preset_help() -> str:
     for name, opts in PRESETS.items():
         lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
     return "\b\n" + "\n".join(lines)
-
-
-#: How long work reports progress: 'bar' (tqdm), 'plain' (a line per stage and per 10% on stderr)
-#: or 'none'.  Default: a bar on a terminal, plain lines otherwise (a batch job, a log file).
-PROGRESS_ENV = "SIMKERNEL_PROGRESS"
-
-
-class _PlainProgress:
-    """tqdm's few methods the commands use, printing plain lines to stderr instead of redrawing
-    a bar: one when the stage (description) changes and one per 10% of the work."""
-
-    def __init__(self, total, desc, unit):
-        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
-        self._post = ""
-        self._said = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def close(self):
-        pass
-
-    def _line(self, text):
-        click.echo(f"[{time.strftime('%H:%M:%S')}] {text}", err=True)
-
-    def set_description(self, desc, refresh=True):
-        if desc != self.desc:
-            self.desc = desc
-            self._line(desc)
-
-    def set_postfix(self, post=None, refresh=True, **kw):
-        self._post = ", ".join(f"{k} {v}" for k, v in {**(post or {}), **kw}.items())
-
-    def set_postfix_str(self, text, refresh=True):
-        if text and text != self._post:
-            self._post = text
-            self._line(f"{self.desc}: {text}")
-
-    def update(self, k=1):
-        self.n += k
-        tenth = int(10 * self.n / self.total) if self.total else 10
-        if tenth > self._said:
-            self._said = tenth
-            self._line(f"{self.desc}: {self.n}/{self.total} {self.unit}" + (f" ({self._post})" if self._post else ""))
-
-
-def _bar(total, desc, unit):
-    import os
-
-    mode = os.environ.get(PROGRESS_ENV) or ("bar" if sys.stderr.isatty() else "plain")
-    if mode == "plain":
-        return _PlainProgress(total, desc, unit)
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, disable=mode == "none", leave=False, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------- the group
@@ -322,7 +225,7 @@ def corpus_cmd(preset, world_file, world_seed, overrides, n_docs, doc_length, se
     world, source = load_or_build_world(preset, world_file, world_seed, overrides)
     config = {"command": "sample corpus", "world": source}
     t0 = time.perf_counter()
-    with _bar(n_docs, "sampling", "doc") as bar:
+    with progress_bar(n_docs, "sampling", "doc") as bar:
         write_corpus(world, out, n_docs, doc_length, seed, overwrite=overwrite, config=config,
                      progress=lambda done: bar.update(done - bar.n))
     click.echo(repr(world))
@@ -369,16 +272,6 @@ def _check_concept(concept, world):
 
 
 # ---------------------------------------------------------------------- bayes
-def _table(rows, ns) -> list[str]:
-    by = {(r["n_demos"], r["metric"]): r["mean"] for r in rows}
-    head = f"{'n':>5}  {'P(true concept)':>15}  {'Bayes acc':>9}  {'agree oracle':>12}  {'TV(Bayes,oracle)':>16}"
-    out = [head]
-    for n in ns:
-        out.append(f"{n:>5}  {by[n, 'posterior_true']:>15.3f}  {by[n, 'bayes_accuracy']:>9.3f}  "
-                   f"{by[n, 'oracle_agreement']:>12.3f}  {by[n, 'tv_oracle']:>16.3f}")
-    return out
-
-
 @main.command("bayes")
 @world_options
 @click.option("--n-prompts", type=POSITIVE, default=256, show_default=True, help="Number of prompts.")
@@ -412,7 +305,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     check_results_dir(out)
     world, source = load_or_build_world(preset, world_file, world_seed, overrides)
     _check_concept(concept, world)
-    with _bar(n_prompts, "exact Bayes", "prompt") as bar:
+    with progress_bar(n_prompts, "exact Bayes", "prompt") as bar:
         res = bayes.run(world, n_prompts, n_demos, example_length, seed, concept=concept, method=method,
                         world_source=source, progress=lambda done: bar.update(done - bar.n))
     publish(out, {"bayes.csv": lambda p: write_csv(p, res.rows, bayes.SUMMARY_COLUMNS),
@@ -423,7 +316,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
     click.echo(repr(world))
     click.echo(f"{n_prompts} prompts, example length {example_length}, concept "
                f"{'from the prior' if concept is None else concept}, seed {seed}")
-    for line in _table(rows, ns):
+    for line in bayes.summary_lines(rows, ns):
         click.echo(line)
     click.echo(f"oracle accuracy (true concept known): {oracle['mean']:.3f}")
     click.echo(f"prompts impossible under the pretraining mixture (left out where undefined): "
@@ -440,134 +333,6 @@ CONVERGE_ESTIMATORS = ESTIMATORS
 #: The headline world of converge (no --preset, --world or --set): GINC's construction, small,
 #: with the delimiter restart, where the theory kernel varies within a prompt (docs/theory.md §19).
 CONVERGE_PRESET = "ginc-small"
-#: Largest n accepted by --n-demos (each prompt holds n demonstrations; memory grows with B·n·L).
-N_DEMOS_LIMIT = 100_000
-
-
-def parse_n_demos(text, limit: int = N_DEMOS_LIMIT, minimum: int = 1) -> list[int]:
-    """``'1..4'`` -> [1, 2, 3, 4]; ``'1,2,8'`` -> [1, 2, 8]; mixtures ``'1,2,4..8'`` too.
-    ``A..B`` is every n from A to B inclusive.  Returns the sorted distinct values; raises a
-    one-line ValueError for anything else (empty items, n < ``minimum``, A > B, n > ``limit``)."""
-    spec = str(text).strip()
-    allowed = (f"n >= {minimum} as 'A..B' (every n from A to B), a comma list '1,2,8', "
-               f"or a mixture '1,2,4..8'")
-    if not spec:
-        raise ValueError(f"empty; expected {allowed}")
-    out = set()
-
-    def where(item):
-        return f"{item!r} in {spec!r}" if item != spec else repr(item)
-
-    def number(tok, item):
-        tok = tok.strip()
-        if not (tok.isascii() and tok.isdigit()):            # rejects '', '-1', '+1', '1.5', 'a', '²'
-            what = ("a negative number" if tok.startswith("-") and tok[1:].isascii() and tok[1:].isdigit()
-                    else "not a whole number")
-            raise ValueError(f"{where(item)}: {tok!r} is {what}; expected {allowed}")
-        v = int(tok)
-        if v < minimum:
-            raise ValueError(f"{where(item)}: n must be >= {minimum}, got {v}; expected {allowed}")
-        if v > limit:
-            raise ValueError(f"{where(item)}: n must be <= {limit}, got {v}")
-        return v
-
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            raise ValueError(f"empty item in {spec!r}; expected {allowed}")
-        if ".." in item:
-            a, _, b = item.partition("..")
-            lo, hi = number(a, item), number(b, item)
-            if lo > hi:
-                raise ValueError(f"{where(item)}: the range is empty ({lo} > {hi}); write it low..high")
-            out.update(range(lo, hi + 1))
-        else:
-            out.add(number(item, item))
-    return sorted(out)
-
-
-def format_n_demos(ns) -> str:
-    """The shortest spec of a sorted list: [1, 2, 3, 4, 8] -> '1..4,8'."""
-    parts, ns = [], sorted(set(int(n) for n in ns))
-    i = 0
-    while i < len(ns):
-        j = i
-        while j + 1 < len(ns) and ns[j + 1] == ns[j] + 1:
-            j += 1
-        parts.append(str(ns[i]) if j == i else f"{ns[i]},{ns[j]}" if j == i + 1 else f"{ns[i]}..{ns[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-class _NDemos(click.ParamType):
-    name = "n-demos"
-
-    def __init__(self, minimum: int = 1):
-        self.minimum = minimum
-
-    def get_metavar(self, param, ctx=None):
-        return "A..B|N,N,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_n_demos(value, minimum=self.minimum)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class _Concepts(click.ParamType):
-    """'prior', 'id', 'ood' or a concept index (checked against the world later)."""
-
-    name = "concepts"
-
-    def get_metavar(self, param, ctx=None):
-        return "prior|id|ood|INT"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        v = str(value).strip().lower()
-        if v in ("prior", "id", "ood"):
-            return v
-        if v.isdigit():
-            return int(v)
-        self.fail(f"{value!r} is not one of prior, id, ood or a concept index 0..K-1", param, ctx)
-
-
-def _choice_list(allowed, what):
-    """A callback for a repeatable option whose values may also be comma lists: returns the
-    distinct values in the order given (the default when none is given)."""
-    def callback(ctx, param, values):
-        out = []
-        for v in values or ():
-            for item in str(v).split(","):
-                item = item.strip().lower()
-                if not item:
-                    raise click.BadParameter(f"empty {what} in {v!r}; allowed: {', '.join(allowed)}", ctx, param)
-                if item not in allowed:
-                    raise click.BadParameter(f"unknown {what} {item!r}; allowed: {', '.join(allowed)}", ctx, param)
-                if item not in out:
-                    out.append(item)
-        return tuple(out) if out else tuple(allowed)
-    return callback
-
-
-def _distinct(what):
-    """A callback for a repeatable seed option: the seeds given (default (0,)), each at most once."""
-    def callback(ctx, param, values):
-        values = tuple(values) or (0,)
-        dup = sorted({s for s in values if values.count(s) > 1})
-        if dup:
-            raise click.BadParameter(f"{what} {dup[0]} is given twice: its prompts would be counted twice", ctx, param)
-        return values
-    return callback
-
-
-_distinct_seeds = _distinct("seed")
-
-
 def _check_concepts(concepts, world):
     import numpy as np
     if isinstance(concepts, int):
@@ -580,96 +345,6 @@ def _check_concepts(concepts, world):
             raise click.BadParameter(f"the world has no {'in' if concepts == 'id' else 'out-of'}-distribution "
                                      f"concepts (prior {'> 0' if concepts == 'id' else '= 0'})",
                                      param_hint="'--concepts'")
-
-
-def _shown_ns(ns) -> list[int]:
-    """The n printed in the table: the powers of two among the requested n, and the largest
-    (every requested n when there are at most 10)."""
-    if len(ns) <= 10:
-        return list(ns)
-    shown = [n for n in ns if n & (n - 1) == 0]
-    if ns[-1] not in shown:
-        shown.append(ns[-1])
-    return shown
-
-
-def _cell(r, digits: int = 3) -> str:
-    """mean ± CI half-width of a row (or n/a)."""
-    if r is None or not math.isfinite(r["mean"]):
-        return "n/a"
-    half = (r["ci_high"] - r["ci_low"]) / 2
-    return f"{r['mean']:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{r['mean']:.{digits}f}"
-
-
-def _share(r) -> str:
-    return "n/a" if r is None or not math.isfinite(r["mean"]) else f"{100 * r['mean']:.0f}%"
-
-
-def primary_estimator(estimators) -> str:
-    """The estimator of the printed tables and the figure: normalised when computed (the
-    theory's ŷ = Σ y_i K / Σ K), else the first one."""
-    return "normalised" if "normalised" in estimators else estimators[0]
-
-
-def converge_table(rows, fits, ns, kernels, estimators, info=None) -> list[str]:
-    """The printed summary (numbers straight from the tidy rows, fits and info of
-    ``convergence.run``):
-
-    1. the within-prompt spread of each kernel (does it do more than count labels?);
-    2. per shown n and at n = ∞ (the exact limit, against the oracle): TV to exact Bayes of every
-       kernel with the primary estimator, beside exact Bayes' own distance to the oracle;
-    3. the same for the tie-fair argmax agreement;
-    4. per kernel and estimator: the floor (the limit's TV to exact Bayes at the largest n and to
-       the oracle), the fitted slope of TV(estimate_n, limit), and the share of prompts whose
-       kernel sum is <= 0."""
-    by = {(r["n_demos"], r["kernel"], r["estimator"], r["metric"]): r for r in rows}
-    inf = float("inf")
-    est = primary_estimator(estimators)
-    n_worlds = max((r.get("n_worlds", 1) for r in rows), default=1)
-    unit = "worlds (prompts within worlds)" if n_worlds > 1 else "prompts"
-    out = []
-    spread = (info or {}).get("spread", {})
-    if spread:
-        parts = [f"{k} CV {s['median_cv']:.2f}, {s['median_distinct']:.0f} distinct values"
-                 for k, s in spread.items() if k != "frequency"]
-        if parts:
-            out.append(f"K(x_test, x_i) within a prompt at n = {ns[-1]} (medians over prompts): " + "; ".join(parts))
-    known = any(r["kernel"] == "bayes-vs-known" for r in rows)
-    w = 15
-    head = "".join(f"{k:>{w}}" for k in kernels)
-    shown = _shown_ns(ns)
-    out.append(f"TV to the exact posterior, {est} estimator (mean ± 95% CI over {unit}); "
-               f"n = ∞: the exact limit against the oracle")
-    out.append(f"{'n':>5}{head}{'Bayes-oracle':>{w}}" + (f"{'Bayes-known':>{w}}" if known else ""))
-    for n in shown + [inf]:
-        cells = "".join(f"{_cell(by.get((n, k, est, 'tv'))):>{w}}" for k in kernels)
-        ref = "" if n == inf else f"{_cell(by.get((n, 'bayes-vs-oracle', '-', 'tv'))):>{w}}"
-        if known and n != inf:
-            ref += f"{_cell(by.get((n, 'bayes-vs-known', '-', 'tv'))):>{w}}"
-        out.append(f"{'∞' if n == inf else n:>5}{cells}{ref}")
-    out.append(f"argmax agreement with the exact posterior, {est} estimator (a tie among m labels scores 1/m)")
-    out.append(f"{'n':>5}{head}{'Bayes acc':>{w}}")
-    for n in shown + [inf]:
-        cells = "".join(f"{_cell(by.get((n, k, est, 'agree'))):>{w}}" for k in kernels)
-        out.append(f"{'∞' if n == inf else n:>5}{cells}{_cell(by.get((n, 'bayes', '-', 'acc'))):>{w}}")
-    n_max = ns[-1]
-    lo = next((f.get("n_range", [1])[0] for f in fits.values()), 1)
-    out.append(f"exact limits (n → ∞): floor = TV(limit, exact Bayes at n = {n_max}) and TV(limit, oracle); "
-               f"slope of TV(estimate_n, limit) over n = {lo}..{n_max} (central limit: -0.5); Σ_i K <= 0")
-    out.append(f"{'kernel':<11} {'estimator':<10} {'floor vs Bayes':>15} {'vs oracle':>15} {'slope':>7}  "
-               f"{'Σ K <= 0 at n = 1 / ' + str(n_max) + ' / ∞'}")
-    for kn in kernels:
-        for e in estimators:
-            f = fits.get(f"{kn}/{e}", {})
-            slope = f.get("slope", float("nan"))
-            s_txt = f"{slope:>7.3f}" if math.isfinite(slope) else f"{'n/a':>7}"
-            if f.get("degenerate"):
-                s_txt += " (degenerate fit)"
-            nonpos = "" if kn == "frequency" else " / ".join(
-                _share(by.get((n, kn, "-", "nonpositive_sum"))) for n in (1, n_max, inf))
-            out.append(f"{kn:<11} {e:<10} {_cell(by.get((inf, kn, e, 'tv_bayes'))):>15} "
-                       f"{_cell(by.get((inf, kn, e, 'tv'))):>15} {s_txt}  {nonpos}".rstrip())
-    return out
 
 
 def _world_title(world, source, n_worlds: int = 1) -> str:
@@ -686,12 +361,12 @@ def _world_title(world, source, n_worlds: int = 1) -> str:
                    "within a prompt).")
 @click.option("--world", "world_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Load the world from this .npz instead (not with --preset, --set, --world-seed).")
-@click.option("--world-seed", "world_seeds", type=NONNEG, multiple=True, callback=_distinct("world seed"),
+@click.option("--world-seed", "world_seeds", type=NONNEG, multiple=True, callback=distinct("world seed"),
               help="Seed of the preset's random world; repeat for several worlds (the CIs are then over "
                    "worlds).  Default 0.")
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE",
               help="Override one preset option, e.g. --set n_states=20; repeatable.")
-@click.option("--n-demos", type=_NDemos(), default="1..256", show_default=True,
+@click.option("--n-demos", type=NDemos(), default="1..256", show_default=True,
               help="The n to report: 'A..B' (every n from A to B inclusive), a comma list '1,2,8', or a "
                    "mixture '1,2,4..8'.  Every prompt holds max(n) demonstrations; the curve for smaller "
                    "n comes from the same prompts.")
@@ -700,19 +375,19 @@ def _world_title(world, source, n_worlds: int = 1) -> str:
                    "the setting of the paper's Table 3, where paper-c's kernel is constant within a prompt.")
 @click.option("--n-prompts", type=POSITIVE, default=200, show_default=True,
               help="Prompts per world and prompt seed.")
-@click.option("--seed", "seeds", type=NONNEG, multiple=True, callback=_distinct_seeds,
+@click.option("--seed", "seeds", type=NONNEG, multiple=True, callback=distinct_seeds,
               help="Prompt sampling seed; repeat for several seeds (their prompts are pooled within each "
                    "world).  Default 0.")
-@click.option("--concepts", type=_Concepts(), default="prior", show_default=True,
+@click.option("--concepts", type=Concepts(), default="prior", show_default=True,
               help="Where the prompts' concepts come from: 'prior' (drawn from the pretraining prior), "
                    "'id' / 'ood' (spread evenly over the concepts with prior > 0 / prior = 0), or one "
                    "concept index.")
 @click.option("--estimator", "estimators", multiple=True, metavar="NAME[,NAME]",
-              callback=_choice_list(CONVERGE_ESTIMATORS, "estimator"),
+              callback=choice_list(CONVERGE_ESTIMATORS, "estimator"),
               help="Kernel-regression estimator(s): averaged, normalised (undefined, so uniform, where "
                    "Σ_i K <= 0), clipped (normalised with max(K, 0)); repeatable or a comma list.  Default: all.")
 @click.option("--kernel", "kernels", multiple=True, metavar="NAME[,NAME]",
-              callback=_choice_list(CONVERGE_KERNELS, "kernel"),
+              callback=choice_list(CONVERGE_KERNELS, "kernel"),
               help="Kernel(s): theory (Σ of the pretraining inputs), oracle (Σ_θ* of the prompt's own "
                    "concept), similarity (P(o|x)ᵀP(o|x')), frequency (K ≡ 1: the label frequencies, the "
                    "baseline); repeatable or a comma list.  Default: all four.")
@@ -775,7 +450,7 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
     kernels, estimators = tuple(kernels), tuple(estimators)
     labels = list(world_seeds) if world_file is None else ["file"]
     n_w = len(worlds)
-    with _bar(n_w * len(seeds), "converge", "seed") as bar:
+    with progress_bar(n_w * len(seeds), "converge", "seed") as bar:
         def tick(msg, done):
             bar.set_description(msg[:60])
             bar.update(done - bar.n)
@@ -795,7 +470,7 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
                      f"{features} features")
     title = meta["title"]
 
-    table = converge_table(rows, fits, n_demos, kernels, estimators, info)
+    table = convergence.summary_lines(rows, fits, n_demos, kernels, estimators, info)
 
     # ---- every file complete before any is renamed into --out
     publish(out, {"convergence.csv": lambda p: write_csv(p, rows, CONVERGE_COLUMNS),
@@ -836,22 +511,6 @@ TRAIN_PRESET = "random"
 TRAIN_WORLD_DEFAULTS = {"random": {"concentration": "0.1"}}
 
 
-class _PositiveFloat(click.ParamType):
-    name = "float"
-
-    def __init__(self, what):
-        self.what = what
-
-    def convert(self, value, param, ctx):
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number; allowed: {self.what} > 0", param, ctx)
-        if not (v > 0 and math.isfinite(v)):
-            self.fail(f"{value} is not allowed; {self.what} must be > 0", param, ctx)
-        return v
-
-
 @main.command("train", short_help="Train a small transformer on a world's documents; gap to the Bayes floor.")
 @click.option("--corpus", "corpus_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Corpus folder made by `simkernel sample corpus`.  Without it, a corpus is sampled "
@@ -868,15 +527,15 @@ class _PositiveFloat(click.ParamType):
 @click.option("--corpus-seed", type=NONNEG, default=0, show_default=True, help="Seed of the sampled corpus.")
 @click.option("--model", "model_name", type=click.Choice(list(MODEL_NAMES)), default="cpu", show_default=True,
               help="Model preset: tiny (tests), cpu (CPU default), ginc-4/12/16 (GINC-sized, GPU).")
-@click.option("--block-size", type=_Int(2), default=128, show_default=True,
+@click.option("--block-size", type=Int(2), default=128, show_default=True,
               help="Symbols per training block (at most the model's context).")
 @click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Blocks per step (per rank).")
-@click.option("--lr", type=_PositiveFloat("the learning rate"), default=1e-3, show_default=True,
+@click.option("--lr", type=PositiveFloat("the learning rate"), default=1e-3, show_default=True,
               help="Peak learning rate (linear warm-up, cosine decay to a tenth).")
 @click.option("--warmup", type=NONNEG, default=100, show_default=True, help="Warm-up steps.")
 @click.option("--max-steps", type=POSITIVE, default=3000, show_default=True, help="Stop after this many steps.")
 @click.option("--eval-every", type=POSITIVE, default=100, show_default=True, help="Steps between evaluations.")
-@click.option("--target-gap", type=_PositiveFloat("the target gap"), default=0.05, show_default=True,
+@click.option("--target-gap", type=PositiveFloat("the target gap"), default=0.05, show_default=True,
               help="Stop when val loss - Bayes floor < this (nats/token).")
 @click.option("--patience", type=POSITIVE, default=10, show_default=True,
               help="Stop after this many evaluations without improvement of the val loss.")
@@ -924,7 +583,7 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
             if "stack" in shown:
                 shown["stack"].close()
             stack = contextlib.ExitStack()
-            shown.update(name=name, stack=stack, bar=stack.enter_context(_bar(total, name, unit)))
+            shown.update(name=name, stack=stack, bar=stack.enter_context(progress_bar(total, name, unit)))
         shown["bar"].update(n - shown["bar"].n)
 
     def progress(step, info):
@@ -972,13 +631,13 @@ ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_
                                      "theory kernel, with a figure.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="A training run folder (made by `simkernel train`).")
-@click.option("--n-demos", type=_NDemos(minimum=0), default="0,1,2,4,8,16,32,64", show_default=True,
+@click.option("--n-demos", type=NDemos(minimum=0), default="0,1,2,4,8,16,32,64", show_default=True,
               help="Numbers of demonstrations; n whose prompt exceeds the model's context is skipped.")
 @click.option("--example-length", type=EXAMPLE_LENGTH, default=3, show_default=True,
               help="Example length k: x has k - 1 symbols, then its label.")
 @click.option("--n-prompts", type=POSITIVE, default=200, show_default=True, help="Prompts per concept group.")
 @click.option("--seed", type=NONNEG, default=0, show_default=True, help="Prompt sampling seed.")
-@click.option("--concepts", type=_Concepts(), multiple=True,
+@click.option("--concepts", type=Concepts(), multiple=True,
               help="Concept group(s): prior, id, ood or an index; repeatable.  Default: id and ood when "
                    "the world has prior-0 concepts, else prior.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -1047,44 +706,17 @@ def icl_eval_cmd(run_dir, n_demos, example_length, n_prompts, seed, concepts, de
 MEASURE_JSON = "measure.json"
 
 
-def best_heads_table(best) -> list[str]:
-    """The printed summary: each (measure, reference)'s head chosen on the selection split."""
-    lines = [f"  {'measure':<9} {'reference':<17} {'layer':>5} {'head':>4}  {'select':>7}  {'held-out':>8}"]
-    for b in best:
-        lines.append(f"  {b['measure']:<9} {b['reference']:<17} {b['layer']:>5} {b['head']:>4}  "
-                     f"{b['select']:>7.3f}  {b['report']:>8.3f}")
-    return lines
-
-
-TOP_HEAD_COLUMNS = (("agree", "model"), ("agree", "gold"), ("agree", "bayes"), ("agree", "kernel"),
-                    ("pearson", "theory"), ("spearman", "theory"), ("pearson", "model_similarity"))
-
-
-def top_heads_table(heads, k: int = 3) -> list[str]:
-    """The k heads whose votes agree best with the model on the selection split, with their
-    held-out (report split) agreement and their correlation with the true kernel."""
-    val = {(r["measure"], r["reference"], r["layer"], r["head"], r["split"]): r["value"] for r in heads}
-    cand = sorted({(r["layer"], r["head"]) for r in heads},
-                  key=lambda lh: -val.get(("agree", "model", *lh, "select"), float("-inf")))[:k]
-    cols = [c for c in TOP_HEAD_COLUMNS if any((c[0], c[1], *lh, "report") in val for lh in cand)]
-    lines = ["  layer head  " + "  ".join(f"{m[:5] + ' ' + r[:10]:>16}" for m, r in cols)]
-    for lh in cand:
-        lines.append(f"  {lh[0]:>5} {lh[1]:>4}  " + "  ".join(
-            f"{val.get((m, r, *lh, 'report'), float('nan')):>16.3f}" for m, r in cols))
-    return lines
-
-
 @main.command("measure", short_help="Attention, reconstruction and probes of a trained model vs the true kernel.")
 @click.option("--checkpoint", "checkpoint", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="A training run folder (made by `simkernel train`) or its checkpoint/model folder.")
-@click.option("--n-prompts", type=_Int(2), default=1000, show_default=True,
+@click.option("--n-prompts", type=Int(2), default=1000, show_default=True,
               help="Prompts (split into head-selection and held-out report sets).")
 @click.option("--n-demos", type=POSITIVE, default=16, show_default=True,
               help="Demonstrations per prompt (16 x 4 + 2 = 66 symbols at k = 3, inside the default "
                    "run's 128-symbol training blocks).")
 @click.option("--example-length", type=EXAMPLE_LENGTH, default=3, show_default=True,
               help="Example length k: x has k - 1 symbols, then its label.")
-@click.option("--concepts", type=_Concepts(), default="prior", show_default=True,
+@click.option("--concepts", type=Concepts(), default="prior", show_default=True,
               help="Which concepts prompts come from: prior, id, ood or an index.")
 @click.option("--weight", type=click.Choice(["max", "label", "mean"]), default="max", show_default=True,
               help="A head's weight on a demonstration: the max attention over its span (the paper), "
@@ -1124,7 +756,7 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
     from . import alignment, analysis
     from .plots import MEASURE_FIGURES, plot_attention_profile, plot_head_scores, plot_probes
 
-    with _bar(4, "measure", "stage") as bar:
+    with progress_bar(4, "measure", "stage") as bar:
         started = []
 
         def tick(stage):
@@ -1168,10 +800,10 @@ def measure_cmd(checkpoint, n_prompts, n_demos, example_length, concepts, weight
                f"{base.get('model', float('nan')):.3f}, with exact Bayes {base.get('bayes', float('nan')):.3f}, "
                f"accuracy {base.get('gold', float('nan')):.3f}")
     click.echo("top heads by agreement with the model on the selection prompts; held-out values:")
-    for line in top_heads_table(result.heads):
+    for line in analysis.top_heads_table(result.heads):
         click.echo(line)
     click.echo("the head chosen per measure on the selection prompts:")
-    for line in best_heads_table(result.best):
+    for line in analysis.best_heads_table(result.best):
         click.echo(line)
     click.echo(f"wrote {len(written)} files into {out}" + (f" and {figures_dir}" if to_figures else "")
                + f" ({elapsed:.1f} s)")
@@ -1239,47 +871,6 @@ LLM_TASKS = tuple(textdata.TASKS)
 LLM_TABLES = ("heads", "best", "profile", "probes")
 
 
-def _probe_layers(ctx, param, value):
-    """'auto' | 'all' | 'none' | layer indices ('16..21', '3,7,14')."""
-    v = str(value).strip().lower()
-    if v in ("auto", "all", "none"):
-        return v
-    try:
-        return parse_n_demos(v, minimum=0)
-    except ValueError as e:
-        raise click.BadParameter(f"{e}; or one of auto, all, none", ctx=ctx, param=param) from None
-
-
-def _comma_words(what):
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        words = tuple(w.strip() for w in str(value).split(","))
-        if not all(words):
-            raise click.BadParameter(f"empty {what} in {value!r}; expected a comma list", ctx=ctx, param=param)
-        return words
-    return callback
-
-
-def llm_table2(summary: dict, task: str | None, paper: dict | None) -> list[str]:
-    """The paper's Table 2 in text: ICL accuracy, agreement of the best head's reconstruction
-    with the model, reconstructed accuracy, best head (chosen on the selection split)."""
-    t2 = summary["table2"]
-
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    name = task or "data"
-    lines = [f"Table 2 (best head chosen on {summary['n_select']} examples by agreement with the model, reported on "
-             f"{summary['n_report']} held out; weight {summary['weight']})",
-             f"{'task':<22} {'ICL acc':>8} {'agreement':>10} {'recon acc':>10}  best head",
-             f"{name:<22} {f(t2['icl_accuracy']):>8} {f(t2['agreement']):>10} {f(t2['reconstructed_accuracy']):>10}  "
-             f"L{t2['layer']} H{t2['head']}"]
-    if paper is not None:
-        lines.append(f"{'paper (GPT-J-6B)':<22} {paper['icl_accuracy']:>8.3f} {paper['agreement']:>10.3f} {'-':>10}")
-    return lines
-
-
 @main.command("llm", short_help="The kernel-regression measurements on a real Hugging Face LLM (Table 2).")
 @click.option("--model", "model_name", required=True, metavar="NAME",
               help="An alias (gpt-j-6b, gpt2, gpt2-medium, gpt2-large, gpt2-xl, pythia-160m/410m/1.4b/6.9b, "
@@ -1293,18 +884,18 @@ def llm_table2(summary: dict, task: str | None, paper: dict | None) -> list[str]
 @click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A local .csv, .tsv (GLUE's sentence<TAB>label) or .jsonl file instead of --task; "
                    "demonstrations are drawn from its other rows.")
-@click.option("--text-column", default="sentence", show_default=True, callback=_comma_words("column"),
+@click.option("--text-column", default="sentence", show_default=True, callback=comma_words("column"),
               help="With --data: the text column; 'premise,hypothesis' for a pair task.")
 @click.option("--label-column", default="label", show_default=True, help="With --data: the label column "
                                                                           "(class indices or label words).")
-@click.option("--label-words", default="Negative,Positive", show_default=True, callback=_comma_words("label word"),
+@click.option("--label-words", default="Negative,Positive", show_default=True, callback=comma_words("label word"),
               help="With --data: the answer word of each class 0, 1, ... (scored on its first token).")
 @click.option("--n-demos", type=POSITIVE, default=textdata.DEFAULT_N_DEMOS, show_default=True,
               help="Demonstrations per prompt (8 keeps SST-2 prompts near 300 GPT-J tokens, far inside 2048).")
 @click.option("--demos", "mode", type=click.Choice(textdata.MODES), default="random",
               show_default=True, help="How demonstrations are drawn: uniformly, class-balanced, or the most "
                                       "similar pool texts (TF-IDF), each example with its own seed.")
-@click.option("--n-examples", type=_Int(2), default=llm.DEFAULT_N_EXAMPLES, show_default=True,
+@click.option("--n-examples", type=Int(2), default=llm.DEFAULT_N_EXAMPLES, show_default=True,
               help="Test examples (a seeded subset when the split has more; all when it has fewer).")
 @click.option("--weight", "how", type=click.Choice(["max", "label", "mean"]), default="max", show_default=True,
               help="A head's weight a_i on demonstration i: the max attention in its span (the paper's), the "
@@ -1315,7 +906,7 @@ def llm_table2(summary: dict, task: str | None, paper: dict | None) -> list[str]
 @click.option("--split-seed", type=NONNEG, default=0, show_default=True, help="Seed of the select/report split.")
 @click.option("--seed", type=NONNEG, default=0, show_default=True,
               help="Seed of the test subset and of every example's demonstrations.")
-@click.option("--probe-layers", default="auto", show_default=True, callback=_probe_layers,
+@click.option("--probe-layers", default="auto", show_default=True, callback=probe_layers,
               help="Layers whose keys and values are probed: auto (all when their float32 keys and values fit "
                    "4 GiB, about 6 GiB at the peak; else evenly spaced ones), all, none, or indices such as "
                    "16..21 or 3,7,14.")
@@ -1373,7 +964,7 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
                   n_examples=n_examples, how=how, n_select=n_select, n_report=n_report, split_seed=split_seed,
                   probe_layers=probe_layers, max_text_tokens=max_text_tokens, dtype=dtype, device=device,
                   device_map=device_map, batch_size=batch_size,
-                  bar=lambda desc, total: _bar(total, desc, "prompt"),
+                  bar=lambda desc, total: progress_bar(total, desc, "prompt"),
                   on_load=lambda msg: click.echo(msg, err=True) if sys.stderr.isatty() else None)
     elapsed = time.perf_counter() - t0
     res, meta_out = job.analysis, job.outputs.meta
@@ -1424,7 +1015,7 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     where = "read from the cache" if job.info["cache_hit"] else "computed and cached"
     click.echo(f"prompts: {tokens.get('mean', float('nan')):.0f} tokens on average, {tokens.get('max', '?')} at most; "
                f"model outputs {where} ({Path(job.info['cache_file']).name})")
-    for line in llm_table2(s, data.task or Path(data.path).stem, paper):
+    for line in llm.table2_lines(s, data.task or Path(data.path).stem, paper):
         click.echo(line)
     sim = [b for b in res.best if b["measure"] == "pearson" and b["reference"] == "similarity"]
     if sim:

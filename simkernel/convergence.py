@@ -14,6 +14,7 @@ Nothing here prints or writes.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -704,3 +705,94 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
 def world_inputs_enumerable(world: World, example_length: int) -> bool:
     """True when the V^(k-1) inputs are enumerated (Σ and the limits exact), else Monte Carlo."""
     return world.n_symbols ** (example_length - 1) <= kernel.EXACT_LIMIT
+
+
+# ---------------------------------------------------------------------- the printed summary
+def _shown_ns(ns) -> list[int]:
+    """The n printed in the table: the powers of two among the requested n, and the largest
+    (every requested n when there are at most 10)."""
+    if len(ns) <= 10:
+        return list(ns)
+    shown = [n for n in ns if n & (n - 1) == 0]
+    if ns[-1] not in shown:
+        shown.append(ns[-1])
+    return shown
+
+
+def _cell(r, digits: int = 3) -> str:
+    """mean ± CI half-width of a row (or n/a)."""
+    if r is None or not math.isfinite(r["mean"]):
+        return "n/a"
+    half = (r["ci_high"] - r["ci_low"]) / 2
+    return f"{r['mean']:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{r['mean']:.{digits}f}"
+
+
+def _share(r) -> str:
+    return "n/a" if r is None or not math.isfinite(r["mean"]) else f"{100 * r['mean']:.0f}%"
+
+
+def primary_estimator(estimators) -> str:
+    """The estimator of the printed tables and the figure: normalised when computed (the
+    theory's ŷ = Σ y_i K / Σ K), else the first one."""
+    return "normalised" if "normalised" in estimators else estimators[0]
+
+
+def summary_lines(rows, fits, ns, kernels, estimators, info=None) -> list[str]:
+    """The printed summary (numbers straight from the tidy rows, fits and info of
+    ``convergence.run``):
+
+    1. the within-prompt spread of each kernel (does it do more than count labels?);
+    2. per shown n and at n = ∞ (the exact limit, against the oracle): TV to exact Bayes of every
+       kernel with the primary estimator, beside exact Bayes' own distance to the oracle;
+    3. the same for the tie-fair argmax agreement;
+    4. per kernel and estimator: the floor (the limit's TV to exact Bayes at the largest n and to
+       the oracle), the fitted slope of TV(estimate_n, limit), and the share of prompts whose
+       kernel sum is <= 0."""
+    by = {(r["n_demos"], r["kernel"], r["estimator"], r["metric"]): r for r in rows}
+    inf = float("inf")
+    est = primary_estimator(estimators)
+    n_worlds = max((r.get("n_worlds", 1) for r in rows), default=1)
+    unit = "worlds (prompts within worlds)" if n_worlds > 1 else "prompts"
+    out = []
+    spread = (info or {}).get("spread", {})
+    if spread:
+        parts = [f"{k} CV {s['median_cv']:.2f}, {s['median_distinct']:.0f} distinct values"
+                 for k, s in spread.items() if k != "frequency"]
+        if parts:
+            out.append(f"K(x_test, x_i) within a prompt at n = {ns[-1]} (medians over prompts): " + "; ".join(parts))
+    known = any(r["kernel"] == "bayes-vs-known" for r in rows)
+    w = 15
+    head = "".join(f"{k:>{w}}" for k in kernels)
+    shown = _shown_ns(ns)
+    out.append(f"TV to the exact posterior, {est} estimator (mean ± 95% CI over {unit}); "
+               f"n = ∞: the exact limit against the oracle")
+    out.append(f"{'n':>5}{head}{'Bayes-oracle':>{w}}" + (f"{'Bayes-known':>{w}}" if known else ""))
+    for n in shown + [inf]:
+        cells = "".join(f"{_cell(by.get((n, k, est, 'tv'))):>{w}}" for k in kernels)
+        ref = "" if n == inf else f"{_cell(by.get((n, 'bayes-vs-oracle', '-', 'tv'))):>{w}}"
+        if known and n != inf:
+            ref += f"{_cell(by.get((n, 'bayes-vs-known', '-', 'tv'))):>{w}}"
+        out.append(f"{'∞' if n == inf else n:>5}{cells}{ref}")
+    out.append(f"argmax agreement with the exact posterior, {est} estimator (a tie among m labels scores 1/m)")
+    out.append(f"{'n':>5}{head}{'Bayes acc':>{w}}")
+    for n in shown + [inf]:
+        cells = "".join(f"{_cell(by.get((n, k, est, 'agree'))):>{w}}" for k in kernels)
+        out.append(f"{'∞' if n == inf else n:>5}{cells}{_cell(by.get((n, 'bayes', '-', 'acc'))):>{w}}")
+    n_max = ns[-1]
+    lo = next((f.get("n_range", [1])[0] for f in fits.values()), 1)
+    out.append(f"exact limits (n → ∞): floor = TV(limit, exact Bayes at n = {n_max}) and TV(limit, oracle); "
+               f"slope of TV(estimate_n, limit) over n = {lo}..{n_max} (central limit: -0.5); Σ_i K <= 0")
+    out.append(f"{'kernel':<11} {'estimator':<10} {'floor vs Bayes':>15} {'vs oracle':>15} {'slope':>7}  "
+               f"{'Σ K <= 0 at n = 1 / ' + str(n_max) + ' / ∞'}")
+    for kn in kernels:
+        for e in estimators:
+            f = fits.get(f"{kn}/{e}", {})
+            slope = f.get("slope", float("nan"))
+            s_txt = f"{slope:>7.3f}" if math.isfinite(slope) else f"{'n/a':>7}"
+            if f.get("degenerate"):
+                s_txt += " (degenerate fit)"
+            nonpos = "" if kn == "frequency" else " / ".join(
+                _share(by.get((n, kn, "-", "nonpositive_sum"))) for n in (1, n_max, inf))
+            out.append(f"{kn:<11} {e:<10} {_cell(by.get((inf, kn, e, 'tv_bayes'))):>15} "
+                       f"{_cell(by.get((inf, kn, e, 'tv'))):>15} {s_txt}  {nonpos}".rstrip())
+    return out

@@ -784,3 +784,21 @@ def default_out(model_name: str, data: DataSpec) -> Path:
     what = data.task if data.task is not None else Path(data.path).stem
     return Path("runs") / "llm" / f"{slug(model_name)}-{slug(what)}"
 
+
+def table2_lines(summary: dict, task: str | None, paper: dict | None) -> list[str]:
+    """The paper's Table 2 in text: ICL accuracy, agreement of the best head's reconstruction
+    with the model, reconstructed accuracy, best head (chosen on the selection split)."""
+    t2 = summary["table2"]
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    name = task or "data"
+    lines = [f"Table 2 (best head chosen on {summary['n_select']} examples by agreement with the model, reported on "
+             f"{summary['n_report']} held out; weight {summary['weight']})",
+             f"{'task':<22} {'ICL acc':>8} {'agreement':>10} {'recon acc':>10}  best head",
+             f"{name:<22} {f(t2['icl_accuracy']):>8} {f(t2['agreement']):>10} {f(t2['reconstructed_accuracy']):>10}  "
+             f"L{t2['layer']} H{t2['head']}"]
+    if paper is not None:
+        lines.append(f"{'paper (GPT-J-6B)':<22} {paper['icl_accuracy']:>8.3f} {paper['agreement']:>10.3f} {'-':>10}")
+    return lines
