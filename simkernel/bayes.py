@@ -31,6 +31,7 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba calls, so threadpoolctl can cap it)
 from threadpoolctl import threadpool_limits
 
+from .constants import BAYES_COLUMNS
 from .world import World
 
 METHODS = ("auto", "dense", "sparse")
@@ -523,7 +524,7 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
 #: Prompts per icl_curve call: one progress step, and the unit that bounds memory.
 CHUNK = 128
 SUMMARY_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
-SUMMARY_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+SUMMARY_COLUMNS = BAYES_COLUMNS
 SUMMARY_DESCRIPTIONS = {
     "posterior_true": "P(true concept | n demonstrations, x_test)",
     "bayes_accuracy": "argmax of the Bayes predictive over the labels == y_test (a tie among m labels scores 1/m)",

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from . import __version__, llm, textdata
-from .constants import DEFAULT_RIDGE, ESTIMATORS, FEATURES, KERNELS
+from .constants import CONVERGENCE_COLUMNS, DEFAULT_RIDGE, ESTIMATORS, FEATURES, ICL_COLUMNS, KERNELS
 from .options import (EXAMPLE_LENGTH, NONNEG, POSITIVE, Concepts, Int, NDemos, PositiveFloat, choice_list,
                       comma_words, distinct, distinct_seeds, format_n_demos, parse_n_demos, parse_sets,
                       probe_layers, progress_bar)
@@ -326,8 +326,7 @@ def bayes_cmd(preset, world_file, world_seed, overrides, n_prompts, n_demos, exa
 
 # ---------------------------------------------------------------------- converge
 CONVERGE_FILES = ("convergence.csv", "floors.csv", "convergence.json", "convergence.png", "convergence.pdf")
-CONVERGE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts",
-                    "n_worlds")                                # = convergence.COLUMNS (not imported: Numba)
+CONVERGE_COLUMNS = CONVERGENCE_COLUMNS
 CONVERGE_KERNELS = KERNELS
 CONVERGE_ESTIMATORS = ESTIMATORS
 #: The headline world of converge (no --preset, --world or --set): GINC's construction, small,
@@ -624,7 +623,6 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
 
 # ---------------------------------------------------------------------- icl-eval
 ICL_FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
-ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 
 
 @main.command("icl-eval", short_help="A trained model's in-context predictions against exact Bayes and the "

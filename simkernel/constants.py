@@ -11,3 +11,19 @@ ESTIMATORS = ("averaged", "normalised", "clipped")
 FEATURES = ("belief", "operator")
 #: The ridge of every kernel: λ = DEFAULT_RIDGE · trace(Σ) / D.
 DEFAULT_RIDGE = 0.01
+
+
+# ---------------------------------------------------------------------- table schemas
+# One schema per result table, owned here so that the modules that compute a table, the figures
+# that read it and the command line that writes it spell it once (``plots`` must not import the
+# Numba-heavy modules that compute them).
+#: convergence.csv (``convergence.run``); n_demos is an integer or "inf" for the exact limits.
+CONVERGENCE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts",
+                       "n_worlds")
+#: floors.csv (``convergence.concept_floors``).
+FLOOR_COLUMNS = ("world", "concept", "prior", "kernel", "estimator", "floor_tv", "floor_se", "exact",
+                 "eta", "eps", "eps_span", "span_dim", "eta2_eps", "eta2_eps_span")
+#: bayes.csv (``bayes.run``).
+BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+#: icl_vs_bayes.csv (``icl_eval.run``).
+ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")

@@ -26,7 +26,7 @@ from .sampling import sample_prompt_set
 from .store import provenance, world_summary
 from .world import World
 
-from .constants import DEFAULT_RIDGE, KERNELS  # noqa: E402  (KERNELS re-exported)
+from .constants import CONVERGENCE_COLUMNS, DEFAULT_RIDGE, FLOOR_COLUMNS, KERNELS  # noqa: E402,F401
 #: Per n and (kernel, estimator), against exact Bayes (tv_limit: against the estimate's own n -> ∞ limit).
 METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_limit")
 #: At n = inf: the limit against the oracle (l1 .. acc), against exact Bayes at the largest n
@@ -35,9 +35,7 @@ LIMIT_METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_bayes", "limit_se")
 #: Metrics that are shares or probabilities (their intervals are clipped to [0, 1]; every
 #: metric's lower end is clipped at 0).
 BOUNDED = ("agree", "acc", "nonpositive_sum")
-COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts", "n_worlds")
-FLOOR_COLUMNS = ("world", "concept", "prior", "kernel", "estimator", "floor_tv", "floor_se", "exact",
-                 "eta", "eps", "eps_span", "span_dim", "eta2_eps", "eta2_eps_span")
+COLUMNS = CONVERGENCE_COLUMNS
 #: The fit of |estimate_n − limit| uses n >= this (smaller n are far from the central-limit regime).
 FIT_N_MIN = 4
 #: A kernel is reported constant within a prompt when its values there span at most this much

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bayes, kernel
-from .constants import DEFAULT_RIDGE
+from .constants import DEFAULT_RIDGE, ICL_COLUMNS
 from .convergence import kernel_estimates
 from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement
 from .sampling import sample_prompt_set
@@ -80,7 +80,7 @@ KERNEL_METRICS = tuple(kernel_metric(m, e) for e in _ESTIMATOR_ORDER for m in _K
 _FREQUENCY_BASE = {m.replace("kernel", "frequency"): score for m, score in _KERNEL_BASE.items()}
 FREQUENCY_METRICS = tuple(_FREQUENCY_BASE)
 METRICS = BASE_METRICS + KERNEL_METRICS + FREQUENCY_METRICS
-COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+COLUMNS = ICL_COLUMNS
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16, 32, 64)
 
 

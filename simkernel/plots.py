@@ -21,10 +21,9 @@ import json
 import math
 from pathlib import Path
 
+from .constants import CONVERGENCE_COLUMNS, ICL_COLUMNS  # one schema per table, spelled once
 from .store import atomic_write
 
-CONVERGENCE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_low", "ci_high", "n_prompts",
-                       "n_worlds")
 #: Columns a table may lack, with the value they then take: tables written before n_worlds
 #: pooled the prompts of a single world.
 _CONVERGENCE_OPTIONAL = {"n_worlds": 1}
@@ -480,7 +479,6 @@ def redraw_convergence(folder, out_folder=None) -> list[Path]:
 
 
 # ---------------------------------------------------------------------- the ICL evaluation figure
-ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 ICL_FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
 _GROUP_TITLES = {"prior": "concepts drawn from the prior", "id": "in-distribution concepts (prior > 0)",
                  "ood": "out-of-distribution concepts (prior = 0)"}
