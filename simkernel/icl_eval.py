@@ -55,7 +55,7 @@ from . import bayes, kernel
 from .constants import DEFAULT_RIDGE, ICL_COLUMNS
 from .convergence import kernel_estimates
 from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement
-from .sampling import sample_prompt_set
+from .sampling import prompt_length, sample_prompt_set  # noqa: F401  (prompt_length re-exported)
 from .world import World
 
 BASE_METRICS = ("tv_bayes", "agree_bayes", "acc_model", "acc_bayes", "acc_oracle", "tv_oracle")
@@ -82,11 +82,6 @@ FREQUENCY_METRICS = tuple(_FREQUENCY_BASE)
 METRICS = BASE_METRICS + KERNEL_METRICS + FREQUENCY_METRICS
 COLUMNS = ICL_COLUMNS
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16, 32, 64)
-
-
-def prompt_length(n: int, example_length: int) -> int:
-    """Symbols in a prompt of n demonstrations (each x, y, delimiter) then x_test."""
-    return n * (example_length + 1) + example_length - 1
 
 
 def context_of(model) -> int | None:

@@ -442,12 +442,6 @@ def belief_readout(world: World, concept: int) -> np.ndarray:
     return out
 
 
-def similarity(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
-    """The paper's prediction-similarity kernel sim(x, x') = P(o|x)ᵀ P(o|x'):
-    p_a (..., A, V), p_b (..., C, V) -> (..., A, C)."""
-    return p_a @ np.swapaxes(p_b, -1, -2)
-
-
 def epsilon_theta(model_pre: KernelModel, model_task: KernelModel, basis: np.ndarray | None = None) -> float:
     """ε_θ = ρ(Σ_pre⁻¹ − Σ_θ⁻¹) (spectral radius; ridged precisions, dense form only).
 

@@ -297,6 +297,11 @@ def prompt_layout(tokens, n_demos, k, labels, y_test, concepts) -> Prompts:
                    np.ascontiguousarray(labels), y_test, concepts, int(n_demos), int(k))
 
 
+def prompt_length(n_demos: int, example_length: int) -> int:
+    """Symbols in a prompt of n demonstrations (each x, y, delimiter) then x_test: n (k + 1) + k - 1."""
+    return int(n_demos) * (int(example_length) + 1) + int(example_length) - 1
+
+
 def _check_count(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -322,7 +327,7 @@ def sample_prompts(world: World, n_prompts: int, n_demos: int, example_length: i
         if isinstance(concept, bool) or not isinstance(concept, (int, np.integer)) or not 0 <= concept < K:
             raise ValueError(f"concept must be an integer in 0..{K - 1} or None, got {concept!r}")
         concepts_in = np.full(B, int(concept), dtype=np.int64)
-    L = n * (k + 1) + k - 1
+    L = prompt_length(n, k)
     tokens = np.zeros((B, L), dtype=np.int32)
     y_test = np.zeros(B, dtype=np.int32)
     concepts = np.zeros(B, dtype=np.int64)
