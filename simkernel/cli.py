@@ -20,8 +20,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__, llm, textdata
-from .constants import CONVERGENCE_COLUMNS, DEFAULT_RIDGE, ESTIMATORS, FEATURES, ICL_COLUMNS, KERNELS
+from . import __version__
+from .constants import (CONVERGENCE_COLUMNS, DEFAULT_RIDGE, DEMO_MODES, ESTIMATORS, FEATURES, ICL_COLUMNS, KERNELS,
+                        LLM_BATCH_SIZE, LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_N_EXAMPLES, TEXT_N_DEMOS, TEXT_TASKS)
 from .options import (EXAMPLE_LENGTH, NONNEG, POSITIVE, Concepts, Int, NDemos, PositiveFloat, choice_list,
                       comma_words, distinct, distinct_seeds, format_n_demos, parse_n_demos, parse_sets,
                       probe_layers, progress_bar)
@@ -865,7 +866,7 @@ def plot_measure_cmd(folder, out):
 
 
 # ---------------------------------------------------------------------- llm
-LLM_TASKS = tuple(textdata.TASKS)
+LLM_TASKS = TEXT_TASKS
 LLM_TABLES = ("heads", "best", "profile", "probes")
 
 
@@ -888,12 +889,12 @@ LLM_TABLES = ("heads", "best", "profile", "probes")
                                                                           "(class indices or label words).")
 @click.option("--label-words", default="Negative,Positive", show_default=True, callback=comma_words("label word"),
               help="With --data: the answer word of each class 0, 1, ... (scored on its first token).")
-@click.option("--n-demos", type=POSITIVE, default=textdata.DEFAULT_N_DEMOS, show_default=True,
+@click.option("--n-demos", type=POSITIVE, default=TEXT_N_DEMOS, show_default=True,
               help="Demonstrations per prompt (8 keeps SST-2 prompts near 300 GPT-J tokens, far inside 2048).")
-@click.option("--demos", "mode", type=click.Choice(textdata.MODES), default="random",
+@click.option("--demos", "mode", type=click.Choice(DEMO_MODES), default="random",
               show_default=True, help="How demonstrations are drawn: uniformly, class-balanced, or the most "
                                       "similar pool texts (TF-IDF), each example with its own seed.")
-@click.option("--n-examples", type=Int(2), default=llm.DEFAULT_N_EXAMPLES, show_default=True,
+@click.option("--n-examples", type=Int(2), default=LLM_N_EXAMPLES, show_default=True,
               help="Test examples (a seeded subset when the split has more; all when it has fewer).")
 @click.option("--weight", "how", type=click.Choice(["max", "label", "mean"]), default="max", show_default=True,
               help="A head's weight a_i on demonstration i: the max attention in its span (the paper's), the "
@@ -909,12 +910,12 @@ LLM_TABLES = ("heads", "best", "profile", "probes")
                    "4 GiB, about 6 GiB at the peak; else evenly spaced ones), all, none, or indices such as "
                    "16..21 or 3,7,14.")
 @click.option("--max-text-tokens", type=POSITIVE, default=None, help="Cut each text to this many tokens.")
-@click.option("--dtype", type=click.Choice(llm.DTYPES + tuple(llm.DTYPE_ALIASES)), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(LLM_DTYPES + tuple(LLM_DTYPE_ALIASES)), default="auto", show_default=True,
               help="auto: bfloat16 on CUDA, float32 on CPU (the cache key holds the resolved dtype).")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda, cuda:N.")
 @click.option("--device-map", default=None,
               help="Spread the model over several GPUs through accelerate, e.g. 'auto' (instead of --device).")
-@click.option("--batch-size", type=POSITIVE, default=llm.DEFAULT_BATCH_SIZE, show_default=True,
+@click.option("--batch-size", type=POSITIVE, default=LLM_BATCH_SIZE, show_default=True,
               help="Prompts per forward pass.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default runs/llm/<model>-<task>): tables, figures, llm.json and the cached "
@@ -934,6 +935,8 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     probes.png, and caches the model's outputs as outputs-<hash>.npz: rerunning with another
     --weight, --n-select/--n-report or --split-seed does not run the model again.
     """
+    from . import llm
+
     ctx = click.get_current_context()
     if data_file is not None and task is not None:
         raise click.UsageError("--data reads a local file; it cannot be combined with --task")

@@ -27,3 +27,18 @@ FLOOR_COLUMNS = ("world", "concept", "prior", "kernel", "estimator", "floor_tv",
 BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 #: icl_vs_bayes.csv (``icl_eval.run``).
 ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+
+
+# ---------------------------------------------------------------------- real LLMs (``simkernel llm``)
+#: The paper's text tasks (``textdata.TASKS`` holds their datasets and templates; a test checks
+#: that the names agree).
+TEXT_TASKS = ("sst2", "rotten_tomatoes", "tweet_eval_hate", "tweet_eval_irony", "tweet_eval_offensive", "mnli")
+#: How demonstrations are drawn: uniformly, class-balanced, or the most similar pool texts.
+DEMO_MODES = ("random", "balanced", "similar")
+#: Demonstrations per text prompt (8 keeps SST-2 prompts near 300 GPT-J tokens).
+TEXT_N_DEMOS = 8
+#: Weight dtypes of ``simkernel llm`` and their short names.
+LLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+LLM_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+LLM_BATCH_SIZE = 8
+LLM_N_EXAMPLES = 1000

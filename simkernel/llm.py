@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis, capture, textdata
+from .constants import LLM_BATCH_SIZE, LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_N_EXAMPLES
 from .prompts import PromptBatch, collate
 from .store import sha256_file
 
@@ -74,10 +75,10 @@ MODEL_ALIASES = {
     "llama-3-8b": "meta-llama/Meta-Llama-3-8B",
 }
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_N_EXAMPLES = 1000
+DTYPES = LLM_DTYPES
+DTYPE_ALIASES = LLM_DTYPE_ALIASES
+DEFAULT_BATCH_SIZE = LLM_BATCH_SIZE
+DEFAULT_N_EXAMPLES = LLM_N_EXAMPLES
 #: bytes of float32 keys + values held in memory for the probes under ``probe_layers="auto"``
 #: (the process peaks at about 1.5x this; see the module docstring)
 PROBE_BUDGET = 4 << 30

@@ -98,10 +98,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .constants import DEMO_MODES, TEXT_N_DEMOS
 from .prompts import Example
 
-DEFAULT_N_DEMOS = 8
-MODES = ("random", "balanced", "similar")
+DEFAULT_N_DEMOS = TEXT_N_DEMOS
+MODES = DEMO_MODES
 FILE_TYPES = (".csv", ".tsv", ".jsonl")
 SAMPLE_FILES = ("sst2_sample.tsv", "sentiment_sample.csv", "sentiment_sample.jsonl")
 

@@ -415,3 +415,11 @@ def test_resolve_model_folders_aliases_hub_ids_and_bad_paths(tiny_llm_dir, tmp_p
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is not a folder"):
         llm.resolve_model(str(tmp_path / "file"))
+
+
+def test_cheap_names_agree_with_the_modules():
+    """The CLI's --help reads task, mode and dtype names from simkernel.constants (no transformers
+    import); they must be the ones textdata and llm implement."""
+    from simkernel import constants, llm, textdata
+    assert constants.TEXT_TASKS == tuple(textdata.TASKS)
+    assert constants.DEMO_MODES == textdata.MODES and constants.LLM_DTYPES == llm.DTYPES
