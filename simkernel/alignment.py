@@ -1,7 +1,7 @@
 """Simulator only: the measurement library's per-head weights against the ground truth.
 
 ``capture`` and ``analysis`` run on any causal LM and know nothing of HMMs.  In a simulated world the true
-kernel K(x_test, x_i) (``convergence.kernel_values``) and the exact posterior predictive
+kernel K(x_test, x_i) (``kernel.kernel_values``) and the exact posterior predictive
 (``bayes.icl_curve``) are known, so each head's demonstration weights a_i and its label vote
 can be compared with them:
 
@@ -30,7 +30,7 @@ from . import bayes, kernel
 from .analysis import PROBE_OFFSETS, analyse, prediction_similarity
 from .capture import capture, forward_labels, label_distribution
 from .constants import DEFAULT_RIDGE
-from .convergence import kernel_values
+from .kernel import kernel_values
 from .metrics import restrict
 from .prompts import Example, PromptBatch, collate
 from .sampling import Prompts, sample_prompt_set

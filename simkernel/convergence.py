@@ -6,8 +6,8 @@ of the confidence intervals.
 - :func:`run` is ``simkernel converge`` as a library call: worlds x prompt seeds -> a
   :class:`Convergence` (tidy rows, fits, per-concept floors, info).  It writes nothing.
 - :func:`run_seed` is one (world, prompt seed); :func:`summarise` turns seeds into rows.
-- :func:`kernel_values` / :func:`kernel_estimates` are the kernel side alone, shared with
-  ``icl_eval`` and ``alignment``.
+- The kernel side alone (``KernelSet``, ``kernel_values``, ``kernel_estimates``) lives in
+  ``kernel``, shared with ``icl_eval`` and ``alignment``.
 
 Nothing here prints or writes.
 """
@@ -27,6 +27,9 @@ from .store import provenance, world_summary
 from .world import World
 
 from .constants import CONVERGENCE_COLUMNS, DEFAULT_RIDGE, FLOOR_COLUMNS, KERNELS  # noqa: E402,F401
+# the kernel pipeline lives in kernel.py; these names stay importable from here
+from .kernel import (CONSTANT_RTOL, FEATURE_MEMORY_LIMIT, KernelSet, _check_names, kernel_estimates,  # noqa: F401
+                     kernel_spread, kernel_values)
 #: Per n and (kernel, estimator), against exact Bayes (tv_limit: against the estimate's own n -> ∞ limit).
 METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_limit")
 #: At n = inf: the limit against the oracle (l1 .. acc), against exact Bayes at the largest n
@@ -38,12 +41,6 @@ BOUNDED = ("agree", "acc", "nonpositive_sum")
 COLUMNS = CONVERGENCE_COLUMNS
 #: The fit of |estimate_n − limit| uses n >= this (smaller n are far from the central-limit regime).
 FIT_N_MIN = 4
-#: A kernel is reported constant within a prompt when its values there span at most this much
-#: relative to their magnitude (the tie tolerance of the scores).
-CONSTANT_RTOL = 1e-9
-#: The features of every distinct input and of the Σ sample are held in memory; above this many
-#: bytes a run refuses with a one-line error instead of exhausting the machine.
-FEATURE_MEMORY_LIMIT = 8 * 2**30
 #: The clipped estimator's per-concept floor needs K between all pairs of inputs: skipped above
 #: this many inputs in a concept's sample.
 CLIPPED_FLOOR_LIMIT = 4000
@@ -141,254 +138,6 @@ class Convergence:
         return (_rounded(self.rows, ("mean", "ci_low", "ci_high")),
                 _rounded(self.floors, ("floor_tv", "floor_se", "eta", "eps", "eps_span", "eta2_eps",
                                        "eta2_eps_span")))
-
-
-def _check_names(kernels, estimators) -> None:
-    for kname in kernels:
-        if kname not in KERNELS:
-            raise ValueError(f"unknown kernel {kname!r}; allowed: {', '.join(KERNELS)}")
-    for e in estimators:
-        if e not in kernel.ESTIMATORS:
-            raise ValueError(f"unknown estimator {e!r}; allowed: {', '.join(kernel.ESTIMATORS)}")
-
-
-# ---------------------------------------------------------------------- one world's kernels
-@dataclass
-class _Concept:
-    sample: kernel.InputSample
-    psi: np.ndarray | None
-    model: kernel.KernelModel | None
-    pred: np.ndarray | None
-
-
-class KernelSet:
-    """The kernels of one world for one example length, built lazily and cached so that every
-    prompt seed of the world shares them: the example world (:func:`kernel.example_world`), the
-    pretraining Σ's kernel and, per concept, its demonstration sample, features and Σ_θ*.
-    Monte Carlo inputs (when V^(k-1) is too large to enumerate) are drawn with ``seed``."""
-
-    def __init__(self, world: World, example_length: int, features: str = "belief",
-                 n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, seed: int = 0):
-        self.world = world
-        self.k = int(example_length)
-        self.ew = kernel.example_world(world, self.k)
-        self.features, self.n_samples, self.ridge, self.seed = features, n_samples, ridge, seed
-        self._theory = None
-        self._concepts: dict = {}
-
-    def psi(self, x: np.ndarray) -> np.ndarray:
-        return kernel.features(self.ew, x, self.features)
-
-    def predictive(self, x: np.ndarray) -> np.ndarray:
-        """P(o | x) under the pretraining mixture, x scored alone as a demonstration input: (B, V);
-        zero rows where x is impossible under every in-distribution concept."""
-        return bayes.mixture_predictive(self.ew, x)
-
-    def check_memory(self, n_inputs: int) -> None:
-        D = kernel.feature_dim(self.world, self.features)
-        V, k = self.world.n_symbols, self.k
-        n_sigma = V ** (k - 1) if V ** (k - 1) <= kernel.EXACT_LIMIT else self.n_samples
-        # the prompts' inputs, Σ_pretrain's sample and every concept's (cached for the floors),
-        # plus one precision or Gram matrix per model
-        models = 1 + self.world.n_concepts
-        need = 8 * D * (n_inputs + models * n_sigma) + models * (8 * D * D if D <= kernel.DENSE_LIMIT
-                                                                   else 8 * n_sigma ** 2)
-        if need > FEATURE_MEMORY_LIMIT:
-            raise ValueError(f"{self.features} features of this world have D = {D:,} dimensions: {n_inputs:,} "
-                             f"distinct inputs plus {models} samples of {n_sigma:,} inputs (Σ_pretrain and each "
-                             f"concept's) need about {need / 2**30:.1f} GiB "
-                             f"(limit {FEATURE_MEMORY_LIMIT / 2**30:.0f} GiB); use fewer prompts or "
-                             f"demonstrations, fewer Monte Carlo inputs (n_samples), or belief features")
-
-    def theory(self) -> kernel.KernelModel:
-        if self._theory is None:
-            s = kernel.input_distribution(self.ew, self.k, None, n_samples=self.n_samples, seed=self.seed)
-            self._theory = kernel.fit_kernel(self.psi(s.x), s.weights, ridge=self.ridge, exact=s.exact)
-        return self._theory
-
-    def concept(self, c: int, need_psi: bool = True, need_pred: bool = False) -> _Concept:
-        """Concept c's demonstration sample (exact or Monte Carlo), its features and Σ_θ*'s kernel."""
-        got = self._concepts.get(int(c))
-        if got is None:
-            s = kernel.input_distribution(self.ew, self.k, int(c), n_samples=self.n_samples, seed=self.seed)
-            got = self._concepts[int(c)] = _Concept(s, None, None, None)
-        if need_psi and got.psi is None:
-            got.psi = self.psi(got.sample.x)
-            got.model = kernel.fit_kernel(got.psi, got.sample.weights, ridge=self.ridge, exact=got.sample.exact)
-        if need_pred and got.pred is None:
-            got.pred = self.predictive(got.sample.x)
-        return got
-
-    def gram(self, kname: str, a: dict, b: dict, concept: int | None = None) -> np.ndarray:
-        """K between two sets of inputs given as {'psi': (A, D), 'pred': (A, V), 'n': A}."""
-        if kname == "theory":
-            return self.theory().gram(a["psi"], b["psi"])
-        if kname == "oracle":
-            return self.concept(concept).model.gram(a["psi"], b["psi"])
-        if kname == "similarity":
-            return a["pred"] @ b["pred"].T
-        return np.ones((a["n"], b["n"]))
-
-    def model_info(self, m: kernel.KernelModel) -> dict:
-        return {"form": m.form, "ridge_lambda": m.ridge, "n_inputs": m.n_inputs, "exact": m.exact,
-                "sigma_trace": m.sigma_trace}
-
-
-def _unique_inputs(prompts):
-    """Every input of the experiment (demonstrations, then x_test), deduplicated:
-    (uniq (U, k-1), inv (B, N+1) with x_test last)."""
-    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
-    xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
-    uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
-    return uniq, inv.reshape(B, N + 1)
-
-
-def _pairs(G_or_fn, inv, chunk: int = 64) -> np.ndarray:
-    """K(x_test, x_i) for prompts given as indices into the unique inputs: inv (B, N+1) with
-    x_test last -> (B, N).  G_or_fn: the (U, U) Gram matrix, or fn(rows_a, rows_b) -> K."""
-    if isinstance(G_or_fn, np.ndarray):
-        return G_or_fn[inv[:, -1:], inv[:, :-1]]
-    out = np.empty((inv.shape[0], inv.shape[1] - 1))
-    for a in range(0, inv.shape[0], chunk):
-        b = min(a + chunk, inv.shape[0])
-        out[a:b] = G_or_fn(inv[a:b, -1], inv[a:b, :-1])
-    return out
-
-
-def kernel_values(world: World, prompts, kernels=KERNELS, features: str = "belief", n_samples: int = 20_000,
-                  ridge: float = DEFAULT_RIDGE, seed: int = 0, progress=None, kernel_set: KernelSet | None = None,
-                  limits_for=None) -> tuple[dict, dict]:
-    """K(x_test, x_i) for every prompt and demonstration: ({kernel: (B, N)}, info).
-
-    kernels: see ``KERNELS``; features 'belief' or 'operator' (kernel.features), computed on the
-    example world (restart-free worlds: inputs as they occur after a delimiter); Σ exact when
-    the V^(k-1) inputs can be enumerated, else from n_samples Monte Carlo inputs drawn with
-    ``seed``; ridge λ = ridge · trace(Σ) / D.  ``limits_for`` (a tuple of estimators) adds
-    info['limits']: {(kernel, estimator): kernel.Limit per prompt (B rows)} and
-    info['limit_den']: {kernel: (B,) population kernel mass}.  A one-line ValueError when the
-    features would not fit in FEATURE_MEMORY_LIMIT."""
-    _check_names(kernels, limits_for or ())
-    tick = progress or (lambda _msg: None)
-    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
-    if N < 1:
-        raise ValueError("kernel estimates need prompts with at least one demonstration")
-    ks = kernel_set or KernelSet(world, k, features, n_samples, ridge, seed)
-    uniq, inv = _unique_inputs(prompts)
-    need_psi = any(kn in ("theory", "oracle") for kn in kernels)
-    if need_psi:
-        ks.check_memory(len(uniq))
-        tick("features")
-    inputs = {"n": len(uniq), "psi": ks.psi(uniq) if need_psi else None,
-              "pred": ks.predictive(uniq) if "similarity" in kernels else None}
-
-    def rows(d, idx):
-        return {"n": len(idx), "psi": None if d["psi"] is None else d["psi"][idx],
-                "pred": None if d["pred"] is None else d["pred"][idx]}
-
-    values, info = {}, {}
-    present = [int(c) for c in np.unique(prompts.concepts)]
-    for kname in kernels:
-        tick({"theory": "Σ (pretraining)", "oracle": "Σ_θ* (oracle)"}.get(kname, kname))
-        if kname == "frequency":
-            values[kname] = np.ones((B, N))
-            continue
-        if kname == "oracle":
-            kv = np.empty((B, N))
-            info["oracle"] = {}
-            for c in present:
-                sel = prompts.concepts == c
-                con = ks.concept(c)
-                info["oracle"][c] = ks.model_info(con.model)
-                kv[sel] = _gram_pairs(ks, kname, inputs, rows, inv[sel], c)
-            values[kname] = kv
-            continue
-        if kname == "theory":
-            info["theory"] = ks.model_info(ks.theory())
-        values[kname] = _gram_pairs(ks, kname, inputs, rows, inv, None)
-
-    if limits_for:
-        tick("exact limits")
-        info["limits"], info["limit_den"] = _prompt_limits(ks, kernels, tuple(limits_for), prompts, inputs, rows, inv)
-    return values, info
-
-
-def _gram_pairs(ks, kname, inputs, rows, inv, concept):
-    U = inputs["n"]
-    if U <= 4000:
-        G = ks.gram(kname, inputs, inputs, concept)
-        return _pairs(G, inv)
-
-    def fn(test_idx, demo_idx):
-        t = rows(inputs, test_idx)
-        out = np.empty(demo_idx.shape)
-        for j in range(len(test_idx)):
-            out[j] = ks.gram(kname, rows(inputs, test_idx[j:j + 1]), rows(inputs, demo_idx[j]), concept)[0]
-        return out
-    return _pairs(fn, inv)
-
-
-def _prompt_limits(ks: KernelSet, kernels, estimators, prompts, inputs, rows, inv):
-    """The n -> ∞ limit of every (kernel, estimator) for each prompt's x_test, from the
-    demonstration sample of the prompt's own concept (exact or Monte Carlo)."""
-    B, L = prompts.tokens.shape[0], len(ks.world.labels)
-    lim = {(kn, e): kernel.Limit(np.full((B, L), np.nan), np.full(B, np.nan), np.zeros((B, L)))
-           for kn in kernels for e in estimators}
-    den = {kn: np.full(B, np.nan) for kn in kernels}
-    for c in (int(c) for c in np.unique(prompts.concepts)):
-        sel = np.flatnonzero(prompts.concepts == c)
-        t_idx, t_inv = np.unique(inv[sel, -1], return_inverse=True)
-        con = ks.concept(c, need_psi=any(kn in ("theory", "oracle") for kn in kernels),
-                         need_pred="similarity" in kernels)
-        demo = {"n": len(con.sample.x), "psi": con.psi, "pred": con.pred}
-        test = rows(inputs, t_idx)
-        for kn in kernels:
-            G = ks.gram(kn, test, demo, c)                                   # (U_c, M)
-            got = kernel.limits(G, con.sample, estimators)
-            for e, lm in got.items():
-                lim[kn, e].scores[sel] = lm.scores[t_inv]
-                lim[kn, e].den[sel] = lm.den[t_inv]
-                lim[kn, e].se[sel] = lm.se[t_inv]
-            den[kn][sel] = (G @ con.sample.weights)[t_inv]
-    return lim, den
-
-
-def kernel_estimates(world: World, prompts, kernels=KERNELS, estimators=kernel.ESTIMATORS,
-                     features: str = "belief", n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, seed: int = 0,
-                     progress=None, kernel_set: KernelSet | None = None) -> tuple[dict, dict]:
-    """Every requested kernel estimate of the next label of ``prompts`` (B prompts of N >= 1
-    demonstrations, example length k) after n = 1..N demonstrations, in one cumulative pass
-    over :func:`kernel_values`.
-
-    Returns ({(kernel, estimator): (B, N, L) distribution over world.labels}, info: Σ per kernel)."""
-    _check_names(kernels, estimators)
-    values, info = kernel_values(world, prompts, kernels, features=features, n_samples=n_samples, ridge=ridge,
-                                 seed=seed, progress=progress, kernel_set=kernel_set)
-    estimates = {}
-    for name, kv in values.items():
-        for e in estimators:
-            estimates[(name, e)] = kernel.to_distribution(kernel.estimates(kv, prompts.labels, world.labels, e), e)
-    return estimates, info
-
-
-def kernel_spread(kvals: np.ndarray) -> np.ndarray:
-    """(B, 3) per prompt: coefficient of variation |sd / mean| of K(x_test, x_i) over the
-    demonstrations (inf when the mean is 0), the number of distinct values (within
-    CONSTANT_RTOL relative), and the share of demonstrations at the most common value."""
-    kv = np.sort(np.asarray(kvals, np.float64), axis=1)
-    mean = kv.mean(axis=1)
-    sd = kv.std(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cv = np.where(mean != 0, sd / np.abs(mean), np.where(sd > 0, np.inf, 0.0))
-    scale = np.maximum(np.abs(kv[:, 1:]), np.abs(kv[:, :-1]))
-    new = np.diff(kv, axis=1) > CONSTANT_RTOL * scale
-    distinct = 1 + new.sum(axis=1)
-    # run lengths of equal values: the longest run is the modal share
-    modal = np.empty(kv.shape[0])
-    for b in range(kv.shape[0]):
-        cuts = np.flatnonzero(new[b])
-        runs = np.diff(np.concatenate([[0], cuts + 1, [kv.shape[1]]]))
-        modal[b] = runs.max() / kv.shape[1]
-    return np.stack([cv, distinct, modal], axis=1)
 
 
 # ---------------------------------------------------------------------- one (world, seed)

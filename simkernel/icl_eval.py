@@ -10,7 +10,7 @@ demonstrations, then cut to n by ``Prompts.truncated``) are given to
     exact Bayes ``bayes.icl_curve(...).predictive[:, n]`` restricted to the labels;
     the oracle  P(y | x_test, true concept) restricted to the labels;
     the kernel  the theory kernel's estimate after the n demonstrations
-                (``convergence.kernel_estimates``, with ``simkernel converge``'s defaults:
+                (``kernel.kernel_estimates``, with ``simkernel converge``'s defaults:
                 theory kernel, belief features, ridge 0.01, Σ exact or from 20000 Monte Carlo
                 inputs drawn with the prompt seed; every estimator), for n >= 1;
     label frequencies  the frequency kernel K ≡ 1 in the same call: the share of each label
@@ -36,7 +36,7 @@ A prompt whose Bayes posterior is undefined (probability 0 under every in-distri
 concept) is left out of the metrics that need it.  n whose prompt is longer than the model's
 context (n_positions) is skipped and reported.  The kernel and frequency metrics have no row
 at n = 0 (no demonstrations to regress on).  When the theory kernel cannot be computed for a
-world (e.g. its features would exceed ``convergence.FEATURE_MEMORY_LIMIT``) its metrics are
+world (e.g. its features would exceed ``kernel.FEATURE_MEMORY_LIMIT``) its metrics are
 left out, the reason is recorded in ``info["kernel"]["skipped"]``, and the label frequencies
 (which need no features) are still reported.
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from . import bayes, kernel
 from .constants import DEFAULT_RIDGE, ICL_COLUMNS
-from .convergence import kernel_estimates
+from .kernel import kernel_estimates
 from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement
 from .sampling import prompt_length, sample_prompt_set  # noqa: F401  (prompt_length re-exported)
 from .world import World

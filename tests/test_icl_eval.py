@@ -195,7 +195,7 @@ def test_tv_kernel_matches_convergence_on_the_same_prompts(world):
 def test_kernel_skipped_with_a_reason(world, monkeypatch):
     """When the kernel's features would not fit in memory, the model-vs-Bayes rows stay and
     the kernel rows go, with the reason recorded."""
-    monkeypatch.setattr(convergence, "FEATURE_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(kernel, "FEATURE_MEMORY_LIMIT", 0)
     rows, info = icl_eval.evaluate(BayesStub(world), world, [0, 2], example_length=3, n_prompts=8)
     # the label frequencies need no features: they stay beside the Bayes rows
     assert {r["metric"] for r in rows} == set(icl_eval.BASE_METRICS) | set(icl_eval.FREQUENCY_METRICS)
