@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The README's experiment tables, made from the committed results in ``figures/<name>/`` (so
-the numbers in the README cannot drift from the files; ``tests/test_readme.py`` checks that
+the numbers in the docs cannot drift from the files; ``tests/test_docs.py`` checks that
 the README holds exactly what this prints).
 
     python experiments/tables.py            # print every table
