@@ -520,6 +520,40 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
     return IclCurve(post, pred, oracle, logev, known)
 
 
+# ---------------------------------------------------------------------- the training Bayes floor
+def block_start_states(world: World, offsets) -> np.ndarray:
+    """(N, K, S): the hidden state at document position t (given nothing about the symbols
+    before it) under each concept, start_k M_k^t (the chain run from the start for t steps with the symbols marginalised; in a restart world
+    the delimiter's restart folded into the transition)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    K, S = world.n_concepts, world.n_states
+    M = world.transition.copy()
+    if world.restart:
+        pd = world.emission[:, :, world.delimiter]                       # (K, S)
+        M = (1 - pd)[:, :, None] * M + pd[:, :, None] * world.start[:, None, :]
+    out = np.empty((offsets.size, K, S))
+    order = np.argsort(offsets, kind="stable")
+    state, t = world.start.copy(), 0
+    for i in order:
+        while t < offsets[i]:
+            state = np.einsum("ks,kst->kt", state, M)
+            t += 1
+        out[i] = state
+    return out
+
+
+def block_loss(world: World, blocks, offsets) -> np.ndarray:
+    """(N, B-1): exact Bayes loss (nats) of symbol j = 1..B-1 of each block given symbols
+    0..j-1 and the block's offset in its document."""
+    blocks = np.asarray(blocks)
+    fw = forward(world, blocks, init=block_start_states(world, offsets), prefixes=True)
+    with np.errstate(divide="ignore"):
+        logw = np.log(world.prior)[None, :, None] + fw.loglik                # (N, K, B)
+    m = logw.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(logw - m).sum(axis=1, keepdims=True)))[:, 0]    # (N, B)
+    return -(lse[:, 1:] - lse[:, :-1])
+
+
 # ---------------------------------------------------------------------- simkernel bayes as a call
 #: Prompts per icl_curve call: one progress step, and the unit that bounds memory.
 CHUNK = 128

@@ -202,36 +202,9 @@ class EvalSet:
         return float(self.bayes_loss.mean())
 
 
-def block_start_states(world: World, offsets) -> np.ndarray:
-    """(N, K, S): the hidden state at document position t (given nothing about the symbols
-    before it) under each concept, start_k M_k^t (see the module docstring)."""
-    offsets = np.asarray(offsets, dtype=np.int64)
-    K, S = world.n_concepts, world.n_states
-    M = world.transition.copy()
-    if world.restart:
-        pd = world.emission[:, :, world.delimiter]                       # (K, S)
-        M = (1 - pd)[:, :, None] * M + pd[:, :, None] * world.start[:, None, :]
-    out = np.empty((offsets.size, K, S))
-    order = np.argsort(offsets, kind="stable")
-    state, t = world.start.copy(), 0
-    for i in order:
-        while t < offsets[i]:
-            state = np.einsum("ks,kst->kt", state, M)
-            t += 1
-        out[i] = state
-    return out
-
-
-def bayes_block_loss(world: World, blocks, offsets) -> np.ndarray:
-    """(N, B-1): exact Bayes loss (nats) of symbol j = 1..B-1 of each block given symbols
-    0..j-1 and the block's offset in its document."""
-    blocks = np.asarray(blocks)
-    fw = bayes.forward(world, blocks, init=block_start_states(world, offsets), prefixes=True)
-    with np.errstate(divide="ignore"):
-        logw = np.log(world.prior)[None, :, None] + fw.loglik                # (N, K, B)
-    m = logw.max(axis=1, keepdims=True)
-    lse = (m + np.log(np.exp(logw - m).sum(axis=1, keepdims=True)))[:, 0]    # (N, B)
-    return -(lse[:, 1:] - lse[:, :-1])
+# the exact Bayes floor of a block is HMM math: it lives in bayes
+block_start_states = bayes.block_start_states
+bayes_block_loss = bayes.block_loss
 
 
 def make_eval_set(world: World, doc_length: int, block_size: int, n_docs: int, n_blocks: int,
@@ -243,7 +216,7 @@ def make_eval_set(world: World, doc_length: int, block_size: int, n_docs: int, n
     picks = [(d, j) for j in range(per_doc) for d in range(n_docs)][:n_blocks]
     blocks = np.stack([docs.document(d)[j * block_size:(j + 1) * block_size] for d, j in picks]).astype(np.int64)
     offsets = np.array([j * block_size for _, j in picks], dtype=np.int64)
-    return EvalSet(blocks, offsets, bayes_block_loss(world, blocks, offsets))
+    return EvalSet(blocks, offsets, bayes.block_loss(world, blocks, offsets))
 
 
 # ---------------------------------------------------------------------- loop pieces
