@@ -29,7 +29,7 @@ import numpy as np
 from . import bayes, kernel
 from .analysis import PROBE_OFFSETS, analyse, prediction_similarity
 from .capture import capture, forward_labels, label_distribution
-from .constants import DEFAULT_RIDGE
+from .constants import DEFAULT_N_SAMPLES, DEFAULT_RIDGE
 from .kernel import kernel_values
 from .metrics import restrict
 from .prompts import Example, PromptBatch, collate
@@ -81,7 +81,7 @@ class Truth:
     info: dict
 
 
-def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_samples: int = 20_000,
+def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_samples: int = DEFAULT_N_SAMPLES,
                  ridge: float = DEFAULT_RIDGE, seed: int = 0) -> Truth:
     """The true kernel values and the exact / kernel / oracle / label-frequency predictions
     of ``prompts``."""
@@ -103,7 +103,7 @@ def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_sam
 def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3,
                   seed: int = 0, concepts="prior", how: str = "max", n_select: int = 700,
                   n_report: int = 300, offsets=PROBE_OFFSETS, batch_size: int = 32,
-                  n_samples: int = 20_000, progress=None):
+                  n_samples: int = DEFAULT_N_SAMPLES, progress=None):
     """Every measurement of ``model`` (a causal LM over the world's symbols) on freshly
     sampled prompts, with the ground truth attached: (Analysis, info).
 

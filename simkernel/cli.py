@@ -21,8 +21,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .constants import (CONVERGENCE_COLUMNS, DEFAULT_RIDGE, DEMO_MODES, ESTIMATORS, FEATURES, ICL_COLUMNS, KERNELS,
-                        LLM_BATCH_SIZE, LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_N_EXAMPLES, TEXT_N_DEMOS, TEXT_TASKS)
+from .constants import (CONVERGENCE_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_RIDGE, DEMO_MODES, ESTIMATORS, EXACT_LIMIT,
+                        FEATURES, ICL_COLUMNS, KERNELS, LLM_BATCH_SIZE, LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_N_EXAMPLES,
+                        TEXT_N_DEMOS, TEXT_TASKS)
 from .options import (EXAMPLE_LENGTH, NONNEG, POSITIVE, Concepts, Int, NDemos, PositiveFloat, choice_list,
                       comma_words, distinct, distinct_seeds, format_n_demos, parse_n_demos, parse_sets,
                       probe_layers, progress_bar)
@@ -438,11 +439,12 @@ def converge_cmd(preset, world_file, world_seeds, overrides, n_demos, example_le
         sources.append(src)
     world, source = worlds[0], sources[0]
     _check_concepts(concepts, world)
-    if world.n_symbols ** (example_length - 1) > 20_000 and n_samples is None:
+    if world.n_symbols ** (example_length - 1) > EXACT_LIMIT and n_samples is None:
         raise click.UsageError(f"this world's {world.n_symbols}^{example_length - 1} = "
                                f"{world.n_symbols ** (example_length - 1):,} inputs are too many to enumerate "
-                               f"(limit 20,000): give --n-samples N to use N Monte Carlo inputs for Σ and the limits")
-    n_samples = 20_000 if n_samples is None else n_samples
+                               f"(limit {EXACT_LIMIT:,}): give --n-samples N to use N Monte Carlo inputs for Σ "
+                               f"and the limits")
+    n_samples = DEFAULT_N_SAMPLES if n_samples is None else n_samples
 
     from . import convergence
     from .plots import plot_convergence

@@ -11,6 +11,10 @@ ESTIMATORS = ("averaged", "normalised", "clipped")
 FEATURES = ("belief", "operator")
 #: The ridge of every kernel: λ = DEFAULT_RIDGE · trace(Σ) / D.
 DEFAULT_RIDGE = 0.01
+#: Inputs x are enumerated exactly (Σ and the limits exact) up to this many sequences V^(k-1);
+#: beyond, Monte Carlo inputs are drawn (DEFAULT_N_SAMPLES of them unless told otherwise).
+EXACT_LIMIT = 20_000
+DEFAULT_N_SAMPLES = 20_000
 
 
 # ---------------------------------------------------------------------- table schemas

@@ -26,7 +26,7 @@ from .sampling import sample_prompt_set
 from .store import provenance, world_summary
 from .world import World
 
-from .constants import CONVERGENCE_COLUMNS, DEFAULT_RIDGE, FLOOR_COLUMNS, KERNELS  # noqa: E402,F401
+from .constants import CONVERGENCE_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_RIDGE, FLOOR_COLUMNS, KERNELS  # noqa: F401
 # the kernel pipeline lives in kernel.py; these names stay importable from here
 from .kernel import (CONSTANT_RTOL, FEATURE_MEMORY_LIMIT, KernelSet, _check_names, kernel_estimates,  # noqa: F401
                      kernel_spread, kernel_values)
@@ -143,7 +143,7 @@ class Convergence:
 # ---------------------------------------------------------------------- one (world, seed)
 def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed: int = 0,
              kernels=KERNELS, estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior",
-             n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, progress=None, kernel_set: KernelSet | None = None,
+             n_samples: int = DEFAULT_N_SAMPLES, ridge: float = DEFAULT_RIDGE, progress=None, kernel_set: KernelSet | None = None,
              world_id: int = 0) -> SeedResult:
     """Sample prompts (``concepts``: 'prior', 'id', 'ood' or a concept index; see
     sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max, every requested
@@ -361,7 +361,7 @@ def spread_warnings(spread: dict) -> list[str]:
 
 # ---------------------------------------------------------------------- the whole experiment
 def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0,), kernels=KERNELS,
-        estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior", n_samples: int = 20_000,
+        estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior", n_samples: int = DEFAULT_N_SAMPLES,
         ridge: float = DEFAULT_RIDGE, world_labels=None, floors: bool = True, world_source=None,
         progress=None) -> Convergence:
     """``simkernel converge`` as a library call.
@@ -387,8 +387,7 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
         raise ValueError(f"seeds must be distinct and at least one, got {seeds!r}")
     kernels, estimators = tuple(kernels), tuple(estimators)
     _check_names(kernels, estimators)
-    labels = list(world_labels) if world_labels is not None else [
-        w.meta.get("seed", i) if len(worlds) > 1 else w.meta.get("seed", 0) for i, w in enumerate(worlds)]
+    labels = list(world_labels) if world_labels is not None else [w.meta.get("seed", i) for i, w in enumerate(worlds)]
     if len(set(map(str, labels))) != len(labels):
         labels = list(range(len(worlds)))
     tick = progress or (lambda _msg, _done: None)

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from . import bayes, kernel
-from .constants import DEFAULT_RIDGE, ICL_COLUMNS
+from .constants import DEFAULT_N_SAMPLES, DEFAULT_RIDGE, ICL_COLUMNS
 from .kernel import kernel_estimates
 from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement
 from .sampling import prompt_length, sample_prompt_set  # noqa: F401  (prompt_length re-exported)
@@ -63,7 +63,7 @@ BASE_METRICS = ("tv_bayes", "agree_bayes", "acc_model", "acc_bayes", "acc_oracle
 #: here is the tv that converge reports for the same world, prompts and seed.  ``baseline``:
 #: the kernel computed beside it in the same call (K ≡ 1, the label frequencies).
 KERNEL_OPTIONS = {"kernel": "theory", "baseline": "frequency", "estimators": kernel.ESTIMATORS,
-                  "features": "belief", "ridge": DEFAULT_RIDGE, "n_samples": 20_000}
+                  "features": "belief", "ridge": DEFAULT_RIDGE, "n_samples": DEFAULT_N_SAMPLES}
 #: metric name -> the per-prompt score of :func:`_estimate_metrics` it holds
 _KERNEL_BASE = {"tv_kernel": "tv", "agree_kernel": "agree", "acc_kernel": "acc", "tv_kernel_bayes": "tv_bayes"}
 

@@ -40,12 +40,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import bayes
-from .constants import DEFAULT_RIDGE, ESTIMATORS, FEATURES, KERNELS  # noqa: F401  (re-exported)
+from .constants import (DEFAULT_N_SAMPLES, DEFAULT_RIDGE, ESTIMATORS, EXACT_LIMIT, FEATURES,  # noqa: F401
+                        KERNELS)
 from .sampling import sample_prompts
 from .world import World
 
-#: Inputs are enumerated exactly (instead of Monte Carlo) up to this many sequences.
-EXACT_LIMIT = 20_000
 #: Feature dimension above which Σ is never formed (sample-space / Woodbury form).
 DENSE_LIMIT = 8_000
 
@@ -201,7 +200,7 @@ class InputSample:
         return self.weights[:, None] * self.label_probs
 
 
-def input_distribution(world: World, example_length: int, concept=None, n_samples: int = 20_000,
+def input_distribution(world: World, example_length: int, concept=None, n_samples: int = DEFAULT_N_SAMPLES,
                        seed: int = 0, exact_limit: int = EXACT_LIMIT) -> InputSample:
     """The distribution of demonstration inputs x (and of their labels given x): under the
     pretraining prior (concept None) or under one concept.  Pass :func:`example_world` for
@@ -226,13 +225,19 @@ def input_distribution(world: World, example_length: int, concept=None, n_sample
     return InputSample(x, np.full(n_samples, 1.0 / n_samples), False, lab, p.concepts)
 
 
+def _demo_emission(world: World) -> np.ndarray:
+    """(K, S, L): P(y = c | h_y = s) restricted to the states a demonstration's y can have
+    (the delimiter can follow them), unnormalised: the sampler's event E in one array."""
+    return world.emission[:, :, world.labels] * demo_weight(world)[..., None].astype(bool)
+
+
 def _demo_joint(world: World, x: np.ndarray, concept) -> np.ndarray:
     """(M, L) over every input x: Σ_θ π_θ P(x, y = c | θ, E) for the prior mixture (concept
     None), or P(x, y = c, E | θ) up to a positive factor for one concept.  Each concept's law is
     normalised by its own P(E | θ) before mixing, as the sampler draws θ from the prior and then
     an example conditioned on E."""
     fw = bayes.forward(world, x, prefixes=False)
-    emit = world.emission[:, :, world.labels] * demo_weight(world)[..., None].astype(bool)   # (K, S, L)
+    emit = _demo_emission(world)
     per = np.einsum("mks,ksl->mkl", fw.next_state, emit)                  # P(c, E | x, θ)
     keep = np.arange(world.n_concepts) == int(concept) if concept is not None else world.prior > 0
     lw = np.where(keep[None], fw.final, -np.inf)                           # log P(x | θ)
@@ -249,7 +254,7 @@ def _demo_joint(world: World, x: np.ndarray, concept) -> np.ndarray:
 def _label_given_x(world: World, x: np.ndarray, concepts: np.ndarray) -> np.ndarray:
     """(M, L): P(y = c | x, θ_m, E) for each draw's own concept."""
     fw = bayes.forward(world, x, prefixes=False)
-    emit = world.emission[:, :, world.labels] * demo_weight(world)[..., None].astype(bool)
+    emit = _demo_emission(world)
     per = np.einsum("mks,ksl->mkl", fw.next_state, emit)[np.arange(len(x)), concepts]
     s = per.sum(axis=1, keepdims=True)
     return np.where(s > 0, per / np.where(s > 0, s, 1.0), 1.0 / per.shape[1])
@@ -515,7 +520,7 @@ class KernelSet:
     Monte Carlo inputs (when V^(k-1) is too large to enumerate) are drawn with ``seed``."""
 
     def __init__(self, world: World, example_length: int, features: str = "belief",
-                 n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, seed: int = 0):
+                 n_samples: int = DEFAULT_N_SAMPLES, ridge: float = DEFAULT_RIDGE, seed: int = 0):
         self.world = world
         self.k = int(example_length)
         self.ew = example_world(world, self.k)
@@ -602,7 +607,7 @@ def _pairs(G_or_fn, inv, chunk: int = 64) -> np.ndarray:
     return out
 
 
-def kernel_values(world: World, prompts, kernels=KERNELS, features: str = "belief", n_samples: int = 20_000,
+def kernel_values(world: World, prompts, kernels=KERNELS, features: str = "belief", n_samples: int = DEFAULT_N_SAMPLES,
                   ridge: float = DEFAULT_RIDGE, seed: int = 0, progress=None, kernel_set: KernelSet | None = None,
                   limits_for=None) -> tuple[dict, dict]:
     """K(x_test, x_i) for every prompt and demonstration: ({kernel: (B, N)}, info).
@@ -700,7 +705,7 @@ def _prompt_limits(ks: KernelSet, kernels, estimators, prompts, inputs, rows, in
 
 
 def kernel_estimates(world: World, prompts, kernels=KERNELS, estimators=ESTIMATORS,
-                     features: str = "belief", n_samples: int = 20_000, ridge: float = DEFAULT_RIDGE, seed: int = 0,
+                     features: str = "belief", n_samples: int = DEFAULT_N_SAMPLES, ridge: float = DEFAULT_RIDGE, seed: int = 0,
                      progress=None, kernel_set: KernelSet | None = None) -> tuple[dict, dict]:
     """Every requested kernel estimate of the next label of ``prompts`` (B prompts of N >= 1
     demonstrations, example length k) after n = 1..N demonstrations, in one cumulative pass

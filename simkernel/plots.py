@@ -329,6 +329,16 @@ def plot_convergence(rows, fits: dict, path_png, path_pdf=None, title: str | Non
         ax.yaxis.set_major_formatter(PlainLog())
         ax.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
 
+    def finish_log(ax, rng, with_inf, ylabel, title):
+        """A log-y panel's axes, range, labels and title (panels 1 and 2)."""
+        ax.set_yscale("log", nonpositive="mask")
+        log_labels(ax)
+        if rng:
+            ax.set_ylim(*rng)
+        x_axis(ax, with_inf)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+
     def fit_lines(ax, metric) -> str | None:
         """The fits of ``metric`` as dotted lines; returns a legend title when they share one n range."""
         # fits written before tv_limit were fitted to the TV to exact Bayes (metric "tv")
@@ -384,13 +394,7 @@ def plot_convergence(rows, fits: dict, path_png, path_pdf=None, title: str | Non
         curve(ax1, *s, bottom1, text, band=False, color="black", ls=ls, lw=1.0, zorder=11, marker=marker, ms=2)
     fits1 = fit_lines(ax1, "tv")
     below1 = limits(ax1, [(colour[k], tv_inf[k]) for k in kernels], bottom1)
-    ax1.set_yscale("log", nonpositive="mask")
-    log_labels(ax1)
-    if rng1:
-        ax1.set_ylim(*rng1)
-    x_axis(ax1, has_inf)
-    ax1.set_ylabel("TV to exact Bayes")
-    ax1.set_title(f"distance to exact Bayes ({shown} estimator)", fontsize=10)
+    finish_log(ax1, rng1, has_inf, "TV to exact Bayes", f"distance to exact Bayes ({shown} estimator)")
     proxies = []
     if any(tv_inf.values()):
         proxies.append(Line2D([], [], ls="none", marker="D", color="0.2",
@@ -416,13 +420,8 @@ def plot_convergence(rows, fits: dict, path_png, path_pdf=None, title: str | Non
             x0, y0 = start
             ax2.plot([x0, n_hi], [y0, y0 * (n_hi / x0) ** -0.5], color="0.55", lw=1.0, zorder=2,
                      label=rf"$\propto n^{{-1/2}}$ (through {anchor} at n = {x0:g})")
-    ax2.set_yscale("log", nonpositive="mask")
-    log_labels(ax2)
-    if rng2:
-        ax2.set_ylim(*rng2)
-    x_axis(ax2, False)
-    ax2.set_ylabel("TV to its n → ∞ limit")
-    ax2.set_title(f"sampling term: distance to the estimator's own limit ({shown})", fontsize=10)
+    finish_log(ax2, rng2, False, "TV to its n → ∞ limit",
+               f"sampling term: distance to the estimator's own limit ({shown})")
     legend(ax2, title=fits2)
 
     # ---- panel 3: agreement
