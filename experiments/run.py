@@ -1,78 +1,82 @@
 #!/usr/bin/env python
 """Run one experiment config: ``python experiments/run.py experiments/<name>.toml``.
 
-A config names a simkernel command and its options; this script turns them into the very
-command line the CLI takes (so an experiment runs exactly the code path of
-``simkernel converge ...``), prints that command, and runs it with ``--out
-figures/<name>/`` (relative to the repository root) unless the config sets ``out``.
+A config names a simkernel command and the keyword arguments of its library ``run()``
+(Python names); this script calls that function, prints its summary and writes its files into
+``figures/<name>/`` (relative to the repository root) unless the config sets ``out``.  No
+command line is built: an experiment is the library call a notebook would make.
 
 Config layout::
 
     description = "what the figure shows"     # optional, not passed on
-    command = "converge"                       # optional, default "converge"
+    command = "converge"                       # converge | bayes | icl-eval | measure | phenomena
 
-    [options]                                  # every long option of the command, without "--"
+    [options]                                  # keyword arguments of the command's run()
     preset = "paper-c"
-    n-demos = "1..256"
-    seed = [0, 1, 2]                           # a list repeats the option
-    kernel = ["theory", "oracle"]
+    n_demos = "1..256"                         # n lists may be written as the CLI spells them
+    world_seeds = [0, 1, 2]
+    overrides = { n_concepts = 4 }
 
-    [options.set]                              # --set NAME=VALUE overrides of the preset
-    n_concepts = 4
+    [train]                                    # optional: the model(s) the command measures,
+    preset = "ginc-small"                      # trained first when their run folder is missing
+    seeds = [0, 1, 2]                          # (simkernel.train.train_world; one run per seed)
+    target_gap = 0.005
 
-Options: ``--dry-run`` prints the command without running it.  Errors are one ``error:``
-line and a non-zero exit status, as everywhere in simkernel.
+Options: ``--dry-run`` prints the call without running it.  Errors are one ``error:`` line and
+a non-zero exit status, as everywhere in simkernel.
 """
 
 from __future__ import annotations
 
-import shlex
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KNOWN = {"description", "command", "options", "out"}
+KNOWN = {"description", "command", "options", "out", "train"}
+#: command -> (module, the run() argument that receives the trained run folders)
+COMMANDS = {"converge": ("convergence", None), "bayes": ("bayes", None), "icl-eval": ("icl_eval", "run_dir"),
+            "measure": ("alignment", "checkpoint"), "phenomena": ("phenomena", "run_dir")}
 
 
-def command_args(config: dict, name: str) -> list[str]:
-    """The simkernel argument list of one config (``name``: the config's stem, for --out)."""
+def plan(config: dict, name: str) -> tuple[str, dict, dict | None, Path]:
+    """(command, run() keyword arguments, training spec or None, output folder) of a config
+    (``name``: its stem, for the default output folder).  One-line ValueErrors."""
     unknown = sorted(set(config) - KNOWN)
     if unknown:
         raise ValueError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(sorted(KNOWN))}")
     command = config.get("command", "converge")
-    if not isinstance(command, str) or not command.strip():
-        raise ValueError(f"command must be a simkernel command name, got {command!r}")
-    options = config.get("options", {})
-    if not isinstance(options, dict):
-        raise ValueError("[options] must be a table of option = value")
-    args = command.split()
-    for key, value in options.items():
-        opt = "--" + key.replace("_", "-")
-        if opt == "--out":
-            raise ValueError("set out at the top level of the config, not in [options]")
-        if key == "set":
-            if not isinstance(value, dict):
-                raise ValueError("[options.set] must be a table of NAME = VALUE")
-            for k, v in value.items():
-                args += ["--set", f"{k}={_text(v)}"]
-        elif isinstance(value, bool):
-            if value:
-                args.append(opt)
-        elif isinstance(value, list):
-            for v in value:
-                args += [opt, _text(v)]
-        elif isinstance(value, dict):
-            raise ValueError(f"option {key!r} is a table; only [options.set] may be")
-        else:
-            args += [opt, _text(value)]
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+    options = dict(config.get("options", {}))
+    if "out" in options:
+        raise ValueError("set out at the top level of the config, not in [options]")
+    for key in ("n_demos",):
+        if isinstance(options.get(key), str):
+            from simkernel.options import parse_n_demos
+            options[key] = parse_n_demos(options[key], minimum=0 if command == "icl-eval" else 1)
+    train = config.get("train")
+    if train is not None and COMMANDS[command][1] is None:
+        raise ValueError(f"[train] is for commands that measure a trained model, not {command!r}")
     out = Path(config.get("out", f"figures/{name}"))
-    args += ["--out", str(out if out.is_absolute() else ROOT / out)]
-    return args
+    return command, options, train, out if out.is_absolute() else ROOT / out
 
 
-def _text(v) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+def trained_runs(train: dict) -> list[Path]:
+    """The run folder of each training seed of ``train``, trained now where missing."""
+    from simkernel.train import train_world
+
+    spec = dict(train)
+    seeds = spec.pop("seeds", [spec.pop("seed", 0)])
+    runs_dir = Path(spec.pop("runs_dir", "runs"))
+    runs_dir = runs_dir if runs_dir.is_absolute() else ROOT / runs_dir
+    out = []
+    for s in seeds:
+        res = train_world(seed=s, runs_dir=runs_dir, **spec)
+        print(res.summary_line(), flush=True)
+        out.append(res.run_dir)
+    return out
 
 
 def main(argv=None) -> int:
@@ -84,23 +88,33 @@ def main(argv=None) -> int:
         return 2
     path = Path(argv[0])
     try:
-        config = tomllib.loads(path.read_text())
-        args = command_args(config, path.stem)
+        command, options, train, out = plan(tomllib.loads(path.read_text()), path.stem)
+        module, run_arg = COMMANDS[command]
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        print(f"simkernel.{module}.run({shown}) -> {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}",
+              flush=True)
+        if dry:
+            return 0
+        import importlib
+        t0 = time.perf_counter()
+        if train is not None:
+            runs = trained_runs(train)
+            options[run_arg] = runs if command == "measure" and len(runs) > 1 else runs[0]
+        result = importlib.import_module(f"simkernel.{module}").run(**options)
+        written = result.write(out)
+        for line in result.summary_lines():
+            print(line)
+        print(f"wrote {len(written)} files into {out} ({time.perf_counter() - t0:.1f} s)")
     except OSError as e:
         print(f"error: cannot read {str(path)!r} ({e.strerror or type(e).__name__})", file=sys.stderr)
         return 1
     except tomllib.TOMLDecodeError as e:
         print(f"error: {str(path)!r} is not valid TOML: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    except ValueError as e:
-        print(f"error: {str(path)!r}: {e}", file=sys.stderr)
+    except (ValueError, TypeError) as e:
+        print(f"error: {str(path)!r}: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    shown = [str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a for a in args]
-    print("simkernel " + shlex.join(shown), flush=True)
-    if dry:
-        return 0
-    from simkernel.cli import main as simkernel
-    return simkernel(args, prog_name="simkernel", standalone_mode=False)
+    return 0
 
 
 if __name__ == "__main__":

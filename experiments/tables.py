@@ -4,7 +4,8 @@ the numbers in the docs cannot drift from the files; ``tests/test_docs.py`` chec
 the README holds exactly what this prints).
 
     python experiments/tables.py            # print every table
-    python experiments/tables.py table3     # one of: table3, summary:<experiment>, bias
+    python experiments/tables.py table3     # one of: table3, summary:<experiment>, bias,
+                                            # phenomena, references
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ PAPER = {"distance": [1.322, 0.942, 0.519, 0.218, 0.163, 0.085, 0.093, 0.083],
          "accuracy": [0.337, 0.532, 0.745, 0.901, 0.926, 0.968, 0.961, 0.964]}
 NS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 SUMMARY_EXPERIMENTS = ("paper_c_table3", "sigma_ablation", "floor_epsilon", "ginc", "ginc_ood")
+PHENOMENA = ("order", "labels", "prior", "retrieval", "shift")
 
 
 def load(name: str):
@@ -102,8 +104,36 @@ def bias() -> str:
                       "| --- | --- | --- | --- |", *parts])
 
 
+def phenomena() -> str:
+    """Each phenomenon's verdict, its worlds and its wall time, from figures/phenomena_<name>/."""
+    rows = ["| phenomenon | worlds | verdict | wall time |", "| --- | --- | --- | --- |"]
+    for name in PHENOMENA:
+        meta = json.loads((ROOT / "figures" / f"phenomena_{name}" / f"{name}.json").read_text())
+        rows.append(f"| `{name}` | {meta['n_worlds']} | {meta['verdict']['text']} | {meta['elapsed_s']:.0f} s |")
+    return "\n".join(rows)
+
+
+def references(name: str = "measure_ginc_small") -> str:
+    """The chosen head against each reference vote, pooled over training seeds (pooled.csv)."""
+    with open(ROOT / "figures" / name / "pooled.csv", newline="") as f:
+        pooled = list(csv.DictReader(f))
+    cols = list(pooled[0])
+    out = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for r in pooled:
+        out.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def _fmt(v: str) -> str:
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    return v if x.is_integer() and "." not in v else f"{x:.3f}"
+
+
 def all_tables() -> dict:
-    out = {"table3": table3(), "bias": bias()}
+    out = {"table3": table3(), "bias": bias(), "phenomena": phenomena(), "references": references()}
     for name in SUMMARY_EXPERIMENTS:
         out[f"summary:{name}"] = summary(name)
     return out

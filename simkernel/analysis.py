@@ -14,17 +14,29 @@ labels scores 1/m, the expected score of a uniformly random tie-break.  Votes ti
 labels with the same number of demonstrations under an even head), and the lowest-index argmax
 would credit the first label with every such tie.
 
+Beside the head chosen for each target (a reference prediction: the model, gold, exact Bayes
+...) stand reference votes, so that a head's agreement has something to beat and something it
+cannot beat: the uniform vote (the majority label), reference weights handed in as (B, n)
+arrays (in the simulator the theory kernel clipped at 0 and the prediction similarity, from
+``alignment``; on an LLM its own prediction similarity), the head's own weights shuffled within
+each prompt (a permutation control), and the best non-negative weights (an upper bound, in
+closed form: :func:`best_weights`).  Each head-minus-reference difference on the held-out
+prompts gets a paired bootstrap CI; the verdict rule is :data:`VERDICT_RULE`.
+
 The only simkernel import is ``metrics`` (pure numpy); scipy is imported only for ranks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .metrics import onehot_scores, tie_accuracy, tie_agreement
+from .metrics import onehot_scores, tie_accuracy, tie_agreement, top_set
 
 if TYPE_CHECKING:
     from .capture import Capture
@@ -262,6 +274,128 @@ def probe_accuracy(vectors: np.ndarray, targets: np.ndarray, train: np.ndarray, 
     return out
 
 
+# ---------------------------------------------------------------------- reference votes
+#: permutations per prompt of the shuffled control (all n! of them when n! is at most this)
+N_PERMUTATIONS = 200
+#: paired bootstrap resamples of the report prompts, and the two-sided level of its intervals
+N_BOOTSTRAP = 2000
+CI_LEVEL = 0.95
+#: the reference votes analysis computes itself, from the prompt alone (no simulator):
+#: 'uniform' the majority vote, 'shuffled' the head's own weights permuted within each prompt,
+#: 'best' the best non-negative weights (an upper bound on every vote)
+OWN_REFERENCES = ("uniform", "shuffled", "best")
+
+
+def best_weights(target: np.ndarray, demo_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B, n) non-negative weights whose vote has the highest possible tie-fair agreement with
+    ``target`` (B, C) scores (NaN rows: undefined), given the demonstrations' labels (B, n).
+
+    With T the target's top set (m = |T|) and P the labels present among the demonstrations, a
+    vote v = Σ_i a_i e(y_i), a >= 0, lives on P (v_c = 0 off P) and scores
+    |T(v) ∩ T| / (|T(v)| m) <= 1/m, with equality iff T(v) ⊆ T:
+
+    - T ∩ P non-empty: weight 1/count_c on every demonstration of each label c in T ∩ P, so
+      every such label gets vote 1 and T(v) = T ∩ P: score 1/m;
+    - T ∩ P empty: any non-zero vote has T(v) ⊆ P, disjoint from T, and scores 0, while a = 0
+      is a tie among all C labels, 1/C: the optimum is a = 0.
+
+    So :func:`best_agreement` is 1/m where the target's top label(s) occur among the
+    demonstrations and 1/C where none does; no head or reference vote can exceed it."""
+    demo_labels = np.asarray(demo_labels)
+    onehot = np.eye(n_classes, dtype=bool)[demo_labels]                       # (B, n, C)
+    counts = onehot.sum(1)                                                    # (B, C)
+    keep = top_set(target) & (counts > 0)                                     # T ∩ P
+    per = np.where(keep, 1.0 / np.maximum(counts, 1), 0.0)                    # weight per demo of c
+    return np.take_along_axis(per, demo_labels, axis=1)
+
+
+def best_agreement(target: np.ndarray, demo_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B,) the highest tie-fair agreement with ``target`` (B, C) that any non-negative weights
+    on the demonstrations can reach (:func:`best_weights`); NaN where the target is undefined."""
+    return tie_agreement(label_votes(best_weights(target, demo_labels, n_classes), demo_labels, n_classes),
+                         np.asarray(target, np.float64))
+
+
+def _permutations(B: int, n: int, n_perm: int, seed: int) -> np.ndarray:
+    """(K, B, n) permutations of 0..n-1: all n! of them (the same for every prompt) when
+    n! <= n_perm, else n_perm independent uniform draws per prompt."""
+    if math.factorial(n) <= n_perm:
+        every = np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
+        return np.broadcast_to(every[:, None, :], (every.shape[0], B, n))
+    base = np.broadcast_to(np.arange(n), (n_perm, B, n))
+    return np.random.default_rng(seed).permuted(base, axis=-1)
+
+
+def shuffled_agreement(weights: np.ndarray, demo_labels: np.ndarray, target: np.ndarray, n_classes: int,
+                       n_perm: int = N_PERMUTATIONS, seed: int = 0) -> np.ndarray:
+    """(B, ...) the permutation control: the tie-fair agreement with ``target`` (B, C) of the
+    vote of ``weights`` (B, ..., n) permuted within each prompt, averaged over permutations
+    (exactly over all n! of them when n! <= n_perm, else over n_perm seeded draws per prompt,
+    shared by the middle axes).  The weights keep their values and lose their link to the
+    demonstrations: a head scores above its control only through *which* demonstrations it
+    weighs.  Permuting the weights by π is permuting the labels by π⁻¹, which is what is done.
+
+    Constant weights are unchanged by every permutation, so their control is the uniform vote;
+    in general it is not (one demonstration at random agrees with the majority label only as
+    often as that label occurs)."""
+    if n_perm < 1:
+        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
+    weights = np.asarray(weights, np.float64)
+    demo_labels = np.asarray(demo_labels)
+    B, n = demo_labels.shape
+    target = np.asarray(target, np.float64).reshape((B,) + (1,) * (weights.ndim - 2) + (-1,))
+    perms = _permutations(B, n, n_perm, seed)
+    total = np.zeros(weights.shape[:-1])
+    for p in perms:
+        total += tie_agreement(label_votes(weights, np.take_along_axis(demo_labels, p, 1), n_classes), target)
+    return total / perms.shape[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _boot_counts(size: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, size) multinomial resample counts, not index arrays (small ints and one matrix
+    product); drawn once per (size, n_boot, seed): every reference of a measurement is resampled
+    the same way, and the draw dominated the analysis when repeated per reference."""
+    counts = np.random.default_rng(seed).multinomial(size, np.full(size, 1.0 / size), size=n_boot)
+    counts.setflags(write=False)
+    return counts
+
+
+def paired_bootstrap(diff: np.ndarray, n_boot: int = N_BOOTSTRAP, level: float = CI_LEVEL, seed: int = 0):
+    """(mean, lo, hi, count) of per-prompt paired differences ``diff`` (R,) (NaN: left out): the
+    mean and its percentile bootstrap interval at ``level`` from ``n_boot`` seeded resamples of
+    the prompts with replacement (the head and the reference are resampled together, since the
+    difference is taken per prompt).  NaNs when no prompt is defined."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    d = np.asarray(diff, np.float64).reshape(-1)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    means = _boot_counts(d.size, n_boot, seed) @ d / d.size
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi), int(d.size)
+
+
+def _reference_weights(reference_weights, B: int, n: int) -> dict:
+    """Validated {name: (B, n) float64 non-negative weights}."""
+    out = {}
+    for name, w in (reference_weights or {}).items():
+        if name in OWN_REFERENCES:
+            raise ValueError(f"reference_weights[{name!r}]: the name is analysis's own; allowed: a name "
+                             f"other than {', '.join(OWN_REFERENCES)}")
+        w = np.asarray(w, np.float64)
+        if w.shape != (B, n):
+            raise ValueError(f"reference_weights[{name!r}] must have shape ({B}, {n}) (prompts, demonstrations), "
+                             f"got {w.shape}")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"reference_weights[{name!r}] must be finite and >= 0 (clip a kernel at 0 first)")
+        out[name] = w
+    return out
+
+
 # ---------------------------------------------------------------------- one analysis
 #: offsets from each label token whose keys and values the probes read: the token before the
 #: label, the label, and the three after it (what measure_model and llm ask capture for)
@@ -270,6 +404,16 @@ HEAD_COLUMNS = ("layer", "head", "measure", "reference", "split", "value", "n_ex
 PROFILE_COLUMNS = ("layer", "head", "position", "attention", "is_label")
 PROBE_COLUMNS = ("vector", "target", "offset", "layer", "head", "accuracy", "n_train", "n_test")
 BEST_COLUMNS = ("measure", "reference", "layer", "head", "select", "report", "n_select", "n_report")
+#: references.csv: per target prediction and reference vote, the head chosen on the selection
+#: split by agreement with that target, against the reference on the report split
+REFERENCE_COLUMNS = ("target", "reference", "layer", "head", "head_agreement", "reference_agreement",
+                     "difference", "diff_lo", "diff_hi", "n_examples")
+#: the target of the verdict: exact Bayes where it is known (the simulator), else the model
+VERDICT_TARGETS = ("bayes", "model")
+VERDICT_RULE = ("a kernel-regression head is detected when the head chosen on the selection prompts by its "
+                "agreement with {target} beats, on the held-out prompts, both the uniform (majority) vote and "
+                "its own weights shuffled within each prompt: each paired-bootstrap {level:.0%} CI of head minus "
+                "reference lies above 0")
 
 
 @dataclass
@@ -283,6 +427,12 @@ class Analysis:
              held-out score on the report split
     profile  the attention profile (layer, head, position 0..length-1; the label is last)
     probes   key / value probe accuracies per offset, layer and head (empty without vectors)
+    references  per target (a reference prediction: 'model', 'gold', 'bayes', ...) and
+             reference vote ('uniform', the given reference weights, 'shuffled', 'best'): the
+             head chosen by agreement with the target against the reference's vote on the
+             report split, with a paired bootstrap CI of the difference
+    paired   {target: {'head' | reference: (R,) per-prompt agreement on the report split}}: the
+             arrays behind ``references`` (not written; pooling over training seeds uses them)
     """
 
     heads: list
@@ -290,6 +440,8 @@ class Analysis:
     profile: list
     probes: list
     summary: dict
+    references: list = field(default_factory=list)
+    paired: dict = field(default_factory=dict)
 
 
 def _head_rows(rows, per_example, measure, reference, splits):
@@ -302,9 +454,10 @@ def _head_rows(rows, per_example, measure, reference, splits):
                          "split": split, "value": float(v), "n_examples": int(count[layer, head])})
 
 
-def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, how: str = "max",
-            n_select: int = 700, n_report: int = 300, seed: int = 0, profile_length: int = 30,
-            probe_targets=None, probe_lambda: float = PROBE_LAMBDA) -> Analysis:
+def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, reference_weights=None,
+            how: str = "max", n_select: int = 700, n_report: int = 300, seed: int = 0, profile_length: int = 30,
+            probe_targets=None, probe_lambda: float = PROBE_LAMBDA, n_perm: int = N_PERMUTATIONS,
+            n_boot: int = N_BOOTSTRAP) -> Analysis:
     """Every measurement of one captured batch.
 
     references  {name: (B,) class index (-1: undefined) or (B, C) scores (NaN rows:
@@ -315,6 +468,11 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
     kernels     {name: (B, n) weights}: kernels each head's a_i are correlated with within a
                 prompt (Pearson and Spearman), e.g. 'similarity' (prediction similarity) or,
                 in the simulator, the theory's K(x_test, x_i)
+    reference_weights {name: (B, n) weights >= 0}: demonstration weights whose votes stand beside
+                each chosen head (e.g. the theory kernel clipped at 0, a prediction
+                similarity); the uniform vote, the head's shuffled weights (``n_perm``
+                permutations, :func:`shuffled_agreement`) and the best non-negative weights
+                (:func:`best_agreement`) are always added
     probe_targets {'keys' | 'values': (name, (B, n) class index)}: what each probe predicts;
                 default values -> y_i ('label')
     Heads are chosen on a selection split and reported on a disjoint report split
@@ -324,7 +482,13 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
     examples), model_accuracy (= model_matches['gold']), model_accuracy_report (report split),
     majority_baseline {reference: agreement of the uniform-weight vote, i.e. the most
     frequent demonstration label(s), on the report split}, table2 (the head chosen by
-    agreement with the model: its held-out agreement and the accuracy of its vote).
+    agreement with the model: its held-out agreement and the accuracy of its vote),
+    reference_votes {reference: {target: agreement on the report split}} (uniform, the given
+    reference weights, best), head_vs_references {target: the chosen head (layer, head,
+    agreement) and per reference its agreement and the head-minus-reference difference with a
+    paired bootstrap CI (``n_boot`` resamples, :func:`paired_bootstrap`)}, verdict
+    (:data:`VERDICT_RULE` on exact Bayes where given, else the model).  Undefined numbers are
+    None in the summary (NaN in the tables).
     """
     B, L, H, _ = cap.attn.shape
     C = batch.n_classes
@@ -336,9 +500,10 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
         refs["gold"] = batch.gold
     refs.update(references or {})
     refs = {name: reference_scores(ref, B, C) for name, ref in refs.items()}   # (B, C) each
+    ref_w = _reference_weights(reference_weights, B, batch.n_demos)
     weights = demo_weights(cap.attn, batch.spans, batch.label_pos, how)       # (B, L, H, n)
     votes = label_votes(weights, batch.demo_labels, C)                         # (B, L, H, C)
-    heads, best = [], []
+    heads, best, agree = [], [], {}
 
     def choose(per_example, measure, name):
         c = select_head(per_example, select, report)
@@ -349,6 +514,7 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
     for name, ref in refs.items():
         # NaN where the reference is undefined (e.g. a prompt exact Bayes rules out)
         hits = tie_agreement(votes, ref[:, None, None, :])                     # (B, L, H)
+        agree[name] = hits
         _head_rows(heads, hits, "agree", name, splits)
         choose(hits, "agree", name)
     for name, kern in (kernels or {}).items():
@@ -399,7 +565,60 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
                          "reconstructed_accuracy": (mean_defined(tie_agreement(
                              votes[report, top["layer"], top["head"]], gold[report]))
                                                     if gold is not None else None)}
-    return Analysis(heads, best, profile, probes, summary)
+    chosen = {b["reference"]: (b["layer"], b["head"]) for b in best if b["measure"] == "agree"}
+    ref_rows, paired, ref_summary = _references(weights, batch.demo_labels, C, refs, agree, chosen, ref_w, report,
+                                                n_perm, n_boot, seed)
+    summary.update(ref_summary)
+    return Analysis(heads, best, profile, probes, summary, ref_rows, paired)
+
+
+def _none(x) -> float | None:
+    """A float for the summary, None where undefined (so summaries compare equal)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _references(weights, demo_labels, C, refs, agree, chosen, ref_w, report, n_perm, n_boot, seed):
+    """The references table, the per-prompt report-split arrays behind it and the summary's
+    reference_votes, head_vs_references and verdict (see :func:`analyse`)."""
+    y = demo_labels[report]
+    rows, paired, votes_summary, heads_summary = [], {}, {}, {}
+    fixed = {"uniform": np.ones(y.shape), **{k: w[report] for k, w in ref_w.items()}}
+    for target, ref in refs.items():
+        layer, head = chosen[target]
+        t = ref[report]
+        per = {"head": agree[target][report, layer, head]}
+        for name, w in fixed.items():
+            per[name] = tie_agreement(label_votes(w, y, C), t)
+        per["shuffled"] = shuffled_agreement(weights[report, layer, head], y, t, C, n_perm, seed)
+        per["best"] = best_agreement(t, y, C)
+        paired[target] = per
+        vs = {}
+        for name, score in per.items():
+            if name == "head":
+                continue
+            ok = np.isfinite(score) & np.isfinite(per["head"])
+            diff, lo, hi, count = paired_bootstrap(np.where(ok, per["head"] - score, np.nan), n_boot, seed=seed)
+            ref_mean = float(score[ok].mean()) if ok.any() else float("nan")
+            head_mean = float(per["head"][ok].mean()) if ok.any() else float("nan")
+            rows.append({"target": target, "reference": name, "layer": layer, "head": head,
+                         "head_agreement": head_mean, "reference_agreement": ref_mean, "difference": diff,
+                         "diff_lo": lo, "diff_hi": hi, "n_examples": count})
+            vs[name] = {"agreement": _none(ref_mean), "difference": _none(diff), "lo": _none(lo), "hi": _none(hi),
+                        "n": count}
+            if name != "shuffled":               # the shuffled vote is the chosen head's, not the prompt's
+                votes_summary.setdefault(name, {})[target] = _none(ref_mean)
+        ok = np.isfinite(per["head"])
+        heads_summary[target] = {"layer": layer, "head": head,
+                                 "agreement": _none(per["head"][ok].mean()) if ok.any() else None, "vs": vs}
+    target = next((t for t in VERDICT_TARGETS if t in heads_summary), None)
+    verdict = {"target": target, "rule": VERDICT_RULE.format(target=target, level=CI_LEVEL), "detected": None}
+    if target is not None:
+        vs = heads_summary[target]["vs"]
+        beats = [vs[r]["lo"] is not None and vs[r]["lo"] > 0 for r in ("uniform", "shuffled")]
+        verdict.update(detected=all(beats), beats_uniform=beats[0], beats_shuffled=beats[1])
+    summary = {"reference_votes": votes_summary, "head_vs_references": heads_summary, "verdict": verdict,
+               "n_permutations": n_perm, "n_bootstrap": n_boot, "ci_level": CI_LEVEL}
+    return rows, paired, summary
 
 
 # ---------------------------------------------------------------------- printed tables
@@ -427,4 +646,44 @@ def top_heads_table(heads, k: int = 3) -> list[str]:
     for lh in cand:
         lines.append(f"  {lh[0]:>5} {lh[1]:>4}  " + "  ".join(
             f"{val.get((m, r, *lh, 'report'), float('nan')):>16.3f}" for m, r in cols))
+    return lines
+
+
+def format_ci(d, lo, hi) -> str:
+    """'+0.123 [+0.045, +0.201]' (nan where undefined): a difference and its interval."""
+    def f(v):
+        return "nan" if v is None or not np.isfinite(v) else f"{v:+.3f}"
+
+    return f"{f(d)} [{f(lo)}, {f(hi)}]"
+
+
+def reference_table(summary: dict, targets=("model", "bayes", "gold")) -> list[str]:
+    """The printed references: per target (those of ``targets`` in the summary, in that order)
+    the head chosen by agreement with it and, per reference vote, the reference's held-out
+    agreement, the head's, and head minus reference with its paired bootstrap CI; then the
+    verdict and its rule (:data:`VERDICT_RULE`).  From :func:`analyse`'s summary alone."""
+    def f(v):
+        return "nan" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+    hv = summary.get("head_vs_references", {})
+    lines = [f"reference votes on the {summary['n_report']} held-out prompts beside the head chosen by agreement "
+             f"with each target (head minus reference: paired bootstrap {summary['ci_level']:.0%} CI, "
+             f"{summary['n_bootstrap']} resamples; shuffled: the head's weights permuted within each prompt, "
+             f"best: the best non-negative weights, an upper bound):",
+             f"  {'target':<7} {'head':<8} {'reference':<17} {'reference':>9} {'head':>6}  difference [CI]"]
+    for target in [t for t in targets if t in hv]:
+        h = hv[target]
+        for i, (name, v) in enumerate(h["vs"].items()):
+            first = f"{target:<7} {'L' + str(h['layer']) + ' H' + str(h['head']):<8}" if i == 0 else " " * 16
+            lines.append(f"  {first} {name:<17} {f(v['agreement']):>9} {f(h['agreement']):>6}  "
+                         f"{format_ci(v['difference'], v['lo'], v['hi'])}")
+    v = summary.get("verdict")
+    if v and v.get("target") in hv:
+        vs = hv[v["target"]]["vs"]
+        word = "detected" if v["detected"] else "not detected"
+        u, sh = vs["uniform"], vs["shuffled"]
+        lines.append(f"verdict ({v['target']}): kernel-regression head {word}: head minus uniform "
+                     f"{format_ci(u['difference'], u['lo'], u['hi'])}, minus shuffled "
+                     f"{format_ci(sh['difference'], sh['lo'], sh['hi'])}")
+        lines.append(f"  rule: {v['rule']}")
     return lines

@@ -567,6 +567,19 @@ SUMMARY_DESCRIPTIONS = {
     "oracle_accuracy": "the oracle's argmax == y_test (a ceiling, the same for every n)"}
 
 
+def format_n_demos(ns) -> str:
+    """The shortest spec of a sorted list: [1, 2, 3, 4, 8] -> '1..4,8'."""
+    parts, ns = [], sorted(set(int(n) for n in ns))
+    i = 0
+    while i < len(ns):
+        j = i
+        while j + 1 < len(ns) and ns[j + 1] == ns[j] + 1:
+            j += 1
+        parts.append(str(ns[i]) if j == i else f"{ns[i]},{ns[j]}" if j == i + 1 else f"{ns[i]}..{ns[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
 def demo_counts(n_max: int) -> list[int]:
     """0, 1, 2, 4, 8, ... up to n_max, and n_max itself."""
     ns, n = [0], 1
@@ -621,20 +634,56 @@ class BayesRun:
     prompts: object
     curve: IclCurve
     meta: dict
+    world: World | None = None
+
+    FILES = ("bayes.csv", "bayes.json")
+
+    def write(self, out) -> list:
+        """Publish bayes.csv and bayes.json into the folder ``out`` (created if needed)."""
+        from pathlib import Path
+
+        from .store import check_results_dir, publish, write_csv, write_json
+
+        out = check_results_dir(Path(out))
+        return publish(out, {"bayes.csv": lambda p: write_csv(p, self.rows, SUMMARY_COLUMNS),
+                             "bayes.json": lambda p: write_json(p, dict(self.meta, config=dict(
+                                 self.meta["config"], out=str(out))))})
+
+    def summary_lines(self) -> list[str]:
+        """What ``simkernel bayes`` prints: the setting, one line per n, the oracle's accuracy
+        and the prompts impossible under the pretraining mixture."""
+        cfg = self.meta["config"]
+        concept = cfg["concept"]
+        oracle = next(r for r in self.rows if r["metric"] == "oracle_accuracy")
+        return [repr(self.world),
+                f"{cfg['n_prompts']} prompts, example length {cfg['example_length']}, concept "
+                f"{'from the prior' if concept is None else concept}, seed {self.meta['seed']}",
+                *summary_lines(self.rows, self.ns),
+                f"oracle accuracy (true concept known): {oracle['mean']:.3f}",
+                f"prompts impossible under the pretraining mixture (left out where undefined): "
+                f"{self.n_impossible} of {cfg['n_prompts']}"]
 
 
-def run(world: World, n_prompts: int = 256, n_demos: int = 64, example_length: int = 2, seed: int = 0,
+def run(world: World | None = None, n_prompts: int = 256, n_demos: int = 64, example_length: int = 2, seed: int = 0,
         concept: int | None = None, method: str = "auto", world_source: dict | None = None,
-        progress=None) -> BayesRun:
+        progress=None, *, preset: str | None = None, world_seed: int = 0, overrides=None,
+        world_file=None) -> BayesRun:
     """``simkernel bayes`` as a library call: sample prompts (every concept from the prior, or
     ``concept``), run :func:`icl_curve` in chunks of ``CHUNK`` prompts and summarise n = 0, 1, 2,
-    4, ..., n_demos.  ``progress(n_done)`` is called after each chunk; ``world_source`` is
-    recorded in the config (how the world was made).  Writes nothing."""
+    4, ..., n_demos.  The world: ``world``, or else ``preset`` (default paper-c) at ``world_seed``
+    with ``overrides``, or ``world_file``.  ``progress(n_done)`` is called after each chunk;
+    ``world_source`` is recorded in the config (how the world was made).  Writes nothing (see
+    :meth:`BayesRun.write`)."""
     import time
 
     from .sampling import sample_prompts
     from .store import provenance, world_summary
 
+    if world is None:
+        from .presets import load_world
+        world, world_source = load_world(preset, world_seed, overrides, world_file)
+    elif preset is not None or overrides or world_file is not None:
+        raise ValueError("world is given; preset, overrides and world_file describe a world to build instead")
     if concept is not None and not (0 <= int(concept) < world.n_concepts):
         raise ValueError(f"concept must be in 0..{world.n_concepts - 1}, got {concept}")
     t0 = time.perf_counter()
@@ -654,7 +703,7 @@ def run(world: World, n_prompts: int = 256, n_demos: int = 64, example_length: i
     meta.update(world=world_summary(world), n_impossible=n_bad, elapsed_s=round(time.perf_counter() - t0, 3),
                 files={"bayes.csv": "tidy table: " + ", ".join(SUMMARY_COLUMNS)},
                 metrics=SUMMARY_DESCRIPTIONS)
-    return BayesRun(rows, ns, n_bad, prompts, curve, meta)
+    return BayesRun(rows, ns, n_bad, prompts, curve, meta, world)
 
 
 def summary_lines(rows, ns) -> list[str]:

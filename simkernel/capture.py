@@ -210,6 +210,12 @@ def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers
                 or (batch.label_pos + offsets.max() >= batch.input_ids.shape[1]).any()):
             raise ValueError(f"offsets {offsets.tolist()} around the label positions reach outside "
                              f"some prompt; allowed: offsets that stay within every prompt")
+    if not getattr(type(model), "_supports_attention_backend", False):
+        # older transformers (GPT-J before 5.24) hard-wire their attention: nothing to hook
+        import transformers
+        raise ValueError(f"{type(model).__name__} does not route its attention through transformers' "
+                         f"AttentionInterface in transformers {transformers.__version__}, so its attention rows "
+                         f"cannot be captured; allowed: transformers >= 5.24 (pip install 'transformers>=5.24')")
     _register()
     cfg = model.config
     old = getattr(cfg, "_attn_implementation", None) or "eager"

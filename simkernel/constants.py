@@ -9,6 +9,14 @@ KERNELS = ("theory", "oracle", "similarity", "frequency")
 ESTIMATORS = ("averaged", "normalised", "clipped")
 #: Feature maps ψ(x) of the theory kernel.
 FEATURES = ("belief", "operator")
+#: The in-context-learning phenomena of ``simkernel phenomena NAME`` (``phenomena.run``).
+PHENOMENA = ("retrieval", "labels", "shift", "order", "prior")
+#: The small GPT-J presets of ``model.MODEL_PRESETS`` (tiny: tests; cpu: the CPU default;
+#: ginc-*: GINC-sized, for a GPU).
+MODEL_NAMES = ("tiny", "cpu", "ginc-4", "ginc-12", "ginc-16")
+#: A head's weight on a demonstration: the max attention over its span (the paper's), the
+#: attention on its label token, or the span's mean (``analysis.demo_weights``).
+WEIGHTS = ("max", "label", "mean")
 #: The ridge of every kernel: λ = DEFAULT_RIDGE · trace(Σ) / D.
 DEFAULT_RIDGE = 0.01
 #: Inputs x are enumerated exactly (Σ and the limits exact) up to this many sequences V^(k-1);

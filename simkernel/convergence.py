@@ -39,6 +39,12 @@ LIMIT_METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_bayes", "limit_se")
 #: metric's lower end is clipped at 0).
 BOUNDED = ("agree", "acc", "nonpositive_sum")
 COLUMNS = CONVERGENCE_COLUMNS
+#: The headline world of converge: GINC's construction, small, with the delimiter restart, where
+#: the theory kernel varies within a prompt (docs/theory.md §19).
+DEFAULT_PRESET = "ginc-small"
+DEFAULT_N_DEMOS = tuple(range(1, 257))
+#: What :meth:`Convergence.write` publishes.
+FILES = ("convergence.csv", "floors.csv", "convergence.json", "convergence.png", "convergence.pdf")
 #: The fit of |estimate_n − limit| uses n >= this (smaller n are far from the central-limit regime).
 FIT_N_MIN = 4
 #: The clipped estimator's per-concept floor needs K between all pairs of inputs: skipped above
@@ -132,6 +138,52 @@ class Convergence:
     info: dict
     results: list = field(default_factory=list, repr=False)
     meta: dict = field(default_factory=dict)
+
+    def write(self, out) -> list:
+        """Publish ``FILES`` into the folder ``out`` (created if needed): convergence.csv, floors.csv,
+        convergence.json and the figure as .png and .pdf, all complete before any is renamed in."""
+        from pathlib import Path
+
+        from .plots import plot_convergence
+        from .store import check_results_dir, publish, write_csv, write_json
+
+        out = check_results_dir(Path(out))
+        rows, floors = self.tables()
+        meta = dict(self.meta, config=dict(self.meta.get("config", {}), out=str(out)))
+        title = meta.get("title", "")
+        return publish(out, {
+            "convergence.csv": lambda p: write_csv(p, rows, COLUMNS),
+            "floors.csv": lambda p: write_csv(p, floors, FLOOR_COLUMNS),
+            "convergence.json": lambda p: write_json(p, meta),
+            # one drawing makes both: the pdf lands beside the png in the temp folder
+            "convergence.png": lambda p: plot_convergence(rows, meta["fits"], p, p.with_suffix(".pdf"), title=title),
+            "convergence.pdf": lambda p: None})
+
+    def summary_lines(self) -> list[str]:
+        """What ``simkernel converge`` prints: the setting, :func:`summary_lines`, the bias-term
+        correlation and the impossible prompts (the warnings are in ``info["warnings"]``)."""
+        cfg, info = self.meta["config"], self.info
+        n_w, seeds = info["n_worlds"], cfg["seeds"]
+        ns = sorted({r["n_demos"] for r in self.rows if r["n_demos"] != float("inf")})
+        kernels, estimators = tuple(cfg["kernels"]), tuple(cfg["estimators"])
+        out = [self.meta.get("world_repr", "") + (f" x {n_w} worlds (seeds {', '.join(map(str, info['worlds']))})"
+                                                   if n_w > 1 else ""),
+               f"{cfg['n_prompts']} prompts x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+               f"({', '.join(map(str, seeds))}){' per world' if n_w > 1 else ''}, example length "
+               f"{cfg['example_length']}, concepts {cfg['concepts']}, {cfg['features']} features, n = {cfg['n_demos']}, "
+               f"limits {'exact' if info['limits_exact'] else 'from %d Monte Carlo inputs' % cfg['n_samples']}"]
+        out += summary_lines(self.rows, self.fits, ns, kernels, estimators, info)
+        bt = info.get("bias_term", {}).get("averaged") if "averaged" in estimators else None
+        # the theory's bias term bounds the averaged estimator (population least squares, §9)
+        if bt and bt.get("n_pairs", 0) >= 10 and math.isfinite(bt.get("rho", float("nan"))):
+            out.append(f"exact theory floor (averaged) against η²ε_θ over {bt['n_pairs']} (world, concept) pairs: "
+                       f"Spearman {bt['rho']:.2f} (p = {bt['p_value']:.2g}); with ε_θ on the span of each "
+                       f"concept's inputs {bt['rho_span']:.2f} (p = {bt['p_value_span']:.2g})")
+        bad = self.meta["impossible_prompts"]
+        if bad["total"]:
+            out.append(f"prompts impossible under the pretraining mixture (left out where undefined): "
+                       f"{bad['total']} of {bad['of']}")
+        return out
 
     def tables(self) -> tuple[list, list]:
         """(rows, floors) with their floats at ``DIGITS`` significant digits, as written."""
@@ -360,25 +412,43 @@ def spread_warnings(spread: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------- the whole experiment
-def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0,), kernels=KERNELS,
-        estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior", n_samples: int = DEFAULT_N_SAMPLES,
-        ridge: float = DEFAULT_RIDGE, world_labels=None, floors: bool = True, world_source=None,
-        progress=None) -> Convergence:
+def run(worlds=None, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts: int = 200, seeds=(0,),
+        kernels=KERNELS, estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior",
+        n_samples: int | None = None, ridge: float = DEFAULT_RIDGE, world_labels=None, floors: bool = True,
+        world_source=None, progress=None, *, preset: str | None = None, world_seeds=(0,), overrides=None,
+        world_file=None) -> Convergence:
     """``simkernel converge`` as a library call.
 
-    worlds: a World or a list of Worlds (e.g. one preset at several world seeds); n_demos: the n
-    to report (prompts hold max(n) demonstrations); seeds: prompt seeds, each run in every world
-    (the first also draws the Monte Carlo inputs of Σ where those are sampled); world_labels: a
-    name per world for the floors table (default: its meta seed, else its index).
-    ``progress(message, done)`` is called before each stage, ``done`` the number of finished
-    (world, seed) runs; ``world_source`` is recorded as the config's world (how the worlds were
-    made; default their meta).  Returns a :class:`Convergence` (``meta`` is the JSON)."""
+    The worlds: ``worlds`` (a World or a list of Worlds), or else ``preset`` (default
+    ``ginc-small``, the headline world) built at each of ``world_seeds`` with ``overrides``, or
+    ``world_file``.  n_demos: the n to report (prompts hold max(n) demonstrations); seeds: prompt
+    seeds, each run in every world (the first also draws the Monte Carlo inputs of Σ where those
+    are sampled); n_samples: Monte Carlo inputs for Σ and the limits, required when the
+    V^(k-1) inputs are more than ``EXACT_LIMIT``; world_labels: a name per world for the
+    floors table (default: its world seed, else its index).  ``progress(message, done)`` is
+    called before each stage, ``done`` the number of finished (world, seed) runs;
+    ``world_source`` is recorded as the config's world (how the worlds were made).  Returns a
+    :class:`Convergence` (``meta`` is the JSON); writes nothing (see :meth:`Convergence.write`)."""
     t0 = time.perf_counter()
+    if worlds is None:
+        worlds, world_source, world_labels = _worlds_of(preset, world_seeds, overrides, world_file)
+    elif preset is not None or overrides or world_file is not None:
+        raise ValueError("worlds are given; preset, overrides and world_file describe worlds to build instead")
     if isinstance(worlds, World):
         worlds = [worlds]
     worlds = list(worlds)
     if not worlds:
         raise ValueError("worlds is empty: give at least one world")
+    for w in worlds:
+        check_concepts(concepts, w)
+    if n_samples is None:
+        if not world_inputs_enumerable(worlds[0], example_length):
+            V = worlds[0].n_symbols
+            raise ValueError(f"n_samples is required: this world's {V}^{example_length - 1} = "
+                             f"{V ** (example_length - 1):,} inputs are too many to enumerate (limit "
+                             f"{kernel.EXACT_LIMIT:,}); give n_samples=N Monte Carlo inputs for Σ and the limits, "
+                             f"e.g. {DEFAULT_N_SAMPLES}")
+        n_samples = DEFAULT_N_SAMPLES
     ns = sorted(set(int(n) for n in n_demos))
     if not ns or ns[0] < 1:
         raise ValueError(f"n_demos must be integers >= 1, got {n_demos!r}")
@@ -437,8 +507,12 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
               [w.meta for w in worlds], "n_demos": ns, "example_length": example_length, "n_prompts": n_prompts,
               "seeds": seeds, "world_labels": labels, "concepts": concepts, "estimators": list(estimators),
               "kernels": list(kernels), "features": features, "ridge": ridge, "n_samples": n_samples}
+    config["n_demos"] = bayes.format_n_demos(ns)
+    config["world_seeds"] = labels if world_source is not None and "preset" in world_source else None
     meta = provenance(config, {"prompt": seeds, "world": labels}, extra_packages=("matplotlib",))
-    meta.update(world=world_summary(worlds[0]), n_worlds=len(worlds), fits=fits, spread=spread,
+    meta.update(title=_title(worlds, world_source, example_length, n_prompts, seeds, concepts, features),
+                world=world_summary(worlds[0]), world_repr=repr(worlds[0]), n_worlds=len(worlds), fits=fits,
+                spread=spread,
                 warnings=info["warnings"], sigma=sigma, per_world=per_world, limits_exact=info["limits_exact"],
                 bias_term=info["bias_term"],
                 impossible_prompts={"per_world_seed": impossible, "total": sum(impossible.values()),
@@ -446,6 +520,54 @@ def run(worlds, n_demos, example_length: int = 3, n_prompts: int = 200, seeds=(0
                 elapsed_s=round(time.perf_counter() - t0, 3), columns=list(COLUMNS),
                 floor_columns=list(FLOOR_COLUMNS), metrics=METRIC_DESCRIPTIONS, **NOTES)
     return Convergence(rows, fits, floor_rows, info, results, meta)
+
+
+def check_concepts(concepts, world: World) -> None:
+    """``concepts`` ('prior', 'id', 'ood' or a concept index) must name concepts of ``world``."""
+    if isinstance(concepts, (int, np.integer)) and not isinstance(concepts, bool):
+        if not 0 <= concepts < world.n_concepts:
+            raise ValueError(f"concepts={concepts} is not a concept of this world; allowed: prior, id, ood or "
+                             f"0..{world.n_concepts - 1}")
+    elif concepts in ("id", "ood"):
+        if not np.any(world.prior > 0 if concepts == "id" else world.prior == 0):
+            raise ValueError(f"concepts={concepts}: the world has no {'in' if concepts == 'id' else 'out-of'}-"
+                             f"distribution concepts (prior {'> 0' if concepts == 'id' else '= 0'})")
+    elif concepts != "prior":
+        raise ValueError(f"concepts must be prior, id, ood or a concept index, got {concepts!r}")
+
+
+def _worlds_of(preset, world_seeds, overrides, world_file):
+    """(worlds, source, labels) of a world spec given as plain values."""
+    from .presets import load_world
+
+    if world_file is not None:
+        if preset is not None or overrides:
+            raise ValueError(f"world_file loads a saved world; it cannot be combined with "
+                             f"{'preset' if preset is not None else 'overrides'}")
+        world, source = load_world(world_file=world_file)
+        return [world], source, ["file"]
+    seeds = [world_seeds] if isinstance(world_seeds, int) else list(world_seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"world_seeds must be distinct and at least one, got {world_seeds!r}")
+    built = [load_world(preset, ws, overrides, default=DEFAULT_PRESET) for ws in seeds]
+    source = dict(built[0][1])
+    if len(seeds) > 1:
+        source["seed"] = seeds
+    return [w for w, _ in built], source, seeds
+
+
+def _title(worlds, source, example_length, n_prompts, seeds, concepts, features) -> str:
+    """The figure's title: where the worlds came from and the sampling behind every curve."""
+    from pathlib import Path
+
+    world, n_w = worlds[0], len(worlds)
+    source = source or {}
+    name = source.get("preset") or Path(source.get("file", "world")).name
+    many = f" x {n_w} worlds" if n_w > 1 else ""
+    return (f"{name}{many}: K={world.n_concepts} concepts, S={world.n_states} states, V={world.n_symbols} "
+            f"symbols, {len(world.labels)} labels{'' if world.restart else ', no restart'}; k={example_length}, "
+            f"{n_prompts} prompts x {len(seeds)} seed{'s' if len(seeds) > 1 else ''}{' per world' if n_w > 1 else ''}, "
+            f"concepts {concepts}, {features} features")
 
 
 def world_inputs_enumerable(world: World, example_length: int) -> bool:

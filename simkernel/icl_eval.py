@@ -279,6 +279,48 @@ class IclEvalRun:
     meta: dict
     title: str
 
+    FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
+
+    def write(self, out, copy_to=None) -> list:
+        """Publish ``FILES`` into the folder ``out`` (and copy them into ``copy_to``)."""
+        from .plots import plot_icl_vs_bayes
+        from .store import check_results_dir, publish, write_csv, write_json
+
+        out = check_results_dir(Path(out))
+        if copy_to is not None:
+            check_results_dir(Path(copy_to))
+        meta = dict(self.meta, config=dict(self.meta["config"], out=str(out)))
+        return publish(out, {self.FILES[0]: lambda p: write_csv(p, self.rows, COLUMNS),
+                             self.FILES[1]: lambda p: write_json(p, meta),
+                             self.FILES[2]: lambda p: plot_icl_vs_bayes(self.rows, p, title=self.title)},
+                       copy_to=copy_to)
+
+    def summary_lines(self) -> list[str]:
+        """What ``simkernel icl-eval`` prints: skipped n, and per concept group one line per n."""
+        info, rows = self.info, self.rows
+        out = []
+        if info["skipped_n"]:
+            out.append(f"skipped n = {', '.join(map(str, info['skipped_n']))}: the prompt is longer than the "
+                       f"model's context ({info['context']} symbols)")
+        for g, why in info["kernel"]["skipped"].items():
+            out.append(f"concepts {g}: no kernel estimator ({why})")
+        for g in self.meta["config"]["concepts"]:
+            out.append(f"concepts {g}: total variation over the labels; agreement and accuracy of the argmax "
+                       f"(a tie among m labels scores 1/m)")
+            out.append(f"  {'n':>5}  {'TV(model,Bayes)':>15}  {'TV(model,kernel)':>16}  {'TV(kernel,Bayes)':>16}  "
+                       f"{'TV(freq,Bayes)':>14}  {'agree Bayes':>11}  acc model / Bayes / kernel / freq / oracle")
+            sel = {(r["n_demos"], r["metric"]): r["mean"] for r in rows if r["concepts"] == str(g)}
+            for n in sorted({r["n_demos"] for r in rows}):
+                def v(m):
+                    return f"{sel[(n, m)]:.3f}" if (n, m) in sel else "-"
+                out.append(f"  {n:>5}  {v('tv_bayes'):>15}  {v('tv_kernel'):>16}  {v('tv_kernel_bayes'):>16}  "
+                           f"{v('tv_frequency_bayes'):>14}  {v('agree_bayes'):>11}  {v('acc_model')} / "
+                           f"{v('acc_bayes')} / {v('acc_kernel')} / {v('acc_frequency')} / {v('acc_oracle')}")
+        bad = {g: c for g, c in info["impossible_prompts"].items() if c}
+        if bad:
+            out.append(f"prompts impossible under the pretraining mixture (left out of the Bayes metrics): {bad}")
+        return out
+
 
 def run(run_dir, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts: int = 200, seed: int = 0,
         concepts=None, device="auto", progress=None) -> IclEvalRun:

@@ -58,7 +58,7 @@ import numpy as np
 from . import analysis, capture, textdata
 from .constants import LLM_BATCH_SIZE, LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_N_EXAMPLES
 from .prompts import PromptBatch, collate
-from .store import sha256_file
+from .store import folder_lock, provenance, sha256_file
 
 #: short names -> Hugging Face hub ids
 MODEL_ALIASES = {
@@ -702,12 +702,16 @@ def load_outputs(path) -> Outputs:
 # ---------------------------------------------------------------------- analysis
 def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: int = 300,
             split_seed: int = 0, probe_lambda: float = analysis.PROBE_LAMBDA) -> analysis.Analysis:
-    """``analysis.analyse`` of the cached outputs with the prediction-similarity kernel and
+    """``analysis.analyse`` of the cached outputs with the prediction-similarity kernel (also as
+    reference weights, whose vote is reported beside the chosen heads) and
     ridge probes on the probed layers: keys -> the demonstration's standalone prediction
     argmax P(o | x_i), values -> y_i; trained on the selection split, scored on the report
     split (the same split as the head choice)."""
     sim = analysis.prediction_similarity(outputs.p_test, outputs.p_demos)
-    return analysis.analyse(outputs.capture, outputs.batch, kernels={"similarity": sim}, how=how, n_select=n_select,
+    # the model's own prediction similarity is the one kernel a real LLM has: its vote stands
+    # beside the chosen heads with the uniform, shuffled and best votes
+    return analysis.analyse(outputs.capture, outputs.batch, kernels={"similarity": sim},
+                            reference_weights={"similarity": sim}, how=how, n_select=n_select,
                             n_report=n_report, seed=split_seed, probe_lambda=probe_lambda,
                             probe_targets={"keys": ("standalone", outputs.p_demos.argmax(-1))})
 
@@ -723,6 +727,64 @@ class Job:
     outputs: Outputs
     analysis: analysis.Analysis
     info: dict
+    meta: dict = field(default_factory=dict)
+    title: str = ""
+
+    TABLES = ("heads", "best", "profile", "probes")
+
+    def write(self, out) -> list:
+        """Publish the four tables, llm.json and the figures into the folder ``out`` (the
+        figure of the probes only when there are probes; an older one is removed)."""
+        from .plots import MEASURE_FIGURES, MEASURE_FILES, plot_attention_profile, plot_head_scores, plot_probes
+        from .store import check_results_dir, publish, write_csv, write_json
+
+        out = check_results_dir(Path(out))
+        res, title = self.analysis, self.title
+        meta = dict(self.meta, config=dict(self.meta.get("config", {}), out=str(out)))
+        cols = (analysis.HEAD_COLUMNS, analysis.BEST_COLUMNS, analysis.PROFILE_COLUMNS, analysis.PROBE_COLUMNS)
+        writers = {MEASURE_FILES[t]: (lambda p, t=t, c=c: write_csv(p, getattr(res, t), c))
+                   for t, c in zip(self.TABLES, cols)}
+        writers["llm.json"] = lambda p: write_json(p, meta)
+        writers[MEASURE_FIGURES[0]] = lambda p: plot_attention_profile(res.profile, p, title)
+        writers[MEASURE_FIGURES[1]] = lambda p: plot_head_scores(res.heads, res.best, p, title=title)
+        if res.probes:
+            writers[MEASURE_FIGURES[2]] = lambda p: plot_probes(res.probes, p, title)
+        return publish(out, writers, remove=MEASURE_FIGURES)
+
+    def summary_lines(self) -> list[str]:
+        """What ``simkernel llm`` prints: the model, the data, the prompts, Table 2, the best
+        prediction-similarity head and the probes."""
+        res, meta_out, s = self.analysis, self.outputs.meta, self.analysis.summary
+        cfg = self.meta.get("config", {})
+        model_meta, ds = meta_out.get("model", {}), meta_out.get("dataset", {})
+        pool = ds.get("pool")
+        out = [f"model {model_meta.get('id', cfg.get('model'))}"
+               + (f" (revision {model_meta['revision']})" if model_meta.get("revision") else "")
+               + (f" commit {str(model_meta['commit'])[:10]}" if model_meta.get("commit") else "")
+               + f": {model_meta.get('model_type', '?')}, {s['layers']} layers x {s['heads']} heads, "
+               f"{model_meta.get('dtype', '?')}",
+               f"data {ds.get('source', '?')}: {s['n_examples']} of {ds.get('rows', '?')} examples; "
+               f"{s['n_demos']} {cfg.get('demos')} demonstrations each from "
+               f"{pool['source'] if pool else 'the other rows'}, seed {self.meta.get('seed')}"]
+        tokens = meta_out.get("prompt_tokens", {})
+        where = "read from the cache" if self.info["cache_hit"] else "computed and cached"
+        out.append(f"prompts: {tokens.get('mean', float('nan')):.0f} tokens on average, {tokens.get('max', '?')} at "
+                   f"most; model outputs {where} ({Path(self.info['cache_file']).name})")
+        task = cfg.get("task") or Path(str(cfg.get("data"))).stem
+        out += table2_lines(s, task, self.meta.get("paper_table2"))
+        sim = [b for b in res.best if b["measure"] == "pearson" and b["reference"] == "similarity"]
+        if sim:
+            b = sim[0]
+            out.append(f"prediction similarity: best head L{b['layer']} H{b['head']}, Pearson r {b['report']:.3f} "
+                       f"held out (weights a_i vs P(o|x_test)ᵀP(o|x_i) within a prompt)")
+        for vec in ("keys", "values"):
+            rows = [r for r in res.probes if r["vector"] == vec]
+            if rows:
+                b = max(rows, key=lambda r: r["accuracy"])
+                probed = ", ".join(map(str, meta_out.get("probe_layers", [])))
+                out.append(f"{vec} probe -> {b['target']}: best {b['accuracy']:.3f} held out (layer {b['layer']} "
+                           f"head {b['head']} offset {b['offset']:+d}; layers {probed})")
+        return out
 
 
 def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None,
@@ -737,41 +799,74 @@ def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None
     device is then not checked.  Otherwise the data, the tokenizer and the model's config are
     loaded and every prompt is built (:func:`prepare`) before the weights (``on_load(desc)``
     is called first).  The cache is written before the analysis, so a failed analysis keeps it."""
+    t0 = time.perf_counter()
     where = resolve_model(model_name)
     data_id = data.identity()
     dt = planned_dtype(dtype, device, device_map)
     key = cache_key(model_identity(where, revision), data_id, n_demos=n_demos, mode=mode, seed=seed,
                     n_examples=n_examples, dtype=dt, probe_layers=probe_layers, max_text_tokens=max_text_tokens)
     path = cache_path(out_dir, key)
-    hit = path.is_file()
-    if hit:
-        outputs = load_outputs(path)
-    else:
-        dataset, pool = data.load()
-        config = load_config(model_name, revision)
-        tok = load_tokenizer(model_name, revision)
-        prepared = prepare(tok, config, dataset, n_demos, mode, seed, n_examples, pool=pool,
-                           probe_layers=probe_layers, max_text_tokens=max_text_tokens)
-        if on_load is not None:
-            on_load(f"loading {where['id']}")
-        model, tok = load_model(model_name, revision, dt, device, device_map, tokenizer=tok, config=config)
-        outputs = execute(model, prepared, batch_size, bar=bar)
-        cfg = model.config
-        outputs.meta["model"] = {"name": model_name, "id": where["id"], "local": where["local"], "revision": revision,
-                                 "commit": getattr(cfg, "_commit_hash", None) or
-                                 (None if where["local"] else hub_commit(where["id"], revision)),
-                                 "model_type": cfg.model_type, "layers": int(cfg.num_hidden_layers),
-                                 "heads": int(cfg.num_attention_heads), "dtype": dt,
-                                 "parameters": int(sum(p.numel() for p in model.parameters()))}
-        outputs.meta["data"] = data_id
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        save_outputs(path, outputs)
-        del model
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    # two runs on one folder would compute the same outputs twice and race for the cache file; the
+    # lock sits beside the folder, which is created only once there are outputs to cache
+    with folder_lock(out_dir, "llm output", beside=True):
+        outputs, hit = _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode, seed,
+                                n_examples, probe_layers, max_text_tokens, device, device_map, batch_size, bar,
+                                on_load)
     meta = outputs.meta
     info = {"cache_file": str(path), "cache_key": key, "cache_hit": hit, "model_loaded": not hit,
             "device": meta.get("device"), "dtype": meta.get("dtype"), "batch_size": meta.get("batch_size")}
     result = analyse(outputs, how, n_select, n_report, split_seed)
-    return Job(outputs, result, info)
+    config = {"command": "llm", "model": model_name, "revision": revision, "task": data.task, "split": data.split,
+              "data": data.path, "text_column": list(data.text_column) if data.path else None,
+              "label_column": data.label_column if data.path else None,
+              "label_words": list(data.label_words) if data.path else None,
+              "n_demos": n_demos, "demos": mode, "n_examples": n_examples, "weight": how, "n_select": n_select,
+              "n_report": n_report, "split_seed": split_seed, "probe_layers": probe_layers,
+              "max_text_tokens": max_text_tokens, "dtype": dtype, "device": device, "device_map": device_map,
+              "batch_size": batch_size, "out": str(out_dir)}
+    s, model_meta = result.summary, meta.get("model", {})
+    is_gptj = where["id"] == MODEL_ALIASES["gpt-j-6b"]
+    paper = PAPER_TABLE2.get(data.task) if is_gptj else None
+    title = (f"{model_meta.get('id', model_name)} on {data.task or Path(data.path).name}: "
+             f"{s['n_examples']} examples x {s['n_demos']} demonstrations ({mode}, seed {seed})")
+    run_meta = provenance(config, seed, extra_packages=("matplotlib", "torch", "transformers", "datasets",
+                                                        "tokenizers", "accelerate"))
+    run_meta.update(title=title, model=model_meta, data=meta.get("data"), dataset=meta.get("dataset"), cache=info,
+                    outputs={k: v for k, v in meta.items() if k not in ("model", "data", "dataset")},
+                    summary=s, table2=s["table2"], paper_table2=paper, best=result.best,
+                    columns={"heads": list(analysis.HEAD_COLUMNS), "best": list(analysis.BEST_COLUMNS),
+                             "profile": list(analysis.PROFILE_COLUMNS), "probes": list(analysis.PROBE_COLUMNS)},
+                    elapsed_s=round(time.perf_counter() - t0, 3))
+    return Job(outputs, result, info, run_meta, title)
+
+
+def _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode, seed, n_examples, probe_layers,
+             max_text_tokens, device, device_map, batch_size, bar, on_load):
+    """(outputs, cache hit): the cached model outputs at ``path``, else computed and cached."""
+    if path.is_file():
+        return load_outputs(path), True
+    dataset, pool = data.load()
+    config = load_config(model_name, revision)
+    tok = load_tokenizer(model_name, revision)
+    prepared = prepare(tok, config, dataset, n_demos, mode, seed, n_examples, pool=pool,
+                       probe_layers=probe_layers, max_text_tokens=max_text_tokens)
+    if on_load is not None:
+        on_load(f"loading {where['id']}")
+    model, tok = load_model(model_name, revision, dt, device, device_map, tokenizer=tok, config=config)
+    outputs = execute(model, prepared, batch_size, bar=bar)
+    cfg = model.config
+    outputs.meta["model"] = {"name": model_name, "id": where["id"], "local": where["local"], "revision": revision,
+                             "commit": getattr(cfg, "_commit_hash", None) or
+                             (None if where["local"] else hub_commit(where["id"], revision)),
+                             "model_type": cfg.model_type, "layers": int(cfg.num_hidden_layers),
+                             "heads": int(cfg.num_attention_heads), "dtype": dt,
+                             "parameters": int(sum(p.numel() for p in model.parameters()))}
+    outputs.meta["data"] = data_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_outputs(path, outputs)
+    del model
+    return outputs, False
 
 
 def slug(text: str) -> str:

@@ -58,6 +58,12 @@ def model_config(preset: str, vocab_size: int, **overrides) -> GPTJConfig:
     return GPTJConfig(**base)
 
 
+def _available(attn_implementation: str) -> str:
+    """``sdpa`` where this transformers' GPT-J supports it, else ``eager`` (the same numbers,
+    slower): GPT-J gained sdpa only in transformers 5.24."""
+    return attn_implementation if GPTJForCausalLM._supports_sdpa or attn_implementation != "sdpa" else "eager"
+
+
 def build_model(preset: str, vocab_size: int, *, attn_implementation: str = "sdpa",
                 **overrides) -> GPTJForCausalLM:
     """A freshly initialised GPT-J of the preset (float32, on the CPU; torch's global RNG
@@ -66,7 +72,7 @@ def build_model(preset: str, vocab_size: int, *, attn_implementation: str = "sdp
         raise ValueError(f"unknown attn_implementation {attn_implementation!r}; allowed: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
     cfg = model_config(preset, vocab_size, **overrides)
-    cfg._attn_implementation = attn_implementation
+    cfg._attn_implementation = _available(attn_implementation)
     model = GPTJForCausalLM(cfg)
     return model.float()
 
@@ -90,7 +96,7 @@ def load_model(folder, *, attn_implementation: str = "sdpa", device="cpu") -> GP
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"unknown attn_implementation {attn_implementation!r}; allowed: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
-    model = GPTJForCausalLM.from_pretrained(Path(folder), attn_implementation=attn_implementation,
+    model = GPTJForCausalLM.from_pretrained(Path(folder), attn_implementation=_available(attn_implementation),
                                             dtype=torch.float32)
     return model.to(device).eval()
 

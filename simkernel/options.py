@@ -120,19 +120,6 @@ def parse_n_demos(text, limit: int = N_DEMOS_LIMIT, minimum: int = 1) -> list[in
     return sorted(out)
 
 
-def format_n_demos(ns) -> str:
-    """The shortest spec of a sorted list: [1, 2, 3, 4, 8] -> '1..4,8'."""
-    parts, ns = [], sorted(set(int(n) for n in ns))
-    i = 0
-    while i < len(ns):
-        j = i
-        while j + 1 < len(ns) and ns[j + 1] == ns[j] + 1:
-            j += 1
-        parts.append(str(ns[i]) if j == i else f"{ns[i]},{ns[j]}" if j == i + 1 else f"{ns[i]}..{ns[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
 class NDemos(click.ParamType):
     name = "n-demos"
 
@@ -280,3 +267,33 @@ def progress_bar(total, desc, unit):
         return PlainProgress(total, desc, unit)
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=mode == "none", leave=False, file=sys.stderr)
+
+
+class StagedBars:
+    """One progress bar on screen at a time for work in stages (sampling, then training):
+    ``show(name, total, unit, n, **postfix)`` closes the previous stage's bar when ``name``
+    changes; numeric postfix values are shown to 3 decimals (None ones are left out)."""
+
+    def __init__(self):
+        self.name, self.bar, self.post = None, None, {}
+
+    def __enter__(self):
+        return self
+
+    def show(self, name, total, unit, n, **postfix):
+        if name != self.name:
+            self.close()
+            self.name, self.bar = name, progress_bar(total, name, unit).__enter__()
+        self.bar.update(n - self.bar.n)
+        self.post.update({k: f"{v:.3f}" for k, v in postfix.items() if v is not None})
+        if self.post:
+            self.bar.set_postfix(self.post, refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

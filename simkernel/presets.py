@@ -188,3 +188,26 @@ def _random(rng, *, n_concepts, n_states, n_symbols, concentration, n_labels, de
                               _dirichlet_rows(rng, concentration, (K, S, V)), delimiter,
                               _pick_labels(rng, V, delimiter, n_labels), restart)
     return world.smoothed(smoothing) if smoothing else world
+
+
+def load_world(preset: str | None = None, world_seed: int = 0, overrides: dict | None = None,
+               world_file=None, *, default: str = "paper-c") -> tuple[World, dict]:
+    """The world a command runs on, and a JSON-able record of where it came from.
+
+    Either ``world_file`` (a saved .npz; then ``preset``, ``overrides`` and a non-zero
+    ``world_seed`` are errors) or ``preset`` (``default`` when None) built at ``world_seed`` with
+    ``overrides`` (option name -> value; strings are coerced as ``--set`` values are).  The
+    record is ``{"file", "sha256", "meta"}`` or ``{"preset", "seed", "options"}``."""
+    from pathlib import Path
+
+    from .store import sha256_file
+
+    if world_file is not None:
+        if preset is not None or overrides:
+            raise ValueError(f"world_file loads a saved world; it cannot be combined with "
+                             f"{'preset' if preset is not None else 'overrides'}")
+        world = World.load(world_file)
+        return world, {"file": str(world_file), "sha256": sha256_file(Path(world_file)), "meta": world.meta}
+    preset = default if preset is None else preset
+    world = make_world(preset, world_seed, **dict(overrides or {}))
+    return world, {"preset": preset, "seed": world_seed, "options": world.meta.get("options", {})}

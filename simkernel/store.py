@@ -194,10 +194,12 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder, what: str = "run"):
+def folder_lock(folder, what: str = "run", beside: bool = False):
     """Hold an exclusive, non-blocking lock on ``folder`` (``flock`` on ``folder/.lock``, which
     holds the holder's PID) for the ``with`` block; :class:`FolderBusy` names the PID of the
-    process that holds it.  Yields the lock file's path.
+    process that holds it.  Yields the lock file's path.  ``beside``: lock a folder that may not
+    exist yet (a corpus being built elsewhere and renamed in) through ``.<name>.lock`` in its
+    parent folder.
 
     flock belongs to the open file, so the OS drops it when the holder exits in any way
     (Ctrl-C, crash, kill -9): a lock never outlives its process, and the file never needs
@@ -206,7 +208,7 @@ def folder_lock(folder, what: str = "run"):
     import fcntl      # POSIX only; imported here so that the module still imports elsewhere
 
     folder = Path(folder)
-    path = folder / LOCK
+    path = folder.parent / f".{folder.name}{LOCK}" if beside else folder / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -220,6 +222,11 @@ def folder_lock(folder, what: str = "run"):
             yield path
         finally:
             os.ftruncate(fd, 0)      # no stale PID for the next reader
+            if beside:
+                # a lock beside its folder would litter the parent: removed while still held, so a
+                # process that creates a new one next sees the finished folder
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
     finally:
         os.close(fd)                 # releases the lock
 
@@ -271,6 +278,23 @@ def provenance(config: dict, seed, extra_packages=()) -> dict:
     versions: :func:`versions` of ``extra_packages`` too)."""
     return {"config": config, "seed": seed, "versions": versions(*extra_packages),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def save_world(world: "World", out, source: dict, seed) -> Path:
+    """Save ``world`` to the .npz ``out`` (atomically, ordinary permissions) with the provenance
+    of this save: ``source`` (how it was made or where it was read) and ``seed``; a loaded
+    world's own provenance is kept as ``source_provenance``."""
+    import dataclasses
+
+    out = check_out_file(out, ".npz")
+    meta = {k: v for k, v in world.meta.items() if k != "provenance"}
+    config = {"command": "world", "world": source}
+    if "provenance" in world.meta:
+        config["source_provenance"] = world.meta["provenance"]
+    meta["provenance"] = provenance(config, seed)
+    dataclasses.replace(world, meta=meta).save(out)
+    public_mode(out)
+    return out
 
 
 def world_summary(world: "World") -> dict:
@@ -366,6 +390,15 @@ def write_corpus(world: "World", out_dir, n_docs: int, doc_length: int, seed: in
         raise ValueError(f"chunk_docs must be >= 1, got {chunk_docs!r}")
     out_dir = check_out_dir(out_dir, overwrite)
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    with folder_lock(out_dir, "corpus", beside=True):
+        # checked again under the lock: another process may have finished this corpus meanwhile
+        check_out_dir(out_dir, overwrite)
+        return _write_corpus(world, out_dir, parent, n_docs, doc_length, seed, chunk, progress, config)
+
+
+def _write_corpus(world, out_dir, parent, n_docs, doc_length, seed, chunk, progress, config) -> Path:
+    from . import sampling
+
     dtype = np.dtype(sampling.token_dtype(world.n_symbols))
     need = n_docs * doc_length * dtype.itemsize
     free = shutil.disk_usage(parent).free

@@ -369,6 +369,14 @@ class RunResult:
     elapsed_s: float = 0.0
     rank: int = 0
 
+    def summary_line(self) -> str:
+        """One line: where the run is, why it stopped and its gap to the Bayes floor."""
+        if self.status == "already trained":
+            return (f"already trained: {self.run_dir} (stopped at step {self.step} by {self.reason}; val "
+                    f"{self.val_loss:.4f}, floor {self.floor:.4f}, gap {self.gap:.4f} nats/token)")
+        return (f"{self.run_dir}: stopped at step {self.step} by {self.reason} ({self.elapsed_s:.1f} s); "
+                f"val {self.val_loss:.4f}, Bayes floor {self.floor:.4f}, gap {self.gap:.4f} nats/token")
+
 
 class CheckpointExists(ValueError):
     """The run folder holds an interrupted run's checkpoint and ``resume`` was not asked for."""
@@ -689,3 +697,26 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
             raise Interrupted(run_dir, last_step[0], rank) from None
     res.elapsed_s = time.perf_counter() - t0
     return res
+
+
+def train_world(preset: str | None = "random", world_seed: int = 0, overrides=None, world_file=None, *,
+                n_docs: int = 2000, doc_length: int = 1024, corpus_seed: int = 0, runs_dir="runs",
+                resume: bool = False, progress=None, sample_progress=None, **config) -> RunResult:
+    """``simkernel train`` without ``--corpus`` as one call: the world (``preset`` at
+    ``world_seed`` with ``overrides``, default the random preset with concentration 0.1, or
+    ``world_file``), a corpus of ``n_docs`` x ``doc_length`` symbols sampled with ``corpus_seed``
+    into the run folder, and ``config`` (any other :class:`TrainConfig` field: model, seed,
+    target_gap, ...).  Gives the same run folder as the command with the same options."""
+    from .presets import load_world
+
+    if preset == "random" and overrides is None and world_file is None:
+        overrides = {"concentration": "0.1"}        # the command's default world
+    if world_file is not None:
+        preset = None
+    unknown = sorted(set(config) - set(TrainConfig.__dataclass_fields__) - {"corpus"})
+    if unknown:
+        raise ValueError(f"unknown training option {unknown[0]!r}; allowed: "
+                         f"{', '.join(f for f in TrainConfig.__dataclass_fields__ if f != 'corpus')}")
+    world, source = load_world(preset, world_seed, overrides, world_file)
+    cfg = TrainConfig(corpus=sampled_corpus(source, n_docs, doc_length, corpus_seed), **config)
+    return run(cfg, runs_dir, world=world, resume=resume, progress=progress, sample_progress=sample_progress)

@@ -129,19 +129,30 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
+def train_tiny(root, corpus, seed=0):
+    from simkernel import train as tr
+
+    cfg = tr.TrainConfig(corpus=tr.corpus_identity(corpus), model="tiny", block_size=48, batch_size=8,
+                         lr=3e-3, warmup_steps=2, max_steps=30, eval_every=10, eval_docs=2, eval_blocks=4,
+                         ckpt_every=100, device="cpu", model_overrides={"n_positions": 64}, seed=seed)
+    d = tr.prepare_run_dir(root / "runs", cfg, {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus)})
+    tr.train(cfg, corpus, d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from simkernel import train as tr
     from simkernel.store import write_corpus
 
     root = tmp_path_factory.mktemp("measure")
     corpus = write_corpus(make_world("random", 0, **WORLD), root / "corpus", 16, 256, seed=0)
-    cfg = tr.TrainConfig(corpus=tr.corpus_identity(corpus), model="tiny", block_size=48, batch_size=8,
-                         lr=3e-3, warmup_steps=2, max_steps=30, eval_every=10, eval_docs=2, eval_blocks=4,
-                         ckpt_every=100, device="cpu", model_overrides={"n_positions": 64})
-    d = tr.prepare_run_dir(root / "runs", cfg, {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus)})
-    tr.train(cfg, corpus, d)
-    return d
+    return train_tiny(root, corpus)
+
+
+@pytest.fixture(scope="module")
+def run_dir2(run_dir):
+    """A second training seed of run_dir's world and corpus."""
+    return train_tiny(run_dir.parent.parent, run_dir.parent.parent / "corpus", seed=1)
 
 
 def read(path):
@@ -200,3 +211,105 @@ def test_plot_measure_redraws_from_the_tables_alone(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     res = run(["plot", "measure", tmp_path / "empty"])
     assert res.exit_code != 0 and "has no heads.csv" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_measure_library_call_prints_what_the_command_printed_and_writes_references(run_dir, tmp_path):
+    """One run folder: summary_lines() holds every line `simkernel measure` prints before its
+    'wrote' line, then the reference votes and the verdict; write() adds references.csv and
+    references.png beside the four tables; the clipped theory kernel's vote is the one recomputed
+    from the ground truth."""
+    from simkernel.analysis import REFERENCE_COLUMNS, label_votes
+    from simkernel.metrics import tie_agreement
+
+    args = dict(n_prompts=40, n_demos=6, n_select=25, n_report=15, device="cpu")
+    res = alignment.run(run_dir, **args)
+    lines = res.summary_lines()
+    cli = ok(["measure", "--checkpoint", run_dir, "--n-prompts", "40", "--n-demos", "6", "--n-select", "25",
+              "--n-report", "15", "--out", tmp_path / "cli", "--device", "cpu"]).output.splitlines()
+    assert cli[-1].startswith("wrote") and lines[:len(cli) - 1] == cli[:-1]
+    # the references block: per target (model, bayes, gold) a line per reference vote, then the verdict
+    start = next(i for i, line in enumerate(lines) if line.startswith("  target  head"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("verdict (bayes): kernel-regression head "))
+    shown = [(w[0], w[3]) if w[0] in ("model", "bayes", "gold") else (None, w[0])
+             for w in (line.split() for line in lines[start + 1:end])]
+    refs = ["uniform", "theory_clipped", "similarity", "model_similarity", "shuffled", "best"]
+    assert [r for _, r in shown] == refs * 3 and [t for t, _ in shown if t] == ["model", "bayes", "gold"]
+    written = res.write(tmp_path / "m", copy_to=tmp_path / "fig")
+    names = {p.name for p in written if p.parent == tmp_path / "m"}
+    assert {"heads.csv", "best.csv", "profile.csv", "probes.csv", "references.csv", "measure.json",
+            "references.png", "head_scores.png"} <= names and "pooled.csv" not in names
+    assert {p.name for p in written if p.parent == tmp_path / "fig"} == names
+    refs = read(tmp_path / "m" / "references.csv")
+    assert tuple(refs[0]) == REFERENCE_COLUMNS
+    meta = json.loads((tmp_path / "m" / "measure.json").read_text())
+    assert meta["config"]["out"] == str(tmp_path / "m") and "references.csv" in meta["tables"]
+    assert meta["summary"]["verdict"]["target"] == "bayes"
+    # the theory kernel clipped at 0, as a_i, on the report prompts
+    from simkernel.icl_eval import run_paths
+    world = World.load(run_paths(run_dir)[1])
+    shared = alignment.prompted(world, 40, 6, 3, seed=0)
+    _, rep = split_indices(40, 25, 15, 0)
+    K = np.clip(shared.truth.kernels["theory"], 0, None)[rep]
+    expect = tie_agreement(label_votes(K, shared.batch.demo_labels[rep], len(world.labels)),
+                           shared.truth.references["bayes"][rep])
+    np.testing.assert_allclose(res.result.paired["bayes"]["theory_clipped"], expect, atol=1e-12)
+
+
+def test_measure_several_seeds_on_the_same_prompts_pooled_over_runs(run_dir, run_dir2, tmp_path):
+    """Two training seeds: both measured on the same prompts (the model-free reference votes
+    agree), each in its own folder; pooled.csv is the mean of the runs' mean paired differences
+    with a t-interval over the 2 runs (recomputed with scipy's t quantile)."""
+    from scipy.stats import t as student
+
+    from simkernel.analysis import REFERENCE_COLUMNS
+
+    stages = []
+    res = alignment.run([run_dir, run_dir2 / "checkpoint" / "model"], n_prompts=40, n_demos=6, n_select=25,
+                        n_report=15, device="cpu", progress=stages.append)
+    assert stages == list(alignment.MEASURE_STAGES) * 2 and len(res.runs) == 2
+    a, b = (r.result for r in res.runs)
+    for target in ("bayes", "gold", "kernel"):
+        for ref in ("uniform", "theory_clipped", "similarity", "best"):
+            np.testing.assert_array_equal(a.paired[target][ref], b.paired[target][ref])
+    for row in res.pooled:
+        means = [np.nanmean(r.result.paired[row["target"]]["head"] - r.result.paired[row["target"]][row["reference"]])
+                 for r in res.runs]
+        half = student.ppf(0.975, 1) * np.std(means, ddof=1) / np.sqrt(2)
+        assert row["difference"] == pytest.approx(np.mean(means), abs=1e-12)
+        assert (row["lo"], row["hi"]) == pytest.approx((np.mean(means) - half, np.mean(means) + half), abs=1e-12)
+        assert row["n_runs"] == 2 and row["unit"] == "runs"
+    lines = res.summary_lines()
+    assert sum(line.startswith("== run ") for line in lines) == 2
+    assert "== pooled over 2 runs" in "\n".join(lines)
+    verdict = next(line for line in lines if line.startswith("pooled verdict (bayes): "))
+    assert verdict.split(": ")[1].split(" (")[0] in ("detected", "not detected", "mixed")
+    assert "fewer than 3 training seeds" in verdict
+    out = tmp_path / "m"
+    res.write(out)
+    for r in res.runs:
+        assert tuple(read(out / r.name / "references.csv")[0]) == REFERENCE_COLUMNS
+        assert (out / r.name / "head_scores.png").stat().st_size > 0
+    rows = read(out / "references.csv")
+    assert tuple(rows[0]) == alignment.RUN_REFERENCE_COLUMNS and {r["run"] for r in rows} == {r.name for r in res.runs}
+    assert tuple(read(out / "pooled.csv")[0]) == alignment.POOLED_COLUMNS
+    meta = json.loads((out / "measure.json").read_text())
+    assert meta["summary"]["verdict"]["n_runs"] == 2 and set(meta["runs"]) == {r.name for r in res.runs}
+    assert (out / "references.png").stat().st_size > 0 and not (out / "heads.csv").exists()
+
+
+def test_measure_refuses_runs_of_another_world_and_repeated_runs(run_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    (tmp_path / "c2").mkdir()
+    make_world("random", 1, **WORLD).save(tmp_path / "c2" / "world.npz")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["corpus_dir"] = str(tmp_path / "c2")
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"^checkpoint: run .*other' was trained on another world"):
+        alignment.run([run_dir, other], n_prompts=10, n_demos=4, device="cpu")
+    with pytest.raises(ValueError, match=r"^checkpoint lists the run .* twice; allowed: distinct run folders"):
+        alignment.run([run_dir, run_dir / "checkpoint" / "model"], n_prompts=10, n_demos=4, device="cpu")
+    with pytest.raises(ValueError, match="checkpoint is an empty list"):
+        alignment.run([], device="cpu")

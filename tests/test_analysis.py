@@ -366,3 +366,227 @@ def test_probe_accuracy_is_tie_fair():
     y_test = np.array([0, 1, 1, 1])
     acc = A.ridge_accuracy(np.zeros((20, 3)), y_train, np.zeros((4, 3)), y_test, 2)
     assert acc == pytest.approx(0.5, abs=1e-12)
+
+
+# ---------------------------------------------------------------------- reference votes
+def lp_best_agreement(target_top, labels, C):
+    """The best tie-fair agreement of any vote Σ_i a_i e(y_i), a >= 0, with a target whose top
+    set is ``target_top`` (C,) bool, by brute force over the vote's possible top sets S: S is
+    reachable iff the LP  v_c = t (c in S), v_c <= t - 1 (c not in S), a >= 0, t >= 0  is
+    feasible (scipy.optimize.linprog), and then scores |S ∩ T| / (|S| |T|)."""
+    from scipy.optimize import linprog
+
+    n = len(labels)
+    E = np.eye(C)[labels].T                                          # (C, n): v = E a
+    best = 0.0
+    for mask in range(1, 2 ** C):
+        S = np.array([(mask >> c) & 1 for c in range(C)], bool)
+        A = np.hstack([E, -np.ones((C, 1))])                          # v_c - t
+        res = linprog(np.zeros(n + 1), A_ub=A[~S] if (~S).any() else None,
+                      b_ub=-np.ones((~S).sum()) if (~S).any() else None, A_eq=A[S], b_eq=np.zeros(S.sum()),
+                      bounds=[(0, None)] * (n + 1), method="highs")
+        if res.status == 0:
+            best = max(best, (S & target_top).sum() / (S.sum() * target_top.sum()))
+    return best
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 5), st.integers(2, 4))
+def test_best_agreement_is_the_linear_programs_optimum_and_bounds_every_vote(seed, n, C):
+    """The closed form (1/m where the target's m top labels meet the demonstrations' labels, 1/C
+    where they do not) equals the brute-force LP optimum; it is >= the vote of non-negative
+    least squares (scipy.optimize.nnls) and of random, sparse and all-zero weights."""
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(seed)
+    B = 6
+    y = rng.integers(0, C, (B, n))
+    target = rng.integers(0, 3, (B, C)).astype(float)                # integer scores: ties are frequent
+    target[0] = np.nan                                                # undefined
+    got = A.best_agreement(target, y, C)
+    assert np.isnan(got[0])
+    for b in range(1, B):
+        T = top(target[b])
+        assert got[b] == pytest.approx(lp_best_agreement(T, y[b], C), abs=1e-12)
+        present = np.zeros(C, bool)
+        present[y[b]] = True
+        assert got[b] == pytest.approx(1 / T.sum() if (T & present).any() else 1 / C, abs=1e-12)
+        a = nnls(np.eye(C)[y[b]].T, target[b] / target[b].sum() if target[b].sum() else np.ones(C) / C)[0]
+        candidates = [a, rng.random(n), rng.random(n) * (rng.random(n) < 0.4), np.zeros(n)]
+        for w in candidates:
+            v = A.label_votes(w[None], y[b][None], C)[0]
+            assert fair(top(v)[None], T[None])[0] <= got[b] + 1e-12
+    # the weights attaining it are non-negative and score exactly the bound
+    w = A.best_weights(target, y, C)
+    assert (w >= 0).all()
+    from simkernel.metrics import tie_agreement
+    np.testing.assert_allclose(tie_agreement(A.label_votes(w, y, C), target)[1:], got[1:], atol=0)
+
+
+def brute_shuffled(w, y, target, C):
+    """E over every permutation π of the fair agreement of Σ_i w_π(i) e(y_i) with the target
+    (itertools, one prompt)."""
+    import itertools
+
+    T = top(target)
+    scores = [fair(top(A.label_votes(w[list(p)][None], y[None], C))[0][None], T[None])[0]
+              for p in itertools.permutations(range(len(w)))]
+    return np.mean(scores)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 5), st.integers(2, 4))
+def test_shuffled_control_is_the_average_over_every_permutation(seed, n, C):
+    """With n! <= n_perm the control is exact: the mean over all permutations of the weights,
+    counted here with itertools (weights rounded so that the vote ties sometimes).  It is also
+    the mean of the heads whose weights are the permutations of one vector (an exchangeable
+    family); constant weights are their own control and the uniform vote."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    B = 4
+    y = rng.integers(0, C, (B, n))
+    target = rng.integers(0, 3, (B, C)).astype(float)
+    w = np.round(rng.random((B, n)), 1)
+    got = A.shuffled_agreement(w, y, target, C, n_perm=120)
+    for b in range(B):
+        assert got[b] == pytest.approx(brute_shuffled(w[b], y[b], target[b], C), abs=1e-12)
+    perms = list(itertools.permutations(range(n)))
+    family = np.stack([w[:, list(p)] for p in perms], 1)             # (B, n!, n): heads on the 2nd axis
+    from simkernel.metrics import tie_agreement
+    heads = tie_agreement(A.label_votes(family, y, C), target[:, None, :])
+    np.testing.assert_allclose(heads.mean(1), got, atol=1e-12)
+    np.testing.assert_allclose(A.shuffled_agreement(family, y, target, C, n_perm=120),
+                               np.repeat(got[:, None], len(perms), 1), atol=1e-12)
+    # exchangeable weights: constant within each prompt
+    flat = np.full((B, n), 0.3)
+    uniform = tie_agreement(A.label_votes(np.ones((B, n)), y, C), target)
+    np.testing.assert_allclose(A.shuffled_agreement(flat, y, target, C), uniform, atol=0)
+    np.testing.assert_allclose(A.shuffled_agreement(flat, y, target, C, n_perm=3), uniform, atol=0)
+
+
+def test_shuffled_control_samples_permutations_when_there_are_too_many():
+    """n = 7 (5040 permutations) with 400 drawn: within Monte Carlo error of the exact value;
+    a head on one demonstration scores, shuffled, the frequency of the target's label (not the
+    majority vote's agreement: the control is the uniform vote only for exchangeable weights)."""
+    rng = np.random.default_rng(3)
+    B, n, C = 3, 7, 3
+    y = rng.integers(0, C, (B, n))
+    target = np.eye(C)[rng.integers(0, C, B)]
+    w = rng.random((B, n))
+    got = A.shuffled_agreement(w, y, target, C, n_perm=400, seed=1)
+    for b in range(B):
+        assert abs(got[b] - brute_shuffled(w[b], y[b], target[b], C)) < 0.1
+    np.testing.assert_array_equal(got, A.shuffled_agreement(w, y, target, C, n_perm=400, seed=1))  # seeded
+    one = np.zeros((B, n))
+    one[:, 0] = 1.0
+    exact = A.shuffled_agreement(one[:, :5], y[:, :5], target, C, n_perm=120)
+    freq = np.array([(y[b, :5] == target[b].argmax()).mean() for b in range(B)])
+    np.testing.assert_allclose(exact, freq, atol=1e-12)
+    with pytest.raises(ValueError, match="n_perm must be >= 1"):
+        A.shuffled_agreement(w, y, target, C, n_perm=0)
+
+
+def test_paired_bootstrap_matches_scipy_and_drops_undefined_prompts():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(0)
+    d = rng.choice([-1.0, 0.0, 0.0, 1.0, 0.5], 200)
+    mean, lo, hi, count = A.paired_bootstrap(np.append(d, [np.nan, np.nan]), n_boot=20000)
+    assert count == 200 and mean == pytest.approx(d.mean())
+    ref = bootstrap((d,), np.mean, n_resamples=20000, method="percentile", random_state=1).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.01) and hi == pytest.approx(ref.high, abs=0.01)
+    assert A.paired_bootstrap(np.full(5, 0.25)) == (0.25, 0.25, 0.25, 5)
+    assert np.isnan(A.paired_bootstrap(np.full(3, np.nan))[0])
+    with pytest.raises(ValueError, match="level must be in"):
+        A.paired_bootstrap(d, level=1.0)
+
+
+def kernel_head_batch(B=80, n=6, C=3, seed=5):
+    """Prompts with one hidden 'good' demonstration whose label is the target: head (0, 1)
+    attends to it alone (a kernel whose weight sits on the demonstration that decides), head
+    (0, 0) attends evenly (the uniform vote)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, (B, n))
+    batch = batch_of(y, np.zeros(B, int), C)
+    T = batch.input_ids.shape[1]
+    attn = np.full((B, 1, 2, T), 1.0 / T, np.float32)
+    good = np.zeros((B, n), bool)
+    target = np.zeros((B, C))
+    for b in range(B):
+        i = rng.integers(n)
+        good[b, i] = True
+        target[b, y[b, i]] = 1.0
+        attn[b, 0, 1] = 0.0
+        attn[b, 0, 1, batch.label_pos[b][i]] = 1.0
+    return batch, attn, target, good
+
+
+def test_analyse_reports_every_reference_beside_the_chosen_heads():
+    """references.csv rows and the summary against recomputation: head (0, 1) weighs exactly the
+    demonstration that decides the target, so it beats the uniform vote and its shuffled weights
+    (the verdict detects it); the best bound is >= every head and every reference on every
+    prompt; differences are paired (head minus reference per prompt, then the mean)."""
+    from simkernel.metrics import tie_agreement
+
+    batch, attn, target, good = kernel_head_batch()
+    B, n, C = 80, 6, 3
+    rng = np.random.default_rng(1)
+    kern = rng.random((B, n))
+    kern[:5] = 0.0                                                     # a kernel clipped to nothing: a C-way tie
+    res = A.analyse(Capture(attn, np.log(np.full((B, C), 1 / C))), batch, references={"bayes": target},
+                    reference_weights={"kern": kern, "oracle_w": good.astype(float)}, n_select=40, n_report=40)
+    assert set(res.references[0]) == set(A.REFERENCE_COLUMNS)
+    _, rep = A.split_indices(B, 40, 40, 0)
+    rows = {(r["target"], r["reference"]): r for r in res.references}
+    assert {r for _, r in rows} == {"uniform", "kern", "oracle_w", "shuffled", "best"}
+    w = A.demo_weights(attn, batch.spans, batch.label_pos)
+    votes = A.label_votes(w, batch.demo_labels, C)
+    for target_name, ref in (("bayes", target), ("gold", np.eye(C)[batch.gold])):
+        best_row = next(b for b in res.best if (b["measure"], b["reference"]) == ("agree", target_name))
+        layer, head = best_row["layer"], best_row["head"]
+        h = tie_agreement(votes[rep, layer, head], ref[rep])
+        for name, weights in (("uniform", np.ones((B, n))), ("kern", kern), ("oracle_w", good * 1.0)):
+            r = tie_agreement(A.label_votes(weights[rep], batch.demo_labels[rep], C), ref[rep])
+            row = rows[(target_name, name)]
+            assert row["reference_agreement"] == pytest.approx(r.mean(), abs=1e-12)
+            assert row["head_agreement"] == pytest.approx(best_row["report"], abs=1e-12)
+            assert row["difference"] == pytest.approx((h - r).mean(), abs=1e-12)
+            assert row["diff_lo"] <= row["difference"] <= row["diff_hi"] and row["n_examples"] == 40
+        # the bound, on every prompt, against every head and every reference
+        bound = A.best_agreement(ref, batch.demo_labels, C)
+        assert (tie_agreement(votes, ref[:, None, None]) <= bound[:, None, None] + 1e-12).all()
+        for name, per in res.paired[target_name].items():
+            assert (per <= bound[rep] + 1e-12).all(), name
+        assert rows[(target_name, "best")]["diff_hi"] <= 0
+    # the uniform reference is the majority baseline; the oracle weights reach the target
+    assert rows[("bayes", "uniform")]["reference_agreement"] == pytest.approx(res.summary["majority_baseline"]["bayes"])
+    assert rows[("bayes", "oracle_w")]["reference_agreement"] == 1.0
+    assert next(b for b in res.best if b["reference"] == "bayes")["head"] == 1
+    v = res.summary["verdict"]
+    assert v["target"] == "bayes" and v["detected"] and v["beats_uniform"] and v["beats_shuffled"]
+    assert "CI of head minus reference lies above 0" in v["rule"]
+    hv = res.summary["head_vs_references"]["bayes"]
+    assert (hv["layer"], hv["head"]) == (0, 1) and hv["vs"]["uniform"]["lo"] > 0
+    assert res.summary["reference_votes"]["kern"]["bayes"] == rows[("bayes", "kern")]["reference_agreement"]
+    # an even head alone: no kernel-regression head (its differences with the uniform vote are all 0)
+    res0 = A.analyse(Capture(attn[:, :, :1], np.zeros((B, C))), batch, references={"bayes": target},
+                     n_select=40, n_report=40)
+    z = next(r for r in res0.references if (r["target"], r["reference"]) == ("bayes", "uniform"))
+    assert (z["difference"], z["diff_lo"], z["diff_hi"]) == (0.0, 0.0, 0.0)
+    assert res0.summary["verdict"]["detected"] is False and res0.summary["verdict"]["target"] == "bayes"
+    # without exact Bayes the verdict is on the model
+    assert A.analyse(Capture(attn, np.zeros((B, C))), batch, n_select=40, n_report=40).summary["verdict"]["target"] \
+        == "model"
+
+
+def test_reference_weights_are_checked():
+    batch, attn, target, _ = kernel_head_batch(B=10)
+    cap = Capture(attn, np.zeros((10, 3)))
+    for bad, msg in ((np.ones((10, 5)), r"reference_weights\['k'\] must have shape \(10, 6\)"),
+                     (-np.ones((10, 6)), r"reference_weights\['k'\] must be finite and >= 0"),
+                     (np.full((10, 6), np.nan), r"reference_weights\['k'\] must be finite")):
+        with pytest.raises(ValueError, match=msg):
+            A.analyse(cap, batch, reference_weights={"k": bad}, n_select=5, n_report=5)
+    with pytest.raises(ValueError, match=r"reference_weights\['uniform'\]: the name is analysis's own"):
+        A.analyse(cap, batch, reference_weights={"uniform": np.ones((10, 6))}, n_select=5, n_report=5)

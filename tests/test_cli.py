@@ -210,7 +210,7 @@ def _bad_inputs(tmp_path):
         (["bayes", *TINY, "--n-demos", "-1", "--out", out / "b"], "-1", 2),
         (["bayes", *TINY, "--example-length", "1", "--out", out / "b"], "1 is too small", 2),
         (["bayes", *TINY, "--n-prompts", "0", "--out", out / "b"], "0 is too small", 2),
-        (["bayes", *TINY, "--concept", "99", "--out", out / "b"], "99", 2),
+        (["bayes", *TINY, "--concept", "99", "--out", out / "b"], "--concept must be in 0..", 1),
         (["bayes", "--world", tmp_path / "missing.npz", "--out", out / "b"], "missing.npz", 1),
         (["bayes", *TINY, "--world", garbage, "--out", out / "b"], "--preset", 2),
         (["bayes", *TINY, "--out", afile], "is a file", 2),
@@ -361,3 +361,24 @@ def test_plain_progress_lines_when_not_on_a_terminal(tmp_path, monkeypatch):
     assert "seed 1:" not in r.stdout
     monkeypatch.setenv("SIMKERNEL_PROGRESS", "none")
     assert ok(["converge", *TINY, "--n-demos", "1..4", "--out", tmp_path / "d"]).stderr == ""
+
+
+def test_phenomena_command_quick_and_its_errors(tmp_path):
+    """`simkernel phenomena NAME --quick` writes NAME.csv/.json/.png and prints the verdict; bad
+    input is one line naming the flag or setting, and nothing is written."""
+    import json
+    out = tmp_path / "ph"
+    r = ok(["phenomena", "labels", "--quick", "--world-seed", "0", "--world-seed", "1", "--out", out])
+    assert "verdict" in r.output and sorted(p.name for p in out.iterdir()) == ["labels.csv", "labels.json",
+                                                                               "labels.png"]
+    meta = json.loads((out / "labels.json").read_text())
+    assert meta["n_worlds"] == 2 and meta["verdict"]["text"] in r.output
+    bad = tmp_path / "bad"
+    for args, needle, code in ((["phenomena", "sideways"], "sideways", 2),
+                               (["phenomena", "labels", "--quick", "--param", "fractions=0,2"], "fractions", 1),
+                               (["phenomena", "retrieval", "--quick", "--param", "bandwidths=0"], "bandwidths", 1),
+                               (["phenomena", "order", "--quick", "--param", "colour=red"], "colour", 1)):
+        res = run([*args, "--out", bad])
+        msg = res.stderr.strip()
+        assert res.exit_code == code and msg.startswith("error: ") and len(msg.splitlines()) == 1, msg
+        assert needle in msg and not bad.exists()

@@ -12,7 +12,10 @@ import pytest
 import simkernel.plots as plots
 import simkernel.store as store
 from simkernel import make_world
-from simkernel.cli import CONVERGE_COLUMNS, CONVERGE_FILES, format_n_demos, main, parse_n_demos
+from simkernel.bayes import format_n_demos
+from simkernel.cli import main
+from simkernel.convergence import COLUMNS as CONVERGE_COLUMNS, FILES as CONVERGE_FILES
+from simkernel.options import parse_n_demos
 from cli_helpers import ok, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +71,11 @@ def test_parse_n_demos_rejects(spec):
 
 
 def test_choices_match_the_package():
-    from simkernel import convergence, kernel
-    from simkernel.cli import CONVERGE_ESTIMATORS, CONVERGE_KERNELS
-    assert CONVERGE_KERNELS == tuple(convergence.KERNELS)
-    assert CONVERGE_ESTIMATORS == tuple(kernel.ESTIMATORS)
+    from simkernel import cli, convergence, kernel
+    from simkernel.constants import ESTIMATORS, KERNELS
+    assert KERNELS == tuple(convergence.KERNELS)
+    assert ESTIMATORS == tuple(kernel.ESTIMATORS)
+    assert cli.CONVERGE_PRESET == convergence.DEFAULT_PRESET
 
 
 def test_format_n_demos_round_trip():
@@ -264,14 +268,16 @@ def empty_labels_world(tmp_path):
 ])
 def test_bad_input_writes_nothing(tmp_path, extra, needle):
     out = tmp_path / "out"
-    line = fails(["converge", *TINY, "--n-demos", "1..4", *extra, "--out", out], code=2)
+    # a malformed option is a usage error (2); a value this world rejects is the package's (1)
+    code = 1 if needle in ("not a concept", "out-of-distribution") else 2
+    line = fails(["converge", *TINY, "--n-demos", "1..4", *extra, "--out", out], code=code)
     assert needle in line
     assert tree(tmp_path) == []
 
 
 def test_too_many_inputs_need_n_samples(tmp_path):
     """GINC's 50 symbols with x of 4 tokens: 6.25 million inputs cannot be enumerated."""
-    line = fails(["converge", "--preset", "ginc", "--example-length", "5", "--out", tmp_path / "o"], code=2)
+    line = fails(["converge", "--preset", "ginc", "--example-length", "5", "--out", tmp_path / "o"], code=1)
     assert "--n-samples" in line and "6,250,000" in line
     assert tree(tmp_path) == []
 
@@ -330,30 +336,52 @@ def _runner_module():
     return mod
 
 
-@pytest.mark.parametrize("name", ["paper_c_table3", "ginc", "ginc_ood", "sigma_ablation", "floor_epsilon"])
-def test_experiment_configs_parse(name):
+CONFIGS = sorted(p.stem for p in (ROOT / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_experiment_configs_bind_to_the_library(name):
+    """Every config's [options] are keyword arguments its command's run() accepts, and its
+    [train] table names train_world's and TrainConfig's fields: nothing goes through a CLI."""
+    import importlib
+    import inspect
     import tomllib
     mod = _runner_module()
-    config = tomllib.loads((ROOT / "experiments" / f"{name}.toml").read_text())
-    args = mod.command_args(config, name)
-    assert args[0] == "converge" and args[-2:] == ["--out", str(ROOT / "figures" / name)]
-    # every option is one the command knows (click parses it without running)
-    ctx = main.commands["converge"].make_context("converge", args[1:], resilient_parsing=True)
-    assert ctx.params["out"] == ROOT / "figures" / name
+    command, options, train, out = mod.plan(tomllib.loads((ROOT / "experiments" / f"{name}.toml").read_text()), name)
+    module, run_arg = mod.COMMANDS[command]
+    run = importlib.import_module(f"simkernel.{module}").run
+    if train is not None:
+        options[run_arg] = "runs/x"
+        from simkernel.train import TrainConfig, train_world
+        allowed = set(inspect.signature(train_world).parameters) | set(TrainConfig.__dataclass_fields__) | {"seeds"}
+        assert set(train) <= allowed, set(train) - allowed
+    inspect.signature(run).bind(**options)
+    assert out == ROOT / "figures" / name
 
 
-def test_experiment_runner(tmp_path, capsys):
+def test_experiment_runner_is_the_library_call(tmp_path, capsys):
+    """run.py writes what convergence.run + write would, byte for byte; bad configs are one line."""
+    from simkernel import convergence
     mod = _runner_module()
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(f'out = "{tmp_path / "res"}"\n[options]\npreset = "random"\nn-demos = "1..3"\n'
-                   'n-prompts = 4\nkernel = ["theory"]\nseed = [0, 1]\n[options.set]\nn_states = 3\n')
+    cfg.write_text(f'out = "{tmp_path / "res"}"\n[options]\npreset = "random"\nn_demos = "1..3"\n'
+                   'n_prompts = 4\nkernels = ["theory"]\nseeds = [0, 1]\noverrides = { n_states = 3 }\n')
     assert mod.main([str(cfg)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("simkernel converge --preset random --n-demos 1..3")
+    assert printed.startswith("simkernel.convergence.run(preset='random', n_demos=[1, 2, 3]")
+    direct = convergence.run(preset="random", n_demos=[1, 2, 3], n_prompts=4, kernels=["theory"], seeds=[0, 1],
+                             overrides={"n_states": 3})
+    direct.write(tmp_path / "direct")
+    for f in ("convergence.csv", "floors.csv"):
+        assert (tmp_path / "res" / f).read_bytes() == (tmp_path / "direct" / f).read_bytes()
     assert (tmp_path / "res" / "convergence.png").is_file()
     bad = tmp_path / "bad.toml"
-    bad.write_text('[options]\nn-demos = "0.."\n')
-    assert mod.main([str(bad), "--dry-run"]) == 0          # dry run: nothing is checked or run
+    bad.write_text('[options]\nn_demos = "0.."\n')
+    assert mod.main([str(bad)]) == 1
+    assert "n >= 1" in capsys.readouterr().err
+    bad.write_text('[options]\nn_prompt = 3\n')
+    assert mod.main([str(bad)]) == 1
+    assert "n_prompt" in capsys.readouterr().err
     assert mod.main([str(tmp_path / "missing.toml")]) == 1
     bad.write_text("[options\n")
     assert mod.main([str(bad)]) == 1

@@ -437,19 +437,17 @@ def test_cli_bad_input_one_line(case, tmp_path, run_dir):
     assert not (tmp_path / "o").exists()
 
 
-def test_icl_experiment_config_parses():
-    """experiments/icl_id_ood.toml is a valid icl-eval command line writing figures/icl_id_ood."""
+def test_icl_experiment_config_plans_its_run():
+    """experiments/icl_id_ood.toml trains its model when missing and evaluates it through icl_eval.run."""
     import importlib.util
     import tomllib
     from pathlib import Path
-
-    from simkernel.cli import main
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("experiments_run", root / "experiments" / "run.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = mod.command_args(tomllib.loads((root / "experiments" / "icl_id_ood.toml").read_text()), "icl_id_ood")
-    assert args[0] == "icl-eval"
-    ctx = main.commands["icl-eval"].make_context("icl-eval", args[1:], resilient_parsing=True)
-    assert ctx.params["out"] == root / "figures" / "icl_id_ood" and ctx.params["n_demos"][-1] == 48
+    command, options, train, out = mod.plan(tomllib.loads((root / "experiments" / "icl_id_ood.toml").read_text()),
+                                            "icl_id_ood")
+    assert command == "icl-eval" and out == root / "figures" / "icl_id_ood" and options["n_demos"][-1] == 48
+    assert train["preset"] == "ginc" and train["model"] == "tiny"

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from simkernel import bayes, make_world  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
 from simkernel import train as tr  # noqa: E402
-from simkernel.cli import MODEL_NAMES  # noqa: E402
+from simkernel.constants import MODEL_NAMES  # noqa: E402
 from simkernel.sampling import sample_corpus  # noqa: E402
 from simkernel.store import write_corpus  # noqa: E402
 
@@ -310,7 +310,7 @@ def test_cli_resume_corrupt_or_mismatched_checkpoint(corpus_dir, tmp_path):
     cfg_file.write_text(json.dumps(saved))
     before = snapshot(run_dir)
     r = run([*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "again" / "runs", "--resume"])
-    assert r.exit_code == 1 and "does not match" in r.stderr and "batch_size: checkpoint 99 vs now 4" in r.stderr
+    assert r.exit_code == 1 and "does not match" in r.stderr and "--batch-size: checkpoint 99 vs now 4" in r.stderr
     assert unchanged(run_dir, before)
 
 
@@ -478,7 +478,7 @@ def test_cli_ctrl_c_after_a_checkpoint_then_resume(corpus_dir, tmp_path, monkeyp
     monkeypatch.undo()
     r = run(argv)
     assert r.exit_code == 1 and r.stderr.strip() == (
-        f"error: run {str(run_dir)!r} has a checkpoint at step 3 from an interrupted run; rerun with --resume "
+        f"error: run {str(run_dir)!r} has a checkpoint at step 3 from an interrupted run; pass --resume "
         f"to continue it, or remove the folder to start again")
     r = ok([*argv, "--resume"])
     assert "stopped at step 6 by max_steps" in r.output and _steps(run_dir) == [3, 6]
