@@ -541,10 +541,7 @@ def _worlds_of(preset, world_seeds, overrides, world_file):
     from .presets import load_world
 
     if world_file is not None:
-        if preset is not None or overrides:
-            raise ValueError(f"world_file loads a saved world; it cannot be combined with "
-                             f"{'preset' if preset is not None else 'overrides'}")
-        world, source = load_world(world_file=world_file)
+        world, source = load_world(preset, 0, overrides, world_file)      # it rejects preset / overrides
         return [world], source, ["file"]
     seeds = [world_seeds] if isinstance(world_seeds, int) else list(world_seeds)
     if not seeds or len(set(seeds)) != len(seeds):
