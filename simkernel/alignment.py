@@ -92,13 +92,15 @@ class Truth:
 
 
 def ground_truth(world: World, prompts: Prompts, features: str = "belief", n_samples: int = DEFAULT_N_SAMPLES,
-                 ridge: float = DEFAULT_RIDGE, seed: int = 0) -> Truth:
+                 ridge: float = DEFAULT_RIDGE, seed: int = 0, *, kernel_set=None, curve=None) -> Truth:
     """The true kernel values and the exact / kernel / oracle / label-frequency predictions
-    of ``prompts``."""
+    of ``prompts``.  ``kernel_set`` (a ``kernel.KernelSet`` of the same settings) and ``curve``
+    (``bayes.icl_curve`` of ``prompts``), when the caller has them, are reused."""
     values, info = kernel_values(world, prompts, ("theory", "similarity"), features=features,
-                                 n_samples=n_samples, ridge=ridge, seed=seed)
+                                 n_samples=n_samples, ridge=ridge, seed=seed, kernel_set=kernel_set)
     labels = world.labels
-    curve = bayes.icl_curve(world, prompts)
+    if curve is None:
+        curve = bayes.icl_curve(world, prompts)
     p_bayes = restrict(curve.predictive[:, -1], labels)
     p_oracle = restrict(curve.oracle, labels)
 
@@ -154,7 +156,24 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
     cap = capture(model, batch, offsets=offsets, batch_size=batch_size)
     tick(MEASURE_STAGES[2])
     alone, inv = standalone_batch(world, prompts)
-    p_alone = label_distribution(forward_labels(model, alone, batch_size=max(batch_size, 256)))
+    alone_logp = forward_labels(model, alone, batch_size=max(batch_size, 256))
+    tick(MEASURE_STAGES[3])
+    result = analyse_measured(cap, batch, truth, alone_logp, inv, how=how, n_select=n_select, n_report=n_report,
+                              seed=seed)
+    info = {"n_prompts": len(batch), "n_demos": n_demos, "example_length": example_length,
+            "concepts": str(concepts), "prompt_length": int(batch.input_ids.shape[1]),
+            "theory_kernel": truth.info}
+    return result, info
+
+
+def analyse_measured(cap, batch: PromptBatch, truth: Truth, alone_logp: np.ndarray, inv: np.ndarray,
+                     how: str = "max", n_select: int = 700, n_report: int = 300, seed: int = 0) -> Analysis:
+    """The analysis half of :func:`measure_model`, for a capture made elsewhere (e.g. of the
+    same prompts rendered as text for a real LLM, ``llm_world``): ``cap`` of ``batch`` (B
+    prompts, n demonstrations), ``truth`` their :func:`ground_truth`, ``alone_logp`` (U, L)
+    the model's log P(label token) for every distinct input run alone and ``inv`` (B, n + 1)
+    each prompt's inputs' rows in it (:func:`standalone_batch`; last column x_test)."""
+    p_alone = label_distribution(alone_logp)
     p_demos, p_test = p_alone[inv[:, :-1]], p_alone[inv[:, -1]]
     kernels = dict(truth.kernels)
     kernels["model_similarity"] = prediction_similarity(p_test, p_demos)
@@ -162,14 +181,9 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
     ref_w = {"theory_clipped": np.clip(truth.kernels["theory"], 0.0, None),
              "similarity": np.clip(truth.kernels["similarity"], 0.0, None),
              "model_similarity": kernels["model_similarity"]}
-    tick(MEASURE_STAGES[3])
-    result = analyse(cap, batch, references=truth.references, kernels=kernels, reference_weights=ref_w, how=how,
-                     n_select=n_select, n_report=n_report, seed=seed,
-                     probe_targets={"keys": ("standalone", p_demos.argmax(-1))})
-    info = {"n_prompts": len(batch), "n_demos": n_demos, "example_length": example_length,
-            "concepts": str(concepts), "prompt_length": int(batch.input_ids.shape[1]),
-            "theory_kernel": truth.info}
-    return result, info
+    return analyse(cap, batch, references=truth.references, kernels=kernels, reference_weights=ref_w, how=how,
+                   n_select=n_select, n_report=n_report, seed=seed,
+                   probe_targets={"keys": ("standalone", p_demos.argmax(-1))})
 
 
 # ---------------------------------------------------------------------- simkernel measure as a call

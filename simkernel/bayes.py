@@ -29,12 +29,24 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba calls, so threadpoolctl can cap it)
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .constants import BAYES_COLUMNS
 from .world import World
 
 METHODS = ("auto", "dense", "sparse")
+#: below this many nominal flops (B L K S^2) a forward pass runs on the calling thread: starting
+#: a thread pool costs more than it saves (the units are the same, so are the results)
+SERIAL_FLOPS = 2_000_000
+_CONTROLLER: list = []
+
+
+def _blas_limit():
+    """threadpoolctl's limit of BLAS to one thread, from one controller made once: a new
+    controller rescans the process's shared libraries (milliseconds) on every call."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 # ---------------------------------------------------------------------- Numba kernels
@@ -357,8 +369,8 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
             np.cumsum(part, axis=0 if method == "dense" else 1, out=part)
 
     if B and units:
-        with threadpool_limits(1, user_api="blas"):
-            if n_threads == 1 or len(units) == 1:
+        with _blas_limit():
+            if n_threads == 1 or len(units) == 1 or B * L * K * S * S < SERIAL_FLOPS:
                 for u in units:
                     run(u)
             else:
@@ -521,16 +533,24 @@ def icl_curve(world: World, prompts, *, method: str = "auto", chunk: int = 64) -
 
 
 # ---------------------------------------------------------------------- the training Bayes floor
+def effective_transition(world: World) -> np.ndarray:
+    """(K, S, S): each concept's hidden chain with the symbols marginalised, M_k[s, t] =
+    P(h_{t+1} = t | h_t = s, concept k); in a restart world the delimiter's restart to ``start``
+    is folded in: (1 - E[s, delim]) T[s, t] + E[s, delim] start[t]."""
+    M = world.transition.copy()
+    if world.restart:
+        pd = world.emission[:, :, world.delimiter]                       # (K, S)
+        M = (1 - pd)[:, :, None] * M + pd[:, :, None] * world.start[:, None, :]
+    return M
+
+
 def block_start_states(world: World, offsets) -> np.ndarray:
     """(N, K, S): the hidden state at document position t (given nothing about the symbols
     before it) under each concept, start_k M_k^t (the chain run from the start for t steps with the symbols marginalised; in a restart world
     the delimiter's restart folded into the transition)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     K, S = world.n_concepts, world.n_states
-    M = world.transition.copy()
-    if world.restart:
-        pd = world.emission[:, :, world.delimiter]                       # (K, S)
-        M = (1 - pd)[:, :, None] * M + pd[:, :, None] * world.start[:, None, :]
+    M = effective_transition(world)
     out = np.empty((offsets.size, K, S))
     order = np.argsort(offsets, kind="stable")
     state, t = world.start.copy(), 0
@@ -547,11 +567,26 @@ def block_loss(world: World, blocks, offsets) -> np.ndarray:
     0..j-1 and the block's offset in its document."""
     blocks = np.asarray(blocks)
     fw = forward(world, blocks, init=block_start_states(world, offsets), prefixes=True)
+    return _mixture_loss(world, fw.loglik)
+
+
+def _mixture_loss(world: World, loglik: np.ndarray) -> np.ndarray:
+    """(N, B-1) per-symbol mixture loss from prefix log-likelihoods (N, K, B)."""
     with np.errstate(divide="ignore"):
-        logw = np.log(world.prior)[None, :, None] + fw.loglik                # (N, K, B)
+        logw = np.log(world.prior)[None, :, None] + loglik                   # (N, K, B)
     m = logw.max(axis=1, keepdims=True)
     lse = (m + np.log(np.exp(logw - m).sum(axis=1, keepdims=True)))[:, 0]    # (N, B)
     return -(lse[:, 1:] - lse[:, :-1])
+
+
+def document_loss(world: World, tokens, concepts) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, known), each (N, L-1) nats, for whole documents ``tokens`` (N, L) from their
+    start, drawn from ``concepts`` (N,), from one forward pass: the exact Bayes loss of symbol
+    t = 1..L-1 given symbols 0..t-1 (:func:`block_loss` at offset 0), and the loss with the
+    document's concept known."""
+    ll = forward(world, tokens, prefixes=True).loglik                        # (N, K, L)
+    own = ll[np.arange(ll.shape[0]), np.asarray(concepts, dtype=np.int64)]   # (N, L)
+    return _mixture_loss(world, ll), -(own[:, 1:] - own[:, :-1])
 
 
 # ---------------------------------------------------------------------- simkernel bayes as a call

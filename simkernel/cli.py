@@ -217,7 +217,8 @@ def main():
                              with a figure: the quick-start job
     simkernel phenomena      retrieval, label flips, input shift, order, pretraining prior:
                              exact Bayes, the kernel and a model, each with a verdict
-    simkernel plot           redraw a figure from its tidy CSV and JSON
+    simkernel plot           redraw a figure from its tidy CSV and JSON (or plot a sweep)
+    simkernel sweep          a grid of any command's runs on Dask: resumable, one tidy table
     simkernel train          train a small transformer; its gap to the Bayes floor
     simkernel icl-eval       a trained model's in-context predictions against exact Bayes
                              and the theory kernel, in and out of distribution
@@ -710,6 +711,76 @@ _plot_command("measure", "the measurement figures", "Redraw attention_profile.pn
                                                     "from FOLDER's heads.csv, best.csv, profile.csv and probes.csv "
                                                     "(written by `simkernel measure` or `simkernel llm`).",
               "measurements")
+
+
+@plot_group.command("sweep", short_help="A metric of a sweep against a grid column (seaborn).")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--x", "x", required=True, help="Column on the x axis: a grid column or a result column (e.g. n_demos).")
+@click.option("--y", "y", required=True, help="The value: a result column (e.g. mean), or METRIC when the table is "
+                                              "long (a metric column), e.g. --y tv.")
+@click.option("--hue", default=None, help="Column that colours the lines (e.g. a grid column).")
+@click.option("--table", default=None, help="One of the sweep's other tables (e.g. floors, fits); default the main one.")
+@click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
+              help="Keep only rows with this value (repeatable), e.g. --where kernel=theory.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The PNG to write (default FOLDER/sweep_<y>_by_<x>.png).")
+def plot_sweep_cmd(folder, x, y, hue, table, where, out):
+    """Draw Y against X for every value of HUE, from a sweep's combined table (sweep.parquet),
+    with the 95% interval over the other rows (worlds, seeds, ...) as a band."""
+    from . import plots, sweep
+
+    res = sweep.load(folder)
+    path = plots.plot_sweep(res.table(table), x, y, hue=hue, where=parse_sets(where),
+                            out=out or Path(folder) / f"sweep_{y}_by_{x}.png",
+                            title=f"{res.meta['config']['command']} sweep ({len(res.jobs)} jobs)")
+    click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------- sweep
+@main.command("sweep", short_help="A grid of any command's runs on Dask, resumable, in one tidy table.")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the sweep (default sweeps/<CONFIG name>): jobs/, sweep.parquet, sweep.csv, sweep.json.")
+@click.option("--workers", type=POSITIVE, default=None,
+              help="Worker processes of the local Dask cluster, one thread each (default: the cores).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="A running Dask scheduler (tcp://host:8786) instead of a local cluster.")
+@click.option("--retry-failed", is_flag=True, help="Run again the jobs that failed before (default: keep their error).")
+def sweep_cmd(config, out, workers, scheduler, retry_failed):
+    """Run the grid of CONFIG (a TOML naming a command, its [options] and a [grid] of lists;
+    see docs/guide/sweep.md) on Dask: one job per grid point, each in its own folder named by a
+    hash of its call.  A rerun skips the finished jobs; a failing job records its error and
+    the others go on; Ctrl-C stops cleanly."""
+    from . import sweep
+
+    cfg = sweep.read_config(config)
+    out = out or Path("sweeps") / config.stem
+    bar = progress_bar(len(sweep.expand(cfg)), "sweep", "job")
+
+    def tick(done, failed, running, total):
+        bar.set_postfix(done=done, failed=failed, running=running, refresh=False)
+        bar.update(done + failed - bar.n)
+
+    def started(info):
+        if info["dashboard"]:
+            click.echo(f"Dask dashboard: {info['dashboard']}", err=True)
+
+    try:
+        with bar:
+            res = sweep.run(cfg, out, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=tick,
+                            on_start=started)
+    except sweep.SweepInterrupted as e:
+        for line in e.result.summary_lines():
+            click.echo(line)
+        return _fail(f"interrupted: the finished jobs are kept in {out}; run the same command again to resume", 130)
+    for line in res.summary_lines():
+        click.echo(line)
+    click.echo(_wrote(res.write(), res.meta["elapsed_s"]))
+    failed = res.counts()["failed"]
+    if failed:
+        return _fail(f"{failed} of {len(res.jobs)} jobs failed (their errors are above and in sweep.csv); fix the "
+                     f"config and rerun, with --retry-failed to run them again", 1)
+    return 0
 
 
 # ---------------------------------------------------------------------- llm

@@ -120,10 +120,11 @@ def _estimate_metrics(e, q, p, ok, y) -> dict:
             "tv_bayes": np.where(ok, 0.5 * np.abs(np.where(ok[:, None], p, 0.0) - e).sum(-1), np.nan)}
 
 
-def _estimates(world, prompts, kopts, seed, info, g):
+def _estimates(world, prompts, kopts, seed, info, g, kernel_set=None):
     """The theory kernel's and the label frequencies' estimates, {(kernel, estimator): (B, N, L)}
     (the theory kernel's left out, with the reason in ``info``, when it cannot be computed)."""
-    common = dict(features=kopts["features"], n_samples=kopts["n_samples"], ridge=kopts["ridge"], seed=seed)
+    common = dict(features=kopts["features"], n_samples=kopts["n_samples"], ridge=kopts["ridge"], seed=seed,
+                  kernel_set=kernel_set)
     try:
         est, kinfo = kernel_estimates(world, prompts, (kopts["kernel"], kopts["baseline"]), kopts["estimators"],
                                       **common)
@@ -134,6 +135,49 @@ def _estimates(world, prompts, kopts, seed, info, g):
         info["kernel"]["skipped"][str(g)] = " ".join(str(e).split())
     est, _ = kernel_estimates(world, prompts, (kopts["baseline"],), ("normalised",), **common)
     return est
+
+
+def reference_estimates(world: World, prompts, seed: int, info: dict, group, kopts=None, kernel_set=None) -> dict:
+    """{(kernel, estimator): (B, N, L)}: the theory kernel's estimates (``KERNEL_OPTIONS``; left
+    out, with the reason in ``info["kernel"]["skipped"][group]``, when it cannot be computed)
+    and the label frequencies' of ``prompts`` (N >= 1 demonstrations) after n = 1..N;
+    ``info["kernel"]["sigma"][group]`` gets Σ's details.  ``info`` needs the "kernel" dict of
+    :func:`evaluate`'s info.  ``kernel_set``: a ``kernel.KernelSet`` of these options to reuse."""
+    kopts = kopts or dict(KERNEL_OPTIONS, estimators=list(KERNEL_OPTIONS["estimators"]))
+    return _estimates(world, prompts, kopts, seed, info, group, kernel_set)
+
+
+def prompt_metrics(q, curve, n: int, y, labels, kest=None, kopts=None) -> dict:
+    """{metric: (B,) per-prompt score} of one model's label distribution ``q`` (B, L) after n
+    demonstrations, against exact Bayes and the oracle (``curve``: ``bayes.icl_curve`` of the
+    prompts with N >= n demonstrations) and, for n >= 1, the estimates ``kest`` of
+    :func:`reference_estimates`; ``y`` (B,) the index of y_test in ``labels``.  Metrics in
+    ``METRICS`` order, those defined here; NaN where a reference is undefined (prompts
+    impossible under the mixture).  The one scoring of ``icl-eval`` and ``llm_world``."""
+    kopts = kopts or KERNEL_OPTIONS
+    kest = kest or {}
+    kname, fname = kopts["kernel"], kopts["baseline"]
+    oracle = restrict(curve.oracle, labels)                                  # (B, L)
+    ok_oracle = np.isfinite(oracle).all(-1)
+    p = restrict(curve.predictive[:, n], labels)
+    ok = np.isfinite(p).all(-1)
+    mb = compare(np.where(ok[:, None], p, 0.0), q, y)
+    mo = compare(np.where(ok_oracle[:, None], oracle, 0.0), q, y)
+    per = {"tv_bayes": np.where(ok, mb["tv"], np.nan),
+           "agree_bayes": np.where(ok, mb["agree"], np.nan),
+           "acc_model": mb["acc"],
+           "acc_bayes": tie_accuracy(p, y),
+           "acc_oracle": tie_accuracy(oracle, y),
+           "tv_oracle": np.where(ok_oracle, mo["tv"], np.nan)}
+    if n >= 1:
+        for est in kopts["estimators"]:
+            if (kname, est) in kest:
+                mk = _estimate_metrics(kest[(kname, est)][:, n - 1], q, p, ok, y)
+                per.update({kernel_metric(m, est): mk[score] for m, score in _KERNEL_BASE.items()})
+        if (fname, "normalised") in kest:
+            mf = _estimate_metrics(kest[(fname, "normalised")][:, n - 1], q, p, ok, y)
+            per.update({m: mf[score] for m, score in _FREQUENCY_BASE.items()})
+    return {m: per[m] for m in METRICS if m in per}
 
 
 def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: int = 3,
@@ -161,7 +205,6 @@ def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: 
     idx = np.full(world.n_symbols, -1)
     idx[labels] = np.arange(len(labels))
     kopts = dict(KERNEL_OPTIONS, estimators=list(KERNEL_OPTIONS["estimators"]))
-    kname, fname = kopts["kernel"], kopts["baseline"]
     rows, info = [], {"skipped_n": skipped, "context": ctx, "impossible_prompts": {}, "groups": [str(g) for g in groups],
                       "kernel": {"options": kopts, "sigma": {}, "skipped": {}}}
     tick = progress or (lambda _msg: None)
@@ -175,31 +218,12 @@ def evaluate(model, world: World, n_demos_list=DEFAULT_N_DEMOS, example_length: 
             tick(f"{g}: kernel estimator")
             kest = _estimates(world, prompts, kopts, seed, info, g)
         y = idx[prompts.y_test]
-        oracle = restrict(curve.oracle, labels)                                  # (B, L)
-        ok_oracle = np.isfinite(oracle).all(-1)
         bad_any = np.zeros(len(y), bool)
         for n in keep:
             tick(f"{g}: n = {n}")
             q = model_predictive(model, prompts.truncated(n).tokens, labels, device, batch_size)
-            p = restrict(curve.predictive[:, n], labels)
-            ok = np.isfinite(p).all(-1)
-            bad_any |= ~ok
-            mb = compare(np.where(ok[:, None], p, 0.0), q, y)
-            mo = compare(np.where(ok_oracle[:, None], oracle, 0.0), q, y)
-            per = {"tv_bayes": np.where(ok, mb["tv"], np.nan),
-                   "agree_bayes": np.where(ok, mb["agree"], np.nan),
-                   "acc_model": mb["acc"],
-                   "acc_bayes": tie_accuracy(p, y),
-                   "acc_oracle": tie_accuracy(oracle, y),
-                   "tv_oracle": np.where(ok_oracle, mo["tv"], np.nan)}
-            if n >= 1:
-                for est in kopts["estimators"]:
-                    if (kname, est) in kest:
-                        mk = _estimate_metrics(kest[(kname, est)][:, n - 1], q, p, ok, y)
-                        per.update({kernel_metric(m, est): mk[score] for m, score in _KERNEL_BASE.items()})
-                if (fname, "normalised") in kest:
-                    mf = _estimate_metrics(kest[(fname, "normalised")][:, n - 1], q, p, ok, y)
-                    per.update({m: mf[score] for m, score in _FREQUENCY_BASE.items()})
+            bad_any |= ~np.isfinite(restrict(curve.predictive[:, n], labels)).all(-1)
+            per = prompt_metrics(q, curve, n, y, labels, kest, kopts)
             for metric in (m for m in METRICS if m in per):
                 m, lo, hi, cnt = mean_ci(per[metric])
                 rows.append({"n_demos": n, "concepts": str(g), "metric": metric, "mean": float(m),

@@ -1,0 +1,247 @@
+"""simkernel sweep: grid expansion, bad configs, a real 2-worker Dask cluster with a job that
+fails on purpose, the combined table against the job tables, resuming after a kill, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simkernel import sweep
+
+#: a converge job of about 1 s on 2 cores (ginc-small, 4 concepts, few prompts)
+FAST = {"n_demos": [1, 2, 4], "n_prompts": 10, "kernels": ["theory", "frequency"]}
+
+
+def _cfg(grid, command="converge", options=None, **extra):
+    return {"command": command, "options": dict(FAST if options is None else options), "grid": grid, **extra}
+
+
+# ---------------------------------------------------------------------- grid expansion
+def test_product_in_config_order():
+    jobs = sweep.expand(_cfg({"world_seed": [0, 1], "concepts": ["prior", "id"]}))
+    assert [j.grid for j in jobs] == [{"world_seed": 0, "concepts": "prior"}, {"world_seed": 0, "concepts": "id"},
+                                      {"world_seed": 1, "concepts": "prior"}, {"world_seed": 1, "concepts": "id"}]
+    # world_seed is sugar for a one-world world_seeds
+    assert [j.options["world_seeds"] for j in jobs] == [[0], [0], [1], [1]]
+    assert len({j.key for j in jobs}) == 4
+
+
+def test_zip_varies_together_and_multiplies_the_grid():
+    cfg = _cfg({"world_seed": [0, 1]}, zip={"n_prompts": [10, 20, 30], "example_length": [3, 4, 5]},
+               options={"n_demos": [1, 2]})
+    got = [j.grid for j in sweep.expand(cfg)]
+    want = [{"world_seed": s, "n_prompts": p, "example_length": k} for s in (0, 1)
+            for p, k in ((10, 3), (20, 4), (30, 5))]
+    assert got == want
+    # several zip groups: each zipped inside, the groups multiplied
+    cfg = _cfg({}, zip=[{"n_prompts": [10, 20], "example_length": [3, 4]}, {"seeds": [[0], [1]]}],
+               options={"n_demos": [1]})
+    got = [(j.grid["n_prompts"], j.grid["example_length"], j.grid["seeds"]) for j in sweep.expand(cfg)]
+    assert got == [(10, 3, [0]), (10, 3, [1]), (20, 4, [0]), (20, 4, [1])]
+
+
+def test_key_is_the_call_not_the_spelling():
+    a = sweep.expand(_cfg({"world_seed": [3]}, options=dict(FAST, n_demos="1,2,4")))
+    b = sweep.expand(_cfg({"n_prompts": [10]}, options={"n_demos": [1, 2, 4], "world_seed": 3,
+                                                         "kernels": ["theory", "frequency"]}))
+    assert a[0].key == b[0].key
+    # a value listed twice is one job
+    assert len(sweep.expand(_cfg({"world_seed": [1, 1, 2]}))) == 2
+
+
+def test_train_keys_vary_the_train_table():
+    cfg = {"command": "icl-eval", "options": {"n_demos": "0,1"}, "train": {"preset": "ginc-small", "model": "tiny"},
+           "grid": {"train.seed": [0, 1]}}
+    jobs = sweep.expand(cfg)
+    assert [j.train["seed"] for j in jobs] == [0, 1]
+    assert all(j.train["preset"] == "ginc-small" and "run_dir" not in j.options for j in jobs)
+    assert jobs[0].options["n_demos"] == [0, 1]
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"command": "converj", "grid": {"n_prompts": [1]}}, "unknown command 'converj'"),
+    (_cfg({"n_prompt": [1]}), "unknown option 'n_prompt' of converge"),
+    (_cfg({}), "the grid is empty"),
+    (_cfg({"n_prompts": 5}), "grid value n_prompts = 5 is not a list"),
+    (_cfg({"n_prompts": []}), "grid value n_prompts = [] is empty"),
+    (_cfg({"world_seed": [0]}, zip={"n_prompts": [1, 2], "seeds": [[0]]}), "[zip] lists must have one length"),
+    (_cfg({"n_prompts": [1]}), "option 'n_prompts' is set twice"),
+    (_cfg({"world_seed": [0]}, train={"model": "tiny"}), "[train] is for commands that measure"),
+    ({"command": "icl-eval", "grid": {"train.sed": [0]}, "train": {}}, "unknown training option 'sed'"),
+    ({"command": "converge", "grid": {"n_prompts": [1]}, "bogus": 1}, "unknown top-level key 'bogus'"),
+])
+def test_bad_configs_are_one_line_errors(cfg, message, tmp_path):
+    if message.startswith("option 'n_prompts'"):
+        cfg["options"]["n_prompts"] = 3
+    with pytest.raises(ValueError) as e:
+        sweep.run(cfg, tmp_path / "out")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- a real Dask cluster
+@pytest.fixture(scope="module")
+def cluster():
+    """A 2-worker LocalCluster of one-thread processes (as the sweep starts by default), closed
+    after the module's tests; started with a timeout so that a broken install fails fast."""
+    import logging
+
+    from distributed import LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", timeout="60s",
+                     env={k: "1" for k in sweep.THREAD_ENV}, silence_logs=logging.ERROR)
+    try:
+        yield c
+    finally:
+        c.close(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(cluster, tmp_path_factory):
+    """3 worlds x 2 concept settings on the cluster; concepts 99 does not exist: those jobs fail."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    cfg = _cfg({"world_seed": [0, 1, 2], "concepts": ["prior", 99]})
+    ticks = []
+    res = sweep.run(cfg, out, scheduler=cluster.scheduler_address, progress=lambda *a: ticks.append(a))
+    return cfg, out, res, ticks
+
+
+def test_failing_job_is_an_error_row_and_the_others_finish(failing_sweep):
+    cfg, out, res, ticks = failing_sweep
+    assert res.counts() == {"done": 3, "failed": 3, "missing": 0}
+    df = res.table()
+    bad = df[df["status"] == "failed"]
+    assert len(bad) == 3 and set(bad["concepts"]) == {"99"}
+    assert bad["error"].str.contains("concepts=99 is not a concept of this world").all()
+    assert bad["mean"].isna().all()
+    assert (df[df["status"] == "done"]["error"].isna()).all()
+    # the progress callback saw every job finish, ending at 3 done + 3 failed of 6
+    assert ticks[-1][:2] == (3, 3) and ticks[-1][3] == 6
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["config"] == cfg and meta["versions"]["distributed"] and len(meta["jobs"]) == 6
+    assert all(j["worker"] and j["wall_s"] > 0 for j in meta["jobs"])
+
+
+def test_combined_table_is_the_concatenation_of_the_job_tables(failing_sweep):
+    _, out, res, _ = failing_sweep
+    for name, fname in (("None", "convergence.csv"), ("floors", "floors.csv"), ("fits", "fits.csv")):
+        parts = []
+        for j in res.jobs:
+            if j["status"] != "done":
+                continue
+            t = pd.read_csv(Path(j["folder"]) / fname)
+            for k, v in reversed(list(j["grid"].items())):
+                t.insert(0, k, str(v) if k == "concepts" else v)
+            t.insert(0, "job", j["key"])
+            parts.append(t)
+        want = pd.concat(parts, ignore_index=True)
+        got = res.table(None if name == "None" else name)
+        got = got[got["status"] == "done"].drop(columns=["status", "error"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+        # the CSV holds the same rows as the parquet
+        csv = pd.read_csv(out / ("sweep.csv" if name == "None" else f"sweep.{name}.csv"))
+        assert len(csv) == len(res.table(None if name == "None" else name))
+
+
+def test_rerun_skips_done_jobs_and_keeps_errors(failing_sweep, cluster):
+    cfg, out, res, _ = failing_sweep
+    stamps = {j["key"]: (Path(j["folder"]) / sweep.DONE).stat().st_mtime_ns for j in res.jobs if j["status"] == "done"}
+    again = sweep.run(cfg, out, scheduler=cluster.scheduler_address)
+    assert not any(j["ran"] for j in again.jobs)
+    assert again.counts() == res.counts()
+    assert stamps == {k: (out / "jobs" / k / sweep.DONE).stat().st_mtime_ns for k in stamps}
+    retried = sweep.run(cfg, out, scheduler=cluster.scheduler_address, retry_failed=True)
+    assert sorted(j["key"] for j in retried.jobs if j["ran"]) == sorted(j["key"] for j in res.jobs
+                                                                         if j["status"] == "failed")
+    assert retried.counts()["failed"] == 3          # the config is still wrong
+
+
+def test_out_folder_of_another_config_is_refused(failing_sweep):
+    _, out, _, _ = failing_sweep
+    before = (out / "sweep.json").read_bytes()
+    with pytest.raises(ValueError, match="holds a sweep of a different config"):
+        sweep.run(_cfg({"world_seed": [5]}), out)
+    assert (out / "sweep.json").read_bytes() == before
+
+
+def test_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT_S", 2)
+    with socket.socket() as s:                     # a free port on loopback, closed again: nobody listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ValueError, match=f"scheduler 'tcp://127.0.0.1:{port}' is unreachable"):
+        sweep.run(_cfg({"world_seed": [0]}), tmp_path / "out", scheduler=f"tcp://127.0.0.1:{port}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_plot_sweep(failing_sweep, tmp_path):
+    from simkernel.plots import plot_sweep
+
+    _, _, res, _ = failing_sweep
+    p = plot_sweep(res.table(), "n_demos", "tv", tmp_path / "a.png", hue="kernel", where={"estimator": "normalised"})
+    assert p.stat().st_size > 5000
+    with pytest.raises(ValueError, match="'nope' is neither a column nor a metric"):
+        plot_sweep(res.table(), "n_demos", "nope", tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()
+
+
+# ---------------------------------------------------------------------- the CLI, Ctrl-C and resume
+def _sweep_cli(args, cwd, **kw):
+    env = dict(os.environ, SIMKERNEL_PROGRESS="plain")
+    return subprocess.Popen([sys.executable, "-m", "simkernel.cli", "sweep", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_interrupt_then_resume_loses_no_job_and_runs_none_twice(tmp_path):
+    """Ctrl-C (SIGINT) once some jobs are done; the rerun finishes the rest and leaves the
+    finished jobs' files untouched."""
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text('command = "converge"\n[options]\nn_demos = [1, 2, 4]\nn_prompts = 10\n'
+                   'kernels = ["theory", "frequency"]\n[grid]\nworld_seed = [0, 1, 2, 3, 4, 5, 6, 7]\n')
+    out = tmp_path / "out"
+    proc = _sweep_cli([str(cfg), "--out", str(out), "--workers", "1"], tmp_path)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(out.glob(f"jobs/*/{sweep.DONE}"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    done_before = {p.parent.name: p.read_bytes() for p in out.glob(f"jobs/*/{sweep.DONE}")}
+    assert proc.returncode == 130, err
+    assert "interrupted" in err.splitlines()[-1] and err.splitlines()[-1].startswith("error:")
+    assert 2 <= len(done_before) < 8
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["interrupted"] is True
+    assert {j["key"] for j in meta["jobs"] if j["status"] == "done"} == set(done_before)
+
+    proc = _sweep_cli([str(cfg), "--out", str(out), "--workers", "2"], tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    meta = json.loads((out / "sweep.json").read_text())
+    assert [j["status"] for j in meta["jobs"]] == ["done"] * 8
+    ran_now = {j["key"] for j in meta["jobs"] if j["ran"]}
+    assert ran_now == {j["key"] for j in meta["jobs"]} - set(done_before)
+    # finished jobs were not run again: their markers are byte for byte the same
+    assert {k: (out / "jobs" / k / sweep.DONE).read_bytes() for k in done_before} == done_before
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert sorted(table["world_seed"].unique()) == list(range(8))
+
+
+def test_cli_bad_config_is_one_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('command = "converge"\n[grid]\nworld_seed = 3\n')
+    proc = _sweep_cli([str(cfg), "--out", str(tmp_path / "o")], tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err.strip().splitlines() == ["error: grid value world_seed = 3 is not a list; write world_seed = [3] "
+                                        "for one value"]
+    assert not (tmp_path / "o").exists()
