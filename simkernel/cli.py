@@ -219,6 +219,7 @@ def main():
                              exact Bayes, the kernel and a model, each with a verdict
     simkernel plot           redraw a figure from its tidy CSV and JSON (or plot a sweep)
     simkernel sweep          a grid of any command's runs on Dask: resumable, one tidy table
+    simkernel report         the theory's claims C1-C7 over many worlds, as an HTML page
     simkernel train          train a small transformer; its gap to the Bayes floor
     simkernel icl-eval       a trained model's in-context predictions against exact Bayes
                              and the theory kernel, in and out of distribution
@@ -783,6 +784,41 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed):
     return 0
 
 
+# ---------------------------------------------------------------------- report
+@main.command("report", short_help="The theory's claims C1-C7 over many worlds: verdicts on an offline HTML page.")
+@click.option("--quick", is_flag=True, help="Few worlds and tiny models (the CI's setting, about 2 minutes).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("figures/report"),
+              show_default=True, help="Folder for index.html, report.md, report.json, the figures and the sweeps.")
+@click.option("--workers", type=POSITIVE, default=None, help="Local Dask worker processes (default: the cores).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="A running Dask scheduler instead of a local cluster.")
+def report_cmd(quick, out, workers, scheduler):
+    """Run the verification battery through `simkernel sweep` (converge over 20 worlds of two
+    preset families, the phenomena, three trained models with icl-eval and measure) and write
+    a page with one section per claim of the theory: its figure, its numbers with CIs over
+    worlds or training seeds, a verdict (supported / refuted / inconclusive) by a stated rule,
+    and the commands that reproduce it.  The page is checked in headless Chromium when it is
+    installed.  A rerun resumes the sweeps."""
+    import time
+
+    from . import report
+
+    t0 = time.perf_counter()
+    bar = progress_bar(None, "report", "job")
+
+    def tick(name, done, failed, running, total):
+        bar.total = total
+        bar.set_description(f"report: {name}")
+        bar.set_postfix(done=done, failed=failed, running=running, refresh=False)
+        bar.update(done + failed - bar.n)
+
+    with bar:
+        res = report.run(quick=quick, out=out, workers=workers, scheduler=scheduler, progress=tick)
+    written = res.write(out)
+    for line in res.summary_lines():
+        click.echo(line)
+    click.echo(f"wrote {out / 'index.html'} and {len(written) - 1} more files ({time.perf_counter() - t0:.1f} s)")
+
+
 # ---------------------------------------------------------------------- llm
 @main.command("llm", short_help="The kernel-regression measurements on a real Hugging Face LLM (Table 2).")
 @click.option("--model", "model_name", required=True, metavar="NAME",
@@ -802,8 +838,11 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed):
               help="With --data: the label column (class indices or label words).")
 @click.option("--label-words", default="Negative,Positive", show_default=True, callback=comma_words("label word"),
               help="With --data: the answer word of each class 0, 1, ... (scored on its first token).")
-@click.option("--n-demos", type=POSITIVE, default=TEXT_N_DEMOS, show_default=True,
-              help="Demonstrations per prompt (8 keeps SST-2 prompts near 300 GPT-J tokens).")
+@click.option("--n-demos", default=None, metavar="N|LIST",
+              help=f"Demonstrations per prompt (default {TEXT_N_DEMOS}: SST-2 prompts near 300 GPT-J tokens); with a "
+                   f"simulator world a list of n, e.g. 0,1,2,4,8,16 (the default).")
+@world_options("none: a text task", many_seeds=True, what="a simulator world whose prompts are rendered as text "
+               "(instead of --task/--data; docs/guide/llm-world.md)")
 @click.option("--demos", "mode", type=click.Choice(DEMO_MODES), default="random", show_default=True,
               help="How demonstrations are drawn: uniformly, class-balanced, or the most similar pool texts "
                    "(TF-IDF), each example with its own seed.")
@@ -825,9 +864,9 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed):
               help="Prompts per forward pass.")
 @_out_dir(None, "Run folder (default runs/llm/<model>-<task>): tables, figures, llm.json and the cached model "
                 "outputs outputs-<hash>.npz.")
-def llm_cmd(model_name, revision, task, split, data_file, text_column, label_column, label_words, n_demos, mode,
-            n_examples, weight, n_select, n_report, split_seed, seed, probe_layers, max_text_tokens, dtype, device,
-            device_map, batch_size, out):
+def llm_cmd(model_name, revision, task, split, data_file, text_column, label_column, label_words, n_demos, preset,
+            world_file, world_seeds, overrides, mode, n_examples, weight, n_select, n_report, split_seed, seed,
+            probe_layers, max_text_tokens, dtype, device, device_map, batch_size, out):
     """The paper's §5 measurements on a real causal LM: the model's own ICL accuracy, the final
     token's attention profile over the demonstrations, each head's kernel-regression
     reconstruction of the prediction (Table 2: best head chosen on --n-select examples,
@@ -845,6 +884,14 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     from .store import check_results_dir
 
     ctx = click.get_current_context()
+    if preset is not None or world_file is not None:
+        return _llm_world(ctx, model_name, revision, preset, world_file, world_seeds, overrides, n_demos, weight,
+                          n_select, n_report, seed, probe_layers, dtype, device, batch_size, out)
+    if n_demos is None:
+        n_demos = TEXT_N_DEMOS
+    else:
+        n_demos = POSITIVE.convert(n_demos, ctx.command.params[[p.name for p in ctx.command.params].index("n_demos")],
+                                   ctx)
     if data_file is not None:
         _clash("--data reads a local file; it", [("--task", task is not None), ("--split", split is not None)])
         data = llm.DataSpec(path=str(data_file), text_column=text_column, label_column=label_column,
@@ -865,6 +912,39 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
     for line in job.summary_lines():
         click.echo(line)
     click.echo(_wrote(written, job.meta["elapsed_s"]))
+
+
+def _llm_world(ctx, model_name, revision, preset, world_file, world_seeds, overrides, n_demos, weight, n_select,
+               n_report, seed, probe_layers, dtype, device, batch_size, out):
+    """`simkernel llm --preset/--world`: the LM on a simulator world's prompts rendered as text."""
+    from . import llm, llm_world
+    from .options import parse_n_demos
+    from .store import check_results_dir
+
+    _clash("--preset/--world renders a simulator world; it", [
+        (f"--{o.replace('_', '-')}", _given(ctx, o)) for o in
+        ("task", "split", "data_file", "text_column", "label_column", "label_words", "mode", "n_examples",
+         "split_seed", "max_text_tokens", "device_map")])
+    spec = _world_spec(preset, world_file, overrides, "world_seeds")
+    if world_file is None:
+        spec.pop("world_file")
+        spec["world_seeds"] = tuple(world_seeds) or (0,)
+    else:
+        spec = {"world_file": world_file}
+    if n_demos is not None:
+        try:
+            spec["n_demos"] = parse_n_demos(n_demos, minimum=0)
+        except ValueError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param_hint="--n-demos") from None
+    llm.resolve_model(model_name)
+    out = check_results_dir(llm_world.default_out(model_name, preset, world_file) if out is None else out)
+    res = llm_world.run(model_name, revision=revision, weight=weight, n_select=n_select, n_report=n_report, seed=seed,
+                        probe_layers=probe_layers, dtype=dtype, device=device, batch_size=batch_size, cache_dir=out,
+                        **spec)
+    written = res.write(out)
+    for line in res.summary_lines():
+        click.echo(line)
+    click.echo(_wrote(written, res.meta.get("elapsed_s", 0.0)))
 
 
 if __name__ == "__main__":  # pragma: no cover
