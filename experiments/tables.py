@@ -124,6 +124,15 @@ def references(name: str = "measure_ginc_small") -> str:
     return "\n".join(out)
 
 
+def report(name: str = "report") -> str:
+    """The verdict of each claim of the published report, from figures/<name>/report.json."""
+    meta = json.loads((ROOT / "figures" / name / "report.json").read_text())
+    rows = ["| claim | verdict | what it says |", "| --- | --- | --- |"]
+    for c in meta["claims"]:
+        rows.append(f"| {c['claim']} | **{c['verdict']}** | {c['title']} |")
+    return "\n".join(rows)
+
+
 def _fmt(v: str) -> str:
     try:
         x = float(v)
@@ -133,7 +142,7 @@ def _fmt(v: str) -> str:
 
 
 def all_tables() -> dict:
-    out = {"table3": table3(), "bias": bias(), "phenomena": phenomena(), "references": references()}
+    out = {"table3": table3(), "bias": bias(), "phenomena": phenomena(), "references": references(), "report": report()}
     for name in SUMMARY_EXPERIMENTS:
         out[f"summary:{name}"] = summary(name)
     return out

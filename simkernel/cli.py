@@ -791,7 +791,9 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed):
               show_default=True, help="Folder for index.html, report.md, report.json, the figures and the sweeps.")
 @click.option("--workers", type=POSITIVE, default=None, help="Local Dask worker processes (default: the cores).")
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="A running Dask scheduler instead of a local cluster.")
-def report_cmd(quick, out, workers, scheduler):
+@click.option("--sweeps", "sweeps_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the battery's sweeps (default OUT/sweeps); a rerun resumes them.")
+def report_cmd(quick, out, workers, scheduler, sweeps_dir):
     """Run the verification battery through `simkernel sweep` (converge over 20 worlds of two
     preset families, the phenomena, three trained models with icl-eval and measure) and write
     a page with one section per claim of the theory: its figure, its numbers with CIs over
@@ -812,7 +814,8 @@ def report_cmd(quick, out, workers, scheduler):
         bar.update(done + failed - bar.n)
 
     with bar:
-        res = report.run(quick=quick, out=out, workers=workers, scheduler=scheduler, progress=tick)
+        res = report.run(quick=quick, out=out, workers=workers, scheduler=scheduler, progress=tick,
+                         sweeps_dir=sweeps_dir)
     written = res.write(out)
     for line in res.summary_lines():
         click.echo(line)
