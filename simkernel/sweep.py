@@ -537,9 +537,15 @@ def _client(workers: int, scheduler: str | None):
     env = {name: "1" for name in THREAD_ENV}
     # the scheduler's HTTP server (the dashboard, with bokeh) on a free port: never clashes with another cluster
     dashboard = ":0"
+    import dask
+
+    # the workers' statistical profiler samples every thread's stack many times a second; without it
+    # 2 workers went from 1.68x to 1.86-1.95x one worker (benchmarks/bench_sweep.py).  The workers take
+    # the config as it is when they start, so the caller's own config is left as it was.
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=dashboard,
-                               env=env, silence_logs=logging.ERROR)
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=dashboard, env=env, silence_logs=logging.ERROR)
     except (RuntimeError, OSError, TimeoutError) as e:
         # e.g. a script run from stdin, which the spawned worker processes cannot re-import
         raise ValueError(f"could not start a local Dask cluster of {workers} workers ({_one_line(e)[:160]}); "
