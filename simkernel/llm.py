@@ -662,41 +662,60 @@ def cache_path(out_dir, key: str) -> Path:
 _BATCH_FIELDS = ("input_ids", "attention_mask", "spans", "label_pos", "demo_labels", "gold", "label_tokens")
 
 
-def save_outputs(path, outputs: Outputs) -> Path:
-    """Write ``outputs`` as one uncompressed ``.npz`` (atomically): attention, keys and values
-    in float16 (half the bytes; :func:`execute` rounds them to float16 before any analysis, so
-    nothing is lost), the rest exact, ``meta`` as a JSON string."""
+def capture_arrays(cap, layers) -> dict:
+    """A capture's arrays as a cache file stores them: attention, keys and values in float16."""
+    out = {"attn": cap.attn.astype(np.float16), "label_logp": cap.label_logp}
+    if cap.keys is not None:
+        out.update(keys=cap.keys.astype(np.float16), values=cap.values.astype(np.float16), offsets=cap.offsets,
+                   layers=layers)
+    return out
+
+
+def capture_from(a: dict):
+    """The :class:`capture.Capture` of a cache file's arrays (:func:`capture_arrays`), in float32."""
+    keys = a["keys"].astype(np.float32) if "keys" in a else None
+    values = a["values"].astype(np.float32) if "values" in a else None
+    return capture.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"),
+                           a.get("layers"))
+
+
+def write_npz(path, arrays: dict) -> Path:
+    """One uncompressed ``.npz`` of ``arrays``, written atomically."""
     from .store import atomic_write
 
-    cap = outputs.capture
-    arrays = {f"batch_{k}": getattr(outputs.batch, k) for k in _BATCH_FIELDS}
-    arrays.update(attn=cap.attn.astype(np.float16), label_logp=cap.label_logp, test_ids=outputs.test_ids,
-                  demo_ids=outputs.demo_ids, test_logp=outputs.test_logp, pool_ids=outputs.pool_ids,
-                  pool_logp=outputs.pool_logp, meta=np.array(json.dumps(outputs.meta, default=str)))
-    if cap.keys is not None:
-        arrays.update(keys=cap.keys.astype(np.float16), values=cap.values.astype(np.float16), offsets=cap.offsets,
-                      layers=outputs.probe_layers)
     path = Path(path)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 
-def load_outputs(path) -> Outputs:
-    """Read what :func:`save_outputs` wrote; a damaged file is a one-line ValueError."""
+def read_npz(path, build):
+    """``build(arrays)`` of a cache file; a damaged or incomplete file is a one-line ValueError."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        batch = PromptBatch(*(a[f"batch_{k}"] for k in _BATCH_FIELDS))
-        keys = a["keys"].astype(np.float32) if "keys" in a else None
-        values = a["values"].astype(np.float32) if "values" in a else None
-        cap = capture.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"),
-                              a.get("layers"))
-        return Outputs(batch, cap, a["test_ids"], a["demo_ids"], a["test_logp"], a["pool_ids"], a["pool_logp"],
-                       json.loads(str(a["meta"])))
+            return build({k: z[k] for k in z.files})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cached model outputs {str(path)!r} cannot be read ({type(e).__name__}); delete the "
                          f"file to recompute them") from None
+
+
+def save_outputs(path, outputs: Outputs) -> Path:
+    """Write ``outputs`` as one uncompressed ``.npz`` (atomically): attention, keys and values
+    in float16 (half the bytes; :func:`execute` rounds them to float16 before any analysis, so
+    nothing is lost), the rest exact, ``meta`` as a JSON string."""
+    cap = outputs.capture
+    arrays = {f"batch_{k}": getattr(outputs.batch, k) for k in _BATCH_FIELDS}
+    arrays.update(capture_arrays(cap, outputs.probe_layers), test_ids=outputs.test_ids,
+                  demo_ids=outputs.demo_ids, test_logp=outputs.test_logp, pool_ids=outputs.pool_ids,
+                  pool_logp=outputs.pool_logp, meta=np.array(json.dumps(outputs.meta, default=str)))
+    return write_npz(path, arrays)
+
+
+def load_outputs(path) -> Outputs:
+    """Read what :func:`save_outputs` wrote; a damaged file is a one-line ValueError."""
+    return read_npz(path, lambda a: Outputs(PromptBatch(*(a[f"batch_{k}"] for k in _BATCH_FIELDS)), capture_from(a),
+                                            a["test_ids"], a["demo_ids"], a["test_logp"], a["pool_ids"],
+                                            a["pool_logp"], json.loads(str(a["meta"]))))
 
 
 # ---------------------------------------------------------------------- analysis

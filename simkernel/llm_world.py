@@ -46,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,39 +390,19 @@ def execute(model, prepared: Prepared, batch_size: int = LLM_BATCH_SIZE, progres
 
 def save_outputs(path, outputs: Outputs) -> Path:
     """One uncompressed ``.npz`` (atomically); attention, keys and values in float16."""
-    from .store import atomic_write
-
     o = outputs
     arrays = {"icl_logp": o.icl_logp, "doc_logp": o.doc_logp, "doc_sym_lse": o.doc_sym_lse,
               "meta": np.array(json.dumps(o.meta, default=str))}
     if o.capture is not None:
-        arrays.update(attn=o.capture.attn.astype(np.float16), label_logp=o.capture.label_logp,
-                      alone_logp=o.alone_logp)
-        if o.capture.keys is not None:
-            arrays.update(keys=o.capture.keys.astype(np.float16), values=o.capture.values.astype(np.float16),
-                          offsets=o.capture.offsets, layers=o.capture.layers)
-    path = Path(path)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-    return path
+        arrays.update(llm.capture_arrays(o.capture, o.capture.layers), alone_logp=o.alone_logp)
+    return llm.write_npz(path, arrays)
 
 
 def load_outputs(path) -> Outputs:
     """Read what :func:`save_outputs` wrote; a damaged file is a one-line ValueError."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        cap = None
-        if "attn" in a:
-            keys = a["keys"].astype(np.float32) if "keys" in a else None
-            values = a["values"].astype(np.float32) if "values" in a else None
-            cap = capture.Capture(a["attn"].astype(np.float32), a["label_logp"], keys, values, a.get("offsets"),
-                                  a.get("layers"))
-        return Outputs(a["icl_logp"], a["doc_logp"], a["doc_sym_lse"], cap, a.get("alone_logp"),
-                       json.loads(str(a["meta"])))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cached model outputs {str(path)!r} cannot be read ({type(e).__name__}); delete the "
-                         f"file to recompute them") from None
+    return llm.read_npz(path, lambda a: Outputs(a["icl_logp"], a["doc_logp"], a["doc_sym_lse"],
+                                                llm.capture_from(a) if "attn" in a else None, a.get("alone_logp"),
+                                                json.loads(str(a["meta"]))))
 
 
 # ---------------------------------------------------------------------- scoring
