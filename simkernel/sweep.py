@@ -278,13 +278,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def _write_rows(path: Path, rows, columns) -> None:
-    from .store import write_csv
+    from .store import write_csv         # atomic: a killed job leaves no half-written table
     write_csv(path, rows, columns)
 
 
 def _extra_tables(command: str, result, folder: Path) -> None:
     """The tables a job derives from its result beside the command's own files."""
-    from .store import atomic_write  # noqa: F401  (write_csv is atomic)
     if command == "converge":
         rows = [dict(kernel=k.split("/")[0], estimator=k.split("/")[1], **{c: f.get(c) for c in FIT_COLUMNS[2:]})
                 for k, f in result.meta["fits"].items()]
