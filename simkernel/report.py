@@ -1394,7 +1394,9 @@ def default_commands(quick: bool, out, sweeps_dir) -> dict:
     out, sweeps_dir = Path(out), Path(sweeps_dir)
     flag = " --quick" if quick else ""
     per = {"converge": ("C1", "C2", "C3", "C4"), "phenomena": ("C7",), "icl-eval": ("C5",), "measure": ("C6",)}
-    cmds = {"*": [f"simkernel report{flag} --out {out}"]}
+    # the sweeps' folder is named only when it is not the default, so the line reruns this very report
+    sweeps_flag = "" if sweeps_dir == out / "sweeps" else f" --sweeps {sweeps_dir}"
+    cmds = {"*": [f"simkernel report{flag} --out {out}{sweeps_flag}"]}
     for key, claims in per.items():
         lines = [f"simkernel sweep {out / 'battery' / (key + '.toml')} --out {sweeps_dir / key}",
                  f"python -c \"from simkernel import report, sweep; sweep.run(report.battery(quick={bool(quick)})"
