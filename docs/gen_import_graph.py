@@ -31,15 +31,25 @@ ORDER = ("constants", "store", "world", "presets", "sampling", "bayes", "kernel"
 
 def modules() -> list[str]:
     names = [p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"]
+    # a subpackage (claims/) is one module: its files' imports together, its __init__'s docstring
+    names += [p.parent.name for p in PACKAGE.glob("*/__init__.py")]
     return [m for m in ORDER if m in names] + sorted(set(names) - set(ORDER))
 
 
-def _targets(node: ast.AST, names: set[str]) -> set[str]:
-    """The package modules one import statement loads."""
+def _files(module: str) -> list[tuple[Path, int]]:
+    """(source file, its depth below simkernel/) of a module: one file, or a subpackage's files."""
+    single = PACKAGE / f"{module}.py"
+    return [(single, 0)] if single.is_file() else [(f, 1) for f in sorted((PACKAGE / module).glob("*.py"))]
+
+
+def _targets(node: ast.AST, names: set[str], depth: int = 0) -> set[str]:
+    """The package modules one import statement loads (``depth`` 1: the statement sits in a
+    subpackage, whose own relative imports load nothing else)."""
     out = set()
     if isinstance(node, ast.ImportFrom):
         mod = node.module or ""
-        if node.level == 1 or (node.level == 0 and (mod == "simkernel" or mod.startswith("simkernel."))):
+        if (node.level and node.level - depth == 1) or (node.level == 0 and (mod == "simkernel"
+                                                                            or mod.startswith("simkernel."))):
             base = mod.split(".", 1)[1] if mod.startswith("simkernel.") else ("" if mod == "simkernel" else mod)
             if base:
                 out.add(base.split(".")[0])
@@ -54,19 +64,19 @@ def _targets(node: ast.AST, names: set[str]) -> set[str]:
 
 def imports(module: str, names: set[str]) -> tuple[set[str], set[str]]:
     """(top-level imports, imports inside functions) of one module, among the package's modules."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     top, lazy = set(), set()
 
-    def visit(node, in_function):
+    def visit(node, in_function, depth):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 continue                            # annotations only: loads nothing at run time
             inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, (ast.Import, ast.ImportFrom)):
-                (lazy if in_function else top).update(_targets(child, names))
-            visit(child, inner)
+                (lazy if in_function else top).update(_targets(child, names, depth))
+            visit(child, inner, depth)
 
-    visit(tree, False)
+    for path, depth in _files(module):
+        visit(ast.parse(path.read_text()), False, depth)
     top.discard(module)
     lazy -= top | {module}
     return top, lazy
@@ -74,7 +84,9 @@ def imports(module: str, names: set[str]) -> tuple[set[str], set[str]]:
 
 def job(module: str) -> str:
     """The first sentence of the module docstring, in Markdown."""
-    doc = ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())) or ""
+    path = PACKAGE / f"{module}.py"
+    path = path if path.is_file() else PACKAGE / module / "__init__.py"
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     text = " ".join(doc.split("\n\n", 1)[0].split())
     m = re.match(r"(.+?)\.(\s|$)", text)
     sentence = m.group(1) if m else text
@@ -93,7 +105,8 @@ def table() -> str:
     lines = ["| module | its job (the docstring's first sentence) | imports | imports inside functions |",
              "| --- | --- | --- | --- |"]
     for m, (top, lazy) in graph().items():
-        link = f"[`{m}`](api/{m}.md)" if (ROOT / "docs" / "api" / f"{m}.md").is_file() else f"`{m}`"
+        page = next((f"api/{m}{x}" for x in (".md", "/index.md") if (ROOT / "docs" / f"api/{m}{x}").is_file()), None)
+        link = f"[`{m}`]({page})" if page else f"`{m}`"
         lines.append(f"| {link} | {job(m)} | {cell(top)} | {cell(lazy)} |")
     return "\n".join(lines)
 

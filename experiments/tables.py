@@ -5,7 +5,8 @@ the README holds exactly what this prints).
 
     python experiments/tables.py            # print every table
     python experiments/tables.py table3     # one of: table3, summary:<experiment>, bias,
-                                            # phenomena, references
+                                            # phenomena, references, report,
+                                            # report-checks, report-findings, report-time
 """
 
 from __future__ import annotations
@@ -124,13 +125,67 @@ def references(name: str = "measure_ginc_small") -> str:
     return "\n".join(out)
 
 
+def _report(name: str) -> dict:
+    return json.loads((ROOT / "figures" / name / "report.json").read_text())
+
+
+def _md_cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def report(name: str = "report") -> str:
-    """The verdict of each claim of the published report, from figures/<name>/report.json."""
-    meta = json.loads((ROOT / "figures" / name / "report.json").read_text())
-    rows = ["| claim | verdict | what it says |", "| --- | --- | --- |"]
+    """Each claim of the published report (figures/<name>/report.json): its kind, statement, the
+    word of every preset family with its short reading, and the overall word."""
+    meta = _report(name)
+    fams = list(dict.fromkeys(f for c in meta["claims"] for f in c.get("families", {})))
+    rows = ["| claim | kind | statement | " + " | ".join(fams) + " | overall |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in fams) + " | --- |"]
     for c in meta["claims"]:
-        rows.append(f"| {c['claim']} | **{c['verdict']}** | {c['title']} |")
+        cells = []
+        for f in fams:
+            got = c.get("families", {}).get(f)
+            cells.append("–" if got is None else f"**{got['verdict']}**" + (f": {_md_cell(got['short'])}"
+                                                                              if got.get("short") else ""))
+        rows.append(f"| {c['claim']} | {c.get('kind', '')} | {_md_cell(c['title'])} | " + " | ".join(cells)
+                    + f" | **{c['verdict']}** |")
     return "\n".join(rows)
+
+
+def report_checks(name: str = "report") -> str:
+    """The identity checks of the published report (a failure is a bug in the code, not evidence)."""
+    meta = _report(name)
+    rows = ["| claim | check | result | numbers |", "| --- | --- | --- | --- |"]
+    for c in meta["claims"]:
+        for ch in c.get("checks", []):
+            rows.append(f"| {c['claim']} | {_md_cell(ch['name'])} | **{ch['verdict']}** | {_md_cell(ch['text'])} |")
+    return "\n".join(rows)
+
+
+def report_time(name: str = "report") -> str:
+    """Where the published report's computation went: per sweep, its jobs and their summed wall
+    time in worker seconds (kept by each sweep across resumes; 2 workers run at once)."""
+    meta = _report(name)["meta"]
+    rows = ["| sweep | jobs | worker seconds | share |", "| --- | ---: | ---: | ---: |"]
+    sweeps = meta.get("sweeps", {})
+    total = sum(float(v.get("job_s", 0.0)) for v in sweeps.values()) or 1.0
+    for key, v in sweeps.items():
+        rows.append(f"| {key} | {v['jobs'].get('done', 0)} | {float(v.get('job_s', 0.0)):,.0f} | "
+                    f"{float(v.get('job_s', 0.0)) / total:.0%} |")
+    return "\n".join(rows)
+
+
+def report_findings(name: str = "report") -> str:
+    """One paragraph per claim of the published report: each family's word and the sentence it
+    rests on, and the settings outside the claim's assumptions."""
+    meta = _report(name)
+    out = []
+    for c in meta["claims"]:
+        fams = c.get("families", {})
+        text = "; ".join(f"{f}: **{v['verdict']}**, {v['text']}" for f, v in fams.items()) or c.get("text", "")
+        out.append(f"- **{c['claim']}** ({c.get('kind', '')}). {text}")
+        for o in c.get("outside", []):
+            out.append(f"  Outside the claim's assumptions ({o['why']}): {o['text']}.")
+    return "\n".join(out)
 
 
 def _fmt(v: str) -> str:
@@ -142,7 +197,8 @@ def _fmt(v: str) -> str:
 
 
 def all_tables() -> dict:
-    out = {"table3": table3(), "bias": bias(), "phenomena": phenomena(), "references": references(), "report": report()}
+    out = {"table3": table3(), "bias": bias(), "phenomena": phenomena(), "references": references(), "report": report(),
+           "report-checks": report_checks(), "report-findings": report_findings(), "report-time": report_time()}
     for name in SUMMARY_EXPERIMENTS:
         out[f"summary:{name}"] = summary(name)
     return out

@@ -400,6 +400,26 @@ def log_likelihood(world: World, tokens, *, method: str = "auto", n_threads: int
     return forward(world, tokens, method=method, prefixes=False, n_threads=n_threads).final
 
 
+def example_loglik(world: World, x, symbols=None, *, method: str = "auto") -> np.ndarray:
+    """log P(x, y, delimiter | θ) of one example [x, y, delimiter] started from each concept's
+    start, for every input row x (M, k-1) and every y in ``symbols`` (default the labels):
+    (M, K, Y), -inf where impossible.  In a restart world (Assumption 1) the delimiter sends the
+    chain back to the start, so a prompt's log-likelihood under θ is the sum of its examples'
+    plus log P(x_test | θ): exact Bayes for any number of demonstrations by lookups and sums
+    (``regime``), with no forward pass over the prompt.  Restart worlds only."""
+    if not world.restart:
+        raise ValueError("example_loglik needs a restart world: without the delimiter restart the examples of a "
+                         "prompt are not independent given the concept")
+    ys = world.labels if symbols is None else np.asarray(symbols)
+    fw = forward(world, x, method=method, prefixes=False)
+    # the state that emits y is next_state; the delimiter is emitted by the state after it
+    p_delim = np.einsum("kst,kt->ks", world.transition, world.emission[:, :, world.delimiter])     # (K, S)
+    emit = world.emission[:, :, ys] * p_delim[:, :, None]                                           # (K, S, Y)
+    p = np.einsum("mks,ksy->mky", fw.next_state, emit)
+    with np.errstate(divide="ignore"):
+        return fw.final[:, :, None] + np.log(p)
+
+
 def log_posterior_weights(world: World, loglik: np.ndarray) -> np.ndarray:
     """log prior + log-likelihood, normalised over the last axis (concepts).  Rows where every
     concept gives probability 0 come back as NaN."""

@@ -34,11 +34,24 @@ CONVERGENCE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_l
                        "n_worlds")
 #: floors.csv (``convergence.concept_floors``).
 FLOOR_COLUMNS = ("world", "concept", "prior", "kernel", "estimator", "floor_tv", "floor_se", "exact",
-                 "eta", "eps", "eps_span", "span_dim", "eta2_eps", "eta2_eps_span")
+                 "eta", "eps", "eps_span", "span_dim", "eta2_eps", "eta2_eps_span", "identity_bound")
 #: bayes.csv (``bayes.run``).
 BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 #: icl_vs_bayes.csv (``icl_eval.run``).
 ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+#: regime.csv (``regime.run``): one row per world, n (an integer, or inf for the floors), kernel,
+#: estimator and metric.
+REGIME_COLUMNS = ("world", "n_demos", "kernel", "estimator", "metric", "mean", "ci_low", "ci_high", "n_prompts")
+#: regime_worlds.csv: one row per world x kernel x estimator (where the regime begins, the rate past
+#: it, the crossover with the label frequencies).
+REGIME_WORLD_COLUMNS = ("world", "kernel", "estimator", "n_max", "regime_n", "reached", "judged", "slope",
+                        "slope_window", "ratio_max", "ratio_trend", "diverging", "c_pred", "crossover",
+                        "crossover_lo", "crossover_hi", "crossover_pred", "floor", "floor_frequency", "band")
+#: ``simkernel regime`` defaults: the grid n = 1, 2, 4, .., REGIME_N_MAX, doubled while needed up to
+#: REGIME_N_CAP; the regime begins where measured / predicted stays within 1 ± REGIME_BAND.
+REGIME_N_MAX = 256
+REGIME_N_CAP = 65536
+REGIME_BAND = 0.1
 
 
 # ---------------------------------------------------------------------- real LLMs (``simkernel llm``)

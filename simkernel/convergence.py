@@ -50,6 +50,11 @@ FIT_N_MIN = 4
 #: The clipped estimator's per-concept floor needs K between all pairs of inputs: skipped above
 #: this many inputs in a concept's sample.
 CLIPPED_FLOOR_LIMIT = 4000
+#: The estimators whose oracle-kernel floor the ridge identity bounds (``identity_bound``).
+IDENTITY_ESTIMATORS = ("averaged", "normalised")
+#: The ridge identity needs P(y | x, θ) = Uψ(x) exactly; a larger L1 residual over a concept's
+#: inputs leaves its identity_bound NaN (round-off is ~1e-15).
+LINEARITY_TOL = 1e-8
 
 
 @dataclass
@@ -189,7 +194,7 @@ class Convergence:
         """(rows, floors) with their floats at ``DIGITS`` significant digits, as written."""
         return (_rounded(self.rows, ("mean", "ci_low", "ci_high")),
                 _rounded(self.floors, ("floor_tv", "floor_se", "eta", "eps", "eps_span", "eta2_eps",
-                                       "eta2_eps_span")))
+                                       "eta2_eps_span", "identity_bound")))
 
 
 # ---------------------------------------------------------------------- one (world, seed)
@@ -243,7 +248,12 @@ def concept_floors(ks: KernelSet, concepts, kernels=KERNELS, estimators=kernel.E
     θ's inputs, ε_θ = ρ(Σ_pre⁻¹ − Σ_θ⁻¹) and ε_θ restricted to the span of θ's features
     (:func:`kernel.epsilon_theta`).  The linear estimators use the population moments (no Gram
     matrix over all pairs); ``clipped`` needs one and is computed only up to CLIPPED_FLOOR_LIMIT
-    inputs.  Rows with ``FLOOR_COLUMNS``."""
+    inputs.
+
+    ``identity_bound`` (oracle kernel, averaged and normalised estimators, belief features; NaN
+    on every other row): the bound the ridge identity puts on ``floor_tv``, the same weighted mean
+    over x* ~ q_θ of :func:`identity_bounds` of δ(x*) = ``kernel.ridge_bias_bound``
+    (docs/theory.md §18).  Rows with ``FLOOR_COLUMNS``."""
     out = []
     for c in concepts:
         con = ks.concept(c, need_psi=True, need_pred="similarity" in kernels)
@@ -251,6 +261,11 @@ def concept_floors(ks: KernelSet, concepts, kernels=KERNELS, estimators=kernel.E
         w, J = s.weights, s.joint                                         # (M,), (M, L)
         oracle = s.label_probs
         M = len(w)
+        delta = None                                                      # (M,) δ(x*) per input
+        if "oracle" in kernels and ks.features == "belief" and set(estimators) & set(IDENTITY_ESTIMATORS):
+            readout = kernel.belief_readout(ks.ew, c)                     # (L, D)
+            if np.abs(con.psi @ readout.T - oracle).sum(axis=1).max(initial=0.0) <= LINEARITY_TOL:
+                delta = kernel.ridge_bias_bound(con.model, con.psi, readout)
         extra = {"eta": float(np.linalg.norm(con.psi, axis=1).max()), "eps": np.nan, "eps_span": np.nan,
                  "span_dim": -1}
         pre = ks.theory()
@@ -286,8 +301,29 @@ def concept_floors(ks: KernelSet, concepts, kernels=KERNELS, estimators=kernel.E
                 row.update(extra)
                 row["eta2_eps"] = row["eta"] ** 2 * row["eps"]
                 row["eta2_eps_span"] = row["eta"] ** 2 * row["eps_span"]
+                row["identity_bound"] = (float(w @ identity_bounds(delta, e))
+                                         if kn == "oracle" and delta is not None and e in IDENTITY_ESTIMATORS
+                                         else float("nan"))
                 out.append(row)
     return out
+
+
+def identity_bounds(delta: np.ndarray, estimator: str) -> np.ndarray:
+    """Per test input, the bound that the ridge identity with Σ_θ* puts on TV(to_distribution(
+    limit, estimator), oracle), from δ (U,) = ``kernel.ridge_bias_bound`` >= ‖f_∞ − oracle‖₁:
+    averaged δ/2; normalised min(δ/(1 − δ), 1), 1 where δ >= 1.  (U,).  Derivation in
+    docs/theory.md §18: the normalised scores g = f_∞/m_∞ sum to 1, so clipping their negative
+    part and renormalising does not increase ‖g − oracle‖₁ <= 2δ/(1 − δ), and TV is half of it.
+
+    The averaged estimate is not renormalised, so its TV to the oracle can exceed 1: its bound
+    keeps δ/2 uncapped (a cap at 1 would not be a bound once δ >= 2)."""
+    delta = np.asarray(delta, np.float64)
+    if estimator == "averaged":
+        return delta / 2
+    if estimator == "normalised":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(delta < 1, np.minimum(delta / (1 - delta), 1.0), 1.0)
+    raise ValueError(f"estimator {estimator!r} has no ridge-identity bound; allowed: {', '.join(IDENTITY_ESTIMATORS)}")
 
 
 def bias_term_correlation(floors: list[dict], kernel_name: str = "theory") -> dict:

@@ -26,6 +26,21 @@ acc_kernel (the kernel's argmax == y_test) and tv_kernel_bayes (kernel vs Bayes,
 estimator: every form is the same distribution when K ≡ 1): tv_frequency, agree_frequency,
 acc_frequency and tv_frequency_bayes, named likewise.
 
+Directions (``DIRECTION_METRICS``, n >= 1): distances say how far the model is from each
+reference, not whether it departs from exact Bayes the way the kernel does.  Per prompt, with p
+exact Bayes, q the model, k the theory kernel's normalised estimate (the one tv_kernel uses) and f
+the label frequencies (all (L,) over the labels):
+
+    dir_kernel     Pearson correlation over the L labels of q − p and k − p
+    dir_frequency  the same with f − p in place of k − p (the reference direction)
+    dir_gap        dir_kernel − dir_frequency of the same prompt (paired)
+
+NaN where Bayes is undefined or either departure is constant over the labels (zero variance,
+up to ``CONSTANT_ATOL``, the float32 round-off of a model's logits: e.g. a model that equals
+exact Bayes, or a kernel estimate that does; two-label departures of distributions are
+±(a, −a), so their correlation is ±1).  A row is the mean over the prompts where
+the metric is defined (``n_prompts`` counts them).
+
 Every argmax comparison is tie-fair (``metrics.tie_agreement`` / ``metrics.tie_accuracy``): an
 argmax tie among m labels scores 1/m, the expected score of a uniformly random tie-break.  The
 label frequencies tie whenever two labels have the same count, and a normalised kernel
@@ -79,7 +94,14 @@ KERNEL_METRICS = tuple(kernel_metric(m, e) for e in _ESTIMATOR_ORDER for m in _K
 #: The label-frequency baseline (the frequency kernel's normalised estimate), named like the kernel's.
 _FREQUENCY_BASE = {m.replace("kernel", "frequency"): score for m, score in _KERNEL_BASE.items()}
 FREQUENCY_METRICS = tuple(_FREQUENCY_BASE)
-METRICS = BASE_METRICS + KERNEL_METRICS + FREQUENCY_METRICS
+#: Per-prompt correlations of the model's departure from exact Bayes with the kernel's and the
+#: label frequencies' (module docstring), and their paired difference.
+DIRECTION_METRICS = ("dir_kernel", "dir_frequency", "dir_gap")
+METRICS = BASE_METRICS + KERNEL_METRICS + FREQUENCY_METRICS + DIRECTION_METRICS
+#: A departure whose centred L2 norm over the labels is at most this counts as constant (its
+#: correlation undefined): the model's distribution comes from float32 logits, whose round-off
+#: alone leaves departures near 1e-7 that point nowhere.
+CONSTANT_ATOL = 1e-6
 COLUMNS = ICL_COLUMNS
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16, 32, 64)
 
@@ -111,6 +133,24 @@ def model_predictive(model, tokens, labels, device="cpu", batch_size: int = 64) 
             lp = torch.log_softmax(logits, dim=-1)[:, torch.as_tensor(np.array(labels, dtype=np.int64), device=device)]
             out[a:a + batch_size] = torch.softmax(lp, dim=-1).cpu().double().numpy()
     return out
+
+
+def departure_correlation(a: np.ndarray, b: np.ndarray, atol: float = CONSTANT_ATOL) -> np.ndarray:
+    """Per row, the Pearson correlation over the last axis of a (B, L) and b (B, L): (B,); NaN
+    where a row of either is not finite or constant (centred L2 norm <= ``atol``)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    ok = np.isfinite(a).all(-1) & np.isfinite(b).all(-1)
+    a = np.where(ok[:, None], a, 0.0)
+    b = np.where(ok[:, None], b, 0.0)
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    ok &= (na > atol) & (nb > atol)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(-1) / (na * nb)
+    # round-off can leave |r| a hair above 1
+    return np.where(ok, np.clip(r, -1.0, 1.0), np.nan)
 
 
 def _estimate_metrics(e, q, p, ok, y) -> dict:
@@ -177,6 +217,12 @@ def prompt_metrics(q, curve, n: int, y, labels, kest=None, kopts=None) -> dict:
         if (fname, "normalised") in kest:
             mf = _estimate_metrics(kest[(fname, "normalised")][:, n - 1], q, p, ok, y)
             per.update({m: mf[score] for m, score in _FREQUENCY_BASE.items()})
+        # rows where Bayes is undefined are NaN in p, hence NaN here
+        for metric, key in (("dir_kernel", (kname, "normalised")), ("dir_frequency", (fname, "normalised"))):
+            if key in kest:
+                per[metric] = departure_correlation(q - p, kest[key][:, n - 1] - p)
+        if "dir_kernel" in per and "dir_frequency" in per:
+            per["dir_gap"] = per["dir_kernel"] - per["dir_frequency"]
     return {m: per[m] for m in METRICS if m in per}
 
 
@@ -289,6 +335,13 @@ METRIC_DESCRIPTIONS = {
     "tv_frequency, agree_frequency, acc_frequency, tv_frequency_bayes": "the same for the label frequencies of "
                                                                         "the demonstrations (K ≡ 1), the baseline "
                                                                         "of every kernel",
+    "dir_kernel": "per prompt, Pearson correlation over the labels of (model − exact Bayes) and (theory kernel "
+                  "estimate − exact Bayes), normalised estimator; NaN (left out) where either departure is constant "
+                  "over the labels or Bayes is undefined; n >= 1",
+    "dir_frequency": "the same with the label frequencies' departure (label frequencies − exact Bayes): the "
+                     "reference direction",
+    "dir_gap": "per prompt dir_kernel − dir_frequency (paired; NaN where either is), averaged over the prompts "
+               "where both are defined",
     "ties": "every agree_* and acc_* scores an argmax tie among m labels 1/m"}
 
 

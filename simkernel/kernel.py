@@ -437,6 +437,94 @@ def limits(kvals: np.ndarray, sample: InputSample, estimators=ESTIMATORS) -> dic
     return out
 
 
+# ---------------------------------------------------------------------- asymptotic laws
+@dataclass(frozen=True)
+class Asymptotic:
+    """The large-n law of one estimator at U test inputs (docs/theory.md §22):
+    √n (estimate_n − limit) → N(0, cov) for demonstrations drawn i.i.d. from q_θ*.
+
+    limit (U, L): the n -> ∞ estimate as a distribution (``to_distribution`` of the population
+    scores; NaN rows where the normalised limit is undefined); cov (U, L, L): the asymptotic
+    covariance of √n times the *distribution*'s error (the delta method through
+    ``to_distribution``); tv_coef (U,): c such that E TV(estimate_n, limit) ≈ c / √n, i.e.
+    c = ½ √(2/π) Σ_c sd_c (the mean of a centred normal's absolute value, per label)."""
+
+    limit: np.ndarray
+    cov: np.ndarray
+    tv_coef: np.ndarray
+
+    @property
+    def sd(self) -> np.ndarray:
+        """(U, L) the per-label asymptotic standard deviations of √n (estimate_n − limit)."""
+        return np.sqrt(np.clip(np.diagonal(self.cov, axis1=-2, axis2=-1), 0.0, None))
+
+
+def asymptotic_laws(kvals: np.ndarray, sample: InputSample, estimators=ESTIMATORS) -> dict:
+    """The exact asymptotic law of each estimator, from K(x*_u, x_m) over the test concept's
+    demonstration inputs: kvals (U, M), sample.joint (M, L) = q(x_m, c) (enumerated: exact).
+
+    With z = e(y) k, k = K(x*, x) for one demonstration (x, y) ~ q, and s2_c = E[k² 1(y = c)]:
+
+    averaged   f_n = mean of z:  Cov = diag(s2) − f fᵀ (a mean of i.i.d. vectors; exact at every n)
+    normalised g_n = mean(z) / mean(k): the delta method, Cov = E[(z − g k)(z − g k)ᵀ] / m²
+               = (diag(s2) − g s2ᵀ − s2 gᵀ + Σ_c s2_c · g gᵀ) / m²,  m = E k
+    clipped    the normalised law of K⁺ = max(K, 0)
+
+    then through ``to_distribution``'s Jacobian at the limit: averaged clips (rows with f_c <= 0
+    stay at 0), normalised / clipped clip and renormalise, h = g⁺ / Σ g⁺ with
+    ∂h_c/∂g_d = (P_c δ_cd − h_c P_d) / Σ g⁺ (P = [g > 0]).  A label whose limit sits exactly at 0
+    with positive variance would be half-clipped; its variance is 0 whenever the label cannot
+    occur (s2_c = 0), the case that arises.  Returns {estimator: Asymptotic}."""
+    J, w = sample.joint, sample.weights
+    out = {}
+    for est in estimators:
+        if est not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {est!r}; allowed: {', '.join(ESTIMATORS)}")
+        kv = np.clip(kvals, 0.0, None) if est == "clipped" else np.asarray(kvals, np.float64)
+        f = kv @ J                                                           # (U, L)
+        s2 = (kv ** 2) @ J                                                   # (U, L)
+        eye = np.eye(J.shape[1])
+        if est == "averaged":
+            cov = s2[:, :, None] * eye - f[:, :, None] * f[:, None, :]
+            jac = (f > 0).astype(np.float64)[:, :, None] * eye              # the clip at 0
+            limit = np.clip(f, 0.0, None)
+        else:
+            m = kv @ w                                                       # (U,)
+            g = ratio(f, m[:, None])                                         # NaN where m <= 0
+            tot = s2.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cov = (s2[:, :, None] * eye - g[:, :, None] * s2[:, None, :] - s2[:, :, None] * g[:, None, :]
+                       + tot[:, None, None] * g[:, :, None] * g[:, None, :]) / (m ** 2)[:, None, None]
+            pos = (g > 0).astype(np.float64)
+            spos = np.where(np.isfinite(g), np.clip(g, 0.0, None), 0.0).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                h = np.clip(g, 0.0, None) / spos[:, None]
+                jac = (pos[:, :, None] * eye - h[:, :, None] * pos[:, None, :]) / spos[:, None, None]
+            limit = np.where(np.isfinite(g).all(axis=1, keepdims=True) & (spos[:, None] > 0), h, np.nan)
+        dist_cov = jac @ cov @ np.swapaxes(jac, -1, -2)
+        sd = np.sqrt(np.clip(np.diagonal(dist_cov, axis1=-2, axis2=-1), 0.0, None))
+        out[est] = Asymptotic(limit, dist_cov, 0.5 * np.sqrt(2.0 / np.pi) * sd.sum(axis=1))
+    return out
+
+
+def folded_tv(mu: np.ndarray, sd: np.ndarray, n) -> np.ndarray:
+    """E TV(limit + Z / √n, target) for Z ~ N(0, diag(sd²)): the expected total variation at n of
+    an estimate whose error has reached its Gaussian law, to a target at distance mu = limit −
+    target.  Per label E|μ + σZ| = σ √(2/π) exp(−μ²/2σ²) + μ (1 − 2Φ(−μ/σ)) (the folded normal);
+    the labels' expectations add whatever their correlation.  mu, sd (..., L); n scalar or
+    array broadcasting against the leading axes -> (...)."""
+    from scipy.special import ndtr
+
+    n = np.asarray(n, np.float64)
+    s = np.asarray(sd, np.float64) / np.sqrt(n)[..., None]
+    mu = np.asarray(mu, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(s > 0, mu / np.where(s > 0, s, 1.0), 0.0)
+        folded = np.where(s > 0, s * np.sqrt(2.0 / np.pi) * np.exp(-0.5 * z ** 2) + mu * (1.0 - 2.0 * ndtr(-z)),
+                          np.abs(mu))
+    return 0.5 * folded.sum(axis=-1)
+
+
 def belief_readout(world: World, concept: int) -> np.ndarray:
     """U (L, D): the linear map from belief features to P(y | x, θ, y ∈ labels) for one concept
     (block θ holds B_θ[:, c] / m_θ, zeros elsewhere; §7)."""
@@ -558,14 +646,16 @@ class KernelSet:
             self._theory = fit_kernel(self.psi(s.x), s.weights, ridge=self.ridge, exact=s.exact)
         return self._theory
 
-    def concept(self, c: int, need_psi: bool = True, need_pred: bool = False) -> _Concept:
-        """Concept c's demonstration sample (exact or Monte Carlo), its features and Σ_θ*'s kernel."""
+    def concept(self, c: int, need_psi: bool = True, need_pred: bool = False, need_model: bool = True) -> _Concept:
+        """Concept c's demonstration sample (exact or Monte Carlo), its features and (unless
+        ``need_model`` is False: only the oracle kernel needs it) Σ_θ*'s kernel."""
         got = self._concepts.get(int(c))
         if got is None:
             s = input_distribution(self.ew, self.k, int(c), n_samples=self.n_samples, seed=self.seed)
             got = self._concepts[int(c)] = _Concept(s, None, None, None)
         if need_psi and got.psi is None:
             got.psi = self.psi(got.sample.x)
+        if need_psi and need_model and got.model is None:
             got.model = fit_kernel(got.psi, got.sample.weights, ridge=self.ridge, exact=got.sample.exact)
         if need_pred and got.pred is None:
             got.pred = self.predictive(got.sample.x)

@@ -20,7 +20,11 @@ Predictors (each a distribution over the scored label set, per prompt):
                  in the settings whose world is the run's world)
 
 Every argmax score is tie-fair (a tie among m labels scores 1/m); every interval is a 95% CI with
-worlds as the unit (``metrics.world_ci``; over prompts when there is one world).
+worlds as the unit (``metrics.world_ci``; over prompts when there is one world).  Every effect in a
+verdict (a :func:`paired` difference or a :func:`_row_value`) carries ``worlds`` (the world labels)
+and ``world_means`` (each world's mean of the per-prompt quantity, the units of its interval), and
+every verdict but order's carries ``headroom`` (:func:`headroom`: TV(exact Bayes, oracle) of the
+unperturbed setting at the judged n, the room exact Bayes had to move).
 
 The phenomena (``NAMES``):
 
@@ -54,7 +58,7 @@ import numpy as np
 from . import bayes, kernel
 from .constants import PHENOMENA
 from .kernel import KernelSet
-from .metrics import compare, restrict, tie_accuracy, tie_agreement, world_ci
+from .metrics import compare, mean_ci, restrict, tie_accuracy, tie_agreement, world_ci
 from .sampling import prompt_layout, prompt_length, sample_prompts
 from .store import check_results_dir, check_seed, provenance, publish, world_summary, write_csv, write_json
 from .world import World
@@ -206,7 +210,8 @@ class PhenomenonResult:
     elapsed_s: float
     title: str = ""
     #: (setting, n, predictor, metric) -> (values (P,), world index (P,)): the per-prompt numbers
-    #: behind every row, prompts in the same order for every key of a setting
+    #: behind every row, prompts in the same order for every key of a setting (and behind the
+    #: verdict's headroom where that has no row: setting HEADROOM_SETTING)
     per_prompt: dict = field(default_factory=dict, repr=False)
 
     def summary_lines(self) -> list[str]:
@@ -366,20 +371,40 @@ def stack_prompts(parts):
 
 # ---------------------------------------------------------------------- tidy rows
 class _Table:
-    """Per-prompt values by (setting, n, predictor, metric), each tagged with its world."""
+    """Per-prompt values by (setting, n, predictor, metric), each tagged with its world (an index
+    into ``world_labels``, the names the verdicts give the worlds).  ``hidden`` values are read
+    like the others but written as no row: the headroom of an unperturbed setting that the
+    phenomenon's own sweep leaves out (the CSV keeps exactly the swept settings)."""
 
-    def __init__(self):
+    def __init__(self, world_labels=None):
         self.data = defaultdict(list)
+        self.hidden = defaultdict(list)
+        self.world_labels = None if world_labels is None else list(world_labels)
 
-    def add(self, setting, n, predictor, metric, wid, values):
+    def add(self, setting, n, predictor, metric, wid, values, hidden=False):
         v = np.asarray(values, np.float64).reshape(-1)
-        self.data[(str(setting), n, predictor, metric)].append((np.full(v.size, wid), v))
+        (self.hidden if hidden else self.data)[(str(setting), n, predictor, metric)].append((np.full(v.size, wid), v))
 
     def values(self, setting, n, predictor, metric):
-        got = self.data.get((str(setting), n, predictor, metric))
+        key = (str(setting), n, predictor, metric)
+        got = self.data.get(key) or self.hidden.get(key)
         if not got:
             return None, None
         return np.concatenate([g[1] for g in got]), np.concatenate([g[0] for g in got])
+
+    def label(self, wid):
+        """The JSON name of world index ``wid`` (its world seed when the run was given them)."""
+        if self.world_labels is None or not 0 <= int(wid) < len(self.world_labels):
+            return int(wid)
+        return _jsonable(self.world_labels[int(wid)])
+
+    def world_means(self, x: np.ndarray, wids: np.ndarray) -> dict:
+        """{'worlds': labels, 'world_means': [...]}: each world's mean of the per-prompt values x (P,)
+        over its prompts (NaNs dropped; NaN when it has none), worlds in the order of
+        ``np.unique(wids)``: exactly the world means ``metrics.world_ci`` averages."""
+        ids = np.unique(wids)
+        means = [float(mean_ci(x[wids == i][:, None], axis=0)[0][0]) for i in ids]
+        return {"worlds": [self.label(i) for i in ids], "world_means": [_round(m) for m in means]}
 
     def rows(self) -> list[dict]:
         out = []
@@ -403,27 +428,53 @@ def _round(v) -> float:
 
 def paired(table: _Table, a: tuple, b: tuple) -> dict:
     """Mean and 95% CI over worlds of the per-prompt difference a - b (same prompts in the same
-    order): {'mean', 'ci_low', 'ci_high', 'n_prompts', 'n_worlds', 'excludes_0'}."""
+    order): {'mean', 'ci_low', 'ci_high', 'n_prompts', 'n_worlds', 'excludes_0', 'worlds',
+    'world_means'} (each world's mean difference, :meth:`_Table.world_means`: the units of the
+    interval, so that ratios and paired comparisons over worlds can be formed from them)."""
     xa, wa = table.values(*a)
     xb, wb = table.values(*b)
     if xa is None or xb is None or xa.shape != xb.shape or not np.array_equal(wa, wb):
         return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_prompts": 0,
-                "n_worlds": 0, "excludes_0": False}
+                "n_worlds": 0, "excludes_0": False, "worlds": [], "world_means": []}
     m, lo, hi, cnt, nw = world_ci((xa - xb)[:, None], wa)
     return {"mean": _round(m[0]), "ci_low": _round(lo[0]), "ci_high": _round(hi[0]), "n_prompts": int(cnt[0]),
-            "n_worlds": int(nw[0]), "excludes_0": bool(lo[0] > 0 or hi[0] < 0)}
+            "n_worlds": int(nw[0]), "excludes_0": bool(lo[0] > 0 or hi[0] < 0), **table.world_means(xa - xb, wa)}
 
 
 def _row_value(table: _Table, *key) -> dict:
+    """Mean and 95% CI over worlds of one key's per-prompt values, clipped like the rows, with
+    'worlds' and 'world_means' (:meth:`_Table.world_means`)."""
     x, w = table.values(*key)
     if x is None:
-        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_prompts": 0,
+                "n_worlds": 0, "worlds": [], "world_means": []}
     m, lo, hi, cnt, nw = world_ci(x[:, None], w)
     lo = np.maximum(lo, 0.0)                     # as in the rows: every metric here is >= 0
     if key[-1] in BOUNDED:
         hi = np.minimum(hi, 1.0)
     return {"mean": _round(m[0]), "ci_low": _round(lo[0]), "ci_high": _round(hi[0]), "n_prompts": int(cnt[0]),
-            "n_worlds": int(nw[0])}
+            "n_worlds": int(nw[0]), **table.world_means(x, w)}
+
+
+#: The setting under which labels and shift keep their unperturbed prompts' TV(exact Bayes,
+#: oracle) when the swept fractions / shifts leave out 0 (hidden: no rows).
+HEADROOM_SETTING = "headroom"
+
+
+def headroom(table: _Table, setting: str, n, name: str | None = None) -> dict:
+    """How far exact Bayes still is from the oracle in the unperturbed ``setting`` at ``n``: the
+    room a perturbation has to move it.  :func:`_row_value` of the per-prompt TV(bayes, oracle)
+    (the ``tv_oracle`` of predictor 'bayes') plus 'n_demos' and 'setting' (``name``, default
+    ``setting``: what the unperturbed setting is)."""
+    return {**_row_value(table, setting, n, "bayes", "tv_oracle"), "n_demos": n,
+            "setting": str(setting if name is None else name)}
+
+
+def _add_headroom(table: _Table, n, wid, pr: dict, y) -> None:
+    """Keep TV(exact Bayes, oracle) per prompt of the unperturbed prompts' predictions ``pr``
+    (:func:`predict`, first n) under HEADROOM_SETTING."""
+    tv = scores(pr["bayes"][:, 0], pr["oracle"][:, 0], y)["tv_oracle"]
+    table.add(HEADROOM_SETTING, n, "bayes", "tv_oracle", wid, tv, hidden=True)
 
 
 def _fmt(d: dict) -> str:
@@ -610,6 +661,7 @@ def _labels(ctxs, p, seed, tick, table, info):
         prompts = sample_prompts(w, B, n, k, seed)
         priority = rng.random((B, n))
         y = label_index(label_set, prompts.y_test)
+        clean = None
         for mode in p["modes"]:
             mapping = maps[mode]
             if mapping is None:
@@ -619,6 +671,8 @@ def _labels(ctxs, p, seed, tick, table, info):
             fset = np.isin(label_set, F)
             for f in p["fractions"]:
                 pr = predict(ctx, remap(prompts, mapping, f, priority), label_set)
+                if f == 0 and clean is None:
+                    clean = pr                    # remap at 0 returns the very prompts: every mode's f = 0
                 setting = f"{mode}:{f:g}"
                 for name, a in pr.items():
                     a = a[:, 0]
@@ -633,6 +687,7 @@ def _labels(ctxs, p, seed, tick, table, info):
                     table.add(setting, n, name, "mass_remapped", ctx.wid, a[rows, np.clip(y_new, 0, None)])
                     if mode == "format":
                         table.add(setting, n, name, "mass_format_set", ctx.wid, a[:, fset].sum(-1))
+        _add_headroom(table, n, ctx.wid, clean if clean is not None else predict(ctx, prompts, label_set), y)
 
 
 def _labels_verdict(table, p, info, has_model):
@@ -667,7 +722,8 @@ def _labels_verdict(table, p, info, has_model):
                          f"under every concept with prior > 0)")
     rule = ("a predictor follows the demonstrations (the pretraining concepts) when the 95% CI over worlds of its "
             "per-prompt mass_remapped − mass_original at the largest fraction lies above (below) 0; undecided otherwise")
-    return {"text": f"n = {n}: " + "; ".join(parts), "rule": rule, **out}
+    return {"text": f"n = {n}: " + "; ".join(parts), "rule": rule, **out,
+            "headroom": headroom(table, HEADROOM_SETTING, n, "fraction 0")}
 
 
 # ---------------------------------------------------------------------- prior
@@ -792,7 +848,7 @@ def _prior_verdict(table, p, info, has_model):
               f"η²ε_θ (span) over {out['n_floor_pairs']} (world, concept, prior) triples is {rho:.2f}")
     rule = ("a predictor fails to overcome the pretraining preference at a prior when the 95% CI over worlds of its "
             "per-prompt TV to the oracle at the largest n minus the same at the uniform prior lies above 0")
-    return {"text": text, "rule": rule, **out}
+    return {"text": text, "rule": rule, **out, "headroom": headroom(table, prior_setting(info, ranks[0]), n)}
 
 
 def _rank_text(info, rank):
@@ -896,7 +952,7 @@ def _retrieval_verdict(table, p, info, has_model):
     rule = ("retrieval helps (hurts) a predictor when the 95% CI over worlds of the per-prompt difference in TV to the "
             "oracle, retrieved at the smallest bandwidth minus random (same pools, same noise), lies below (above) 0; "
             "the kernel's bias shrinks when its TV at the smallest minus the largest bandwidth lies below 0")
-    return {"text": text, "rule": rule, **out}
+    return {"text": text, "rule": rule, **out, "headroom": headroom(table, "random", n)}
 
 
 # ---------------------------------------------------------------------- shift
@@ -989,6 +1045,7 @@ def _shift(ctxs, p, seed, tick, table, info):
         base = sample_prompts(w, B, n, k, seed)
         blocks = demo_blocks(base)
         pre = ctx.ks.theory()
+        clean = False
         for kind in p["kinds"]:
             for target in p["targets"]:
                 tick(f"world {ctx.wid}: {kind} on {target}", done, total)
@@ -1022,6 +1079,9 @@ def _shift(ctxs, p, seed, tick, table, info):
                         xs = xd2
                     y = label_index(w.labels, prompts.y_test)
                     pr = predict(ctx, prompts)
+                    if size == 0 and not clean:   # every kind and target leaves the prompts as they are at 0
+                        _add_headroom(table, n, ctx.wid, pr, y)
+                        clean = True
                     imp = ~np.isfinite(pr["bayes"][:, 0]).all(-1)
                     table.add(setting, n, "bayes", "impossible_x", ctx.wid, imp.astype(float))
                     for name, a in pr.items():
@@ -1038,6 +1098,8 @@ def _shift(ctxs, p, seed, tick, table, info):
                         table.add(setting, math.inf, "kernel", "eps_shift", ctx.wid, [eps])
                     if target == "x_test":
                         _shift_floor(ctx, prompts, table, setting)
+        if not clean:
+            _add_headroom(table, n, ctx.wid, predict(ctx, base), label_index(w.labels, base.y_test))
 
 
 def _shift_floor(ctx, prompts, table, setting):
@@ -1087,7 +1149,7 @@ def _shift_verdict(table, p, info, has_model):
     text = f"accuracy at n = {n}, clean → shift {big:g} (n.s.: the CI over worlds of the change includes 0): " + "; ".join(bits)
     rule = ("a shift hurts a predictor when the 95% CI over worlds of its per-prompt accuracy at the largest shift "
             "minus at shift 0 (same prompts and demonstrations) lies below 0")
-    return {"text": text, "rule": rule, **out}
+    return {"text": text, "rule": rule, **out, "headroom": headroom(table, HEADROOM_SETTING, n, "shift 0")}
 
 
 # ---------------------------------------------------------------------- the experiment
@@ -1139,7 +1201,7 @@ def run(name: str, *, preset: str = "ginc-small", world_seeds=(0, 1, 2), overrid
                                                                              model_info)))
         else:
             ctxs.append(("", _ctx(w, wi, k, seed, model_info)))
-    table, info = _Table(), {"model_world": model_info[1]}
+    table, info = _Table(labels), {"model_world": model_info[1]}
     if model_info[0] is not None:
         info["model_setting"] = next((s for s, c in ctxs if c.model is not None), None)
     runner, verdict_fn = _RUNNERS[name]
@@ -1169,7 +1231,7 @@ def run(name: str, *, preset: str = "ginc-small", world_seeds=(0, 1, 2), overrid
                 metrics={m: d for m, d in METRIC_DESCRIPTIONS.items() if any(r["metric"] == m for r in rows)},
                 ci="95%: mean of the world means ± t(0.975, W-1) · sd / √W (worlds the unit), over prompts with one "
                    "world; clipped to the metric's range")
-    per_prompt = {key: table.values(*key) for key in table.data}
+    per_prompt = {key: table.values(*key) for key in (*table.data, *table.hidden)}
     return PhenomenonResult(name, rows, verdict, meta, elapsed, title, per_prompt)
 
 

@@ -2,12 +2,12 @@
 
 A sweep config names a command and a grid of its options::
 
-    command = "converge"          # converge | bayes | icl-eval | measure | phenomena | train
+    command = "converge"          # converge | bayes | icl-eval | measure | phenomena | train | regime
     [options]                     # fixed keyword arguments of the command's run() (Python names)
     n_demos = "1..64"
     n_prompts = 100
     [grid]                        # each a list: every combination is one job
-    world_seed = [0, 1, 2, 3]     # sugar for world_seeds = [s] (converge, phenomena)
+    world_seed = [0, 1, 2, 3]     # sugar for world_seeds = [s] (converge, phenomena, regime)
     preset = ["ginc-small", "paper-c"]
     [zip]                         # optional: lists of one length that vary together
     n_prompts = [50, 100]         # ([[zip]] for several such groups)
@@ -34,7 +34,7 @@ before its marker.
 Outputs in ``out``: ``sweep.parquet`` and ``sweep.csv`` (the main table: ``job``, the grid's
 columns, ``status``, ``error``, then the job's own rows; a failed job is one row with its error),
 ``sweep.<table>.parquet/csv`` for a command's other tables (converge: floors, fits; measure:
-pooled; phenomena: verdicts), and ``sweep.json`` (config, versions, per job: status, wall time,
+pooled; phenomena: verdicts; regime: worlds), and ``sweep.json`` (config, versions, per job: status, wall time,
 worker, error).  The tables are built by streaming the job tables one at a time.
 """
 
@@ -52,14 +52,18 @@ from pathlib import Path
 
 #: command -> (module with run(), the run() argument that receives trained run folders or None)
 COMMANDS = {"converge": ("convergence", None), "bayes": ("bayes", None), "icl-eval": ("icl_eval", "run_dir"),
-            "measure": ("alignment", "checkpoint"), "phenomena": ("phenomena", "run_dir"), "train": ("train", None)}
+            "measure": ("alignment", "checkpoint"), "phenomena": ("phenomena", "run_dir"), "train": ("train", None),
+            "regime": ("regime", None)}
 #: command -> {table name (None: the main one): file name in a job folder} ({name}: phenomena's name)
 TABLES = {"converge": {None: "convergence.csv", "floors": "floors.csv", "fits": "fits.csv"},
           "bayes": {None: "bayes.csv"},
           "icl-eval": {None: "icl_vs_bayes.csv"},
           "measure": {None: "references.csv", "pooled": "pooled.csv"},
           "phenomena": {None: "{name}.csv", "verdicts": "verdicts.csv"},
-          "train": {None: "train.csv"}}
+          "train": {None: "train.csv"},
+          "regime": {None: "regime.csv", "worlds": "regime_worlds.csv"}}
+#: commands whose run() takes world_seeds, so that a grid may give world_seed (one world a job)
+WORLD_SEEDS_COMMANDS = ("converge", "phenomena", "regime")
 FIT_COLUMNS = ("kernel", "estimator", "slope", "amplitude", "floor", "degenerate", "metric", "with_floor")
 TRAIN_COLUMNS = ("run_dir", "status", "reason", "step", "val_loss", "floor", "gap", "elapsed_s")
 VERDICT_COLUMNS = ("name", "text", "verdict_json")
@@ -127,7 +131,7 @@ def _allowed_options(command: str) -> set:
         from .train import TrainConfig
         params |= set(TrainConfig.__dataclass_fields__) - {"corpus"}
         params -= {"config"}
-    if command in ("converge", "phenomena"):
+    if command in WORLD_SEEDS_COMMANDS:
         params.add("world_seed")
     params.discard("params")
     if command == "phenomena":
@@ -219,7 +223,7 @@ def _job_call(command: str, values: dict, train: dict | None):
             tr[k[6:]] = v
         else:
             opts[k] = v
-    if "world_seed" in opts and command in ("converge", "phenomena"):
+    if "world_seed" in opts and command in WORLD_SEEDS_COMMANDS:
         opts["world_seeds"] = [opts.pop("world_seed")]
     if isinstance(opts.get("n_demos"), str):
         from .options import parse_n_demos

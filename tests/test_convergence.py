@@ -181,6 +181,89 @@ def test_a_balanced_prior_does_not_order_the_floors_by_epsilon():
     assert (ood_highest, eps_agrees) == (36, 32)
 
 
+IDENTITY_ESTIMATORS = ("averaged", "normalised")
+
+
+@SLOW
+@given(seed=st.integers(0, 10_000), restart=st.booleans(), k=st.sampled_from([2, 3]))
+def test_oracle_floor_is_within_the_identity_bound(seed, restart, k):
+    """floors.csv's identity_bound: on every oracle (Σ_θ*) row of the averaged and normalised
+    estimators floor_tv <= identity_bound, and the bound equals the q_θ-weighted mean of the
+    per-input bounds δ/2 and min(δ/(1 − δ), 1) (δ = kernel.ridge_bias_bound); every other row
+    is NaN.  Per input x*, independently of the floors' moment path: the limits rebuilt from the
+    Gram matrix over the concept's inputs (kernel.limits) are within their bound after
+    to_distribution, which is what the derivation in docs/theory.md §18 claims."""
+    world = make_world("random", seed=seed, n_concepts=2, n_states=3, n_symbols=5, restart=restart)
+    ks = convergence.KernelSet(world, k)
+    rows = convergence.concept_floors(ks, range(2))
+    checked = 0
+    for r in rows:
+        if r["kernel"] != "oracle" or r["estimator"] not in IDENTITY_ESTIMATORS:
+            assert np.isnan(r["identity_bound"]), r
+            continue
+        c, e = r["concept"], r["estimator"]
+        con = ks.concept(c)
+        w = con.sample.weights
+        delta = kernel.ridge_bias_bound(con.model, con.psi, kernel.belief_readout(ks.ew, c))
+        per = delta / 2 if e == "averaged" else np.where(delta < 1, np.minimum(delta / (1 - delta), 1.0), 1.0)
+        assert r["identity_bound"] == pytest.approx(float(w @ per), rel=1e-12)
+        assert r["floor_tv"] <= r["identity_bound"]
+        lim = kernel.limits(con.model.gram(con.psi, con.psi), con.sample, (e,))[e]
+        tv = np.abs(kernel.to_distribution(lim.scores, e) - con.sample.label_probs).sum(1) / 2
+        assert (tv <= per + 1e-12).all()
+        np.testing.assert_allclose(float(w @ tv), r["floor_tv"], rtol=1e-8, atol=1e-12)
+        checked += 1
+    assert checked == 2 * len(IDENTITY_ESTIMATORS)
+
+
+def test_identity_bound_is_not_vacuous_and_vanishes_with_the_ridge():
+    """The check can fail: the theory kernel's (Σ_pretrain) floor, put in place of the oracle's,
+    exceeds the oracle's identity_bound for some (concept, estimator) of a world with a visible
+    floor (measured: averaged, theory floors 0.08-0.11 against bounds about 0.03).  And the bound is
+    the ridge's: it shrinks with λ (each 100x smaller ridge makes it > 10x smaller) and still
+    holds.  Operator features are not exactly linear: NaN there."""
+    world = make_world("random", seed=0, n_concepts=3, n_states=5, n_symbols=7)
+    F, _ = floor_table(world, k=3)
+    bound = {(c, e): F[c, "oracle", e]["identity_bound"] for c in range(3) for e in IDENTITY_ESTIMATORS}
+    assert all(F[c, "oracle", e]["floor_tv"] <= b for (c, e), b in bound.items())
+    assert any(F[c, "theory", e]["floor_tv"] > b for (c, e), b in bound.items())
+    previous = None
+    for ridge in (1e-2, 1e-4, 1e-6):
+        ks = convergence.KernelSet(world, 3, ridge=ridge)
+        rows = convergence.concept_floors(ks, range(3), ("oracle",), IDENTITY_ESTIMATORS)
+        worst = max(r["identity_bound"] for r in rows)
+        assert all(r["floor_tv"] <= r["identity_bound"] for r in rows)
+        if previous is not None:
+            assert worst < previous / 10, (ridge, worst, previous)
+        previous = worst
+    assert previous < 1e-3
+    ks = convergence.KernelSet(world, 3, features="operator")
+    rows = convergence.concept_floors(ks, [0], ("oracle",), IDENTITY_ESTIMATORS)
+    assert all(np.isnan(r["identity_bound"]) for r in rows)
+
+
+def test_identity_bound_needs_the_exact_readout(monkeypatch):
+    """Where P(y | x, θ) = Uψ(x) fails the identity bounds nothing: NaN rather than a number."""
+    world = make_world("random", seed=1, n_concepts=2, n_states=3, n_symbols=5)
+    real = kernel.belief_readout
+    monkeypatch.setattr(kernel, "belief_readout", lambda w, c: 0.9 * real(w, c))
+    rows = convergence.concept_floors(convergence.KernelSet(world, 2), range(2), ("oracle",), IDENTITY_ESTIMATORS)
+    assert rows and all(np.isnan(r["identity_bound"]) for r in rows)
+    monkeypatch.setattr(kernel, "belief_readout", real)
+    rows = convergence.concept_floors(convergence.KernelSet(world, 2), range(2), ("oracle",), IDENTITY_ESTIMATORS)
+    assert all(np.isfinite(r["identity_bound"]) for r in rows)
+
+
+def test_identity_bounds_rejects_other_estimators():
+    with pytest.raises(ValueError, match="^estimator 'clipped' has no ridge-identity bound; allowed: averaged, "
+                                         "normalised$"):
+        convergence.identity_bounds(np.zeros(2), "clipped")
+    # the averaged estimate is not renormalised: no cap at 1
+    np.testing.assert_allclose(convergence.identity_bounds(np.array([0.1, 4.0]), "averaged"), [0.05, 2.0])
+    np.testing.assert_allclose(convergence.identity_bounds(np.array([0.1, 0.5, 1.0, 3.0]), "normalised"),
+                               [0.1 / 0.9, 1.0, 1.0, 1.0])
+
+
 def test_bayes_follows_the_delimited_likelihood_not_the_concept():
     """Why distinguishability is measured: random preset seed 0 (K 3, S 5, V 7, concentration 1)
     with prior (0.5, 0.5, 0) has a negative margin: a demonstration of concept 0, delimiter

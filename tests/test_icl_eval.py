@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from simkernel import bayes, convergence, kernel, make_world  # noqa: E402
+from simkernel import bayes, convergence, kernel, make_world, metrics  # noqa: E402
 from simkernel import icl_eval  # noqa: E402
 from simkernel.metrics import compare, restrict  # noqa: E402
 from simkernel.sampling import sample_prompt_set  # noqa: E402
@@ -197,9 +197,10 @@ def test_kernel_skipped_with_a_reason(world, monkeypatch):
     the kernel rows go, with the reason recorded."""
     monkeypatch.setattr(kernel, "FEATURE_MEMORY_LIMIT", 0)
     rows, info = icl_eval.evaluate(BayesStub(world), world, [0, 2], example_length=3, n_prompts=8)
-    # the label frequencies need no features: they stay beside the Bayes rows
-    assert {r["metric"] for r in rows} == set(icl_eval.BASE_METRICS) | set(icl_eval.FREQUENCY_METRICS)
-    assert {r["n_demos"] for r in rows if r["metric"] in icl_eval.FREQUENCY_METRICS} == {2}
+    # the label frequencies need no features: they stay beside the Bayes rows, with their direction
+    assert {r["metric"] for r in rows} == set(icl_eval.BASE_METRICS) | set(icl_eval.FREQUENCY_METRICS) | \
+        {"dir_frequency"}
+    assert {r["n_demos"] for r in rows if r["metric"] in icl_eval.FREQUENCY_METRICS + ("dir_frequency",)} == {2}
     assert "GiB" in info["kernel"]["skipped"]["prior"] and info["kernel"]["sigma"] == {}
     _, info = icl_eval.evaluate(BayesStub(world), world, [0], example_length=3, n_prompts=4)
     assert "needs a demonstration" in info["kernel"]["skipped"]["prior"]
@@ -288,6 +289,93 @@ def test_crafted_kernel_ties_score_one_over_m(world, monkeypatch):
             (in_tie / sizes).mean(), rel=1e-12)
         assert by(rows, icl_eval.kernel_metric("agree_kernel", est))[2]["mean"] == pytest.approx(
             (has_0 / sizes).mean(), rel=1e-12)
+
+
+def corr_rows(a, b):
+    """np.corrcoef per row of a, b (B, L); NaN where a row of either has zero variance."""
+    out = np.full(len(a), np.nan)
+    for i, (u, v) in enumerate(zip(a, b)):
+        if np.isfinite(u).all() and np.isfinite(v).all() and np.ptp(u) > 0 and np.ptp(v) > 0:
+            out[i] = np.corrcoef(u, v)[0, 1]
+    return out
+
+
+def synthetic(B=12, L=4, n=3, seed=0):
+    """A curve over V = L + 1 symbols (symbol 0 the delimiter, labels 1..L), kernel and frequency
+    estimates (B, n, L), all random distributions; the last prompt has no exact Bayes answer."""
+    rng = np.random.default_rng(seed)
+    pred = rng.dirichlet(np.ones(L + 1), size=(B, n + 1))
+    pred[-1] = np.nan
+    curve = SimpleNamespace(predictive=pred, oracle=rng.dirichlet(np.ones(L + 1), size=B))
+    kest = {("theory", "normalised"): rng.dirichlet(np.ones(L), size=(B, n)),
+            ("frequency", "normalised"): rng.dirichlet(np.ones(L), size=(B, n))}
+    return curve, kest, np.arange(1, L + 1), rng.integers(0, L, size=B)
+
+
+def test_direction_metrics_against_corrcoef():
+    """dir_kernel, dir_frequency and dir_gap through prompt_metrics, on synthetic arrays, against
+    np.corrcoef per prompt of (model − Bayes) with (kernel − Bayes) and (frequencies − Bayes);
+    NaN where Bayes is undefined."""
+    curve, kest, labels, y = synthetic()
+    n = 3
+    p = restrict(curve.predictive[:, n], labels)
+    q = np.random.default_rng(1).dirichlet(np.ones(4), size=len(y))
+    per = icl_eval.prompt_metrics(q, curve, n, y, labels, kest)
+    k, f = kest[("theory", "normalised")][:, n - 1], kest[("frequency", "normalised")][:, n - 1]
+    want_k, want_f = corr_rows(q - p, k - p), corr_rows(q - p, f - p)
+    assert np.isnan(want_k[-1]) and np.isfinite(want_k[:-1]).all()
+    np.testing.assert_allclose(per["dir_kernel"], want_k, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(per["dir_frequency"], want_f, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(per["dir_gap"], want_k - want_f, rtol=1e-12, atol=1e-12)
+    assert list(per)[-3:] == list(icl_eval.DIRECTION_METRICS)
+    # no direction without demonstrations
+    assert not set(icl_eval.DIRECTION_METRICS) & set(icl_eval.prompt_metrics(q, curve, 0, y, labels, kest))
+
+
+def test_direction_metrics_known_answers_and_constant_departures():
+    """A model equal to the kernel: dir_kernel 1.  A model equal to Bayes plus half the label
+    frequencies' departure: dir_frequency 1.  A model equal to Bayes (a constant, zero departure)
+    or frequencies equal to Bayes: NaN, and mean_ci leaves those prompts out of the row."""
+    curve, kest, labels, y = synthetic()
+    n, B = 2, len(y)
+    p = restrict(curve.predictive[:, n], labels)
+    k, f = kest[("theory", "normalised")][:, n - 1], kest[("frequency", "normalised")][:, n - 1]
+    ok = np.isfinite(p).all(-1)
+    per = icl_eval.prompt_metrics(k.copy(), curve, n, y, labels, kest)
+    np.testing.assert_allclose(per["dir_kernel"][ok], 1.0, atol=1e-12)
+    per = icl_eval.prompt_metrics(np.where(ok[:, None], p + 0.5 * (f - p), 1 / 4), curve, n, y, labels, kest)
+    np.testing.assert_allclose(per["dir_frequency"][ok], 1.0, atol=1e-12)
+    # the first half of the prompts: the model is exact Bayes
+    q = np.where((np.arange(B) < B // 2)[:, None], p, f)
+    per = icl_eval.prompt_metrics(q, curve, n, y, labels, kest)
+    assert np.isnan(per["dir_kernel"][:B // 2]).all() and np.isnan(per["dir_gap"][:B // 2]).all()
+    assert np.isfinite(per["dir_kernel"][B // 2:-1]).all()
+    m, _lo, _hi, cnt = metrics.mean_ci(per["dir_kernel"])
+    assert cnt == B - B // 2 - 1 and m == pytest.approx(np.mean(corr_rows(f - p, k - p)[B // 2:-1]))
+    # frequencies that equal Bayes have no direction: dir_frequency and dir_gap NaN, dir_kernel kept
+    kest2 = dict(kest)
+    kest2[("frequency", "normalised")] = kest[("frequency", "normalised")].copy()
+    kest2[("frequency", "normalised")][:, n - 1] = np.where(ok[:, None], p, 1 / 4)
+    per = icl_eval.prompt_metrics(f, curve, n, y, labels, kest2)
+    assert np.isnan(per["dir_frequency"]).all() and np.isnan(per["dir_gap"]).all()
+    assert np.isfinite(per["dir_kernel"][:-1]).all()
+    # two labels: departures of distributions are ±(a, −a), so the correlation is ±1
+    a = icl_eval.departure_correlation(np.array([[0.1, -0.1], [0.2, -0.2]]), np.array([[0.3, -0.3], [-0.1, 0.1]]))
+    np.testing.assert_allclose(a, [1.0, -1.0])
+
+
+def test_direction_rows_of_stub_models(world):
+    """Through evaluate: a model that returns the theory kernel's estimate has dir_kernel 1 on
+    every prompt where the kernel departs from Bayes; a model that is exact Bayes (float32
+    logits) has no departure, so no direction: rows with n_prompts 0."""
+    rows, _ = icl_eval.evaluate(KernelStub(world, 3, seed=4), world, [2, 5], example_length=3, n_prompts=20, seed=4)
+    for n in (2, 5):
+        r = by(rows, "dir_kernel")[n]
+        assert r["n_prompts"] >= 15 and r["mean"] == pytest.approx(1.0, abs=1e-6)
+        assert by(rows, "dir_gap")[n]["mean"] == pytest.approx(1.0 - by(rows, "dir_frequency")[n]["mean"], abs=1e-6)
+    rows, _ = icl_eval.evaluate(BayesStub(world), world, [2], example_length=3, n_prompts=10, seed=4)
+    for m in icl_eval.DIRECTION_METRICS:
+        assert by(rows, m)[2]["n_prompts"] == 0
 
 
 def test_baseline_series_has_its_own_style():

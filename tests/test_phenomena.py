@@ -351,3 +351,145 @@ def test_model_path(run_dir, tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="n_demos 16 makes prompts of 66 symbols"):
         ph.run("labels", quick=True, run_dir=run_dir, device="cpu", world_seeds=(0,), n_demos=16)
+
+
+# ---------------------------------------------------------------------- per-world effects and headroom
+def effect_dicts(obj, path=()):
+    """Every dict inside a verdict that carries world_means, with its path."""
+    if isinstance(obj, dict):
+        if "world_means" in obj:
+            yield path, obj
+        for k, v in obj.items():
+            yield from effect_dicts(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from effect_dicts(v, path + (i,))
+
+
+def world_means_of(res, key, minus=None, labels=None):
+    """Per world (in the order of its label), the nanmean of the per-prompt values of ``key``
+    (minus those of ``minus``), from res.per_prompt alone."""
+    x, w = res.per_prompt[key]
+    if minus is not None:
+        x2, w2 = res.per_prompt[minus]
+        np.testing.assert_array_equal(w, w2)
+        x = x - x2
+    return [float(np.nanmean(x[w == i])) if np.isfinite(x[w == i]).any() else math.nan for i in np.unique(w)]
+
+
+def check_effects(verdict, seeds):
+    """Every effect dict: worlds are the run's world seeds, world_means as long, their mean (NaN
+    worlds dropped, as world_ci drops them) is `mean`; n_worlds counts the finite ones."""
+    found = list(effect_dicts(verdict))
+    assert found
+    for path, d in found:
+        assert len(d["worlds"]) == len(d["world_means"]), path
+        if d["n_prompts"] == 0:
+            assert d["worlds"] == [] and math.isnan(d["mean"]), path
+            continue
+        assert set(d["worlds"]) <= set(seeds), path
+        wm = np.array(d["world_means"], float)
+        assert d["n_worlds"] == int(np.isfinite(wm).sum()), path
+        if np.isfinite(wm).sum() >= 2:
+            assert d["mean"] == pytest.approx(np.nanmean(wm), rel=1e-5, abs=1e-9), path
+    # a JSON round trip keeps every effect (NaN included)
+    back = json.loads(json.dumps(verdict))
+    assert json.dumps(back, sort_keys=True) == json.dumps(verdict, sort_keys=True)
+    return dict(found)
+
+
+def check_headroom(verdict, res, key):
+    h = verdict["headroom"]
+    assert set(h) >= {"mean", "ci_low", "ci_high", "n_worlds", "worlds", "world_means", "n_demos"}
+    assert 0.0 <= h["ci_low"] <= h["mean"] <= h["ci_high"] <= 1.0
+    assert all(0.0 <= m <= 1.0 for m in h["world_means"])
+    np.testing.assert_allclose(h["world_means"], world_means_of(res, key), rtol=1e-5, atol=1e-12)
+    return h
+
+
+def test_retrieval_effects_carry_world_means():
+    seeds = (3, 1)
+    res = ph.run("retrieval", quick=True, world_seeds=seeds)
+    v, n = res.verdict, res.meta["config"]["n_demos"]
+    found = check_effects(v, seeds)
+    bw = v["bandwidth"]
+    for sel in ("kernel", "similarity", "overlap"):
+        for pred in ("bayes", "kernel", "frequency"):
+            d = v[sel][pred]["tv_oracle_minus_random"]
+            assert d["worlds"] == [3, 1]                                  # world index 0 is seed 3
+            want = world_means_of(res, (f"{sel}:{bw:g}", n, pred, "tv_oracle"), ("random", n, pred, "tv_oracle"))
+            np.testing.assert_allclose(d["world_means"], want, rtol=1e-5, atol=1e-12)
+    assert ("kernel", "bayes", "tv_oracle_minus_random") in found
+    h = check_headroom(v, res, ("random", n, "bayes", "tv_oracle"))
+    assert h["setting"] == "random" and h["n_demos"] == n and h["worlds"] == [3, 1]
+
+
+def test_labels_effects_and_headroom_from_the_unremapped_prompts():
+    """The per-mode effects' world means against per_prompt; the headroom is TV(exact Bayes,
+    oracle) of the unremapped prompts, computed independently (posterior_predictive of the whole
+    prompt, icl_curve's oracle), the same whether the sweep holds fraction 0 or not."""
+    seeds = (0, 1)
+    res = ph.run("labels", quick=True, world_seeds=seeds, fractions=(0.0, 1.0))
+    v, n, B = res.verdict, res.meta["config"]["n_demos"], res.meta["config"]["n_prompts"]
+    check_effects(v, seeds)
+    for mode in ("flip", "format"):
+        for pred in ("bayes", "kernel", "frequency"):
+            if pred not in v[mode]:
+                continue
+            want = world_means_of(res, (f"{mode}:1", n, pred, "mass_remapped"), (f"{mode}:1", n, pred, "mass_original"))
+            np.testing.assert_allclose(v[mode][pred]["world_means"], want, rtol=1e-5, atol=1e-12)
+    h = check_headroom(v, res, ("flip:0", n, "bayes", "tv_oracle"))
+    want = []
+    for wid, s in enumerate(seeds):
+        world = make_world("ginc-small", s)
+        prompts = sample_prompts(world, B, n, 3, 0)
+        label_set = np.array(res.meta["info"]["maps"][str(wid)]["label_set"])
+        b = restrict(bayes.posterior_predictive(world, prompts.tokens), label_set)
+        o = restrict(bayes.icl_curve(world, prompts).oracle, label_set)
+        want.append(float(np.nanmean(tv(b, o))))
+    np.testing.assert_allclose(h["world_means"], want, rtol=1e-5, atol=1e-12)
+    # without fraction 0 in the sweep the headroom is computed from the same prompts
+    res1 = ph.run("labels", quick=True, world_seeds=seeds, fractions=(1.0,), modes=("flip",))
+    assert not any(k[0] == "flip:0" for k in res1.per_prompt)
+    assert res1.verdict["headroom"]["world_means"] == h["world_means"]
+    assert res1.verdict["headroom"]["setting"] == "fraction 0"
+
+
+def test_shift_prior_and_order_effects_carry_world_means(tmp_path):
+    seeds = (0, 1)
+    res = ph.run("shift", quick=True, world_seeds=seeds, kinds=("typo",), targets=("x_test",))
+    v, n = res.verdict, res.meta["config"]["n_demos"]
+    check_effects(v, seeds)
+    for pred in ("bayes", "kernel", "frequency"):
+        want = world_means_of(res, ("typo/x_test:1", n, pred, "acc"), ("typo/x_test:0", n, pred, "acc"))
+        np.testing.assert_allclose(v["typo/x_test"][pred]["shifted_minus_clean"]["world_means"], want,
+                                   rtol=1e-5, atol=1e-12)
+    h = check_headroom(v, res, ("typo/x_test:0", n, "bayes", "tv_oracle"))
+    no0 = ph.run("shift", quick=True, world_seeds=seeds, kinds=("typo",), targets=("x_test",), shifts=(1.0,))
+    assert no0.verdict["headroom"]["world_means"] == h["world_means"]
+
+    res = ph.run("prior", quick=True, world_seeds=seeds, concepts=[0])
+    v, n = res.verdict, max(res.meta["config"]["n_demos"])
+    check_effects(v, seeds)
+    values = v["prior_values"]                                         # rank -> [prior]: the same in every world
+    first, last = (f"prior:{values[r][0]:.6g}" for r in (min(values), max(values)))
+    for pred in ("bayes", "kernel", "frequency"):
+        d = v["predictors"][pred]["vs_uniform"][-1]
+        np.testing.assert_allclose(d["world_means"], world_means_of(res, (last, n, pred, "tv_oracle"),
+                                                                    (first, n, pred, "tv_oracle")), rtol=1e-5,
+                                   atol=1e-12)
+    h = check_headroom(v, res, (first, n, "bayes", "tv_oracle"))
+    assert h["setting"] == first == "prior:0.5"
+
+    res = ph.run("order", quick=True, world_seeds=seeds)
+    v, n = res.verdict, max(res.meta["config"]["n_demos"])
+    check_effects(v, seeds)
+    for key, setting, pred in (("bayes_restart", "restart", "bayes"), ("bayes_restart_free", "restart-free", "bayes"),
+                               ("kernel_restart_free", "restart-free", "kernel")):
+        np.testing.assert_allclose(v[key]["world_means"], world_means_of(res, (setting, n, pred, "tv_perm")),
+                                   rtol=1e-5, atol=1e-15)
+    assert "headroom" not in v
+    # the written JSON holds them too
+    res.write(tmp_path / "o")
+    meta = json.loads((tmp_path / "o" / "order.json").read_text())
+    assert meta["verdict"]["bayes_restart_free"]["worlds"] == [0, 1]
