@@ -647,6 +647,8 @@ def train_cmd(corpus_dir, preset, world_file, world_seed, overrides, n_docs, doc
                     else "but no checkpoint yet; rerun the same command to start over")
             return _fail(f"interrupted at step {e.step}: {str(e.run_dir)!r} holds {e.contents} {then}", 130)
     if res.rank == 0:
+        if res.note:            # a damaged finished run trained again, or an older one's hashes recorded
+            click.echo(f"warning: {res.note}", err=True)
         click.echo(res.summary_line())
     return 0
 
@@ -810,7 +812,7 @@ def plot_sweep_cmd(folder, x, y, hue, table, where, out):
 
 # ---------------------------------------------------------------------- sweep
 @main.command("sweep", short_help="A grid of any command's runs on Dask, resumable, in one tidy table.")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the sweep (default sweeps/<CONFIG name>): jobs/, sweep.parquet, sweep.csv, sweep.json.")
 @click.option("--workers", type=POSITIVE, default=None,
@@ -818,13 +820,31 @@ def plot_sweep_cmd(folder, x, y, hue, table, where, out):
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="A running Dask scheduler (tcp://host:8786) instead of a local cluster.")
 @click.option("--retry-failed", is_flag=True, help="Run again the jobs that failed before (default: keep their error).")
-def sweep_cmd(config, out, workers, scheduler, retry_failed):
+@click.option("--verify", is_flag=True,
+              help="Run nothing: check the sweep folder (CONFIG's --out, or CONFIG itself when it is a sweep folder): "
+                   "every job finished, its outputs as its done marker recorded them (size and sha256), the "
+                   "combined tables as sweep.json recorded them; exit 1 with one line per problem.")
+def sweep_cmd(config, out, workers, scheduler, retry_failed, verify):
     """Run the grid of CONFIG (a TOML naming a command, its [options] and a [grid] of lists;
     see docs/guide/sweep.md) on Dask: one job per grid point, each in its own folder named by a
-    hash of its call.  A rerun skips the finished jobs; a failing job records its error and
-    the others go on; Ctrl-C stops cleanly."""
+    hash of its call.  A rerun verifies every finished job against its done marker (its outputs'
+    sizes and sha256), reruns the damaged ones and skips the rest; a failing job records its
+    error and the others go on; Ctrl-C stops cleanly.  With --verify nothing runs."""
     from . import sweep
 
+    if verify:
+        target = config if config.is_dir() else (out or Path("sweeps") / config.stem)
+        if out is not None and config.is_dir():
+            raise click.UsageError("give the sweep folder once: as CONFIG or as --out")
+        check = sweep.verify(target)
+        for line in check.summary_lines():
+            click.echo(line)
+        return 0 if check.ok else _fail(f"{len(check.problems)} problem{'s' if len(check.problems) != 1 else ''} in "
+                                        f"{target}: rerun `simkernel sweep CONFIG --out {target}` to rerun the "
+                                        f"damaged and missing jobs", 1)
+    if config.is_dir():
+        raise click.UsageError(f"{config} is a folder: give the sweep's config TOML to run it (a folder only with "
+                               f"--verify)")
     cfg = sweep.read_config(config)
     out = out or Path("sweeps") / config.stem
     bar = progress_bar(len(sweep.expand(cfg)), "sweep", "job")
@@ -837,17 +857,25 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed):
         if info["dashboard"]:
             click.echo(f"Dask dashboard: {info['dashboard']}", err=True)
 
+    def note(line):
+        click.echo(f"warning: {line}", err=True)
+
     try:
         with bar:
             res = sweep.run(cfg, out, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=tick,
-                            on_start=started)
+                            on_start=started, notify=note)
     except sweep.SweepInterrupted as e:
         for line in e.result.summary_lines():
             click.echo(line)
         return _fail(f"interrupted: the finished jobs are kept in {out}; run the same command again to resume", 130)
     for line in res.summary_lines():
         click.echo(line)
-    click.echo(_wrote(res.write(), res.meta["elapsed_s"]))
+    written = res.write()
+    if written:
+        click.echo(_wrote(written, res.meta["elapsed_s"]))
+    else:
+        click.echo(f"tables unchanged: {', '.join(str(p) for p in res.files())} (nothing ran, every job and table as "
+                   f"recorded) ({res.meta['elapsed_s']:.1f} s)")
     failed = res.counts()["failed"]
     if failed:
         return _fail(f"{failed} of {len(res.jobs)} jobs failed (their errors are above and in sweep.csv); fix the "
@@ -889,7 +917,7 @@ def report_cmd(quick, out, workers, scheduler, sweeps_dir):
 
     with bar:
         res = report.run(quick=quick, out=out, workers=workers, scheduler=scheduler, progress=tick,
-                         sweeps_dir=sweeps_dir)
+                         sweeps_dir=sweeps_dir, notify=lambda line: click.echo(f"warning: {line}", err=True))
     written = res.write(out)
     for line in res.summary_lines():
         click.echo(line)

@@ -20,7 +20,9 @@ Steps 1-3 are the model's work and are cached (:func:`save_outputs`) in the run 
 re-analysing with another weight, split or split seed never reruns the model.  The cache
 stores the attention, keys and values in float16, and :func:`execute` rounds them to float16
 before anything is analysed, so a first run and a cached rerun analyse the same numbers and
-give identical tables.  :func:`run` builds every prompt from the tokenizer and the model's
+give identical tables.  A cache file that cannot be read (the zip's CRC-32 of every member
+catches a changed byte) counts as missing: it is recomputed and replaced, and the run says so
+(:func:`read_cache`).  :func:`run` builds every prompt from the tokenizer and the model's
 config before it loads the weights, so a bad prompt or option fails in seconds.
 
 Defaults and why:
@@ -688,15 +690,42 @@ def write_npz(path, arrays: dict) -> Path:
     return path
 
 
+class CacheUnreadable(ValueError):
+    """A cache file that exists but cannot be read; ``reason`` is one line: the error's type and
+    message, e.g. "BadZipFile: Bad CRC-32 for file 'attn.npy'"."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cached model outputs {str(path)!r} cannot be read ({reason}); delete the file to "
+                         f"recompute them")
+
+
 def read_npz(path, build):
-    """``build(arrays)`` of a cache file; a damaged or incomplete file is a one-line ValueError."""
+    """``build(arrays)`` of a cache file; a damaged or incomplete file is a one-line
+    :class:`CacheUnreadable` (a ValueError).  Every member is read whole, so the zip's CRC-32
+    of each one catches a changed byte anywhere in the arrays."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return build({k: z[k] for k in z.files})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cached model outputs {str(path)!r} cannot be read ({type(e).__name__}); delete the "
-                         f"file to recompute them") from None
+        detail = " ".join(str(e).split())[:120]
+        raise CacheUnreadable(path, f"{type(e).__name__}: {detail}" if detail else type(e).__name__) from None
+
+
+def read_cache(path, loader):
+    """``(loader(path), None)`` for a readable cache file; ``(None, reason)`` for one that exists
+    but cannot be read (``loader`` raised :class:`CacheUnreadable`; ``reason`` is its one line),
+    which the caller recomputes like a missing one and replaces (the writer renames a complete
+    file over it); ``(None, None)`` when there is no file.  The one place both ``simkernel llm``
+    branches (text data, simulator worlds) decide that a damaged cache is a miss."""
+    path = Path(path)
+    if not path.is_file():
+        return None, None
+    try:
+        return loader(path), None
+    except CacheUnreadable as e:
+        return None, e.reason
 
 
 def save_outputs(path, outputs: Outputs) -> Path:
@@ -739,9 +768,10 @@ def analyse(outputs: Outputs, how: str = "max", n_select: int = 700, n_report: i
 @dataclass
 class Job:
     """What ``simkernel llm`` runs: the model's outputs (from the cache or computed) and the
-    analysis.  ``info`` says which (``cache_hit``, ``model_loaded``, the cache file) and how the
-    outputs were computed (``device``, ``dtype``, ``batch_size``: the computing run's, also on a
-    cache hit)."""
+    analysis.  ``info`` says which (``cache_hit``, ``model_loaded``, the cache file, and
+    ``cache_damaged``: None, or why the cache file there could not be read, so that the outputs
+    were recomputed) and how the outputs were computed (``device``, ``dtype``, ``batch_size``:
+    the computing run's, also on a cache hit)."""
 
     outputs: Outputs
     analysis: analysis.Analysis
@@ -787,8 +817,11 @@ class Job:
                f"{pool['source'] if pool else 'the other rows'}, seed {self.meta.get('seed')}"]
         tokens = meta_out.get("prompt_tokens", {})
         where = "read from the cache" if self.info["cache_hit"] else "computed and cached"
+        name = Path(self.info["cache_file"]).name
         out.append(f"prompts: {tokens.get('mean', float('nan')):.0f} tokens on average, {tokens.get('max', '?')} at "
-                   f"most; model outputs {where} ({Path(self.info['cache_file']).name})")
+                   f"most; model outputs {where} ({name})")
+        if self.info.get("cache_damaged"):
+            out.append(f"the cache file {name} could not be read ({self.info['cache_damaged']}): recomputed")
         task = cfg.get("task") or Path(str(cfg.get("data"))).stem
         out += table2_lines(s, task, self.meta.get("paper_table2"))
         sim = [b for b in res.best if b["measure"] == "pearson" and b["reference"] == "similarity"]
@@ -829,11 +862,12 @@ def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None
     # two runs on one folder would compute the same outputs twice and race for the cache file; the
     # lock sits beside the folder, which is created only once there are outputs to cache
     with folder_lock(out_dir, "llm output", beside=True):
-        outputs, hit = _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode, seed,
-                                n_examples, probe_layers, max_text_tokens, device, device_map, batch_size, bar,
-                                on_load)
+        outputs, hit, damaged = _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode, seed,
+                                         n_examples, probe_layers, max_text_tokens, device, device_map, batch_size,
+                                         bar, on_load)
     meta = outputs.meta
     info = {"cache_file": str(path), "cache_key": key, "cache_hit": hit, "model_loaded": not hit,
+            "cache_damaged": damaged,
             "device": meta.get("device"), "dtype": meta.get("dtype"), "batch_size": meta.get("batch_size")}
     result = analyse(outputs, how, n_select, n_report, split_seed)
     config = {"command": "llm", "model": model_name, "revision": revision, "task": data.task, "split": data.split,
@@ -862,9 +896,11 @@ def run(model_name: str, data: DataSpec, out_dir, *, revision: str | None = None
 
 def _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode, seed, n_examples, probe_layers,
              max_text_tokens, device, device_map, batch_size, bar, on_load):
-    """(outputs, cache hit): the cached model outputs at ``path``, else computed and cached."""
-    if path.is_file():
-        return load_outputs(path), True
+    """(outputs, cache hit, why the cache could not be read or None): the cached model outputs at
+    ``path``, else computed and cached (replacing a damaged file)."""
+    cached, damaged = read_cache(path, load_outputs)
+    if cached is not None:
+        return cached, True, None
     dataset, pool = data.load()
     config = load_config(model_name, revision)
     tok = load_tokenizer(model_name, revision)
@@ -885,7 +921,7 @@ def _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode
     path.parent.mkdir(parents=True, exist_ok=True)
     save_outputs(path, outputs)
     del model
-    return outputs, False
+    return outputs, False, damaged
 
 
 def slug(text: str) -> str:

@@ -31,8 +31,9 @@ known exactly in the world:
 
 The model's outputs are cached per world as ``outputs-<key>.npz`` (``llm.cache_key`` over the
 model's identity, the world and every prompt setting, and the resolved dtype), so a rerun (or a
-run that adds a world) loads no weights for what is cached.  Every prompt is built, and every
-bad argument raised, from the tokenizer and the config before any weights load.
+run that adds a world) loads no weights for what is cached.  A cache file that cannot be read
+(``llm.read_cache``) is recomputed and replaced, and the run says so.  Every prompt is built,
+and every bad argument raised, from the tokenizer and the config before any weights load.
 
 Defaults and why: n grid (0, 1, 2, 4, 8, 16) and k = 3: 16 demonstrations of 3 symbols are a
 66-token prompt, short for any LM, and k = 3 leaves room for the probe offsets -1..3;
@@ -590,6 +591,11 @@ class LlmWorldRun:
             shown = " ".join(repr(x) for x in s[:6]) + (" ..." if len(s) > 6 else "")
             lines.append(f"world {name}: K {w['summary']['K']}, S {w['summary']['S']}, V {w['summary']['V']}; "
                          f"symbols {shown}; outputs {w['cache']}")
+        cache = m.get("cache") if isinstance(m.get("cache"), dict) else {}
+        for name, key, why in zip(m["worlds"], cache.get("keys", []), cache.get("damaged", [])):
+            if why:
+                lines.append(f"world {name}: the cache file {llm.cache_path('', key).name} could not be read "
+                             f"({why}): recomputed")
         any_world = next(iter(m["worlds"].values()))
         lines.append(f"prompts as text, e.g. {any_world['example_prompt']!r}")
         icl_info = {"skipped_n": [], "context": None, "kernel": {"skipped": self.info["kernel_skipped"]},
@@ -806,7 +812,10 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
         cache_dir=None, progress=None) -> LlmWorldRun:
     """``simkernel llm --world FILE | --preset NAME`` as a library call: the worlds
     (:func:`load_worlds`), then for each world the model's outputs from ``cache_dir/outputs-<key>.npz``
-    (``llm.cache_key``; None: no cache) or computed; then :func:`assemble`.
+    (``llm.cache_key``; None: no cache) or computed; then :func:`assemble`.  A cache file that
+    cannot be read is recomputed like a missing one and replaced; ``meta["cache"]["damaged"]``
+    holds, per world, None or why its file could not be read, and :meth:`LlmWorldRun.summary_lines`
+    says so.
 
     Every world's prompts and documents are rendered, and every bad argument raised (unknown
     n, a prompt or document longer than the context, a world with more symbols than the
@@ -830,7 +839,10 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
                           probe_layers=probe_layers if inside else "none", offsets=probe_offsets(example_length))
             for s in specs]
     paths = [llm.cache_path(cache_dir, k) for k in keys] if cache_dir is not None else [None] * len(specs)
-    outs = [load_outputs(p) if p is not None and p.is_file() else None for p in paths]
+    # a cache file that cannot be read is a miss: recomputed below and replaced, and said so
+    reads = [llm.read_cache(p, load_outputs) if p is not None else (None, None) for p in paths]
+    outs = [o for o, _ in reads]
+    damaged = [why for _, why in reads]
     preps = [None] * len(specs)
     tok = config = None
     if any(o is None for o in outs):
@@ -849,8 +861,8 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
                               [paths[i] for i in todo], batch_size, cache_dir, tick)
         for i, o in zip(todo, model_meta):
             outs[i] = o
-    cache = [("computed" if i in todo else "read from the cache") + ("" if p is None else f" ({p.name})")
-             for i, p in enumerate(paths)]
+    cache = [("read from the cache" if i not in todo else "recomputed" if damaged[i] else "computed")
+             + ("" if p is None else f" ({p.name})") for i, p in enumerate(paths)]
     config_rec = {"command": "llm-world", "model": model_name, "revision": revision, "preset": preset,
                   "world_seeds": [int(x) for x in world_seeds], "overrides": dict(overrides or {}),
                   "world_file": None if world_file is None else str(world_file), "n_demos": ns,
@@ -861,7 +873,8 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
                   "cache_dir": None if cache_dir is None else str(cache_dir)}
     res = assemble(preps, outs, config_rec, seed, how=weight, n_select=n_select, n_report=n_report, cache=cache,
                    model_meta=outs[0].meta.get("model"), progress=progress)
-    res.meta["cache"] = {"keys": keys, "hits": [i not in todo for i in range(len(specs))], "model_loaded": bool(todo)}
+    res.meta["cache"] = {"keys": keys, "hits": [i not in todo for i in range(len(specs))], "model_loaded": bool(todo),
+                         "damaged": damaged}
     return res
 
 

@@ -376,6 +376,8 @@ def render_markdown(results, *, meta: dict, commands: dict) -> str:
     out = [f"# {_md(title)}", ""]
     if meta.get("subtitle"):
         out += [_md(meta["subtitle"]), ""]
+    if meta.get("sweeps"):
+        out += [_md(verification_line(meta["sweeps"])[0].upper() + verification_line(meta["sweeps"])[1:]) + ".", ""]
     out += [f"**How to read this page.** Each claim states its kind ({', '.join(KINDS)}), its source (the "
             f"paper's words in THEORY.md, or a derived reading, or a project extension) and its scope (the "
             f"assumptions it is made under). The columns {', '.join(fams)} give each preset family's word: "
@@ -672,6 +674,9 @@ class Report:
         checks = [(r.claim, c) for r in self.claims for c in r.checks]
         if checks:
             out.append("identity checks: " + "; ".join(f"{r} {c['verdict']}" for r, c in checks))
+        sweeps = self.meta.get("sweeps") or {}
+        if sweeps:
+            out.append(verification_line(sweeps))
         b = self.browser
         if b and b.get("ok") is not None:
             out.append(f"browser check ({b.get('chromium', 'chromium')}): images {b['images_loaded']}, verdict table "
@@ -682,13 +687,35 @@ class Report:
         return out
 
 
+def verification_line(sweeps: dict) -> str:
+    """'sweeps verified before any claim was judged: regime 40/40 jobs, ...' from the report's
+    meta['sweeps'] (each sweep's ``verified`` record)."""
+    bits = []
+    for key, v in sweeps.items():
+        ver = v.get("verified") or {}
+        if not ver:
+            continue
+        bit = f"{key} {ver['finished_verified']}/{ver['jobs']} jobs"
+        if ver.get("rerun_damaged"):
+            bit += f" ({len(ver['rerun_damaged'])} rerun because damaged)"
+        if ver.get("failed"):
+            bit += f" ({len(ver['failed'])} failed)"
+        bits.append(bit)
+    return ("sweeps verified before any claim was judged (every finished job's outputs against the sha256 its "
+            "done marker recorded): " + ", ".join(bits)) if bits else "sweeps not verified"
+
+
 def run(quick: bool = False, out="figures/report", workers=None, scheduler=None, progress=None, *,
-        sweeps_dir=None) -> Report:
+        sweeps_dir=None, notify=None) -> Report:
     """``simkernel report`` as a library call: run the :func:`battery` (quick: CI-sized) through
     ``sweep.run``, one sweep after another into ``sweeps_dir`` (default ``<out>/sweeps``; a rerun
-    resumes them), and ask every registered claim for its verdict.  ``progress(sweep, done,
-    failed, running, total)`` is called as jobs finish.  Writes nothing but the sweeps
-    (:meth:`Report.write` writes the page)."""
+    resumes them, rerunning any job whose outputs are damaged), check every sweep with
+    ``sweep.verify`` before any claim is judged, and ask every registered claim for its verdict.
+    A sweep whose outputs are still missing or damaged after its run stops the report with a
+    one-line ValueError (its tables would be incomplete); jobs that failed with an error stay in
+    the tables as error rows, which the claims report.  ``progress(sweep, done, failed, running,
+    total)`` is called as jobs finish, ``notify(line)`` for each damaged job found.  Writes
+    nothing but the sweeps (:meth:`Report.write` writes the page)."""
     from . import sweep
     from .store import provenance
 
@@ -702,12 +729,23 @@ def run(quick: bool = False, out="figures/report", workers=None, scheduler=None,
         cfg = configs[key]
         tick = (lambda *a, key=key: progress(key, *a)) if progress else None
         t1 = time.perf_counter()
-        res = sweep.run(cfg, sweeps_dir / key, workers=workers, scheduler=scheduler, progress=tick)
+        res = sweep.run(cfg, sweeps_dir / key, workers=workers, scheduler=scheduler, progress=tick,
+                        notify=(lambda line, key=key: notify(f"{key}: {line}")) if notify else None)
         results[key] = res
+        check = sweep.verify(res.out)
+        broken = check.of("damaged", "not run", "tables")
+        if broken:
+            raise ValueError(f"sweep {key} in {str(res.out)!r} is incomplete after its run ({broken[0][2]}"
+                             f"{f'; {len(broken) - 1} more' if len(broken) > 1 else ''}); no claim is judged on "
+                             f"it: rerun the report to rerun those jobs")
         # job_s: the jobs' own wall times (worker seconds), kept by the sweep across resumes, so that
         # a resumed report still says where the time of its computation went
         info[key] = {"folder": str(res.out), "jobs": res.counts(), "wall_s": round(time.perf_counter() - t1, 1),
-                     "job_s": round(sum(float(j.get("wall_s") or 0.0) for j in res.jobs), 1)}
+                     "job_s": round(sum(float(j.get("wall_s") or 0.0) for j in res.jobs), 1),
+                     "verified": {"jobs": check.jobs, "finished_verified": check.verified,
+                                  "rerun_damaged": sorted(k for k in res.damaged if any(
+                                      j["key"] == k and j["ran"] for j in res.jobs)),
+                                  "failed": [line for _k, _kind, line in check.of("failed")]}}
     results_ = claims_from_sweeps(results)
     grid = configs["regime"]["grid"]
     seeds = {"world": {p: grid["world_seed"] for p in grid["preset"]},

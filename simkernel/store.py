@@ -74,6 +74,57 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def csv_rows(path) -> int:
+    """The number of records of a CSV file with a header (quoted newlines inside a field count
+    once), read with the csv module."""
+    with open(path, newline="") as f:
+        return max(sum(1 for _ in csv.reader(f)) - 1, 0)
+
+
+def file_record(path) -> dict:
+    """What a marker keeps of one output file: {'size': bytes, 'sha256': hex} and, for a .csv,
+    'rows' (records below the header)."""
+    path = Path(path)
+    rec = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    if path.suffix == ".csv":
+        with contextlib.suppress(OSError, csv.Error, UnicodeDecodeError):
+            rec["rows"] = csv_rows(path)
+    return rec
+
+
+def outputs_record(folder, skip=()) -> dict:
+    """{relative path (posix): :func:`file_record`} of every regular file below ``folder``,
+    sorted, leaving out the names in ``skip`` and hidden files (locks, temp files)."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or p.is_symlink() or rel.as_posix() in skip or any(s.startswith(".") for s in rel.parts):
+            continue
+        out[rel.as_posix()] = file_record(p)
+    return out
+
+
+def check_outputs(folder, record: dict, hashes: bool = True) -> list[str]:
+    """The ways the files below ``folder`` differ from ``record`` (:func:`outputs_record`), one
+    short phrase each ('convergence.csv missing', 'floors.csv is 812 bytes, recorded 9,045',
+    'fits.csv does not match its recorded sha256'); [] when every file is as recorded.  Sizes are
+    always compared; ``hashes`` also compares the SHA-256 of every file whose size matches."""
+    folder = Path(folder)
+    problems = []
+    for rel, rec in record.items():
+        p = folder / rel
+        if not p.is_file():
+            problems.append(f"{rel} missing")
+            continue
+        size = p.stat().st_size
+        if size != rec.get("size"):
+            problems.append(f"{rel} is {size:,} bytes, recorded {rec.get('size', 0):,}")
+        elif hashes and sha256_file(p) != rec.get("sha256"):
+            problems.append(f"{rel} does not match its recorded sha256")
+    return problems
+
+
 def json_default(o):
     """json.dumps ``default=`` for numpy scalars and arrays."""
     if isinstance(o, np.generic):

@@ -71,6 +71,8 @@ KNOWN_KEYS = {"description", "command", "options", "grid", "zip", "train"}
 #: columns every combined table starts with, around the grid's
 JOB_COLUMN, STATUS_COLUMNS = "job", ("status", "error")
 DONE, FAILED, SPEC = "_done.json", "_failed.json", "_job.json"
+#: a job folder's own bookkeeping, never one of its outputs
+MARKERS = (DONE, FAILED, SPEC)
 #: what a worker caps to one thread (inherited by the worker processes of a LocalCluster)
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -302,7 +304,7 @@ def run_job(spec: dict, folder: str) -> dict:
     """Run one job in this process: train its models where missing, call the command's ``run()``,
     publish its files into ``folder`` and its derived tables, then the done marker; on any
     exception write the failed marker with the one-line error instead.  Returns the marker."""
-    from .store import write_json
+    from .store import outputs_record, write_json
 
     _cap_threads()
     folder = Path(folder)
@@ -313,16 +315,21 @@ def run_job(spec: dict, folder: str) -> dict:
         os.chdir(spec["cwd"])
     t0 = time.perf_counter()
     worker = _worker_name()
-    (folder / FAILED).unlink(missing_ok=True)
+    # a job folder is this job's alone: what an earlier, damaged or interrupted run left is not
+    # part of this run's outputs (the marker records exactly what this run wrote)
+    _clear(folder)
     write_json(folder / SPEC, spec)
     command, opts = spec["command"], dict(spec["options"])
+    notes = []
     try:
         if spec.get("train") is not None:
             from .train import train_world
             tr = dict(spec["train"])
             seeds = tr.pop("seeds", None)
-            runs = [train_world(**dict(tr, seed=s) if seeds is not None else tr).run_dir
-                    for s in (seeds if seeds is not None else [None])]
+            trained = [train_world(**dict(tr, seed=s) if seeds is not None else tr)
+                       for s in (seeds if seeds is not None else [None])]
+            runs = [t.run_dir for t in trained]
+            notes += [t.note for t in trained if getattr(t, "note", "")]
             _cap_threads()           # torch is imported now
             arg = COMMANDS[command][1]
             opts[arg] = [str(r) for r in runs] if (seeds is not None and command == "measure") else str(runs[0])
@@ -335,7 +342,10 @@ def run_job(spec: dict, folder: str) -> dict:
             result.write(folder)
             _extra_tables(command, result, folder)
         marker = {"status": "done", "key": spec["key"], "wall_s": time.perf_counter() - t0, "worker": worker,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "outputs": outputs_record(folder, skip=MARKERS)}
+        if notes:
+            marker["notes"] = notes
         write_json(folder / DONE, marker)
     except KeyboardInterrupt:
         raise
@@ -344,6 +354,40 @@ def run_job(spec: dict, folder: str) -> dict:
                   "wall_s": time.perf_counter() - t0, "worker": worker}
         write_json(folder / FAILED, marker)
     return marker
+
+
+def _clear(folder: Path) -> None:
+    """Empty a job folder before its job runs."""
+    import shutil
+
+    for p in folder.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def verify_job(folder: Path, state: dict | None, command: str, job: Job | None = None,
+               hashes: bool = True) -> list[str]:
+    """What is wrong with a finished job's folder (one short phrase each; [] when it is as its
+    done marker recorded): every output file recorded in the marker present, of its recorded size
+    and (``hashes``) SHA-256, and the command's tables among them.  A marker that records no
+    outputs (written before markers did) cannot be trusted: one phrase says so.  Failed and
+    unfinished jobs have nothing to verify: []."""
+    from .store import check_outputs
+
+    if not state or state.get("status") != "done":
+        return []
+    record = state.get("outputs")
+    if not isinstance(record, dict):
+        return ["its done marker records no outputs (a sweep from before verification), so they cannot be verified"]
+    problems = check_outputs(folder, record, hashes=hashes)
+    if job is not None:
+        for name in TABLES[command]:
+            f = _table_file(command, name, job)
+            if name is None and f not in record:
+                problems.append(f"{f} was never written")
+    return problems
 
 
 def job_state(folder: Path) -> dict | None:
@@ -367,6 +411,13 @@ class SweepResult:
     jobs: list
     meta: dict
     tables: dict = field(default_factory=dict)
+    #: finished jobs whose outputs this call checked against their markers (size and SHA-256)
+    verified: int = 0
+    #: {job key: [problems]}: finished jobs found damaged, rerun by this call (or, for tables that
+    #: could not be read when combined, entered as failed)
+    damaged: dict = field(default_factory=dict)
+    #: whether this call wrote the combined tables (False: they were verified and left as they were)
+    written: bool = True
 
     def table(self, name: str | None = None):
         """The combined table ``name`` (None: the main one) as a pandas DataFrame."""
@@ -383,25 +434,38 @@ class SweepResult:
         return out
 
     def summary_lines(self) -> list[str]:
-        """What ``simkernel sweep`` prints: the counts, the time, each failed job's error."""
+        """What ``simkernel sweep`` prints: the counts, what this call did (jobs run, finished jobs
+        verified, jobs rerun because damaged), the time, each damaged and each failed job."""
         c, m = self.counts(), self.meta
         ran = sum(j["ran"] for j in self.jobs)
+        rerun = sum(1 for j in self.jobs if j["ran"] and j["key"] in self.damaged)
         n_w = m.get("workers", 0)
         out = [f"{len(self.jobs)} jobs of {m['config']['command']}: {c['done']} done, {c['failed']} failed"
                + (f", {c['missing']} not run" if c["missing"] else "")
-               + f"; {ran} run now on {n_w} worker{'s' if n_w != 1 else ''}, {len(self.jobs) - ran} from earlier "
-                 f"({m['elapsed_s']:.1f} s)"]
+               + f"; {ran} run now" + (f" ({rerun} of them because their outputs were damaged)" if rerun else "")
+               + (f" on {n_w} worker{'s' if n_w != 1 else ''}" if ran else "")
+               + f", {len(self.jobs) - ran} from earlier, {self.verified} finished jobs verified (size and sha256 of "
+                 f"every output) ({m['elapsed_s']:.1f} s)"]
+        by_key = {j["key"]: j for j in self.jobs}
+        for key, problems in self.damaged.items():
+            j = by_key.get(key, {})
+            done = "rerun" if j.get("ran") else "entered as failed"
+            out.append(f"  damaged {key} ({_grid_text(j.get('grid', {}))}): {'; '.join(problems)}; {done}")
         for j in self.jobs:
-            if j["status"] == "failed":
-                grid = ", ".join(f"{k}={v}" for k, v in j["grid"].items())
-                out.append(f"  failed {j['key']} ({grid}): {j['error']}")
+            if j["status"] == "failed" and j["key"] not in self.damaged:
+                out.append(f"  failed {j['key']} ({_grid_text(j['grid'])}): {j['error']}")
         return out
+
+    def files(self) -> list[Path]:
+        """The combined tables (parquet and csv) and sweep.json."""
+        return [q for p in self.tables.values() for q in (Path(p), Path(p).with_suffix(".csv"))] + [
+            Path(self.out) / "sweep.json"]
 
     def write(self, out=None) -> list[Path]:
         """The tables and sweep.json are written by :func:`run` itself (they are the sweep's
-        state); this returns their paths, for the same interface as the other results."""
-        return [q for p in self.tables.values() for q in (Path(p), Path(p).with_suffix(".csv"))] + [
-            Path(self.out) / "sweep.json"]
+        state); this returns the paths it wrote ([] when it left them as they were), for the same
+        interface as the other results."""
+        return self.files() if self.written else []
 
 
 # ---------------------------------------------------------------------- the combined tables
@@ -449,24 +513,56 @@ def _table_file(command: str, name, job: Job) -> str:
     return TABLES[command][name].format(name=job.options.get("name", ""))
 
 
-def combine(out: Path, command: str, jobs: list[Job], states: list[dict], grid_keys: list) -> dict:
+def _grid_text(grid: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in grid.items())
+
+
+def combine(out: Path, command: str, jobs: list[Job], states: list[dict], grid_keys: list,
+            damaged: dict | None = None) -> dict:
     """Write ``sweep.parquet/csv`` and ``sweep.<table>.parquet/csv`` from the job folders,
     reading one job table at a time (two passes: the columns' types, then the rows), so memory
-    holds one job's table, never all of them.  Returns {name: parquet path}."""
+    holds one job's table, never all of them.  Returns {name: parquet path}.
+
+    A done job whose table cannot be read, or holds another number of rows than its marker
+    recorded, never becomes an empty row or a global parse error: it is entered in ``damaged``
+    ({job key: 'path: what is wrong'}), stands in the main table as one row with status 'failed'
+    and that error, and the other jobs' rows are written."""
     import pyarrow as pa
     import pyarrow.csv as pc
     import pyarrow.parquet as pq
 
     from .store import publish
 
+    damaged = {} if damaged is None else damaged
+    files_of = {name: [(j, s, out / "jobs" / j.key / _table_file(command, name, j)) for j, s in zip(jobs, states)]
+                for name in TABLES[command]}
+    seen_of: dict = {}
+    # pass 1, over every table before any is written: the union of columns and their types, and
+    # the damaged jobs (a job damaged in any of its tables is out of all of them)
+    for name, files in files_of.items():
+        seen = seen_of.setdefault(name, {})
+        for j, s, p in files:
+            if s["status"] != "done" or j.key in damaged:
+                continue
+            if not p.is_file():
+                if name is None:
+                    damaged[j.key] = f"{p}: missing"
+                continue
+            try:
+                t = _read_csv(p)
+            except Exception as e:               # noqa: BLE001 (pyarrow raises its own errors)
+                damaged[j.key] = f"{p}: cannot be read ({_one_line(e)[:200]})"
+                continue
+            rows = ((s.get("outputs") or {}).get(p.name) or {}).get("rows")
+            if rows is not None and rows != t.num_rows:
+                damaged[j.key] = f"{p}: holds {t.num_rows} rows, its marker recorded {rows}"
+                continue
+            for f in t.schema:
+                seen.setdefault(f.name, []).append((j.key, f.type))
     paths = {}
-    for name in TABLES[command]:
-        files = [(j, s, out / "jobs" / j.key / _table_file(command, name, j)) for j, s in zip(jobs, states)]
-        seen: dict = {}
-        for j, s, p in files:                    # pass 1: the union of columns and their types
-            if s["status"] == "done" and p.is_file():
-                for f in _read_csv(p).schema:
-                    seen.setdefault(f.name, []).append(f.type)
+    for name, files in files_of.items():
+        seen = {c: [t for k, t in ts if k not in damaged] for c, ts in seen_of[name].items()}
+        seen = {c: ts for c, ts in seen.items() if ts}
         if name is not None and not seen:
             continue
         grid_cols = [g if g not in seen else f"grid.{g}" for g in grid_keys]
@@ -478,15 +574,16 @@ def combine(out: Path, command: str, jobs: list[Job], states: list[dict], grid_k
         def write_both(pq_path, csv_path, files=files, schema=schema, name=name):
             with pq.ParquetWriter(pq_path, schema) as pw, pc.CSVWriter(csv_path, schema) as cw:
                 for j, s, p in files:            # pass 2: one job's rows at a time
-                    if s["status"] == "done" and p.is_file():
+                    bad = damaged.get(j.key)
+                    if s["status"] == "done" and p.is_file() and bad is None:
                         t = _read_csv(p)
                     elif name is None:
-                        t = None                 # a failed or missing job: one row with its error
+                        t = None                 # a failed, missing or damaged job: one row with its error
                     else:
                         continue
                     n = 1 if t is None else t.num_rows
-                    cols = {JOB_COLUMN: [j.key] * n, "status": [s["status"]] * n,
-                            "error": [s.get("error")] * n}
+                    status, error = ("failed", f"damaged: {bad}") if bad else (s["status"], s.get("error"))
+                    cols = {JOB_COLUMN: [j.key] * n, "status": [status] * n, "error": [error] * n}
                     cols.update({gc: [_grid_value(j.grid.get(g))] * n for g, gc in zip(grid_keys, grid_cols)})
                     arrays = []
                     for f in schema:
@@ -581,16 +678,22 @@ def _check_out(out: Path, config: dict) -> None:
 
 
 def run(config: dict, out, *, workers: int | None = None, scheduler: str | None = None, retry_failed: bool = False,
-        progress=None, on_start=None) -> SweepResult:
+        progress=None, on_start=None, notify=None) -> SweepResult:
     """``simkernel sweep`` as a library call: expand ``config`` (a dict as the TOML reads), run
     the jobs not yet done in ``out`` on Dask, write the combined tables and ``sweep.json``.
 
     workers: LocalCluster processes (default: the cores; ignored with ``scheduler``);
     scheduler: the address of a running Dask scheduler; retry_failed: rerun jobs that failed
     before.  progress(done, failed, running, total) is called as jobs finish; on_start(info) once
-    the cluster is up (info: dashboard link, workers).  Bad config, output folder or scheduler:
-    a one-line ValueError before any job runs or any file is written.  Ctrl-C:
-    :class:`SweepInterrupted` with the result so far (every finished job kept)."""
+    the cluster is up (info: dashboard link, workers); notify(line) with one line per finished job
+    found damaged (it is rerun) and per job table that cannot be combined.  Bad config, output
+    folder or scheduler: a one-line ValueError before any job runs or any file is written.
+    Ctrl-C: :class:`SweepInterrupted` with the result so far (every finished job kept).
+
+    Every finished job is verified before it is trusted: each output its done marker recorded
+    must be there with its recorded size and SHA-256 (job folders hold tables and figures:
+    milliseconds).  A damaged job is rerun; the combined tables are rewritten only when a job ran
+    or they no longer match what sweep.json recorded of them."""
     from .store import folder_lock
 
     t0 = time.perf_counter()
@@ -600,23 +703,41 @@ def run(config: dict, out, *, workers: int | None = None, scheduler: str | None 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     _check_out(out, config)
+    say = notify or (lambda _line: None)
+    command = config["command"]
     states = {j.key: job_state(out / "jobs" / j.key) for j in jobs}
+    damaged = {}
+    verified = 0
+    for j in jobs:
+        if states[j.key] and states[j.key]["status"] == "done":
+            verified += 1
+            problems = verify_job(out / "jobs" / j.key, states[j.key], command, j)
+            if problems:
+                damaged[j.key] = problems
+                states[j.key] = None
+                say(f"job {j.key} ({_grid_text(j.grid)}): {'; '.join(problems)}, rerunning")
     todo = [j for j in jobs if states[j.key] is None or (states[j.key]["status"] == "failed" and retry_failed)]
     tick = progress or (lambda *_: None)
-    info = {"dashboard": None, "workers": workers, "interrupted": False, "ran": set()}
+    info = {"dashboard": None, "workers": workers, "interrupted": False, "ran": set(), "verified": verified,
+            "damaged": damaged, "notify": say}
     if not todo:
         with contextlib.suppress(ValueError, OSError, KeyError):
             previous = load(out)
-            if [j["status"] for j in previous.jobs] == [states[j.key]["status"] for j in jobs] and \
-                    all(Path(p).is_file() for p in previous.tables.values()) and previous.tables:
-                # nothing ran and nothing changed: the tables on disk are this sweep's
+            stale = _tables_differ(previous)
+            if [j["status"] for j in previous.jobs] == [states[j.key]["status"] for j in jobs] and not stale:
+                # nothing ran and every job and table is as recorded: the tables on disk are this sweep's
                 previous.jobs = [dict(r, ran=False) for r in previous.jobs]
                 previous.meta = dict(previous.meta, elapsed_s=time.perf_counter() - t0)
+                previous.verified, previous.written = verified, False
                 tick(*_counts(states.values()), 0, len(jobs))
                 return previous
+            if stale:
+                say(f"the combined tables do not match sweep.json ({'; '.join(stale)}): rewriting them")
     # the lock sits beside the folder, so that a refused scheduler leaves no trace
     out.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "sweep", beside=True):
+        for key in damaged:                  # no longer trusted, even if this call is interrupted
+            (out / "jobs" / key / DONE).unlink(missing_ok=True)
         if todo:
             with _client(workers, scheduler) as client:     # an unreachable scheduler fails here, before any write
                 out.mkdir(parents=True, exist_ok=True)
@@ -682,28 +803,56 @@ def _execute(client, out: Path, jobs, todo, states: dict, info: dict, tick) -> N
 
 
 def _write_meta(out: Path, config: dict, jobs, rows, tables, info, scheduler, t0) -> dict:
-    from .store import provenance, write_json
+    from .store import file_record, provenance, write_json
 
     meta = provenance(config, None, extra_packages=("dask", "distributed", "pyarrow"))
+    # what the combined tables were when written, so that a later call can tell they are unchanged
+    files = {Path(q).name: file_record(q) for p in tables.values() for q in (Path(p), Path(p).with_suffix(".csv"))
+             if Path(q).is_file()}
     meta.update(config_hash=config_hash(config), n_jobs=len(jobs), workers=info["workers"],
                 scheduler=scheduler or "LocalCluster", dashboard=info["dashboard"], interrupted=info["interrupted"],
                 elapsed_s=time.perf_counter() - t0, jobs=rows, tables={str(k): Path(v).name for k, v in tables.items()},
-                job_seconds=sum(r["wall_s"] or 0 for r in rows if r["ran"]))
+                table_files=files, job_seconds=sum(r["wall_s"] or 0 for r in rows if r["ran"]))
     write_json(out / "sweep.json", meta)
     return meta
 
 
+def _tables_differ(result: SweepResult) -> list[str]:
+    """How a sweep's combined tables differ from what its sweep.json recorded of them (one
+    phrase each; a sweep.json from before the records were kept: 'not recorded')."""
+    from .store import check_outputs
+
+    if not result.tables:
+        return ["no combined tables"]
+    record = result.meta.get("table_files")
+    if not isinstance(record, dict) or not record:
+        return ["their sizes and hashes were not recorded"]
+    names = {Path(q).name for p in result.tables.values() for q in (Path(p), Path(p).with_suffix(".csv"))}
+    missing = sorted(names - set(record))
+    return [f"{n} not recorded" for n in missing] + check_outputs(result.out, record)
+
+
 def _finish(config, out: Path, jobs, states: dict, info: dict, scheduler, t0) -> SweepResult:
-    """The combined tables and sweep.json from the job markers."""
+    """The combined tables and sweep.json from the job markers.  A job table that cannot be
+    combined makes its job failed (its done marker removed, so a rerun runs it again)."""
     why = "not run (interrupted)" if info["interrupted"] else "not run"
     final = [states[j.key] or {"status": "missing", "error": why} for j in jobs]
+    grid_keys = list(dict.fromkeys(k for j in jobs for k in j.grid))
+    unreadable: dict = {}
+    tables = combine(out, config["command"], jobs, final, grid_keys, damaged=unreadable)
+    damaged = dict(info.get("damaged") or {})
+    for j, s in zip(jobs, final):
+        if j.key in unreadable:
+            s.update(status="failed", error=f"damaged: {unreadable[j.key]}")
+            (out / "jobs" / j.key / DONE).unlink(missing_ok=True)
+            damaged.setdefault(j.key, []).append(unreadable[j.key])
+            info.get("notify", lambda _l: None)(f"job {j.key} ({_grid_text(j.grid)}): {unreadable[j.key]}; entered as "
+                                                f"failed (a rerun runs it again)")
     rows = [{"key": j.key, "folder": str(out / "jobs" / j.key), "grid": j.grid, "status": s["status"],
              "error": s.get("error"), "wall_s": s.get("wall_s"), "worker": s.get("worker"), "ran": j.key in info["ran"]}
             for j, s in zip(jobs, final)]
-    grid_keys = list(dict.fromkeys(k for j in jobs for k in j.grid))
-    tables = combine(out, config["command"], jobs, final, grid_keys)
     meta = _write_meta(out, config, jobs, rows, tables, info, scheduler, t0)
-    return SweepResult(out, rows, meta, tables)
+    return SweepResult(out, rows, meta, tables, verified=info.get("verified", 0), damaged=damaged, written=True)
 
 
 def _dashboard(client, scheduler) -> str | None:
@@ -717,13 +866,78 @@ def _dashboard(client, scheduler) -> str | None:
     return None
 
 
+@dataclass
+class Verification:
+    """What :func:`verify` found: ``jobs`` in the config, ``verified`` finished jobs whose outputs
+    were checked, ``problems`` [(job key or '' for the combined tables, kind, one line)] with kind
+    'failed' (the job ran and recorded its error: its rows are an error row), 'not run',
+    'damaged' (outputs missing or not as recorded) or 'tables'."""
+
+    out: Path
+    jobs: int
+    verified: int
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def of(self, *kinds) -> list:
+        """The problems of these kinds."""
+        return [p for p in self.problems if p[1] in kinds]
+
+    def summary_lines(self) -> list[str]:
+        """One line per problem, then the count."""
+        out = [line for _key, _kind, line in self.problems]
+        out.append(f"{self.out}: {self.jobs} jobs, {self.verified} finished jobs verified (size and sha256 of every "
+                   f"output), combined tables checked: " + ("all as recorded" if self.ok else
+                                                            f"{len(self.problems)} problem"
+                                                            f"{'s' if len(self.problems) != 1 else ''}"))
+        return out
+
+
+def verify(out) -> Verification:
+    """Check a sweep folder without running anything: every job of its config finished (a
+    failed or never-run job is a problem: the tables miss its rows), every finished job's outputs
+    as its done marker recorded them (size and SHA-256), and the combined tables as sweep.json
+    recorded them.  One-line ValueError when the folder holds no sweep."""
+    res = load(out)
+    config = res.meta.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(out)!r}: sweep.json holds no config; it was not written by simkernel sweep")
+    command = config["command"]
+    jobs = expand(config)
+    problems, verified = [], 0
+    for j in jobs:
+        folder = Path(out) / "jobs" / j.key
+        state = job_state(folder)
+        where = f"job {j.key} ({_grid_text(j.grid)})"
+        if state is None:
+            problems.append((j.key, "not run", f"{where}: not run ({folder} holds no marker)"))
+        elif state["status"] != "done":
+            problems.append((j.key, "failed", f"{where}: failed: {state.get('error')}"))
+        else:
+            verified += 1
+            bad = verify_job(folder, state, command, j)
+            if bad:
+                problems.append((j.key, "damaged", f"{where}: {'; '.join(bad)} ({folder})"))
+    stale = _tables_differ(res)
+    if stale:
+        problems.append(("", "tables", f"combined tables: {'; '.join(stale)}"))
+    return Verification(Path(out), len(jobs), verified, problems)
+
+
 def load(out) -> SweepResult:
     """A finished (or partly finished) sweep folder as a :class:`SweepResult`, without running anything."""
     out = Path(out)
     p = out / "sweep.json"
     if not p.is_file():
         raise ValueError(f"{str(out)!r} holds no sweep (no sweep.json); run simkernel sweep CONFIG --out {out}")
-    meta = json.loads(p.read_text())
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{str(p)!r} cannot be read ({_one_line(e)[:120]}): the sweep's record is damaged; "
+                         f"rerun the sweep to rebuild it") from None
     tables = {None if k == "None" else k: out / v for k, v in meta.get("tables", {}).items()}
     return SweepResult(out, meta["jobs"], meta, tables)
 

@@ -34,11 +34,14 @@ Run folder: ``runs_dir / <hash of the config>``::
     checkpoint/     model/ (save_pretrained: config.json + model.safetensors), state.pt
                     (optimizer, scheduler, step, RNG states, best, evals without improvement),
                     train_config.json, step.json; replaced atomically (temp folder + rename)
-    done.json       written last: why training stopped and the final numbers
+    done.json       written last: why training stopped, the final numbers and ``outputs``, the
+                    size and SHA-256 of every file a later call reuses (see run_outputs)
     .lock           held (flock) by the one process training in the folder; see folder_lock
 
 ``run`` is the library call of ``simkernel train``: it decides whether the folder is finished,
-resumable or fresh, samples the corpus, holds the lock and trains.  metrics.jsonl never holds a
+resumable or fresh, samples the corpus, holds the lock and trains.  A finished run is trusted
+only once its files match done.json's record (:func:`verify_run`); a damaged one is trained
+again from step 0, and the result's ``note`` says why.  metrics.jsonl never holds a
 step twice: a run that starts over empties it, a resumed one keeps exactly the rows up to its
 checkpoint.  Ctrl-C raises ``Interrupted`` (a KeyboardInterrupt) saying what the folder holds.
 """
@@ -52,6 +55,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +66,8 @@ import torch.nn.functional as F
 
 from . import bayes, model as model_mod
 from .sampling import sample_corpus
-from .store import (FolderBusy, atomic_write, check_results_dir, folder_lock, publish_folder, read_corpus,
-                    read_meta, versions, write_corpus, write_json)
+from .store import (FolderBusy, atomic_write, check_outputs, check_results_dir, file_record, folder_lock,
+                    outputs_record, publish_folder, read_corpus, read_meta, versions, write_corpus, write_json)
 from .world import World
 
 try:        # transformers' per-save progress bars would break the training bar
@@ -77,6 +81,7 @@ DONE = "done.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 CORPUS = "corpus"
+OUTPUTS = "outputs"         # done.json's record of the files a later call reuses
 
 
 # ---------------------------------------------------------------------- config
@@ -368,6 +373,8 @@ class RunResult:
     metrics: list               # the rows of metrics.jsonl
     elapsed_s: float = 0.0
     rank: int = 0
+    note: str = ""              # one line when the folder needed care: a damaged run trained again, an older
+                                # run's hashes recorded; "" otherwise
 
     def summary_line(self) -> str:
         """One line: where the run is, why it stopped and its gap to the Bayes floor."""
@@ -426,6 +433,89 @@ def run_status(run_dir: Path) -> dict | None:
     """done.json of a finished run, else None."""
     f = Path(run_dir) / DONE
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+# ---------------------------------------------------------------------- verifying a finished run
+#: what every finished run's checkpoint holds (step.json is missing from some older runs)
+_CHECKPOINT_FILES = ("model/config.json", "model/model.safetensors", "state.pt", "train_config.json")
+_WEIGHTS = f"{CHECKPOINT}/model/model.safetensors"
+
+
+def run_outputs(run_dir) -> dict:
+    """done.json's ``outputs``: {path relative to the run folder: ``store.file_record`` (size in
+    bytes, sha256)} of what a later call reuses: every file of checkpoint/ (the model, state.pt,
+    the configs), metrics.jsonl and config.json (when there is one: ``train`` called on a bare
+    folder writes none).
+
+    Not corpus/: it is an input of training, not a result of it.  Of it a later call reuses
+    only world.npz (icl-eval), whose zip CRC-32s already catch a changed byte when it is read;
+    retraining could not repair a damaged corpus anyway (a rerun keeps it); and a ``--corpus``
+    run's corpus lives outside the folder.  Nor anything later commands write into the run
+    folder (icl-eval's tables): only these files are recorded, so those never count as damage."""
+    run_dir = Path(run_dir)
+    rec = {f"{CHECKPOINT}/{rel}": r for rel, r in outputs_record(run_dir / CHECKPOINT).items()}
+    for name in (METRICS, CONFIG):
+        if (run_dir / name).is_file():
+            rec[name] = file_record(run_dir / name)
+    return dict(sorted(rec.items()))
+
+
+def _unrecorded_problems(run_dir: Path) -> list[str]:
+    """What can be checked of a finished run whose done.json predates ``outputs``: the files
+    every finished run has exist and are non-empty, and the weights' safetensors header parses
+    and covers the file (which catches a truncated file; a flipped byte needs the record)."""
+    problems = []
+    for rel in [*(f"{CHECKPOINT}/{f}" for f in _CHECKPOINT_FILES), METRICS]:
+        p = run_dir / rel
+        if not p.is_file():
+            problems.append(f"{rel} missing")
+        elif p.stat().st_size == 0:
+            problems.append(f"{rel} is empty")
+    if not any(x.startswith(_WEIGHTS) for x in problems):
+        try:
+            from safetensors import safe_open
+            with safe_open(str(run_dir / _WEIGHTS), "pt") as f:
+                f.keys()
+        except Exception as e:     # safetensors raises its own error types on a damaged header
+            problems.append(f"{_WEIGHTS} has an unreadable header ({type(e).__name__})")
+    return problems
+
+
+def _inspect(run_dir: Path, hashes: bool = True) -> tuple[str, dict | None, list[str]]:
+    """(state, done.json, problems) of a run folder.  state: "fresh" (no done.json), "intact"
+    (every recorded file as recorded), "older" (a done.json without ``outputs`` whose files pass
+    :func:`_unrecorded_problems`) or "damaged" (problems says how)."""
+    f = run_dir / DONE
+    if not f.is_file():
+        return "fresh", None, []
+    try:
+        done = json.loads(f.read_text())
+        if not isinstance(done, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        return "damaged", None, [f"{DONE} cannot be read ({type(e).__name__})"]
+    outputs = done.get(OUTPUTS)
+    if outputs is None:
+        problems = _unrecorded_problems(run_dir)
+        return ("damaged" if problems else "older"), done, problems
+    if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
+        return "damaged", done, [f"{DONE} has a malformed {OUTPUTS!r} record"]
+    problems = check_outputs(run_dir, outputs, hashes=hashes)
+    return ("damaged" if problems else "intact"), done, problems
+
+
+def verify_run(run_dir, hashes: bool = True) -> list[str]:
+    """The problems of a finished run folder, one short phrase each; [] when it is intact.
+    ["not finished"] when there is no done.json (or no folder).  Otherwise each file that
+    done.json's ``outputs`` records and that is missing, of another size, or (``hashes``, the
+    default) of another SHA-256: 'checkpoint/model/model.safetensors does not match its recorded
+    sha256'.  A done.json written before ``outputs`` existed gets the checks that need no record
+    (the checkpoint's files and metrics.jsonl exist and are non-empty, the weights' header
+    parses); ``run`` then records its hashes.  Reads only.  Hashing reads every recorded file
+    (weights plus twice their size of optimizer state): about 1 MB for the tiny model, 10 MB for
+    cpu, 1 GB for ginc-12 (about a second at the 1-2 GB/s of SHA-256 on one core)."""
+    state, _, problems = _inspect(Path(run_dir), hashes)
+    return ["not finished"] if state == "fresh" else problems
 
 
 def _ddp_env():
@@ -580,9 +670,12 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
     checkpoint()
     last = metrics[-1] if metrics else {}
     if reason is not None and rank == 0:
+        # the record is taken after the last checkpoint and metrics row, and done.json still
+        # comes last: a crash before it leaves an unfinished run, never an unverifiable one
         write_json(run_dir / DONE, {"reason": reason, "step": step, "val_loss": last.get("val_loss"),
                                     "floor": evalset.floor, "gap": last.get("gap"),
-                                    "versions": versions(), "torch": torch.__version__})
+                                    "versions": versions(), "torch": torch.__version__,
+                                    OUTPUTS: run_outputs(run_dir)})
     if ddp:
         import torch.distributed as dist
         dist.barrier()
@@ -600,16 +693,41 @@ def prepare_run_dir(runs_dir, cfg: TrainConfig, config_record: dict) -> Path:
     return run_dir
 
 
-def _already_trained(run_dir: Path, rank: int, t0: float) -> RunResult | None:
-    done = run_status(run_dir)
-    if done is None:
-        return None
+def _finished_result(run_dir: Path, done: dict, rank: int, t0: float, note: str = "") -> RunResult:
     nan = math.nan
     return RunResult(run_dir, "already trained", done.get("reason"), int(done.get("step", 0)),
                      done.get("val_loss") if done.get("val_loss") is not None else nan,
                      done.get("floor") if done.get("floor") is not None else nan,
                      done.get("gap") if done.get("gap") is not None else nan,
-                     read_metrics(run_dir), time.perf_counter() - t0, rank)
+                     read_metrics(run_dir), time.perf_counter() - t0, rank, note)
+
+
+def _already_trained(run_dir: Path, rank: int, t0: float, note: str = "") -> RunResult | None:
+    """The "already trained" result of a finished run whose files are as done.json records them
+    (sizes and SHA-256); None for any other folder (unfinished, older or damaged)."""
+    state, done, _ = _inspect(run_dir)
+    return _finished_result(run_dir, done, rank, t0, note) if state == "intact" else None
+
+
+def _settle(run_dir: Path) -> tuple[str, bool]:
+    """Under the lock, on rank 0: make a finished run that is not intact trustworthy again.
+    Returns (note, discarded).  An older done.json whose files pass the checks without a record
+    gets ``outputs`` (atomically, the rest of it kept); a damaged run loses what a fresh start
+    would otherwise reuse.  A fresh or intact folder is left alone."""
+    state, done, problems = _inspect(run_dir)
+    if state == "older":
+        write_json(run_dir / DONE, {**done, OUTPUTS: run_outputs(run_dir)})
+        return f"run {run_dir.name}: recorded the hashes of an older run (its {DONE} had none)", False
+    if state != "damaged":
+        return "", False
+    # the checkpoint goes first and done.json last: a crash in between leaves a done.json that
+    # the next run again finds damaged, never a bare checkpoint that resume=True would trust
+    if (run_dir / CHECKPOINT).exists():
+        shutil.rmtree(run_dir / CHECKPOINT)
+    (run_dir / CONFIG).unlink(missing_ok=True)      # rewritten by prepare_run_dir for this call
+    (run_dir / DONE).unlink(missing_ok=True)
+    # metrics.jsonl is emptied by train() itself, as for every start from step 0
+    return f"run {run_dir.name}: {'; '.join(problems)}; trained again", True
 
 
 def _check_resumable(run_dir: Path, resume: bool) -> None:
@@ -628,7 +746,14 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
     is ``sampled_corpus(...)``, ``world`` (the World it describes) is sampled into the run
     folder's corpus/ (kept, so a rerun reuses it).  Writes only into ``runs_dir``.
 
-    - finished (done.json): returns status "already trained" and touches nothing;
+    - finished (done.json) with every file done.json records as recorded (size and SHA-256):
+      returns status "already trained" and touches nothing;
+    - finished but damaged (a recorded file missing or changed, done.json unreadable): removes
+      done.json, the checkpoint and config.json and trains again from step 0 (``resume`` is
+      then ignored); the result's ``note`` names the run and what was wrong;
+    - finished before done.json recorded its files: checks what needs no record (see
+      :func:`verify_run`), then records the hashes into done.json ("already trained", with a
+      ``note`` saying so), or trains again as above if the checks fail;
     - a checkpoint: ``resume=True`` continues it, else ``CheckpointExists``;
     - no checkpoint (fresh, or interrupted before one): starts from step 0, emptying metrics.jsonl;
       ``resume=True`` then raises ``NoCheckpoint``.
@@ -659,15 +784,19 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
                              f"(build cfg with corpus=corpus_identity(corpus_dir))")
     run_dir = runs_dir / cfg.run_id()
     rank, _, _ = _ddp_env()
-    done = _already_trained(run_dir, rank, t0)
-    if done is not None:
-        return done
-    _check_resumable(run_dir, resume)
+    state, done, _ = _inspect(run_dir)
+    if state == "intact":
+        return _finished_result(run_dir, done, rank, t0)
+    if state == "fresh":
+        _check_resumable(run_dir, resume)
+    # an older or damaged finished run is settled by rank 0 under the lock; every rank looked
+    # before any could change the folder (rank 0 passes init_distributed only once all have)
+    discarded = state == "damaged"
 
     rank, _ = init_distributed(device)
     corpus_dir = run_dir / CORPUS if spec is not None else Path(corpus_dir)
     record = {"command": "train", "train": cfg.hashed(), "corpus_dir": str(corpus_dir)}
-    last_step = [(checkpoint_step(run_dir) or 0) if resume else 0]      # the step Ctrl-C would report
+    last_step = [(checkpoint_step(run_dir) or 0) if resume and not discarded else 0]   # the step Ctrl-C reports
 
     def tracked(step, info):
         last_step[0] = step
@@ -679,7 +808,9 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
     lock = folder_lock(run_dir) if rank == 0 else contextlib.nullcontext()
     with lock:
         try:
+            note = ""
             if rank == 0:
+                note, discarded = _settle(run_dir)
                 prepare_run_dir(runs_dir, cfg, record)
                 if spec is not None and not (corpus_dir / "meta.json").is_file():
                     write_corpus(world, corpus_dir, spec["n_docs"], spec["doc_length"], spec["seed"],
@@ -688,11 +819,13 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
             barrier()
             # Decided again under the lock: another run may have finished or checkpointed
             # between the checks above and taking the lock.  Every rank sees the same folder.
-            done = _already_trained(run_dir, rank, t0)
+            done = _already_trained(run_dir, rank, t0, note)
             if done is not None:
                 return done
+            resume = resume and not discarded
             _check_resumable(run_dir, resume)
             res = train(cfg, corpus_dir, run_dir, resume=resume, progress=tracked)
+            res.note = note
         except KeyboardInterrupt:
             raise Interrupted(run_dir, last_step[0], rank) from None
     res.elapsed_s = time.perf_counter() - t0

@@ -113,11 +113,42 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
     assert meta3["summary"] == meta["summary"] and meta3["best"] == meta["best"]
     assert {name: (out / name).read_text() for name in TABLES} == first
 
-    # a damaged cache file is one line that says how to recover
-    caches[0].write_bytes(caches[0].read_bytes()[:1000])
-    r4 = run(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
-    assert r4.exit_code == 1
-    one_error_line(r4, caches[0].name, "delete the file")
+    # a damaged cache file is recomputed, and the run says so: a changed byte inside an array
+    # (the zip's CRC-32 of the member catches it), then a truncated file
+    monkeypatch.undo()
+    for damage, why in ((lambda f: flip_in_member(f, "attn.npy"), "BadZipFile: Bad CRC-32 for file 'attn.npy'"),
+                        (lambda f: f.write_bytes(f.read_bytes()[:1000]), "BadZipFile")):
+        damage(caches[0])
+        with pytest.raises(llm.CacheUnreadable):
+            llm.load_outputs(caches[0])
+        r4 = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
+        assert f"the cache file {caches[0].name} could not be read ({why}" in r4.stdout
+        assert "): recomputed" in r4.stdout and "computed and cached" in r4.stdout
+        meta4 = json.loads((out / "llm.json").read_text())
+        assert meta4["cache"]["cache_damaged"].startswith(why)
+        assert meta4["cache"]["cache_hit"] is False and meta4["cache"]["model_loaded"] is True
+        assert meta4["summary"] == meta["summary"] and {name: (out / name).read_text() for name in TABLES} == first
+        assert sorted(out.glob("outputs-*.npz")) == caches
+        llm.load_outputs(caches[0])                      # replaced by a readable file
+    ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
+    meta5 = json.loads((out / "llm.json").read_text())
+    assert meta5["cache"]["cache_hit"] is True and meta5["cache"]["cache_damaged"] is None
+
+
+def flip_in_member(path, member):
+    """Invert the last byte of ``member``'s data inside the uncompressed zip (.npz) at ``path``:
+    an array element, so only the member's CRC-32 can tell."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    data = bytearray(path.read_bytes())
+    at = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 128
+    data[at + 30 + name_len + extra_len + info.file_size - 1] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def test_pair_of_label_words_from_a_csv_without_probes(tiny_llm_dir, tmp_path):
@@ -271,6 +302,15 @@ def test_damaged_cache_file_is_a_one_line_value_error(tiny, sample, tmp_path):
         with pytest.raises(ValueError, match="delete the file to recompute") as e:
             llm.load_outputs(path)
         assert "outputs-x.npz" in str(e.value) and "\n" not in str(e.value)
+        assert isinstance(e.value, llm.CacheUnreadable)
+        assert llm.read_cache(path, llm.load_outputs) == (None, e.value.reason)
+        assert e.value.reason.split(":")[0] in ("BadZipFile", "EOFError", "ValueError")
+    assert llm.read_cache(tmp_path / "absent.npz", llm.load_outputs) == (None, None)
+    llm.save_outputs(path, outputs)
+    back, why = llm.read_cache(path, llm.load_outputs)
+    assert why is None and np.array_equal(back.capture.attn, outputs.capture.attn)
+    flip_in_member(path, "attn.npy")
+    assert llm.read_cache(path, llm.load_outputs) == (None, "BadZipFile: Bad CRC-32 for file 'attn.npy'")
 
 
 def test_missing_transformers_is_one_line(monkeypatch, tiny_llm_dir):

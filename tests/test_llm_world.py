@@ -232,6 +232,49 @@ def test_tiny_gptj_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkey
     assert json.dumps(again.icl) == json.dumps(res.icl)
     assert json.dumps(again.documents) == json.dumps(res.documents)
     assert json.dumps(again.inside.pooled) == json.dumps(res.inside.pooled)
+    assert again.meta["cache"]["damaged"] == [None, None]
+
+    # a changed byte inside world random-1's cached arrays: that world is recomputed (the model
+    # loaded again), its file replaced, the run says so, and every number is the first run's
+    monkeypatch.undo()
+    spec1 = llm_world.load_worlds("random", (1,))[0]
+    key1 = llm.cache_key(llm.model_identity(llm.resolve_model(str(tiny_llm_dir))),
+                         llm_world.data_identity(spec1, ns=ns, example_length=3, concepts="prior",
+                                                 n_docs=SMALL["n_docs"], doc_length=SMALL["doc_length"],
+                                                 symbols=None, inside=True),
+                         n_demos=max(ns), mode="world", seed=0, n_examples=SMALL["n_prompts"], dtype="float32",
+                         probe_layers="auto", offsets=llm_world.probe_offsets(3))
+    damaged = cache / f"outputs-{key1}.npz"
+    flip_in_member(damaged, "doc_logp.npy")
+    with pytest.raises(llm.CacheUnreadable):
+        llm_world.load_outputs(damaged)
+    third = llm_world.run(str(tiny_llm_dir), **kw)
+    why = "BadZipFile: Bad CRC-32 for file 'doc_logp.npy'"
+    assert third.meta["cache"]["hits"] == [True, False] and third.meta["cache"]["model_loaded"] is True
+    assert third.meta["cache"]["damaged"] == [None, why]
+    assert third.meta["worlds"]["random-1"]["cache"] == f"recomputed ({damaged.name})"
+    assert f"world random-1: the cache file {damaged.name} could not be read ({why}): recomputed" in \
+        third.summary_lines()
+    assert json.dumps(third.icl) == json.dumps(res.icl)
+    assert json.dumps(third.documents) == json.dumps(res.documents)
+    assert json.dumps(third.inside.pooled) == json.dumps(res.inside.pooled)
+    assert llm_world.run(str(tiny_llm_dir), **kw).meta["cache"]["hits"] == [True, True]      # replaced, readable
+
+
+def flip_in_member(path, member):
+    """Invert the last byte of ``member``'s data inside the uncompressed zip (.npz) at ``path``:
+    an array element, so only the member's CRC-32 can tell."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    data = bytearray(path.read_bytes())
+    at = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 128
+    data[at + 30 + name_len + extra_len + info.file_size - 1] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def test_bad_input_fails_before_any_weights_load_and_writes_nothing(tiny_llm_dir, tmp_path, monkeypatch):

@@ -245,3 +245,154 @@ def test_cli_bad_config_is_one_line(tmp_path):
     assert err.strip().splitlines() == ["error: grid value world_seed = 3 is not a list; write world_seed = [3] "
                                         "for one value"]
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------- verified resume, named damage
+def _damage(out, keys):
+    """Delete the first job's table, truncate the second's, flip one byte (same size) in the third's."""
+    a, b, c = keys
+    (out / "jobs" / a / "convergence.csv").unlink()
+    p = out / "jobs" / b / "floors.csv"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    p = out / "jobs" / c / "fits.csv"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    return {a: "convergence.csv missing", b: "floors.csv is", c: "fits.csv does not match its recorded sha256"}
+
+
+@pytest.fixture(scope="module")
+def clean_sweep(cluster, tmp_path_factory):
+    """Four converge jobs, undamaged: the reference the repaired sweep is compared with."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    cfg = _cfg({"world_seed": [0, 1, 2, 3]})
+    res = sweep.run(cfg, out, scheduler=cluster.scheduler_address)
+    assert res.counts()["done"] == 4
+    return cfg, out, res
+
+
+def test_damaged_jobs_are_named_rerun_exactly_and_the_tables_equal_an_undamaged_sweep(clean_sweep, cluster,
+                                                                                       tmp_path):
+    import shutil
+
+    cfg, clean_out, clean = clean_sweep
+    out = tmp_path / "out"
+    shutil.copytree(clean_out, out)
+    keys = [j["key"] for j in clean.jobs]
+    why = _damage(out, keys[:3])
+    # --verify names each damaged job by key, grid values and what is wrong, and fails
+    check = sweep.verify(out)
+    assert not check.ok and check.verified == 4
+    assert sorted(k for k, kind, _ in check.problems) == sorted(why) and {k for _, k, _ in check.problems} == {"damaged"}
+    for key, kind, line in check.problems:
+        assert line.startswith(f"job {key} (world_seed=") and why[key] in line
+    proc = _sweep_cli([str(out), "--verify"], tmp_path)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.startswith("error: 3 problems")
+    assert all(any(k in line for line in stdout.splitlines()) for k in why)
+    # the rerun reruns exactly those three, says why, and the tables equal the undamaged sweep's
+    lines = []
+    res = sweep.run(cfg, out, scheduler=cluster.scheduler_address, notify=lines.append)
+    assert sorted(j["key"] for j in res.jobs if j["ran"]) == sorted(why)
+    assert sorted(res.damaged) == sorted(why) and res.verified == 4 and res.written
+    assert len(lines) == 3 and all(line.endswith("rerunning") for line in lines)
+    summary = "\n".join(res.summary_lines())
+    assert "3 run now (3 of them because their outputs were damaged)" in summary
+    for name in (None, "floors", "fits"):
+        got, want = res.table(name), clean.table(name)
+        pd.testing.assert_frame_equal(got, want)
+    assert sweep.verify(out).ok
+
+
+def test_a_job_table_that_cannot_be_combined_is_named_and_the_others_are_written(clean_sweep, tmp_path):
+    """Past verification (a marker from before outputs were recorded), a truncated table is
+    not a global parse error: that job is failed by key and path, the others' rows are there."""
+    import shutil
+
+    cfg, clean_out, clean = clean_sweep
+    out = tmp_path / "out"
+    shutil.copytree(clean_out, out)
+    jobs = sweep.expand(cfg)
+    bad = jobs[1]
+    p = out / "jobs" / bad.key / "convergence.csv"
+    text = p.read_text().splitlines()
+    p.write_text("\n".join(text[:5] + [text[5].rsplit(",", 3)[0]] + text[6:]) + "\n")   # one row too short
+    states = [sweep.job_state(out / "jobs" / j.key) for j in jobs]
+    damaged = {}
+    tables = sweep.combine(out, "converge", jobs, states, ["world_seed"], damaged=damaged)
+    assert list(damaged) == [bad.key] and str(p) in damaged[bad.key]
+    table = pd.read_parquet(tables[None])
+    row = table[table["job"] == bad.key]
+    assert len(row) == 1 and row["status"].iloc[0] == "failed" and "damaged" in row["error"].iloc[0]
+    good = table[table["job"] != bad.key]
+    assert (good["status"] == "done").all() and len(good) == len(clean.table()[clean.table()["job"] != bad.key])
+
+
+def test_a_rerun_with_nothing_to_do_writes_nothing_and_says_so(clean_sweep, tmp_path):
+    import shutil
+
+    cfg, clean_out, _ = clean_sweep
+    out = tmp_path / "out"
+    shutil.copytree(clean_out, out, copy_function=shutil.copy2)
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text('command = "converge"\n[options]\nn_demos = [1, 2, 4]\nn_prompts = 10\n'
+                        'kernels = ["theory", "frequency"]\n[grid]\nworld_seed = [0, 1, 2, 3]\n')
+    assert sweep.read_config(cfg_path) == cfg
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("sweep*")}
+    proc = _sweep_cli([str(cfg_path), "--out", str(out)], tmp_path)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "0 run now, 4 from earlier, 4 finished jobs verified" in stdout
+    assert stdout.rstrip().splitlines()[-1].startswith("tables unchanged: ") and "wrote" not in stdout
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("sweep*")}
+    # a damaged combined table is rebuilt from the (verified) jobs, running none
+    (out / "sweep.csv").write_text("job\n")
+    proc = _sweep_cli([str(cfg_path), "--out", str(out)], tmp_path)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "sweep.csv is" in err and "rewriting them" in err
+    assert "0 run now" in stdout and stdout.rstrip().splitlines()[-1].startswith("wrote ")
+    assert sweep.verify(out).ok
+
+
+def test_an_older_done_marker_without_outputs_is_not_trusted(clean_sweep, cluster, tmp_path):
+    import shutil
+
+    cfg, clean_out, clean = clean_sweep
+    out = tmp_path / "out"
+    shutil.copytree(clean_out, out)
+    key = clean.jobs[0]["key"]
+    marker = json.loads((out / "jobs" / key / sweep.DONE).read_text())
+    marker.pop("outputs")
+    (out / "jobs" / key / sweep.DONE).write_text(json.dumps(marker))
+    res = sweep.run(cfg, out, scheduler=cluster.scheduler_address)
+    assert [j["key"] for j in res.jobs if j["ran"]] == [key]
+    assert "cannot be verified" in res.damaged[key][0]
+    pd.testing.assert_frame_equal(res.table(), clean.table())
+
+
+def test_a_worker_killed_mid_job_leaves_every_job_done_once_and_the_table_complete(cluster, tmp_path):
+    """SIGKILL one worker process (its pid from the client) while jobs run: the nanny restarts it,
+    the scheduler reruns its job; every job ends done, once, and the table has every job's rows."""
+    from distributed import Client
+
+    cfg = _cfg({"world_seed": list(range(6))}, options=dict(FAST, n_prompts=60, n_demos=[1, 2, 4, 8, 16]))
+    out = tmp_path / "out"
+    killed = []
+
+    def tick(done, failed, running, total):
+        if not killed and running:
+            with Client(cluster.scheduler_address, timeout="30s") as c:
+                pids = c.run(os.getpid)
+            pid = sorted(pids.values())[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    res = sweep.run(cfg, out, scheduler=cluster.scheduler_address, progress=tick)
+    assert killed, "no worker was killed"
+    assert res.counts() == {"done": 6, "failed": 0, "missing": 0}
+    table = res.table()
+    assert (table["status"] == "done").all()
+    per_job = table.groupby("job").size()
+    want = pd.read_csv(out / "jobs" / res.jobs[0]["key"] / "convergence.csv").shape[0]
+    assert (per_job == want).all() and len(per_job) == 6          # no job twice, none missing
+    assert sweep.verify(out).ok

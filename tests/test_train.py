@@ -581,3 +581,152 @@ def test_ddp_resume_equals_uninterrupted(ddp_full, corpus_dir, tmp_path):
     wb = model_mod.load_model(run_dir / tr.CHECKPOINT / "model").state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------- a finished run is verified before it is trusted
+#: a finished run in a few steps: evaluations at 5 and 10, one checkpoint at the end
+SMALL_RUN = dict(max_steps=10, eval_every=5, ckpt_every=10)
+WEIGHTS = "checkpoint/model/model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def finished(corpus_dir, tmp_path_factory):
+    """(config, result) of one finished run, copied by each test that damages it."""
+    cfg = cfg_for(corpus_dir, **SMALL_RUN)
+    res = tr.run(cfg, tmp_path_factory.mktemp("finished"), corpus_dir=corpus_dir)
+    assert res.status == "trained" and res.note == "" and _steps(res.run_dir) == [5, 10]
+    return cfg, res
+
+
+def _copy(finished, tmp_path):
+    import shutil
+    cfg, res = finished
+    run_dir = tmp_path / "runs" / res.run_dir.name
+    shutil.copytree(res.run_dir, run_dir)
+    return cfg, run_dir
+
+
+def _flip(path, at=-1):
+    """Invert one byte of ``path`` (its size stays the same)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _weights(run_dir):
+    return model_mod.load_model(run_dir / tr.CHECKPOINT / "model").state_dict()
+
+
+def test_done_json_records_what_a_later_run_reuses(finished):
+    _, res = finished
+    done = json.loads((res.run_dir / tr.DONE).read_text())
+    outputs = done["outputs"]
+    assert {WEIGHTS, "checkpoint/model/config.json", "checkpoint/state.pt", "checkpoint/train_config.json",
+            "checkpoint/step.json", "metrics.jsonl", "config.json"} <= set(outputs)
+    assert not any(k.startswith("corpus") or k in ("done.json", ".lock") for k in outputs)
+    w = res.run_dir / WEIGHTS
+    assert outputs[WEIGHTS]["size"] == w.stat().st_size
+    assert outputs[WEIGHTS]["sha256"] == __import__("hashlib").sha256(w.read_bytes()).hexdigest()
+    assert outputs == tr.run_outputs(res.run_dir) and tr.verify_run(res.run_dir) == []
+
+
+def test_intact_run_is_already_trained_without_a_note(finished, corpus_dir):
+    cfg, res = finished
+    again = tr.run(cfg, res.run_dir.parent, corpus_dir=corpus_dir)
+    assert again.status == "already trained" and again.note == "" and again.step == 10
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda d: _flip(d / WEIGHTS), f"{WEIGHTS} does not match its recorded sha256"),
+    (lambda d: (d / tr.METRICS).unlink(), "metrics.jsonl missing"),
+    (lambda d: _flip(d / "checkpoint" / "state.pt", 200), "checkpoint/state.pt does not match its recorded sha256"),
+], ids=["weights-byte-flipped", "metrics-deleted", "state-byte-flipped"])
+def test_damaged_finished_run_is_trained_again_from_a_clean_start(finished, corpus_dir, tmp_path, damage, problem):
+    cfg, run_dir = _copy(finished, tmp_path)
+    damage(run_dir)
+    assert tr.verify_run(run_dir) == [problem]
+    res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir, resume=True)      # resume is moot: nothing to trust
+    assert res.status == "trained" and res.step == 10 and res.run_dir == run_dir
+    assert res.note == f"run {run_dir.name}: {problem}; trained again"
+    # from step 0, not on top of the damaged files: the same rows and weights as the first training
+    assert _steps(run_dir) == [5, 10]
+    assert _stripped(tr.read_metrics(run_dir)) == _stripped(finished[1].metrics)
+    a, b = _weights(finished[1].run_dir), _weights(run_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert tr.verify_run(run_dir) == []
+    again = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
+    assert again.status == "already trained" and again.note == ""
+
+
+def test_verify_run_names_each_damage(finished, tmp_path):
+    _, run_dir = _copy(finished, tmp_path)
+    assert tr.verify_run(tmp_path / "nowhere") == ["not finished"]
+    recorded = json.loads((run_dir / tr.DONE).read_text())["outputs"]
+    _flip(run_dir / WEIGHTS)
+    (run_dir / "checkpoint" / "step.json").unlink()
+    cfg_file = run_dir / "config.json"
+    cfg_file.write_bytes(cfg_file.read_bytes()[:-5])
+    (run_dir / "icl_vs_bayes.csv").write_text("a later command's table\n")      # not a recorded file: no damage
+    assert sorted(tr.verify_run(run_dir)) == sorted([
+        f"{WEIGHTS} does not match its recorded sha256", "checkpoint/step.json missing",
+        f"config.json is {recorded['config.json']['size'] - 5:,} bytes, recorded {recorded['config.json']['size']:,}"])
+    # sizes only: the flipped byte goes unseen, the rest does not
+    assert sorted(tr.verify_run(run_dir, hashes=False)) == sorted([
+        "checkpoint/step.json missing",
+        f"config.json is {recorded['config.json']['size'] - 5:,} bytes, recorded {recorded['config.json']['size']:,}"])
+    (run_dir / tr.DONE).write_text("{not json")
+    assert tr.verify_run(run_dir) == ["done.json cannot be read (JSONDecodeError)"]
+    (run_dir / tr.DONE).unlink()
+    assert tr.verify_run(run_dir) == ["not finished"]
+
+
+def _make_older(run_dir):
+    """done.json as runs made before it recorded outputs wrote it."""
+    done = json.loads((run_dir / tr.DONE).read_text())
+    del done["outputs"]
+    (run_dir / tr.DONE).write_text(json.dumps(done))
+    return done
+
+
+def test_older_done_json_is_upgraded_then_verified_fully(finished, corpus_dir, tmp_path):
+    cfg, run_dir = _copy(finished, tmp_path)
+    old = _make_older(run_dir)
+    assert tr.verify_run(run_dir) == []                 # what can be checked without a record passes
+    res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
+    assert res.status == "already trained" and res.step == 10
+    assert res.note == f"run {run_dir.name}: recorded the hashes of an older run (its done.json had none)"
+    done = json.loads((run_dir / tr.DONE).read_text())
+    assert done["outputs"] == tr.run_outputs(run_dir) and {k: done[k] for k in old} == old
+    assert tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir).note == ""
+    # from now on a flipped byte, which the checks without a record cannot see, is caught
+    _flip(run_dir / "checkpoint" / "state.pt", 200)
+    res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
+    assert res.status == "trained" and "checkpoint/state.pt does not match its recorded sha256" in res.note
+
+
+def test_older_done_json_with_damaged_files_is_trained_again(finished, corpus_dir, tmp_path):
+    cfg, run_dir = _copy(finished, tmp_path)
+    _make_older(run_dir)
+    w = run_dir / WEIGHTS
+    w.write_bytes(w.read_bytes()[:-100])
+    (run_dir / tr.METRICS).write_text("")
+    assert tr.verify_run(run_dir) == ["metrics.jsonl is empty", f"{WEIGHTS} has an unreadable header (SafetensorError)"]
+    res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
+    assert res.status == "trained" and res.note == (f"run {run_dir.name}: metrics.jsonl is empty; {WEIGHTS} has an "
+                                                    f"unreadable header (SafetensorError); trained again")
+    assert _steps(run_dir) == [5, 10] and tr.verify_run(run_dir) == []
+    assert "outputs" in json.loads((run_dir / tr.DONE).read_text())
+
+
+def test_cli_warns_when_a_damaged_run_is_trained_again(corpus_dir, tmp_path):
+    argv = [*TRAIN, "--corpus", corpus_dir, "--runs-dir", tmp_path / "runs"]
+    ok(argv)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    _flip(run_dir / WEIGHTS)
+    r = ok(argv)
+    assert r.stderr.strip() == (f"warning: run {run_dir.name}: {WEIGHTS} does not match its recorded sha256; "
+                                f"trained again")
+    assert "stopped at step 6 by max_steps" in r.stdout
+    r = ok(argv)
+    assert "already trained" in r.stdout and "warning" not in r.stderr
