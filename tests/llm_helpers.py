@@ -110,3 +110,19 @@ def make_tiny_llm_dir(folder, seed: int = 0) -> Path:
     tokenizer = train_tokenizer()
     save_tokenizer(folder, tokenizer)
     return save_tiny_gptj(folder, tokenizer, seed=seed)
+
+
+def flip_in_member(path, member):
+    """Invert the last byte of ``member``'s data inside the uncompressed zip (.npz) at ``path``:
+    an array element, so only the member's CRC-32 can tell."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    data = bytearray(path.read_bytes())
+    at = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 128
+    data[at + 30 + name_len + extra_len + info.file_size - 1] ^= 0xFF
+    path.write_bytes(bytes(data))

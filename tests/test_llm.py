@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from cli_helpers import ok, run  # noqa: E402
+from llm_helpers import flip_in_member  # noqa: E402
 
 from simkernel import analysis, capture, llm, textdata  # noqa: E402
 from simkernel.store import publish  # noqa: E402
@@ -134,21 +135,6 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
     meta5 = json.loads((out / "llm.json").read_text())
     assert meta5["cache"]["cache_hit"] is True and meta5["cache"]["cache_damaged"] is None
 
-
-def flip_in_member(path, member):
-    """Invert the last byte of ``member``'s data inside the uncompressed zip (.npz) at ``path``:
-    an array element, so only the member's CRC-32 can tell."""
-    import struct
-    import zipfile
-
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    data = bytearray(path.read_bytes())
-    at = info.header_offset
-    name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])
-    assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 128
-    data[at + 30 + name_len + extra_len + info.file_size - 1] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_pair_of_label_words_from_a_csv_without_probes(tiny_llm_dir, tmp_path):

@@ -22,7 +22,7 @@ pytest.importorskip("tokenizers")
 torch = pytest.importorskip("torch")
 
 from conftest import brute_prob, worlds  # noqa: E402
-from llm_helpers import save_tiny_gptj, train_tokenizer  # noqa: E402
+from llm_helpers import flip_in_member, save_tiny_gptj, train_tokenizer  # noqa: E402
 
 from simkernel import bayes, llm, llm_world, presets, render  # noqa: E402
 from simkernel.alignment import examples_from_prompts  # noqa: E402
@@ -260,21 +260,6 @@ def test_tiny_gptj_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkey
     assert json.dumps(third.inside.pooled) == json.dumps(res.inside.pooled)
     assert llm_world.run(str(tiny_llm_dir), **kw).meta["cache"]["hits"] == [True, True]      # replaced, readable
 
-
-def flip_in_member(path, member):
-    """Invert the last byte of ``member``'s data inside the uncompressed zip (.npz) at ``path``:
-    an array element, so only the member's CRC-32 can tell."""
-    import struct
-    import zipfile
-
-    with zipfile.ZipFile(path) as z:
-        info = z.getinfo(member)
-    data = bytearray(path.read_bytes())
-    at = info.header_offset
-    name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])
-    assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 128
-    data[at + 30 + name_len + extra_len + info.file_size - 1] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_bad_input_fails_before_any_weights_load_and_writes_nothing(tiny_llm_dir, tmp_path, monkeypatch):
