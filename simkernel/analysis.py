@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .metrics import onehot_scores, tie_accuracy, tie_agreement, top_set
+from .metrics import bootstrap_counts, onehot_scores, tie_accuracy, tie_agreement, top_set
 
 if TYPE_CHECKING:
     from .capture import Capture
@@ -353,12 +353,10 @@ def shuffled_agreement(weights: np.ndarray, demo_labels: np.ndarray, target: np.
 
 @functools.lru_cache(maxsize=8)
 def _boot_counts(size: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, size) multinomial resample counts, not index arrays (small ints and one matrix
-    product); drawn once per (size, n_boot, seed): every reference of a measurement is resampled
-    the same way, and the draw dominated the analysis when repeated per reference."""
-    counts = np.random.default_rng(seed).multinomial(size, np.full(size, 1.0 / size), size=n_boot)
-    counts.setflags(write=False)
-    return counts
+    """``metrics.bootstrap_counts``, drawn once per (size, n_boot, seed): every reference of a
+    measurement is resampled the same way, and the draw dominated the analysis when repeated per
+    reference."""
+    return bootstrap_counts(size, n_boot, seed)
 
 
 def paired_bootstrap(diff: np.ndarray, n_boot: int = N_BOOTSTRAP, level: float = CI_LEVEL, seed: int = 0):

@@ -122,6 +122,15 @@ def mean_ci(x: np.ndarray, axis: int = 0):
     return m, m - half, m + half, n
 
 
+def bootstrap_counts(size: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, size) multinomial resample counts of ``size`` units, not index arrays (small ints
+    and one matrix product: ``counts @ x / size`` is every resample's mean at once), from
+    ``np.random.default_rng(seed)``; read-only, so callers can share one draw."""
+    counts = np.random.default_rng(seed).multinomial(size, np.full(size, 1.0 / size), size=n_boot)
+    counts.setflags(write=False)
+    return counts
+
+
 def _t975(df: int) -> float:
     from scipy.stats import t
     return float(t.ppf(0.975, df))

@@ -38,7 +38,7 @@ import numpy as np
 from . import bayes, kernel
 from .constants import (DEFAULT_RIDGE, EXACT_LIMIT, REGIME_BAND, REGIME_COLUMNS, REGIME_N_CAP, REGIME_N_MAX,
                         REGIME_WORLD_COLUMNS)
-from .metrics import mean_ci, restrict
+from .metrics import bootstrap_counts, mean_ci, restrict
 from .sampling import sample_prompt_set
 from .store import check_seed, provenance, world_summary
 from .world import World
@@ -178,9 +178,7 @@ def crossover_ci(ns, diffs: np.ndarray, seed: int = 0, n_boot: int = N_BOOT) -> 
     est = first_stay_below(ns, x.mean(axis=0)) if x.size else math.nan
     if x.shape[0] < 2:
         return est, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(x.shape[0], np.full(x.shape[0], 1.0 / x.shape[0]), size=n_boot)
-    curves = counts @ x / x.shape[0]                                              # (R, G)
+    curves = bootstrap_counts(x.shape[0], n_boot, seed) @ x / x.shape[0]        # (R, G)
     reps = np.array([first_stay_below(ns, c) for c in curves])
     lo, hi = np.quantile(reps, [0.025, 0.975], method="inverted_cdf")
     return est, float(lo), float(hi)

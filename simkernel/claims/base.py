@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import world_ci
+from ..metrics import bootstrap_counts, world_ci
 
 SUPPORTED, REFUTED, INCONCLUSIVE = "supported", "refuted", "inconclusive"
 NOT_REACHED, OUT_OF_SCOPE = "not reached", "out of scope"
@@ -291,11 +291,10 @@ def ratio_ci(num, den, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -
 def spearman_ci(x, y, units, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
     """(rho, lo, hi, n_pairs, n_units): Spearman's rho of the pairs (x, y) and its percentile
     interval from ``n_boot`` resamples of whole units (the pairs of a resampled unit come
-    together; ``analysis._boot_counts`` draws the counts).  NaN where undefined (< 4 pairs,
+    together; ``metrics.bootstrap_counts`` draws the counts).  NaN where undefined (< 4 pairs,
     constant x or y; fewer than half the resamples defined)."""
     from scipy.stats import spearmanr
 
-    from ..analysis import _boot_counts
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     u = list(np.asarray(units).reshape(-1))
@@ -313,7 +312,7 @@ def spearman_ci(x, y, units, n_boot: int = 2000, seed: int = 0, level: float = 0
     if not math.isfinite(rho) or W < 2:
         return rho, NAN, NAN, P, W
     reps = []
-    for c in _boot_counts(W, n_boot, seed):
+    for c in bootstrap_counts(W, n_boot, seed):
         rep = np.repeat(np.arange(P), c[inv])
         reps.append(rho_of(x[rep], y[rep]))
     reps = np.array(reps)
