@@ -234,7 +234,7 @@ def draw_figure(result: Result, path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .plots import DPI, _metadata
+    from .plots.style import DPI, metadata
 
     fig = Figure(figsize=(9.5, 3.8), layout="constrained")
     try:
@@ -252,7 +252,7 @@ def draw_figure(result: Result, path) -> Path:
     FigureCanvasAgg(fig)
     path = Path(path)
     with open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI, metadata=_metadata("png"))
+        fig.savefig(f, format="png", dpi=DPI, metadata=metadata("png"))
     return path
 
 

@@ -229,6 +229,7 @@ def test_capture_and_analysis_import_nothing_of_the_simulator():
 
 def test_every_public_module_has_an_api_page_in_the_nav():
     modules = {p.stem for p in (ROOT / "simkernel").glob("*.py")} - {"__init__", "cli"}
+    packages = {p.parent.name for p in (ROOT / "simkernel").glob("*/__init__.py")}
     pages = {p.stem for p in (DOCS / "api").glob("*.md")} - {"index"}
     assert pages == modules, f"add docs/api/<module>.md (and a nav entry) for {sorted(modules - pages)}; " \
                              f"remove {sorted(pages - modules)}"
@@ -238,6 +239,18 @@ def test_every_public_module_has_an_api_page_in_the_nav():
         assert f"::: simkernel.{m}\n" in (DOCS / "api" / f"{m}.md").read_text()
         assert f"api/{m}.md" in nav, f"mkdocs.yml's nav lacks api/{m}.md"
         assert f"({m}.md)" in index, f"docs/api/index.md does not list {m}"
+    # a package: an index page for the package and one page per module in it
+    for pkg in packages:
+        subs = {p.stem for p in (ROOT / "simkernel" / pkg).glob("*.py")} - {"__init__"}
+        folder = DOCS / "api" / pkg
+        got = {p.stem for p in folder.glob("*.md")} - {"index"}
+        assert got == subs, f"docs/api/{pkg}/: add pages for {sorted(subs - got)}; remove {sorted(got - subs)}"
+        assert f"::: simkernel.{pkg}\n" in (folder / "index.md").read_text()
+        assert f"({pkg}/index.md)" in index, f"docs/api/index.md does not list the package {pkg}"
+        for m in subs:
+            assert f"::: simkernel.{pkg}.{m}\n" in (folder / f"{m}.md").read_text()
+            assert f"api/{pkg}/{m}.md" in nav, f"mkdocs.yml's nav lacks api/{pkg}/{m}.md"
+            assert f"({m}.md)" in (folder / "index.md").read_text(), f"docs/api/{pkg}/index.md does not list {m}"
 
 
 # ---------------------------------------------------------------------- command lines in the text

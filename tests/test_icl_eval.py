@@ -381,7 +381,7 @@ def test_direction_rows_of_stub_models(world):
 def test_baseline_series_has_its_own_style():
     """Every label-frequency metric is drawn, and no baseline series shares a (colour, line
     style, marker) with a kernel or model series."""
-    from simkernel.plots import _ICL_SERIES
+    from simkernel.plots.icl import _ICL_SERIES
 
     drawn = {s[1]: s for s in _ICL_SERIES}
     assert set(icl_eval.FREQUENCY_METRICS) <= set(drawn)

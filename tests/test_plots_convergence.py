@@ -8,6 +8,7 @@ import math
 import pytest
 
 from simkernel import plots
+from simkernel.plots import convergence as plots_conv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PDF_MAGIC = b"%PDF-"
@@ -116,7 +117,7 @@ def test_rows_as_dataframe(tmp_path):
 
 
 def test_old_schema_still_draws(tmp_path):
-    recs = plots._records(as_csv_rows(old_rows()))
+    recs = plots_conv._records(as_csv_rows(old_rows()))
     assert {r["n_worlds"] for r in recs} == {1}
     assert not any(r["n_demos"] == math.inf for r in recs)
     png, pdf = tmp_path / "old.png", tmp_path / "old.pdf"
@@ -139,32 +140,32 @@ def test_partial_tables_draw(tmp_path):
 
 
 def test_primary_estimator_and_kernel_order():
-    recs = plots._records(new_rows())
-    assert plots._primary_estimator(recs) == "normalised"
+    recs = plots_conv._records(new_rows())
+    assert plots_conv._primary_estimator(recs) == "normalised"
     no_norm = [r for r in recs if r["estimator"] != "normalised"]
-    assert plots._primary_estimator(no_norm) == "averaged"
+    assert plots_conv._primary_estimator(no_norm) == "averaged"
     # fixed order, whatever the row order; reference rows are not kernels
-    assert plots._kernels(recs[::-1], "normalised") == ["theory", "frequency"]
+    assert plots_conv._kernels(recs[::-1], "normalised") == ["theory", "frequency"]
 
 
 def test_series_and_limit_keep_inf_apart():
-    recs = plots._records(new_rows())
-    n, m, _lo, _hi = plots._series(recs, "theory", "normalised", "tv")
+    recs = plots_conv._records(new_rows())
+    n, m, _lo, _hi = plots_conv._series(recs, "theory", "normalised", "tv")
     assert n == list(NS)
     assert m[0] == pytest.approx(0.6)
-    assert plots._limit(recs, "frequency", "normalised", "tv") == pytest.approx((0.1, -0.1, 0.3))
-    assert plots._limit(recs, "theory", "normalised", "tv_limit") is None
+    assert plots_conv._limit(recs, "frequency", "normalised", "tv") == pytest.approx((0.1, -0.1, 0.3))
+    assert plots_conv._limit(recs, "theory", "normalised", "tv_limit") is None
 
 
 def test_fit_helpers():
     fits = new_fits()
-    assert plots._fit_usable(fits["theory/normalised"])
-    assert not plots._fit_usable(fits["frequency/normalised"])          # flagged degenerate
-    assert not plots._fit_usable(fits["theory/averaged"])               # NaN
-    assert not plots._fit_usable({"slope": -0.5, "floor": 0.0, "amplitude": None})
-    assert plots._fit_range(fits["theory/normalised"], 1, 4) == (2, 4)   # cut to the table's n
-    assert plots._fit_range({}, 1, 8) == (1, 8)
-    n, y = plots._fit_curve(fits["theory/normalised"], 1, 4)
+    assert plots_conv._fit_usable(fits["theory/normalised"])
+    assert not plots_conv._fit_usable(fits["frequency/normalised"])          # flagged degenerate
+    assert not plots_conv._fit_usable(fits["theory/averaged"])               # NaN
+    assert not plots_conv._fit_usable({"slope": -0.5, "floor": 0.0, "amplitude": None})
+    assert plots_conv._fit_range(fits["theory/normalised"], 1, 4) == (2, 4)   # cut to the table's n
+    assert plots_conv._fit_range({}, 1, 8) == (1, 8)
+    n, y = plots_conv._fit_curve(fits["theory/normalised"], 1, 4)
     assert n[0] == pytest.approx(1) and n[-1] == pytest.approx(4)
     assert y[0] == pytest.approx(0.5) and y[-1] == pytest.approx(0.25)   # on the fit's own scale
 
@@ -209,7 +210,7 @@ def test_panels_say_what_they_plot(tmp_path, drawn):
     assert "∞" not in [t.get_text() for t in ax2.get_xticklabels()]
     # the frequency baseline is dashed, the kernels solid
     styles = {ln.get_label(): ln.get_linestyle() for ln in ax1.get_lines()}
-    assert styles["theory"] == "-" and styles[plots._KERNEL_LABELS["frequency"]] == "--"
+    assert styles["theory"] == "-" and styles[plots_conv._KERNEL_LABELS["frequency"]] == "--"
 
 
 # ---------------------------------------------------------------------- bad tables: one-line errors
@@ -217,7 +218,7 @@ def test_non_numeric_mean_names_the_row():
     rows = as_csv_rows(new_rows())
     rows[7]["mean"] = "abc"
     with pytest.raises(ValueError) as e:
-        plots._records(rows)
+        plots_conv._records(rows)
     msg = str(e.value)
     assert "\n" not in msg
     assert "row 7" in msg and "mean" in msg and "'abc'" in msg
@@ -239,7 +240,7 @@ def test_bad_n_demos(value):
     rows = as_csv_rows(new_rows())
     rows[0]["n_demos"] = value
     with pytest.raises(ValueError, match="row 0 .*n_demos") as e:
-        plots._records(rows)
+        plots_conv._records(rows)
     assert "\n" not in str(e.value)
 
 
@@ -247,7 +248,7 @@ def test_inf_n_demos_spellings():
     for v in ("inf", "Inf", " inf", float("inf")):
         rows = new_rows()[:1]
         rows[0]["n_demos"] = v
-        assert plots._records(rows)[0]["n_demos"] == math.inf
+        assert plots_conv._records(rows)[0]["n_demos"] == math.inf
 
 
 def test_nan_mean_is_allowed(tmp_path):
@@ -261,7 +262,7 @@ def test_missing_column():
     rows = new_rows()
     del rows[2]["estimator"]
     with pytest.raises(ValueError, match="row 2 .*lacks column 'estimator'"):
-        plots._records(rows)
+        plots_conv._records(rows)
 
 
 def test_empty_table_and_bad_fits(tmp_path):
