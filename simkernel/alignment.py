@@ -431,7 +431,7 @@ def run(checkpoint, n_prompts: int = 1000, n_demos: int = 16, example_length: in
     import time
 
     from . import analysis
-    from .capture import resolve_device
+    from .device import resolve_device
     from .icl_eval import context_of, load_run, prompt_length, run_paths
     from .store import provenance, world_summary
 

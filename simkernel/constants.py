@@ -17,6 +17,10 @@ MODEL_NAMES = ("tiny", "cpu", "ginc-4", "ginc-12", "ginc-16")
 #: A head's weight on a demonstration: the max attention over its span (the paper's), the
 #: attention on its label token, or the span's mean (``analysis.demo_weights``).
 WEIGHTS = ("max", "label", "mean")
+#: Head selection and reporting split the examples into disjoint halves of these sizes
+#: (``analysis.split_indices``): heads are chosen on the first, scored on the second.
+N_SELECT = 700
+N_REPORT = 300
 #: The ridge of every kernel: λ = DEFAULT_RIDGE · trace(Σ) / D.
 DEFAULT_RIDGE = 0.01
 #: Inputs x are enumerated exactly (Σ and the limits exact) up to this many sequences V^(k-1);

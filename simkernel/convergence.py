@@ -467,7 +467,10 @@ def run(worlds=None, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts
     :class:`Convergence` (``meta`` is the JSON); writes nothing (see :meth:`Convergence.write`)."""
     t0 = time.perf_counter()
     if worlds is None:
-        worlds, world_source, world_labels = _worlds_of(preset, world_seeds, overrides, world_file)
+        from .presets import resolve_worlds
+
+        worlds, world_labels, world_source, _ = resolve_worlds(preset, world_seeds, overrides, world_file,
+                                                               default=DEFAULT_PRESET)
     elif preset is not None or overrides or world_file is not None:
         raise ValueError("worlds are given; preset, overrides and world_file describe worlds to build instead")
     if isinstance(worlds, World):
@@ -570,23 +573,6 @@ def check_concepts(concepts, world: World) -> None:
                              f"distribution concepts (prior {'> 0' if concepts == 'id' else '= 0'})")
     elif concepts != "prior":
         raise ValueError(f"concepts must be prior, id, ood or a concept index, got {concepts!r}")
-
-
-def _worlds_of(preset, world_seeds, overrides, world_file):
-    """(worlds, source, labels) of a world spec given as plain values."""
-    from .presets import load_world
-
-    if world_file is not None:
-        world, source = load_world(preset, 0, overrides, world_file)      # it rejects preset / overrides
-        return [world], source, ["file"]
-    seeds = [world_seeds] if isinstance(world_seeds, int) else list(world_seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"world_seeds must be distinct and at least one, got {world_seeds!r}")
-    built = [load_world(preset, ws, overrides, default=DEFAULT_PRESET) for ws in seeds]
-    source = dict(built[0][1])
-    if len(seeds) > 1:
-        source["seed"] = seeds
-    return [w for w, _ in built], source, seeds
 
 
 def _title(worlds, source, example_length, n_prompts, seeds, concepts, features) -> str:

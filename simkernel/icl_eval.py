@@ -408,7 +408,7 @@ def run(run_dir, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts: in
     import time
 
     from .store import provenance, world_summary
-    from .capture import resolve_device
+    from .device import resolve_device
 
     run_dir = Path(run_dir)
     run_paths(run_dir)

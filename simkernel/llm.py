@@ -59,6 +59,7 @@ import numpy as np
 
 from . import analysis, capture, textdata
 from .constants import LLM_BATCH_SIZE, LLM_DTYPE_ALIASES, LLM_DTYPES, LLM_N_EXAMPLES
+from .device import resolve_device
 from .prompts import PromptBatch, collate
 from .store import folder_lock, provenance, sha256_file
 
@@ -285,7 +286,7 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     if config is None:
         config = load_config(name, revision)                  # fails fast, before the weights
     tok = tokenizer if tokenizer is not None else load_tokenizer(name, revision)
-    dev = capture.resolve_device("cuda" if device_map is not None and device == "auto" else device)
+    dev = resolve_device("cuda" if device_map is not None and device == "auto" else device)
     dt = resolve_dtype(dtype, dev)
     kw = {"revision": revision, "dtype": getattr(torch, dt), "config": config}
     if device_map is not None:

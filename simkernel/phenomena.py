@@ -523,7 +523,7 @@ def _build_worlds(preset, world_seeds, overrides, worlds):
 def _load_model(run_dir, device, worlds, labels, variants):
     """(model, its world, device) of a run folder, with its world matched against the
     experiment's worlds (or their ``variants``); the experiment then keeps the matching world only."""
-    from .capture import resolve_device
+    from .device import resolve_device
     from .icl_eval import load_run, run_paths
 
     run_paths(run_dir)

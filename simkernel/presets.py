@@ -7,6 +7,8 @@ Every recipe is a pure function of its options and an integer seed (numpy's PCG6
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .store import check_seed
@@ -211,3 +213,49 @@ def load_world(preset: str | None = None, world_seed: int = 0, overrides: dict |
     preset = default if preset is None else preset
     world = make_world(preset, world_seed, **dict(overrides or {}))
     return world, {"preset": preset, "seed": world_seed, "options": world.meta.get("options", {})}
+
+
+class Worlds(NamedTuple):
+    """The worlds a command runs on: ``worlds`` (list of World), ``labels`` (one per world: its
+    seed, ``"file"`` for a saved world, or the ``meta["seed"]`` / index of a given World),
+    ``source`` (where they came from: ``{"preset", "seed", "options"}`` with seed a list when
+    several, ``{"file", "sha256", "meta"}``, or ``{"given": n}``) and ``records`` (one
+    :func:`load_world` record per world)."""
+    worlds: list
+    labels: list
+    source: dict
+    records: list
+
+
+def resolve_worlds(preset: str | None = None, world_seeds=(0,), overrides: dict | None = None, world_file=None,
+                   worlds=None, *, default: str = "paper-c") -> Worlds:
+    """The one resolver of preset + world seeds + overrides, a saved world file, or World objects.
+
+    Exactly one source: ``worlds`` (World objects, used as given), ``world_file`` (one saved
+    world; ``world_seeds`` must then be the default), else ``preset`` (``default`` when None)
+    built at each of ``world_seeds`` (an integer or distinct non-negative integers) with
+    ``overrides`` (a dict of preset options).  One-line ValueErrors naming the argument."""
+    from .validate import check_ints
+
+    if worlds is not None:
+        if world_file is not None or overrides:
+            raise ValueError("worlds are used as given; they cannot be combined with world_file or overrides")
+        ws = [worlds] if isinstance(worlds, World) else list(worlds)
+        if not ws or not all(isinstance(w, World) for w in ws):
+            raise ValueError("worlds must be a non-empty list of World objects (or None to build preset at world_seeds)")
+        labels = [w.meta.get("seed", i) for i, w in enumerate(ws)]
+        return Worlds(ws, labels, {"given": len(ws)}, [{"given": i} for i in range(len(ws))])
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of preset options, got {type(overrides).__name__}")
+    if world_file is not None:
+        seeds = [world_seeds] if isinstance(world_seeds, int) else list(world_seeds or ())
+        if seeds not in ([], [0]):
+            raise ValueError("world_seeds builds preset worlds; it cannot be combined with world_file")
+        world, rec = load_world(preset, 0, overrides, world_file, default=default)   # it rejects preset / overrides
+        return Worlds([world], ["file"], rec, [rec])
+    seeds = check_ints("world_seeds", world_seeds, 0, distinct=True)
+    built = [load_world(preset, s, overrides, default=default) for s in seeds]
+    source = dict(built[0][1])
+    if len(seeds) > 1:
+        source["seed"] = seeds
+    return Worlds([w for w, _ in built], seeds, source, [r for _, r in built])

@@ -572,7 +572,8 @@ def run(preset: str | None = "ginc-small", world_seeds=(0,), overrides=None, wor
     kernels: 'theory' and/or 'oracle' (the label frequencies are always computed); estimators:
     any of kernel.ESTIMATORS.  band: the regime begins where measured / predicted stays within
     1 ± band.  ``progress(message, done, total)``.  Returns a :class:`Regime`; writes nothing."""
-    from .convergence import _worlds_of
+    from .convergence import DEFAULT_PRESET
+    from .presets import resolve_worlds
 
     t0 = time.perf_counter()
     seed = check_seed(seed)
@@ -595,7 +596,7 @@ def run(preset: str | None = "ginc-small", world_seeds=(0,), overrides=None, wor
     if not estimators:
         raise ValueError("estimators is empty: give at least one of " + ", ".join(kernel.ESTIMATORS))
     if worlds is None:
-        worlds, source, labels = _worlds_of(preset, world_seeds, overrides, world_file)
+        worlds, labels, source, _ = resolve_worlds(preset, world_seeds, overrides, world_file, default=DEFAULT_PRESET)
     else:
         worlds = [worlds] if isinstance(worlds, World) else list(worlds)
         source, labels = [w.meta for w in worlds], [w.meta.get("seed", i) for i, w in enumerate(worlds)]

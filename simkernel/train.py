@@ -162,9 +162,9 @@ def sampled_corpus(world_source: dict, n_docs: int, doc_length: int, seed: int) 
 
 
 def select_device(requested: str = "auto") -> torch.device:
-    """:func:`capture.resolve_device` (the one resolver) as a torch.device."""
-    from .capture import resolve_device
-    return torch.device(resolve_device(requested))
+    """:func:`device.torch_device` (the one resolver)."""
+    from .device import torch_device
+    return torch_device(requested)
 
 
 # ---------------------------------------------------------------------- data

@@ -16,7 +16,8 @@ from simkernel import icl_eval, make_world  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
 from simkernel import train as tr  # noqa: E402
 from simkernel.alignment import examples_from_prompts  # noqa: E402
-from simkernel.capture import capture, resolve_device  # noqa: E402
+from simkernel.capture import capture  # noqa: E402
+from simkernel.device import resolve_device  # noqa: E402
 from simkernel.prompts import collate  # noqa: E402
 from simkernel.sampling import sample_prompts  # noqa: E402
 from simkernel.store import write_corpus  # noqa: E402

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import bootstrap_counts, world_ci
+from ..metrics import log_ci, ratio_ci, spearman_ci, unit_ci  # noqa: F401  (the claims' vocabulary)
 
 SUPPORTED, REFUTED, INCONCLUSIVE = "supported", "refuted", "inconclusive"
 NOT_REACHED, OUT_OF_SCOPE = "not reached", "out of scope"
@@ -212,115 +212,6 @@ def decide(lo: float, hi: float, supported, refuted) -> str:
     if refuted(lo, hi):
         return REFUTED
     return INCONCLUSIVE
-
-
-# ---------------------------------------------------------------------- intervals
-def _codes(units) -> np.ndarray:
-    """Integer codes of the unit labels, in sorted label order (so that a resample does not depend
-    on the row order of the table).  Labels keep their type: world 3 and world '3' differ."""
-    labels = set(units)
-    try:
-        ordered = sorted(labels)
-    except TypeError:                       # mixed label types: any fixed order will do
-        ordered = sorted(labels, key=repr)
-    index = {u: i for i, u in enumerate(ordered)}
-    return np.array([index[u] for u in units], dtype=np.int64)
-
-
-def unit_ci(values, units=None, lower: float | None = None, level: float = 0.95) -> tuple[float, float, float, int]:
-    """(mean, lo, hi, n_units): the t-interval (95% unless ``level`` says otherwise) over units of
-    ``values`` (one or more per unit; a unit's values are averaged first), from
-    ``metrics.world_ci``.  NaN values are dropped; lo and hi are NaN with fewer than two units;
-    ``lower`` clips lo (a distance stays >= 0)."""
-    v = np.asarray(values, np.float64).reshape(-1)
-    u = list(range(v.size)) if units is None else list(np.asarray(units).reshape(-1))
-    if len(u) != v.size:
-        raise ValueError(f"units has {len(u)} entries for {v.size} values; give one unit per value")
-    ok = np.isfinite(v)
-    v = v[ok]
-    u = [x for x, keep in zip(u, ok) if keep]
-    if v.size == 0:
-        return NAN, NAN, NAN, 0
-    ids = _codes(u)
-    n = int(ids.max()) + 1
-    if n < 2:
-        return float(v.mean()), NAN, NAN, n
-    m, lo, hi, _cnt, _w = world_ci(v[:, None], ids)
-    if level != 0.95:
-        # the same sd / √W, another t quantile
-        from scipy.stats import t
-        half = (float(hi[0]) - float(m[0])) * t.ppf((1 + level) / 2, n - 1) / t.ppf(0.975, n - 1)
-        lo, hi = np.array([m[0] - half]), np.array([m[0] + half])
-    lo0 = float(lo[0]) if lower is None else max(float(lo[0]), lower)
-    return float(m[0]), lo0, float(hi[0]), n
-
-
-def log_ci(values, units=None) -> tuple[float, float, float, int]:
-    """The geometric mean of positive ``values`` and the t-interval over units of their logs,
-    back on the original scale: (estimate, lo, hi, n_units)."""
-    v = np.asarray(values, np.float64).reshape(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lv = np.where(v > 0, np.log(v), NAN)
-    m, lo, hi, n = unit_ci(lv, units)
-    return math.exp(m) if math.isfinite(m) else NAN, math.exp(lo) if math.isfinite(lo) else NAN, \
-        math.exp(hi) if math.isfinite(hi) else NAN, n
-
-
-def ratio_ci(num, den, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """mean(num) / mean(den) over units (paired arrays, one entry per unit) and its percentile
-    bootstrap interval from ``n_boot`` resamples of the units (fixed ``seed``).  NaN where the
-    denominator's mean is 0 or fewer than two units."""
-    a, b = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if a.size == 0 or b.mean() == 0:
-        return NAN, NAN, NAN
-    est = float(a.mean() / b.mean())
-    if a.size < 2:
-        return est, NAN, NAN
-    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        reps = a[idx].mean(1) / b[idx].mean(1)
-    reps = reps[np.isfinite(reps)]
-    if reps.size < n_boot / 2:
-        return est, NAN, NAN
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return est, float(lo), float(hi)
-
-
-def spearman_ci(x, y, units, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
-    """(rho, lo, hi, n_pairs, n_units): Spearman's rho of the pairs (x, y) and its percentile
-    interval from ``n_boot`` resamples of whole units (the pairs of a resampled unit come
-    together; ``metrics.bootstrap_counts`` draws the counts).  NaN where undefined (< 4 pairs,
-    constant x or y; fewer than half the resamples defined)."""
-    from scipy.stats import spearmanr
-
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    u = list(np.asarray(units).reshape(-1))
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    inv = _codes([v for v, keep in zip(u, ok) if keep])
-    P, W = x.size, (int(inv.max()) + 1 if inv.size else 0)
-
-    def rho_of(a, b):
-        if a.size < 4 or np.ptp(a) == 0 or np.ptp(b) == 0:
-            return NAN
-        return float(spearmanr(a, b)[0])
-
-    rho = rho_of(x, y)
-    if not math.isfinite(rho) or W < 2:
-        return rho, NAN, NAN, P, W
-    reps = []
-    for c in bootstrap_counts(W, n_boot, seed):
-        rep = np.repeat(np.arange(P), c[inv])
-        reps.append(rho_of(x[rep], y[rep]))
-    reps = np.array(reps)
-    good = reps[np.isfinite(reps)]
-    if good.size < n_boot / 2:
-        return rho, NAN, NAN, P, W
-    lo, hi = np.quantile(good, [(1 - level) / 2, (1 + level) / 2])
-    return rho, float(lo), float(hi), P, W
 
 
 # ---------------------------------------------------------------------- tables
