@@ -18,7 +18,7 @@ into the next), on the same prompts, batched ``--batch-size`` at a time, longest
                  ``simkernel llm --probe-layers auto`` keeps
     protocol     the whole model side of ``simkernel llm``: building the prompts
                  (``textdata.build_prompts``), ``llm.prepare_batch`` (the texts to run alone,
-                 the probed layers) and ``llm.execute`` (every text alone once, capture+kv,
+                 the probed layers) and ``llm.execute_text`` (every text alone once, capture+kv,
                  the float16 rounding); the only difference from ``llm.compute`` is the
                  per-cycle demonstration seed, so its prompts are the other modes' prompts
 
@@ -94,21 +94,21 @@ def child(args) -> dict:
     """Run one mode and return its measurements (called in a subprocess)."""
     import torch
 
-    from simkernel import llm
+    from simkernel import hf, llm
     from simkernel.analysis import PROBE_OFFSETS
-    from simkernel.capture import capture, forward_labels
+    from simkernel.capture import capture, forward_labels, length_order, probe_layer_bytes, probe_layer_list
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = llm.load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tok = hf.load_model(args.model, dtype=args.dtype, device=args.device)
     cfg = model.config
-    ctx = llm.context_length(cfg)
+    ctx = hf.context_length(cfg)
     dataset, pool = load_data(args)
     batch = workload(args, tok, dataset, pool, ctx)[2]
-    batch = batch.subset(llm.length_order(batch))          # longest first, as llm.execute runs them
+    batch = batch.subset(length_order(batch))          # longest first, as llm.execute_text runs them
     cuda = next(model.parameters()).device.type == "cuda"
     H = cfg.num_attention_heads
-    layers = llm.probe_layer_list("auto", cfg.num_hidden_layers, llm.probe_layer_bytes(cfg, len(batch), args.n_demos))
+    layers = probe_layer_list("auto", cfg.num_hidden_layers, probe_layer_bytes(cfg, len(batch), args.n_demos))
     runs = {
         "forward": lambda b: forward_labels(model, b, args.batch_size),
         "capture": lambda b: capture(model, b, batch_size=args.batch_size),
@@ -122,7 +122,7 @@ def child(args) -> dict:
     def once():
         if args.child == "protocol":
             t, d, b = workload(args, tok, dataset, pool, ctx)
-            llm.execute(model, llm.prepare_batch(tok, cfg, dataset, b, t, d, pool=pool), args.batch_size)
+            llm.execute_text(model, llm.prepare_batch(tok, cfg, dataset, b, t, d, pool=pool), args.batch_size)
         else:
             runs[args.child](batch)
 

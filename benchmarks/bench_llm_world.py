@@ -10,9 +10,9 @@ The model defaults to the tests' tiny random GPT-J (``tests/llm_helpers.py``: 2 
 
 Timed, best of ``--repeat`` (3) after one warm-up run (Numba's JIT, torch's first call):
 
-    render   ``render.choose_symbols`` + ``llm_world.prepare``: the symbol map, the sampled
+    render   ``render.choose_symbols`` + ``llm_world.prepare_world``: the symbol map, the sampled
              prompts and documents as token ids, the spans and label positions
-    model    ``llm_world.execute``: every forward pass of the model (the ICL grid sorted by
+    model    ``llm_world.execute_world``: every forward pass of the model (the ICL grid sorted by
              length, the documents, the capture, every input alone)
     score    ``llm_world.score`` + ``world_properties``: exact Bayes for every n, the theory
              kernel and the label frequencies, the document losses (Bayes and concept known),
@@ -63,22 +63,22 @@ def main(argv=None) -> int:
 
     import torch
 
-    from simkernel import alignment, llm, llm_world, render
+    from simkernel import alignment, hf, llm_world, render
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tmp = tempfile.TemporaryDirectory()
     name = args.model or str(tiny_model_dir(Path(tmp.name) / "tiny-llm"))
-    tok, cfg = llm.load_tokenizer(name), llm.load_config(name)
-    model, _ = llm.load_model(name, device=args.device, tokenizer=tok, config=cfg)
+    tok, cfg = hf.load_tokenizer(name), hf.load_config(name)
+    model, _ = hf.load_model(name, device=args.device, tokenizer=tok, config=cfg)
     spec = llm_world.load_worlds(args.preset, (0,))[0]
     best = {}
     for rep in range(args.repeat + 1):
         t0 = time.perf_counter()
         smap = render.choose_symbols(tok, spec.world)
-        prep = llm_world.prepare(smap, spec, n_prompts=args.n_prompts, config=cfg)
+        prep = llm_world.prepare_world(smap, spec, n_prompts=args.n_prompts, config=cfg)
         prep.meta["seed"] = 0
         t1 = time.perf_counter()
-        out = llm_world.execute(model, prep, args.batch_size)
+        out = llm_world.execute_world(model, prep, args.batch_size)
         t2 = time.perf_counter()
         sc = llm_world.score(prep, out)
         llm_world.world_properties([spec], losses=[sc.docs["oracle_loss"]])

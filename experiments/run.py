@@ -9,7 +9,8 @@ command line is built: an experiment is the library call a notebook would make.
 Config layout::
 
     description = "what the figure shows"     # optional, not passed on
-    command = "converge"                       # converge | bayes | icl-eval | measure | phenomena
+    command = "converge"                       # a command of simkernel.commands.COMMANDS: converge,
+                                               # regime, bayes, icl-eval, measure, phenomena, train
 
     [options]                                  # keyword arguments of the command's run()
     preset = "paper-c"
@@ -28,16 +29,18 @@ a non-zero exit status, as everywhere in simkernel.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 import tomllib
 from pathlib import Path
 
+#: command -> (module, the run() argument that receives the trained run folders): the one registry, the sweep's
+from simkernel.commands import COMMANDS, run_function
+from simkernel.validate import did_you_mean
+
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN = {"description", "command", "options", "out", "train"}
-#: command -> (module, the run() argument that receives the trained run folders)
-COMMANDS = {"converge": ("convergence", None), "bayes": ("bayes", None), "icl-eval": ("icl_eval", "run_dir"),
-            "measure": ("alignment", "checkpoint"), "phenomena": ("phenomena", "run_dir")}
 
 
 def plan(config: dict, name: str) -> tuple[str, dict, dict | None, Path]:
@@ -45,11 +48,13 @@ def plan(config: dict, name: str) -> tuple[str, dict, dict | None, Path]:
     (``name``: its stem, for the default output folder).  One-line ValueErrors."""
     unknown = sorted(set(config) - KNOWN)
     if unknown:
-        raise ValueError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(sorted(KNOWN))}")
+        raise ValueError(f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(sorted(KNOWN))}"
+                         f"{did_you_mean(unknown[0], KNOWN)}")
     command = config.get("command", "converge")
     if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+        raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}{did_you_mean(command, COMMANDS)}")
     options = dict(config.get("options", {}))
+    check_options(command, options)
     if "out" in options:
         raise ValueError("set out at the top level of the config, not in [options]")
     for key in ("n_demos",):
@@ -61,6 +66,18 @@ def plan(config: dict, name: str) -> tuple[str, dict, dict | None, Path]:
         raise ValueError(f"[train] is for commands that measure a trained model, not {command!r}")
     out = Path(config.get("out", f"figures/{name}"))
     return command, options, train, out if out.is_absolute() else ROOT / out
+
+
+def check_options(command: str, options: dict) -> None:
+    """A one-line error, with a 'did you mean', for an [options] key the command's run() lacks
+    (a run() that takes **params checks its own)."""
+    params = inspect.signature(run_function(command)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in options:
+        if key not in params:
+            raise ValueError(f"unknown option {key!r} of {command}; allowed: {', '.join(sorted(params))}"
+                             f"{did_you_mean(key, params)}")
 
 
 def trained_runs(train: dict) -> list[Path]:
@@ -95,12 +112,11 @@ def main(argv=None) -> int:
               flush=True)
         if dry:
             return 0
-        import importlib
         t0 = time.perf_counter()
         if train is not None:
             runs = trained_runs(train)
             options[run_arg] = runs if command == "measure" and len(runs) > 1 else runs[0]
-        result = importlib.import_module(f"simkernel.{module}").run(**options)
+        result = run_function(command)(**options)
         written = result.write(out)
         for line in result.summary_lines():
             print(line)

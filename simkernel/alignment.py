@@ -39,7 +39,7 @@ import numpy as np
 from . import bayes, kernel
 from .analysis import CI_LEVEL, PROBE_OFFSETS, REFERENCE_COLUMNS, Analysis, analyse, format_ci, prediction_similarity
 from .capture import capture, forward_labels, label_distribution
-from .constants import DEFAULT_N_SAMPLES, DEFAULT_RIDGE
+from .constants import DEFAULT_N_SAMPLES, DEFAULT_RIDGE, N_REPORT, N_SELECT
 from .kernel import kernel_values
 from .metrics import restrict, world_ci
 from .prompts import Example, PromptBatch, collate
@@ -131,8 +131,8 @@ def prompted(world: World, n_prompts: int = 1000, n_demos: int = 16, example_len
 
 
 def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3,
-                  seed: int = 0, concepts="prior", how: str = "max", n_select: int = 700,
-                  n_report: int = 300, offsets=PROBE_OFFSETS, batch_size: int = 32,
+                  seed: int = 0, concepts="prior", how: str = "max", n_select: int = N_SELECT,
+                  n_report: int = N_REPORT, offsets=PROBE_OFFSETS, batch_size: int = 32,
                   n_samples: int = DEFAULT_N_SAMPLES, progress=None, shared: Prompted | None = None):
     """Every measurement of ``model`` (a causal LM over the world's symbols) on freshly
     sampled prompts, with the ground truth attached: (Analysis, info).
@@ -167,7 +167,7 @@ def measure_model(model, world: World, n_prompts: int = 1000, n_demos: int = 16,
 
 
 def analyse_measured(cap, batch: PromptBatch, truth: Truth, alone_logp: np.ndarray, inv: np.ndarray,
-                     how: str = "max", n_select: int = 700, n_report: int = 300, seed: int = 0) -> Analysis:
+                     how: str = "max", n_select: int = N_SELECT, n_report: int = N_REPORT, seed: int = 0) -> Analysis:
     """The analysis half of :func:`measure_model`, for a capture made elsewhere (e.g. of the
     same prompts rendered as text for a real LLM, ``llm_world``): ``cap`` of ``batch`` (B
     prompts, n demonstrations), ``truth`` their :func:`ground_truth`, ``alone_logp`` (U, L)
@@ -202,6 +202,12 @@ POOLED_COLUMNS = ("target", "reference", "n_runs", "unit", "head_agreement", "re
 POOLED_RULE = ("over training seeds: 'detected' when the rule holds in every run and the t-interval over runs of "
                "head minus uniform and of head minus shuffled both lie above 0; 'not detected' when the rule "
                "holds in no run and neither pooled interval lies above 0; 'mixed' otherwise")
+#: The dtypes of references.csv and pooled.csv (``results.Table``; a column not named is a string).
+REFERENCE_DTYPES = {"run": "str", "layer": "int", "head": "int", "head_agreement": "float",
+                    "reference_agreement": "float", "difference": "float", "diff_lo": "float", "diff_hi": "float",
+                    "n_examples": "int"}
+POOLED_DTYPES = {"n_runs": "int", "head_agreement": "float", "reference_agreement": "float", "difference": "float",
+                 "lo": "float", "hi": "float", "n_prompts": "int", "runs_above_0": "int", "runs_below_0": "int"}
 #: the targets whose reference votes are printed, in this order (every target is in references.csv)
 SHOWN_TARGETS = ("model", "bayes", "gold")
 
@@ -258,6 +264,25 @@ class MeasureRun:
             lines += _pooled_lines(self.pooled, self.summary)
         return lines
 
+    def reference_rows(self) -> list[dict]:
+        """references.csv's rows: one run's as its analysis gives them; several runs' with a
+        ``run`` column (:data:`RUN_REFERENCE_COLUMNS`)."""
+        if len(self.runs) == 1:
+            return self.runs[0].result.references
+        return [{"run": r.name, **row} for r in self.runs for row in r.result.references]
+
+    def tables(self) -> dict:
+        """The result protocol's tables: references.csv (main) and, with several runs, pooled.csv
+        ('pooled')."""
+        from .results import Table
+
+        columns = REFERENCE_COLUMNS if len(self.runs) == 1 else RUN_REFERENCE_COLUMNS
+        out = {None: Table("references.csv", columns, {c: d for c, d in REFERENCE_DTYPES.items() if c in columns},
+                           self.reference_rows())}
+        if len(self.runs) > 1:
+            out["pooled"] = Table("pooled.csv", POOLED_COLUMNS, POOLED_DTYPES, self.pooled)
+        return out
+
     def write(self, out, copy_to=None) -> list[Path]:
         """Write the tables, measure.json and the figures into ``out`` (and copy them into
         ``copy_to``), each folder through ``store.publish`` (temporary files, then renames).
@@ -279,7 +304,7 @@ class MeasureRun:
             r.meta["config"]["out"] = str(out / r.name)
             written += publish(out / r.name, _run_writers(r), None if copy_to is None else copy_to / r.name,
                                remove=single_files)
-        rows = [{"run": r.name, **row} for r in self.runs for row in r.result.references]
+        rows = self.reference_rows()
         writers = {"references.csv": lambda p: write_csv(p, rows, RUN_REFERENCE_COLUMNS),
                    "pooled.csv": lambda p: write_csv(p, self.pooled, POOLED_COLUMNS),
                    MEASURE_JSON: lambda p: write_json(p, self.meta),
@@ -409,8 +434,49 @@ def _same_world(a: World, b: World) -> bool:
             and all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("prior", "start", "transition", "emission")))
 
 
+def _run_dirs(checkpoint) -> tuple[list[Path], list[str]]:
+    """(run folders, their names) of :func:`run`'s ``checkpoint``: one or a list, every folder
+    checked before any model is loaded, none twice; same-named folders get their index."""
+    from .icl_eval import run_paths
+
+    many = not isinstance(checkpoint, (str, os.PathLike))
+    run_dirs = [run_folder(c) for c in (checkpoint if many else [checkpoint])]
+    if not run_dirs:
+        raise ValueError("checkpoint is an empty list; allowed: one run folder or a list of run folders")
+    for d in run_dirs:
+        run_paths(d)
+    seen = {}
+    for d in run_dirs:
+        key = d.resolve()
+        if key in seen:
+            raise ValueError(f"checkpoint lists the run {str(d)!r} twice; allowed: distinct run folders")
+        seen[key] = d
+    names = [d.name for d in run_dirs]
+    if len(set(names)) < len(names):              # same-named folders in different parents
+        names = [f"{i}-{n}" for i, n in enumerate(names)]
+    return run_dirs, names
+
+
+def _check_run(run_dir, first_dir, world0, world, model, concepts, n_demos: int, example_length: int) -> None:
+    """One-line ValueErrors: a run of another world than the first, a concept the world lacks,
+    prompts longer than the model's context."""
+    from .icl_eval import context_of, prompt_length
+
+    if world is not world0 and not _same_world(world0, world):
+        raise ValueError(f"checkpoint: run {str(run_dir)!r} was trained on another world than "
+                         f"{str(first_dir)!r}; allowed: runs of one world (measured on the same prompts)")
+    if not isinstance(concepts, str) and not 0 <= int(concepts) < world.n_concepts:
+        raise ValueError(f"{concepts} is not a concept of this world; allowed: prior, id, ood or "
+                         f"0..{world.n_concepts - 1}")
+    length, ctx = prompt_length(n_demos, example_length), context_of(model)
+    if ctx is not None and length > ctx:
+        raise ValueError(f"n_demos={n_demos} demonstrations of length {example_length} make {length}-symbol "
+                         f"prompts, longer than the model's context ({ctx}); allowed: n_demos <= "
+                         f"{(ctx - example_length + 1) // (example_length + 1)}")
+
+
 def run(checkpoint, n_prompts: int = 1000, n_demos: int = 16, example_length: int = 3, concepts="prior",
-        weight: str = "max", n_select: int = 700, n_report: int = 300, seed: int = 0, device="auto",
+        weight: str = "max", n_select: int = N_SELECT, n_report: int = N_REPORT, seed: int = 0, device="auto",
         progress=None) -> MeasureRun:
     """``simkernel measure`` as a library call: load each run folder's model and world
     (``checkpoint``: a run folder or its checkpoint/model folder, or a list of them, e.g. the
@@ -432,24 +498,10 @@ def run(checkpoint, n_prompts: int = 1000, n_demos: int = 16, example_length: in
 
     from . import analysis
     from .device import resolve_device
-    from .icl_eval import context_of, load_run, prompt_length, run_paths
+    from .icl_eval import load_run
     from .store import provenance, world_summary
 
-    many = not isinstance(checkpoint, (str, os.PathLike))
-    run_dirs = [run_folder(c) for c in (checkpoint if many else [checkpoint])]
-    if not run_dirs:
-        raise ValueError("checkpoint is an empty list; allowed: one run folder or a list of run folders")
-    for d in run_dirs:
-        run_paths(d)                            # every folder checked before any model is loaded
-    seen = {}
-    for d in run_dirs:
-        key = d.resolve()
-        if key in seen:
-            raise ValueError(f"checkpoint lists the run {str(d)!r} twice; allowed: distinct run folders")
-        seen[key] = d
-    names = [d.name for d in run_dirs]
-    if len(set(names)) < len(names):              # same-named folders in different parents
-        names = [f"{i}-{n}" for i, n in enumerate(names)]
+    run_dirs, names = _run_dirs(checkpoint)
     dev = resolve_device(device)
     config = {"command": "measure", "n_prompts": n_prompts, "n_demos": n_demos, "example_length": example_length,
               "concepts": str(concepts), "weight": weight, "n_select": n_select, "n_report": n_report,
@@ -459,19 +511,8 @@ def run(checkpoint, n_prompts: int = 1000, n_demos: int = 16, example_length: in
     runs, shared, world0 = [], None, None
     for name, run_dir in zip(names, run_dirs):
         model, world, model_dir, world_file = load_run(run_dir, device=dev)
-        if world0 is None:
-            world0 = world
-        elif not _same_world(world0, world):
-            raise ValueError(f"checkpoint: run {str(run_dir)!r} was trained on another world than "
-                             f"{str(run_dirs[0])!r}; allowed: runs of one world (measured on the same prompts)")
-        if not isinstance(concepts, str) and not 0 <= int(concepts) < world.n_concepts:
-            raise ValueError(f"{concepts} is not a concept of this world; allowed: prior, id, ood or "
-                             f"0..{world.n_concepts - 1}")
-        length, ctx = prompt_length(n_demos, example_length), context_of(model)
-        if ctx is not None and length > ctx:
-            raise ValueError(f"n_demos={n_demos} demonstrations of length {example_length} make {length}-symbol "
-                             f"prompts, longer than the model's context ({ctx}); allowed: n_demos <= "
-                             f"{(ctx - example_length + 1) // (example_length + 1)}")
+        world0 = world if world0 is None else world0
+        _check_run(run_dir, run_dirs[0], world0, world, model, concepts, n_demos, example_length)
         t0 = time.perf_counter()
         if shared is None:
             shared = prompted(world, n_prompts, n_demos, example_length, seed, concepts)

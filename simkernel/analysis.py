@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .constants import N_REPORT, N_SELECT
 from .metrics import bootstrap_counts, onehot_scores, tie_accuracy, tie_agreement, top_set
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def reference_scores(ref, n_examples: int, n_classes: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- held-out head selection
-def split_indices(n_examples: int, n_select: int = 700, n_report: int = 300, seed: int = 0):
+def split_indices(n_examples: int, n_select: int = N_SELECT, n_report: int = N_REPORT, seed: int = 0):
     """(select, report): disjoint random index sets.  With fewer than n_select + n_report
     examples both shrink in proportion (at least one each), so the report set is always
     held out from head selection."""
@@ -452,8 +453,65 @@ def _head_rows(rows, per_example, measure, reference, splits):
                          "split": split, "value": float(v), "n_examples": int(count[layer, head])})
 
 
+def _mean_defined(x) -> float | None:
+    """The mean of the finite values of ``x``, None when there is none."""
+    ok = np.isfinite(x)
+    return float(x[ok].mean()) if ok.any() else None
+
+
+def _probe_rows(cap: Capture, batch: PromptBatch, probe_targets, select, report, C: int, H: int,
+                probe_lambda: float) -> list[dict]:
+    """probes.csv's rows: per vector (keys, values), offset, layer and head, the held-out accuracy
+    of a ridge probe trained on the selection split (:func:`probe_accuracy`)."""
+    probes = []
+    targets = {"values": ("label", batch.demo_labels)}
+    targets.update(probe_targets or {})
+    for vector in ("keys", "values"):
+        vecs = getattr(cap, vector)
+        if vecs is None or vector not in targets:
+            continue
+        tname, t = targets[vector]
+        acc = probe_accuracy(vecs, np.asarray(t), select, report, C, probe_lambda,
+                             heads_per_kv=H // vecs.shape[4])
+        layer_ids = np.arange(vecs.shape[3]) if cap.layers is None else cap.layers
+        for (o, j, head), v in np.ndenumerate(acc):
+            probes.append({"vector": vector, "target": tname, "offset": int(cap.offsets[o]),
+                           "layer": int(layer_ids[j]), "head": head, "accuracy": float(v),
+                           "n_train": int(select.size * batch.n_demos), "n_test": int(report.size * batch.n_demos)})
+    return probes
+
+
+def _model_summary(model, refs: dict, batch: PromptBatch, votes, best: list, select, report, how: str, seed: int,
+                   L: int, H: int) -> dict:
+    """The model's part of :func:`analyse`'s summary: its agreement with every reference, its
+    accuracy, the majority baseline and Table 2 (the head chosen by agreement with the model)."""
+    B, C = model.shape[0], batch.n_classes
+    mean_defined = _mean_defined
+    acc = {name: mean_defined(tie_agreement(model, ref)) for name, ref in refs.items() if name != "model"}
+    acc = {name: v for name, v in acc.items() if v is not None}
+    gold = refs.get("gold")
+    summary = {"n_examples": B, "n_demos": batch.n_demos, "n_classes": C, "layers": L, "heads": H,
+               "weight": how, "n_select": int(select.size), "n_report": int(report.size), "seed": seed,
+               "model_matches": acc,
+               "model_accuracy": acc.get("gold"),
+               "model_accuracy_report": (mean_defined(tie_agreement(model[report], gold[report]))
+                                         if gold is not None else None)}
+    # the vote of a head that weighs every demonstration equally: the majority label(s), the
+    # baseline a head's vote has to beat to show it weighs demonstrations at all
+    majority = label_votes(np.ones(batch.demo_labels.shape), batch.demo_labels, C)      # (B, C)
+    base = {name: mean_defined(tie_agreement(majority[report], ref[report])) for name, ref in refs.items()}
+    summary["majority_baseline"] = {name: v for name, v in base.items() if v is not None}
+    top = best[0]                                   # chosen by agreement with the model
+    summary["table2"] = {"layer": top["layer"], "head": top["head"], "agreement": top["report"],
+                         "icl_accuracy": summary["model_accuracy_report"],
+                         "reconstructed_accuracy": (mean_defined(tie_agreement(
+                             votes[report, top["layer"], top["head"]], gold[report]))
+                                                    if gold is not None else None)}
+    return summary
+
+
 def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, reference_weights=None,
-            how: str = "max", n_select: int = 700, n_report: int = 300, seed: int = 0, profile_length: int = 30,
+            how: str = "max", n_select: int = N_SELECT, n_report: int = N_REPORT, seed: int = 0, profile_length: int = 30,
             probe_targets=None, probe_lambda: float = PROBE_LAMBDA, n_perm: int = N_PERMUTATIONS,
             n_boot: int = N_BOOTSTRAP) -> Analysis:
     """Every measurement of one captured batch.
@@ -524,45 +582,8 @@ def analyse(cap: Capture, batch: PromptBatch, *, references=None, kernels=None, 
     prof = attention_profile(cap.attn, batch.spans, profile_length)
     profile = [{"layer": layer, "head": head, "position": pos, "attention": float(v),
                 "is_label": pos == profile_length - 1} for (layer, head, pos), v in np.ndenumerate(prof)]
-    probes = []
-    targets = {"values": ("label", batch.demo_labels)}
-    targets.update(probe_targets or {})
-    for vector in ("keys", "values"):
-        vecs = getattr(cap, vector)
-        if vecs is None or vector not in targets:
-            continue
-        tname, t = targets[vector]
-        acc = probe_accuracy(vecs, np.asarray(t), select, report, C, probe_lambda,
-                             heads_per_kv=H // vecs.shape[4])
-        layer_ids = np.arange(vecs.shape[3]) if cap.layers is None else cap.layers
-        for (o, j, head), v in np.ndenumerate(acc):
-            probes.append({"vector": vector, "target": tname, "offset": int(cap.offsets[o]),
-                           "layer": int(layer_ids[j]), "head": head, "accuracy": float(v),
-                           "n_train": int(select.size * batch.n_demos), "n_test": int(report.size * batch.n_demos)})
-    def mean_defined(x):
-        ok = np.isfinite(x)
-        return float(x[ok].mean()) if ok.any() else None
-
-    acc = {name: mean_defined(tie_agreement(model, ref)) for name, ref in refs.items() if name != "model"}
-    acc = {name: v for name, v in acc.items() if v is not None}
-    gold = refs.get("gold")
-    summary = {"n_examples": B, "n_demos": batch.n_demos, "n_classes": C, "layers": L, "heads": H,
-               "weight": how, "n_select": int(select.size), "n_report": int(report.size), "seed": seed,
-               "model_matches": acc,
-               "model_accuracy": acc.get("gold"),
-               "model_accuracy_report": (mean_defined(tie_agreement(model[report], gold[report]))
-                                         if gold is not None else None)}
-    # the vote of a head that weighs every demonstration equally: the majority label(s), the
-    # baseline a head's vote has to beat to show it weighs demonstrations at all
-    majority = label_votes(np.ones(batch.demo_labels.shape), batch.demo_labels, C)      # (B, C)
-    base = {name: mean_defined(tie_agreement(majority[report], ref[report])) for name, ref in refs.items()}
-    summary["majority_baseline"] = {name: v for name, v in base.items() if v is not None}
-    top = best[0]                                   # chosen by agreement with the model
-    summary["table2"] = {"layer": top["layer"], "head": top["head"], "agreement": top["report"],
-                         "icl_accuracy": summary["model_accuracy_report"],
-                         "reconstructed_accuracy": (mean_defined(tie_agreement(
-                             votes[report, top["layer"], top["head"]], gold[report]))
-                                                    if gold is not None else None)}
+    probes = _probe_rows(cap, batch, probe_targets, select, report, C, H, probe_lambda)
+    summary = _model_summary(model, refs, batch, votes, best, select, report, how, seed, L, H)
     chosen = {b["reference"]: (b["layer"], b["head"]) for b in best if b["measure"] == "agree"}
     ref_rows, paired, ref_summary = _references(weights, batch.demo_labels, C, refs, agree, chosen, ref_w, report,
                                                 n_perm, n_boot, seed)

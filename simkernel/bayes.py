@@ -31,7 +31,6 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba calls, so threadpoolctl can cap it)
 from threadpoolctl import ThreadpoolController
 
-from .constants import BAYES_COLUMNS
 from .world import World
 
 METHODS = ("auto", "dense", "sparse")
@@ -114,6 +113,68 @@ def _dense_unit(T, ET, start, delim, restart, tokT, init, rec_pos, store, scaleT
     pred_out[:, :] = pred
 
 
+@nb.njit(nogil=True, cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _state_value(a, n_prev, p0, T, sup_idx, init, start, r, kk, s, first, fresh):
+    """P(state s, tokens so far | concept kk) up to the running scale, one step past the current
+    position: ``init`` before any token, ``start`` after a restart delimiter, else the sparse
+    forward vector a (n_prev states from sup_idx[p0:]) pushed through T."""
+    if first:
+        return init[r, kk, s]
+    if fresh:
+        return start[kk, s]
+    v = 0.0
+    for i in range(n_prev):
+        v += a[i, kk] * T[kk, sup_idx[p0 + i], s]
+    return v
+
+
+@nb.njit(nogil=True, cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _sparse_step(anew, a, n_prev, nc, c0, off, first, fresh, init, r, val, startx, sup_idx, TXb, K):
+    """anew[:nc] (nc, K): the unnormalised forward vector over the states that can emit the
+    current symbol (sup_idx[c0:c0 + nc]); its block of TX starts at TXb[off]."""
+    if first:
+        for j in range(nc):
+            sj = sup_idx[c0 + j]
+            for kk in range(K):
+                anew[j, kk] = init[r, kk, sj] * val[c0 + j, kk]
+    elif fresh:
+        for j in range(nc):
+            for kk in range(K):
+                anew[j, kk] = startx[c0 + j, kk]
+    else:
+        for j in range(nc):
+            for kk in range(K):
+                anew[j, kk] = 0.0
+        for i in range(n_prev):
+            for j in range(nc):
+                base = off + (i * nc + j) * K
+                for kk in range(K):
+                    anew[j, kk] += a[i, kk] * TXb[base + kk]
+
+
+@nb.njit(nogil=True, cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _rescale(a, anew, nc, s_tot, prod, logacc, store, scale_out, r, t, K):
+    """a[:nc] = anew[:nc] / its sum per concept; the sum goes to scale_out (``store``) or into the
+    running product prod · exp(logacc) of P(tokens so far)."""
+    for kk in range(K):
+        s_tot[kk] = 0.0
+    for j in range(nc):
+        for kk in range(K):
+            s_tot[kk] += anew[j, kk]
+    for kk in range(K):
+        if store:
+            scale_out[r, t, kk] = s_tot[kk]
+        else:
+            prod[kk] *= s_tot[kk]
+            if prod[kk] < 1e-250:
+                logacc[kk] += np.log(prod[kk])
+                prod[kk] = 1.0
+        s_tot[kk] = 1.0 / s_tot[kk] if s_tot[kk] > 0.0 else 0.0
+    for j in range(nc):
+        for kk in range(K):
+            a[j, kk] = anew[j, kk] * s_tot[kk]
+
+
 @nb.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _sparse_unit(T, TXb, blk_off, startx, val, sup_ptr, sup_idx, start, delim, restart, tokens, init,
                  rec_pos, store, scale_out, final_out, pred_out, rec_out):
@@ -156,66 +217,19 @@ def _sparse_unit(T, TXb, blk_off, startx, val, sup_ptr, sup_idx, start, delim, r
             while p_idx < P and rec_pos[p_idx] == t:
                 for kk in range(K):
                     for s in range(S):
-                        if t == 0:
-                            v = init[r, kk, s]
-                        elif fresh:
-                            v = start[kk, s]
-                        else:
-                            v = 0.0
-                            for i in range(n_prev):
-                                v += a[i, kk] * T[kk, sup_idx[p0 + i], s]
-                        rec_out[r, kk, p_idx, s] = v
+                        rec_out[r, kk, p_idx, s] = _state_value(a, n_prev, p0, T, sup_idx, init, start, r, kk, s,
+                                                                t == 0, fresh)
                 p_idx += 1
-            if t == 0:
-                for j in range(nc):
-                    sj = sup_idx[c0 + j]
-                    for kk in range(K):
-                        anew[j, kk] = init[r, kk, sj] * val[c0 + j, kk]
-            elif fresh:
-                for j in range(nc):
-                    for kk in range(K):
-                        anew[j, kk] = startx[c0 + j, kk]
-            else:
-                for j in range(nc):
-                    for kk in range(K):
-                        anew[j, kk] = 0.0
-                off = blk_off[prev_o, o]
-                for i in range(n_prev):
-                    for j in range(nc):
-                        base = off + (i * nc + j) * K
-                        for kk in range(K):
-                            anew[j, kk] += a[i, kk] * TXb[base + kk]
-            for kk in range(K):
-                s_tot[kk] = 0.0
-            for j in range(nc):
-                for kk in range(K):
-                    s_tot[kk] += anew[j, kk]
-            for kk in range(K):
-                if store:
-                    scale_out[r, t, kk] = s_tot[kk]
-                else:
-                    prod[kk] *= s_tot[kk]
-                    if prod[kk] < 1e-250:
-                        logacc[kk] += np.log(prod[kk])
-                        prod[kk] = 1.0
-                s_tot[kk] = 1.0 / s_tot[kk] if s_tot[kk] > 0.0 else 0.0
-            for j in range(nc):
-                for kk in range(K):
-                    a[j, kk] = anew[j, kk] * s_tot[kk]
+            off = blk_off[prev_o, o] if t > 0 else 0
+            _sparse_step(anew, a, n_prev, nc, c0, off, t == 0, fresh, init, r, val, startx, sup_idx, TXb, K)
+            _rescale(a, anew, nc, s_tot, prod, logacc, store, scale_out, r, t, K)
             n_prev = nc
             p0 = c0
             prev_o = o
+        fresh = L > 0 and restart and prev_o == delim
         for kk in range(K):
             for s in range(S):
-                if L == 0:
-                    v = init[r, kk, s]
-                elif restart and prev_o == delim:
-                    v = start[kk, s]
-                else:
-                    v = 0.0
-                    for i in range(n_prev):
-                        v += a[i, kk] * T[kk, sup_idx[p0 + i], s]
-                pred_out[r, kk, s] = v
+                pred_out[r, kk, s] = _state_value(a, n_prev, p0, T, sup_idx, init, start, r, kk, s, L == 0, fresh)
         if not store:
             for kk in range(K):
                 final_out[r, kk] = logacc[kk] + np.log(prod[kk])
@@ -300,6 +314,25 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _check_record(record, L: int) -> np.ndarray:
+    """``forward``'s record positions (P,) int64, ascending within [0, L]."""
+    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64)
+    if rec.size and (rec.min() < 0 or rec.max() > L or np.any(np.diff(rec) < 0)):
+        raise ValueError(f"record positions must be ascending within 0..{L}")
+    return rec
+
+
+def _check_init(world: World, init, B: int) -> np.ndarray:
+    """``forward``'s first-state distributions (B, K, S): ``init``, or each concept's start."""
+    K, S = world.n_concepts, world.n_states
+    if init is None:
+        return np.broadcast_to(world.start[None], (B, K, S))
+    init = np.asarray(init, dtype=np.float64)
+    if init.shape != (B, K, S):
+        raise ValueError(f"init has shape {init.shape}, expected (B, K, S) = {(B, K, S)}")
+    return init
+
+
 def forward(world: World, tokens, *, init=None, record=None, method: str = "auto",
             prefixes: bool = True, n_threads: int | None = None) -> Forward:
     """Scaled forward pass of every prompt under every concept.
@@ -313,16 +346,8 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
     method = choose_method(world, method)
     B, L = tokens.shape
     K, S = world.n_concepts, world.n_states
-    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64)
-    if rec.size and (rec.min() < 0 or rec.max() > L or np.any(np.diff(rec) < 0)):
-        raise ValueError(f"record positions must be ascending within 0..{L}")
+    rec, init = _check_record(record, L), _check_init(world, init, B)
     inner = rec[rec < L]
-    if init is None:
-        init = np.broadcast_to(world.start[None], (B, K, S))
-    else:
-        init = np.asarray(init, dtype=np.float64)
-        if init.shape != (B, K, S):
-            raise ValueError(f"init has shape {init.shape}, expected (B, K, S) = {(B, K, S)}")
     n_threads = default_threads() if n_threads is None else max(1, int(n_threads))
     # The split of the work depends on (B, K) only, never on n_threads: BLAS rounds a product
     # of R rows differently for different R, and results must not change with the thread count.
@@ -351,7 +376,7 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
     units = [(k, a, b) for k in range(K) for a, b in blocks] if method == "dense" else \
         [(0, a, b) for a, b in blocks]
 
-    def run(unit):
+    def run_unit(unit):
         k, a, b = unit
         if method == "dense":
             part = scale[k, :, a:b]
@@ -372,10 +397,10 @@ def forward(world: World, tokens, *, init=None, record=None, method: str = "auto
         with _blas_limit():
             if n_threads == 1 or len(units) == 1 or B * L * K * S * S < SERIAL_FLOPS:
                 for u in units:
-                    run(u)
+                    run_unit(u)
             else:
                 with ThreadPoolExecutor(n_threads) as pool:
-                    list(pool.map(run, units))
+                    list(pool.map(run_unit, units))
     if method == "dense":     # to (B, K, ...) views
         loglik = scale.transpose(2, 0, 1)
         final, nxt, recorded = final.T, nxt.transpose(1, 0, 2), recorded.transpose(1, 0, 2, 3)
@@ -609,19 +634,7 @@ def document_loss(world: World, tokens, concepts) -> tuple[np.ndarray, np.ndarra
     return _mixture_loss(world, ll), -(own[:, 1:] - own[:, :-1])
 
 
-# ---------------------------------------------------------------------- simkernel bayes as a call
-#: Prompts per icl_curve call: one progress step, and the unit that bounds memory.
-CHUNK = 128
-SUMMARY_METRICS = ("posterior_true", "bayes_accuracy", "oracle_agreement", "tv_oracle", "oracle_accuracy")
-SUMMARY_COLUMNS = BAYES_COLUMNS
-SUMMARY_DESCRIPTIONS = {
-    "posterior_true": "P(true concept | n demonstrations, x_test)",
-    "bayes_accuracy": "argmax of the Bayes predictive over the labels == y_test (a tie among m labels scores 1/m)",
-    "oracle_agreement": "that argmax == the oracle's argmax (true concept known; tie-fair)",
-    "tv_oracle": "total variation between Bayes and the oracle over the labels",
-    "oracle_accuracy": "the oracle's argmax == y_test (a ceiling, the same for every n)"}
-
-
+# ---------------------------------------------------------------------- n-grids of the bayes command and converge
 def format_n_demos(ns) -> str:
     """The shortest spec of a sorted list: [1, 2, 3, 4, 8] -> '1..4,8'."""
     parts, ns = [], sorted(set(int(n) for n in ns))
@@ -644,129 +657,3 @@ def demo_counts(n_max: int) -> list[int]:
     if ns[-1] != n_max:
         ns.append(n_max)
     return ns
-
-
-def summary(world: World, prompts, curve: IclCurve, ns) -> tuple[list[dict], int]:
-    """Per-n summary of exact Bayes on ``prompts`` (rows with ``SUMMARY_COLUMNS``; metrics
-    ``SUMMARY_METRICS``, over the labels, renormalised; mean and 95% normal-approximation CI
-    over prompts) and the number of prompts whose posterior is undefined (probability 0 under
-    the pretraining mixture) at some n.  A prompt is left out at the n where it is impossible."""
-    from .metrics import compare, mean_ci, restrict, tie_accuracy
-
-    labels = world.labels
-    idx = np.full(world.n_symbols, -1)
-    idx[labels] = np.arange(len(labels))
-    y = idx[prompts.y_test]
-    oracle = restrict(curve.oracle, labels)                                     # (B, L)
-    pred = restrict(curve.predictive[:, list(ns)], labels)                      # (B, n, L)
-    post_true = curve.posterior[np.arange(len(y)), :, prompts.concepts][:, list(ns)]
-    bad = ~np.isfinite(pred).all(axis=-1) | ~np.isfinite(curve.posterior[:, list(ns)]).all(axis=-1)
-    both = ~bad & np.isfinite(oracle).all(axis=-1)[:, None]
-    m = compare(oracle[:, None], np.where(bad[..., None], 0.0, pred), y)
-    per = {"posterior_true": np.where(bad, np.nan, post_true),
-           "bayes_accuracy": np.where(bad, np.nan, tie_accuracy(np.where(bad[..., None], 0.0, pred), y)),
-           "oracle_agreement": np.where(both, m["agree"], np.nan),
-           "tv_oracle": np.where(both, m["tv"], np.nan),
-           "oracle_accuracy": np.broadcast_to(tie_accuracy(oracle, y)[:, None], bad.shape)}
-    rows = []
-    for j, n in enumerate(ns):
-        for metric in SUMMARY_METRICS:
-            mean, lo, hi, cnt = mean_ci(per[metric][:, j])
-            rows.append({"n_demos": int(n), "metric": metric, "mean": float(mean), "ci_low": float(lo),
-                         "ci_high": float(hi), "n_prompts": int(cnt)})
-    return rows, int(bad.any(axis=1).sum())
-
-
-@dataclass
-class BayesRun:
-    """What :func:`run` returns: ``rows`` (``SUMMARY_COLUMNS``) for n = ``ns``, the prompts and
-    their :class:`IclCurve`, the count of prompts impossible under the pretraining mixture, and
-    ``meta`` (config, seed, package versions, world summary, timings: the JSON of the command)."""
-
-    rows: list
-    ns: list
-    n_impossible: int
-    prompts: object
-    curve: IclCurve
-    meta: dict
-    world: World | None = None
-
-    FILES = ("bayes.csv", "bayes.json")
-
-    def write(self, out) -> list:
-        """Publish bayes.csv and bayes.json into the folder ``out`` (created if needed)."""
-        from pathlib import Path
-
-        from .store import check_results_dir, publish, write_csv, write_json
-
-        out = check_results_dir(Path(out))
-        return publish(out, {"bayes.csv": lambda p: write_csv(p, self.rows, SUMMARY_COLUMNS),
-                             "bayes.json": lambda p: write_json(p, dict(self.meta, config=dict(
-                                 self.meta["config"], out=str(out))))})
-
-    def summary_lines(self) -> list[str]:
-        """What ``simkernel bayes`` prints: the setting, one line per n, the oracle's accuracy
-        and the prompts impossible under the pretraining mixture."""
-        cfg = self.meta["config"]
-        concept = cfg["concept"]
-        oracle = next(r for r in self.rows if r["metric"] == "oracle_accuracy")
-        return [repr(self.world),
-                f"{cfg['n_prompts']} prompts, example length {cfg['example_length']}, concept "
-                f"{'from the prior' if concept is None else concept}, seed {self.meta['seed']}",
-                *summary_lines(self.rows, self.ns),
-                f"oracle accuracy (true concept known): {oracle['mean']:.3f}",
-                f"prompts impossible under the pretraining mixture (left out where undefined): "
-                f"{self.n_impossible} of {cfg['n_prompts']}"]
-
-
-def run(world: World | None = None, n_prompts: int = 256, n_demos: int = 64, example_length: int = 2, seed: int = 0,
-        concept: int | None = None, method: str = "auto", world_source: dict | None = None,
-        progress=None, *, preset: str | None = None, world_seed: int = 0, overrides=None,
-        world_file=None) -> BayesRun:
-    """``simkernel bayes`` as a library call: sample prompts (every concept from the prior, or
-    ``concept``), run :func:`icl_curve` in chunks of ``CHUNK`` prompts and summarise n = 0, 1, 2,
-    4, ..., n_demos.  The world: ``world``, or else ``preset`` (default paper-c) at ``world_seed``
-    with ``overrides``, or ``world_file``.  ``progress(n_done)`` is called after each chunk;
-    ``world_source`` is recorded in the config (how the world was made).  Writes nothing (see
-    :meth:`BayesRun.write`)."""
-    import time
-
-    from .sampling import sample_prompts
-    from .store import provenance, world_summary
-
-    if world is None:
-        from .presets import load_world
-        world, world_source = load_world(preset, world_seed, overrides, world_file)
-    elif preset is not None or overrides or world_file is not None:
-        raise ValueError("world is given; preset, overrides and world_file describe a world to build instead")
-    if concept is not None and not (0 <= int(concept) < world.n_concepts):
-        raise ValueError(f"concept must be in 0..{world.n_concepts - 1}, got {concept}")
-    t0 = time.perf_counter()
-    prompts = sample_prompts(world, n_prompts, n_demos, example_length, seed, concept=concept)
-    parts = []
-    for a in range(0, n_prompts, CHUNK):
-        b = min(a + CHUNK, n_prompts)
-        parts.append(icl_curve(world, prompts.subset(a, b), method=method))
-        if progress is not None:
-            progress(b)
-    curve = IclCurve(*(np.concatenate([getattr(p, f) for p in parts]) for f in IclCurve.__dataclass_fields__))
-    ns = demo_counts(n_demos)
-    rows, n_bad = summary(world, prompts, curve, ns)
-    config = {"command": "bayes", "world": world_source or world.meta, "n_prompts": n_prompts,
-              "n_demos": n_demos, "example_length": example_length, "concept": concept, "method": method}
-    meta = provenance(config, seed)
-    meta.update(world=world_summary(world), n_impossible=n_bad, elapsed_s=round(time.perf_counter() - t0, 3),
-                files={"bayes.csv": "tidy table: " + ", ".join(SUMMARY_COLUMNS)},
-                metrics=SUMMARY_DESCRIPTIONS)
-    return BayesRun(rows, ns, n_bad, prompts, curve, meta, world)
-
-
-def summary_lines(rows, ns) -> list[str]:
-    """The printed table of :func:`summary`'s rows, one line per n."""
-    by = {(r["n_demos"], r["metric"]): r["mean"] for r in rows}
-    head = f"{'n':>5}  {'P(true concept)':>15}  {'Bayes acc':>9}  {'agree oracle':>12}  {'TV(Bayes,oracle)':>16}"
-    out = [head]
-    for n in ns:
-        out.append(f"{n:>5}  {by[n, 'posterior_true']:>15.3f}  {by[n, 'bayes_accuracy']:>9.3f}  "
-                   f"{by[n, 'oracle_agreement']:>12.3f}  {by[n, 'tv_oracle']:>16.3f}")
-    return out

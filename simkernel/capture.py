@@ -4,7 +4,11 @@ each demonstration's label.
 
 One implementation for the small GPT-J models trained here and GPT-J-6B alike, so it knows
 nothing of the simulator: prompts arrive as a :class:`~simkernel.prompts.PromptBatch`, and
-``analysis`` reads the arrays a :class:`Capture` holds.
+``analysis`` reads the arrays a :class:`Capture` holds.  Beside the capture, the model-side
+pieces both LLM branches share: label log-probabilities with the prompts run longest first
+(:func:`forward_labels_by_length`), per-token log-probabilities of whole documents
+(:func:`token_logprobs`), and which layers' keys and values fit in memory
+(:func:`probe_layer_list`, :data:`PROBE_BUDGET`).
 
 torch and transformers are imported inside the functions that need them, so importing this
 module (and reading a cached :class:`Capture`) costs numpy only.
@@ -17,12 +21,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .analysis import PROBE_OFFSETS
+
 if TYPE_CHECKING:
     from .prompts import PromptBatch
 
 
 #: the attention implementation registered with transformers while capturing
 CAPTURE_IMPLEMENTATION = "simkernel_final_row"
+#: bytes of float32 keys + values held in memory for the probes under ``probe_layers="auto"``
+#: (``simkernel llm`` peaks at about 1.5x this; see ``llm``'s module docstring)
+PROBE_BUDGET = 4 << 30
 
 
 @dataclass
@@ -132,7 +141,8 @@ def _position_ids(mask):
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _model_device(model):
+def model_device(model):
+    """The ``torch.device`` of the model's first parameter (cpu for a model without any)."""
     try:
         return next(model.parameters()).device
     except StopIteration:       # pragma: no cover - a model without parameters
@@ -146,7 +156,7 @@ def forward_labels(model, batch: PromptBatch, batch_size: int = 8, progress=None
     :func:`capture` is checked and benchmarked against."""
     import torch
 
-    dev = _model_device(model)
+    dev = model_device(model)
     out = np.empty((len(batch), batch.n_classes))
     lab = torch.tensor(batch.label_tokens, device=dev)
     with torch.no_grad():
@@ -160,6 +170,65 @@ def forward_labels(model, batch: PromptBatch, batch_size: int = 8, progress=None
             if progress is not None:
                 progress(len(part))
     return out
+
+
+def _require_offsets_inside(batch: PromptBatch, offsets) -> None:
+    """A one-line ValueError when some ``label_pos + offset`` falls on padding or past the end."""
+    if offsets is None or not len(batch):
+        return
+    first = batch.input_ids.shape[1] - batch.attention_mask.sum(1, keepdims=True)    # (B, 1)
+    if ((batch.label_pos + offsets.min() < first).any()
+            or (batch.label_pos + offsets.max() >= batch.input_ids.shape[1]).any()):
+        raise ValueError(f"offsets {offsets.tolist()} around the label positions reach outside "
+                         f"some prompt; allowed: offsets that stay within every prompt")
+
+
+def _require_attention_backend(model) -> None:
+    """A one-line ValueError when ``model``'s attention does not go through transformers'
+    AttentionInterface (nothing to record the final row from)."""
+    if not getattr(type(model), "_supports_attention_backend", False):
+        # older transformers (GPT-J before 5.24) hard-wire their attention: nothing to hook
+        import transformers
+        raise ValueError(f"{type(model).__name__} does not route its attention through transformers' "
+                         f"AttentionInterface in transformers {transformers.__version__}, so its attention rows "
+                         f"cannot be captured; allowed: transformers >= 5.24 (pip install 'transformers>=5.24')")
+
+
+def _kept_vectors(rec: _Recorder, keep, n: int, O: int):
+    """(keys, values), each (b, n, O, len(keep), Hkv, d) numpy, of one batch's recorded layers."""
+    import torch
+
+    def stack(per_layer):
+        # (b, Hkv, n*O, d) per layer -> (b, n, O, Hkv, d), stacked over the kept layers
+        parts = [per_layer[i].permute(0, 2, 1, 3) for i in keep]
+        b, _, hkv, d = parts[0].shape
+        return torch.stack([x.reshape(b, n, O, hkv, d) for x in parts], 3).numpy()
+
+    return stack(rec.keys), stack(rec.values)
+
+
+def token_logprobs(model, ids, symbol_ids, batch_size: int = 8, progress=None):
+    """(logp, lse), each (D, T-1) float64, for unpadded rows ``ids`` (D, T): log P(ids[:, j+1] |
+    ids[:, :j+1]) over the whole vocabulary and log Σ_v P(symbol_ids[v] | ids[:, :j+1]).  Only
+    (D, T-1) numbers leave the device; the (b, T, vocabulary) logits of one batch are the peak.
+    (``llm_world`` scores whole documents with it.)"""
+    import torch
+
+    dev = model_device(model)
+    ids = np.asarray(ids, dtype=np.int64)
+    D, T = ids.shape
+    logp, lse = np.empty((D, T - 1)), np.empty((D, T - 1))
+    sym = torch.as_tensor(np.asarray(symbol_ids, dtype=np.int64), device=dev)
+    with torch.no_grad():
+        for a in range(0, D, batch_size):
+            x = torch.as_tensor(ids[a:a + batch_size], device=dev)
+            mask = torch.ones_like(x)
+            lp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
+            logp[a:a + len(x)] = lp.gather(-1, x[:, 1:, None])[..., 0].double().cpu().numpy()
+            lse[a:a + len(x)] = torch.logsumexp(lp[..., sym], -1).double().cpu().numpy()
+            if progress is not None:
+                progress(len(x))
+    return logp, lse
 
 
 def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers=None,
@@ -178,22 +247,12 @@ def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers
     import torch
 
     offsets = None if offsets is None else np.asarray(offsets, dtype=np.int64).reshape(-1)
-    if offsets is not None and len(batch):
-        first = batch.input_ids.shape[1] - batch.attention_mask.sum(1, keepdims=True)    # (B, 1)
-        if ((batch.label_pos + offsets.min() < first).any()
-                or (batch.label_pos + offsets.max() >= batch.input_ids.shape[1]).any()):
-            raise ValueError(f"offsets {offsets.tolist()} around the label positions reach outside "
-                             f"some prompt; allowed: offsets that stay within every prompt")
-    if not getattr(type(model), "_supports_attention_backend", False):
-        # older transformers (GPT-J before 5.24) hard-wire their attention: nothing to hook
-        import transformers
-        raise ValueError(f"{type(model).__name__} does not route its attention through transformers' "
-                         f"AttentionInterface in transformers {transformers.__version__}, so its attention rows "
-                         f"cannot be captured; allowed: transformers >= 5.24 (pip install 'transformers>=5.24')")
+    _require_offsets_inside(batch, offsets)
+    _require_attention_backend(model)
     _register()
     cfg = model.config
     old = getattr(cfg, "_attn_implementation", None) or "eager"
-    dev = _model_device(model)
+    dev = model_device(model)
     B, T = batch.input_ids.shape
     attn = keys = values = None
     label_logp = np.empty((B, batch.n_classes))
@@ -222,24 +281,16 @@ def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers
                     raise RuntimeError(f"{type(model).__name__} does not route attention through "
                                        f"transformers' AttentionInterface; cannot capture attention")
                 L = len(rec.rows)
-                H = rec.rows[0].shape[1]
                 if attn is None:
-                    attn = np.zeros((B, L, H, T), dtype=np.float32)
+                    attn = np.zeros((B, L, rec.rows[0].shape[1], T), dtype=np.float32)
                 attn[rows, :, :, T - t:] = torch.stack([rec.rows[i] for i in range(L)], 1).numpy()
                 label_logp[rows] = torch.log_softmax(logits, -1)[:, lab].double().cpu().numpy()
                 if offsets is not None:
-                    keep = range(L) if layers is None else list(layers)
-                    n, O = batch.n_demos, offsets.size
-                    k0 = rec.keys[keep[0]]
+                    kk, vv = _kept_vectors(rec, range(L) if layers is None else list(layers), batch.n_demos,
+                                           offsets.size)
                     if keys is None:
-                        shape = (B, n, O, len(keep), k0.shape[1], k0.shape[-1])
-                        keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-                    for j, layer in enumerate(keep):
-                        # (b, Hkv, n*O, d) -> (b, n, O, Hkv, d)
-                        kk = rec.keys[layer].permute(0, 2, 1, 3).reshape(len(rows), n, O, k0.shape[1], -1)
-                        vv = rec.values[layer].permute(0, 2, 1, 3).reshape(len(rows), n, O, k0.shape[1], -1)
-                        keys[rows, :, :, j] = kk.numpy()
-                        values[rows, :, :, j] = vv.numpy()
+                        keys, values = (np.zeros((B,) + kk.shape[1:], np.float32) for _ in range(2))
+                    keys[rows], values[rows] = kk, vv
                 if progress is not None:
                     progress(len(rows))
     finally:
@@ -248,3 +299,62 @@ def capture(model, batch: PromptBatch, offsets=None, batch_size: int = 8, layers
     if offsets is not None:
         kept = np.arange(attn.shape[1]) if layers is None else np.asarray(list(layers), dtype=np.int64)
     return Capture(attn, label_logp, keys, values, offsets, kept)
+
+
+def model_devices(model) -> str:
+    """Where the weights are: ``cpu``, ``cuda:0``, or a comma list when they are spread."""
+    return ",".join(sorted({str(p.device) for p in model.parameters()})) or "cpu"
+
+
+def length_order(batch: PromptBatch) -> np.ndarray:
+    """(B,) the prompts longest first: an out-of-memory batch shows at once, and prompts of
+    similar length share a batch, so little padding is computed."""
+    return np.argsort(-batch.attention_mask.sum(1), kind="stable")
+
+
+def in_length_order(fn, batch: PromptBatch):
+    """(fn(batch sorted by :func:`length_order`), inv): ``result[inv]`` puts per-prompt results
+    back in ``batch``'s order."""
+    order = length_order(batch)
+    res = fn(batch.subset(order))
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size)
+    return res, inv
+
+
+def forward_labels_by_length(model, batch: PromptBatch, batch_size: int = 8, progress=None) -> np.ndarray:
+    """(B, C) :func:`forward_labels` with the prompts run longest first, in ``batch``'s order."""
+    out, inv = in_length_order(lambda b: forward_labels(model, b, batch_size, progress), batch)
+    return out[inv]
+
+
+def probe_layer_bytes(config, n_examples: int, n_demos: int, n_offsets: int = len(PROBE_OFFSETS)) -> int:
+    """Bytes of the float32 keys and values one probed layer holds for ``n_examples`` prompts
+    of ``n_demos`` demonstrations: B x n x O x Hkv x d x 4 bytes x 2 arrays (``config``: the
+    model's, for the kv heads Hkv and the head size d)."""
+    H = int(config.num_attention_heads)
+    hkv = int(getattr(config, "num_key_value_heads", None) or H)
+    d = int(getattr(config, "head_dim", None) or config.hidden_size // H)
+    return int(n_examples) * int(n_demos) * int(n_offsets) * hkv * d * 4 * 2
+
+
+def probe_layer_list(spec, n_layers: int, per_layer_bytes: int) -> list[int]:
+    """The layers whose keys and values are kept.  ``spec``: ``"auto"`` (all when they fit
+    :data:`PROBE_BUDGET`, else that many evenly spaced interior layers, at least one), ``"all"``,
+    ``"none"``, or a list of layer indices."""
+    if isinstance(spec, str):
+        if spec == "none":
+            return []
+        if spec == "all":
+            return list(range(n_layers))
+        if spec != "auto":
+            raise ValueError(f"unknown probe layers {spec!r}; allowed: auto, all, none or layer indices")
+        k = int(max(1, min(n_layers, PROBE_BUDGET // max(per_layer_bytes, 1))))
+        if k >= n_layers:
+            return list(range(n_layers))
+        return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, k + 2)[1:-1]})
+    layers = sorted({int(x) for x in spec})
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"probe layer {bad[0]} does not exist; the model has layers 0..{n_layers - 1}")
+    return layers

@@ -39,7 +39,7 @@ CONVERGENCE_COLUMNS = ("n_demos", "estimator", "kernel", "metric", "mean", "ci_l
 #: floors.csv (``convergence.concept_floors``).
 FLOOR_COLUMNS = ("world", "concept", "prior", "kernel", "estimator", "floor_tv", "floor_se", "exact",
                  "eta", "eps", "eps_span", "span_dim", "eta2_eps", "eta2_eps_span", "identity_bound")
-#: bayes.csv (``bayes.run``).
+#: bayes.csv (``posterior.run``).
 BAYES_COLUMNS = ("n_demos", "metric", "mean", "ci_low", "ci_high", "n_prompts")
 #: icl_vs_bayes.csv (``icl_eval.run``).
 ICL_COLUMNS = ("n_demos", "concepts", "metric", "mean", "ci_low", "ci_high", "n_prompts")
@@ -56,6 +56,14 @@ REGIME_WORLD_COLUMNS = ("world", "kernel", "estimator", "n_max", "regime_n", "re
 REGIME_N_MAX = 256
 REGIME_N_CAP = 65536
 REGIME_BAND = 0.1
+#: Power laws are fitted from this n on (``convergence`` and ``regime``; claim C1 names it): below it
+#: the pre-asymptotic stretch dominates.
+FIT_N_MIN = 4
+#: An exact invariance (``phenomena``' checks, claim C7): a TV below this is zero.
+INVARIANCE_TOL = 1e-12
+#: "Trained to near the Bayes loss" (claims C5, C6): a run's validation loss within this many
+#: nats/token of the Bayes floor (``train.TrainConfig``'s default target gap).
+NEAR_BAYES_GAP = 0.05
 
 
 # ---------------------------------------------------------------------- real LLMs (``simkernel llm``)

@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import bayes, kernel
-from .metrics import compare, fit_power_law, restrict, tie_agreement, world_ci  # noqa: F401 (restrict: re-exported)
+from .metrics import compare, fit_power_law, restrict, tie_agreement, tv, world_ci  # noqa: F401 (restrict: re-exported)
 from .sampling import sample_prompt_set
 from .store import provenance, world_summary
+from .validate import check_ints
 from .world import World
 
-from .constants import CONVERGENCE_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_RIDGE, FLOOR_COLUMNS, KERNELS  # noqa: F401
+from .constants import (CONVERGENCE_COLUMNS, DEFAULT_N_SAMPLES, DEFAULT_RIDGE, FIT_N_MIN, FLOOR_COLUMNS,  # noqa: F401
+                        KERNELS)
 # the kernel pipeline lives in kernel.py; these names stay importable from here
-from .kernel import (CONSTANT_RTOL, FEATURE_MEMORY_LIMIT, KernelSet, _check_names, kernel_estimates,  # noqa: F401
+from .kernel import (CONSTANT_RTOL, FEATURE_MEMORY_LIMIT, KernelSet, check_names, kernel_estimates,  # noqa: F401
                      kernel_spread, kernel_values)
 #: Per n and (kernel, estimator), against exact Bayes (tv_limit: against the estimate's own n -> ∞ limit).
 METRICS = ("l1", "tv", "kl", "agree", "acc", "tv_limit")
@@ -45,8 +47,6 @@ DEFAULT_PRESET = "ginc-small"
 DEFAULT_N_DEMOS = tuple(range(1, 257))
 #: What :meth:`Convergence.write` publishes.
 FILES = ("convergence.csv", "floors.csv", "convergence.json", "convergence.png", "convergence.pdf")
-#: The fit of |estimate_n − limit| uses n >= this (smaller n are far from the central-limit regime).
-FIT_N_MIN = 4
 #: The clipped estimator's per-concept floor needs K between all pairs of inputs: skipped above
 #: this many inputs in a concept's sample.
 CLIPPED_FLOOR_LIMIT = 4000
@@ -121,6 +121,15 @@ NOTES = {
                        "bayes-vs-oracle": "the exact posterior scored against the oracle",
                        "bayes-vs-known": "restart-free worlds only: the exact posterior against the concept-known "
                                          "predictive P(y | prompt, true concept), the concept-identification term"}}
+#: The dtypes of the result's tables (``results.Table``; a column not named is a string).
+CONVERGENCE_DTYPES = {"n_demos": "int", "mean": "float", "ci_low": "float", "ci_high": "float", "n_prompts": "int",
+                      "n_worlds": "int"}
+FLOOR_DTYPES = {"concept": "int", "prior": "float", "floor_tv": "float", "floor_se": "float", "exact": "bool",
+                "eta": "float", "eps": "float", "eps_span": "float", "span_dim": "int", "eta2_eps": "float",
+                "eta2_eps_span": "float", "identity_bound": "float"}
+#: fits.csv: one row per kernel and estimator (:meth:`Convergence.fit_rows`).
+FIT_COLUMNS = ("kernel", "estimator", "slope", "amplitude", "floor", "degenerate", "metric", "with_floor")
+FIT_DTYPES = {"slope": "float", "amplitude": "float", "floor": "float", "degenerate": "bool", "with_floor": "bool"}
 #: CSV values keep this many significant digits: far below the CI widths, and the tables (the
 #: figure's only source) stay small.
 DIGITS = 6
@@ -153,7 +162,7 @@ class Convergence:
         from .store import check_results_dir, publish, write_csv, write_json
 
         out = check_results_dir(Path(out))
-        rows, floors = self.tables()
+        rows, floors = self.rounded()
         meta = dict(self.meta, config=dict(self.meta.get("config", {}), out=str(out)))
         title = meta.get("title", "")
         return publish(out, {
@@ -190,11 +199,28 @@ class Convergence:
                        f"{bad['total']} of {bad['of']}")
         return out
 
-    def tables(self) -> tuple[list, list]:
+    def rounded(self) -> tuple[list, list]:
         """(rows, floors) with their floats at ``DIGITS`` significant digits, as written."""
         return (_rounded(self.rows, ("mean", "ci_low", "ci_high")),
                 _rounded(self.floors, ("floor_tv", "floor_se", "eta", "eps", "eps_span", "eta2_eps",
                                        "eta2_eps_span", "identity_bound")))
+
+    def fit_rows(self) -> list[dict]:
+        """One row per kernel and estimator with ``FIT_COLUMNS``: the power-law fit of the mean TV
+        between the estimate and its limit (``meta['fits']``, as convergence.json holds it)."""
+        return [dict(kernel=k.split("/")[0], estimator=k.split("/")[1], **{c: f.get(c) for c in FIT_COLUMNS[2:]})
+                for k, f in self.meta["fits"].items()]
+
+    def tables(self) -> dict:
+        """The result protocol's tables: convergence.csv (main), floors.csv ('floors') and the
+        derived fits.csv ('fits', written by the sweep, not by :meth:`write`)."""
+        from .results import Table, label_dtype
+
+        rows, floors = self.rounded()
+        floor_dtypes = dict(FLOOR_DTYPES, world=label_dtype(r["world"] for r in floors))
+        return {None: Table("convergence.csv", COLUMNS, CONVERGENCE_DTYPES, rows),
+                "floors": Table("floors.csv", FLOOR_COLUMNS, floor_dtypes, floors),
+                "fits": Table("fits.csv", FIT_COLUMNS, FIT_DTYPES, self.fit_rows())}
 
 
 # ---------------------------------------------------------------------- one (world, seed)
@@ -205,7 +231,7 @@ def run_seed(world: World, n_max: int, example_length: int, n_prompts: int, seed
     """Sample prompts (``concepts``: 'prior', 'id', 'ood' or a concept index; see
     sampling.sample_prompt_set), compute the exact Bayes curve for n = 1..n_max, every requested
     kernel estimate and its exact n -> ∞ limit."""
-    _check_names(kernels, estimators)
+    check_names(kernels, estimators)
     tick = progress or (lambda _msg: None)
     labels = world.labels
     prompts = sample_prompt_set(world, n_prompts, n_max, example_length, seed=seed, concepts=concepts)
@@ -293,9 +319,9 @@ def concept_floors(ks: KernelSet, concepts, kernels=KERNELS, estimators=kernel.E
                     scores = lin[:, :-1]
                 else:
                     scores = kernel.ratio(lin[:, :-1], lin[:, -1:])
-                tv = np.abs(kernel.to_distribution(scores, e) - oracle).sum(axis=1) / 2
-                floor = float(w @ tv)
-                se = 0.0 if s.exact else float(tv.std(ddof=1) / np.sqrt(M)) if M > 1 else np.nan
+                d = tv(kernel.to_distribution(scores, e), oracle, axis=1)
+                floor = float(w @ d)
+                se = 0.0 if s.exact else float(d.std(ddof=1) / np.sqrt(M)) if M > 1 else np.nan
                 row = {"world": world_label, "concept": int(c), "prior": float(ks.world.prior[c]), "kernel": kn,
                        "estimator": e, "floor_tv": floor, "floor_se": se, "exact": bool(s.exact)}
                 row.update(extra)
@@ -392,7 +418,7 @@ def summarise(results: list[SeedResult], n_demos, n_fit_min: int = FIT_N_MIN) ->
         q = cat(lambda r: r.estimates[key])
         lim = cat(lambda r: r.limits[key])
         per = compare(bayes_all, q, y_all)
-        per["tv_limit"] = np.abs(q - lim[:, None]).sum(-1) / 2
+        per["tv_limit"] = tv(q, lim[:, None])
         add(key[0], key[1], per)
         mean_tv = np.nanmean(per["tv_limit"], axis=0)
         lo = min(max(1, n_fit_min), max(1, N - 3))
@@ -402,7 +428,7 @@ def summarise(results: list[SeedResult], n_demos, n_fit_min: int = FIT_N_MIN) ->
         fits[f"{key[0]}/{key[1]}"] = fit.as_dict(metric="tv_limit", n_range=[int(lo), int(N)],
                                                  with_floor=not exact)
         inf = compare(oracle_all, lim, y_all)
-        inf["tv_bayes"] = np.abs(bayes_all[:, -1] - lim).sum(-1) / 2
+        inf["tv_bayes"] = tv(bayes_all[:, -1], lim)
         inf["limit_se"] = cat(lambda r: r.limit_se[key])
         add(key[0], key[1], inf, inf=True)
     for kname in results[0].nonpositive:
@@ -448,6 +474,49 @@ def spread_warnings(spread: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------- the whole experiment
+def _worlds(worlds, world_labels, world_source, preset, world_seeds, overrides, world_file):
+    """(worlds, labels, source) of :func:`run`: the worlds given, or built by ``resolve_worlds``."""
+    if worlds is None:
+        from .presets import resolve_worlds
+
+        worlds, world_labels, world_source, _ = resolve_worlds(preset, world_seeds, overrides, world_file,
+                                                               default=DEFAULT_PRESET)
+    elif preset is not None or overrides or world_file is not None:
+        raise ValueError("worlds are given; preset, overrides and world_file describe worlds to build instead")
+    worlds = [worlds] if isinstance(worlds, World) else list(worlds)
+    if not worlds:
+        raise ValueError("worlds is empty: give at least one world")
+    return worlds, world_labels, world_source
+
+
+def _n_samples(world: World, example_length: int, n_samples):
+    """``n_samples``, or the default where the world's inputs can be enumerated (else an error)."""
+    if n_samples is not None:
+        return n_samples
+    if not world_inputs_enumerable(world, example_length):
+        V = world.n_symbols
+        raise ValueError(f"n_samples is required: this world's {V}^{example_length - 1} = "
+                         f"{V ** (example_length - 1):,} inputs are too many to enumerate (limit "
+                         f"{kernel.EXACT_LIMIT:,}); give n_samples=N Monte Carlo inputs for Σ and the limits, "
+                         f"e.g. {DEFAULT_N_SAMPLES}")
+    return DEFAULT_N_SAMPLES
+
+
+def per_world_means(results: list[SeedResult], ns, labels, kernels, estimators) -> dict:
+    """Each world's own means at the powers of two, the largest n and the limit (the spread behind
+    an interval over worlds): {"n": [...], "estimator": e, world: {kernel: {metric: [...]}}}."""
+    shown = sorted({n for n in ns if n & (n - 1) == 0} | {ns[-1]})
+    est = "normalised" if "normalised" in estimators else estimators[0]
+    per_world = {"n": shown + ["inf"], "estimator": est}
+    for wi, wl in enumerate(labels):
+        wrows, _ = summarise([r for r in results if r.world == wi], shown)
+        got = {(r["n_demos"], r["kernel"], r["metric"]): r["mean"] for r in wrows if r["estimator"] in (est, "-")}
+        per_world[str(wl)] = {
+            k: {m: [got.get((n, k, m)) for n in shown + [float("inf")]] for m in ("l1", "tv", "agree", "acc")}
+            for k in (*kernels, "bayes")}
+    return per_world
+
+
 def run(worlds=None, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts: int = 200, seeds=(0,),
         kernels=KERNELS, estimators=kernel.ESTIMATORS, features: str = "belief", concepts="prior",
         n_samples: int | None = None, ridge: float = DEFAULT_RIDGE, world_labels=None, floors: bool = True,
@@ -466,36 +535,15 @@ def run(worlds=None, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts
     ``world_source`` is recorded as the config's world (how the worlds were made).  Returns a
     :class:`Convergence` (``meta`` is the JSON); writes nothing (see :meth:`Convergence.write`)."""
     t0 = time.perf_counter()
-    if worlds is None:
-        from .presets import resolve_worlds
-
-        worlds, world_labels, world_source, _ = resolve_worlds(preset, world_seeds, overrides, world_file,
-                                                               default=DEFAULT_PRESET)
-    elif preset is not None or overrides or world_file is not None:
-        raise ValueError("worlds are given; preset, overrides and world_file describe worlds to build instead")
-    if isinstance(worlds, World):
-        worlds = [worlds]
-    worlds = list(worlds)
-    if not worlds:
-        raise ValueError("worlds is empty: give at least one world")
+    worlds, world_labels, world_source = _worlds(worlds, world_labels, world_source, preset, world_seeds, overrides,
+                                                 world_file)
     for w in worlds:
         check_concepts(concepts, w)
-    if n_samples is None:
-        if not world_inputs_enumerable(worlds[0], example_length):
-            V = worlds[0].n_symbols
-            raise ValueError(f"n_samples is required: this world's {V}^{example_length - 1} = "
-                             f"{V ** (example_length - 1):,} inputs are too many to enumerate (limit "
-                             f"{kernel.EXACT_LIMIT:,}); give n_samples=N Monte Carlo inputs for Σ and the limits, "
-                             f"e.g. {DEFAULT_N_SAMPLES}")
-        n_samples = DEFAULT_N_SAMPLES
-    ns = sorted(set(int(n) for n in n_demos))
-    if not ns or ns[0] < 1:
-        raise ValueError(f"n_demos must be integers >= 1, got {n_demos!r}")
-    seeds = list(seeds)
-    if len(set(seeds)) != len(seeds) or not seeds:
-        raise ValueError(f"seeds must be distinct and at least one, got {seeds!r}")
+    n_samples = _n_samples(worlds[0], example_length, n_samples)
+    ns = check_ints("n_demos", n_demos, 1)
+    seeds = check_ints("seeds", seeds, 0, distinct=True)
     kernels, estimators = tuple(kernels), tuple(estimators)
-    _check_names(kernels, estimators)
+    check_names(kernels, estimators)
     labels = list(world_labels) if world_labels is not None else [w.meta.get("seed", i) for i, w in enumerate(worlds)]
     if len(set(map(str, labels))) != len(labels):
         labels = list(range(len(worlds)))
@@ -517,20 +565,7 @@ def run(worlds=None, n_demos=DEFAULT_N_DEMOS, example_length: int = 3, n_prompts
             floor_rows += concept_floors(ks, range(world.n_concepts), kernels, estimators, world_label=wl)
     rows, fits = summarise(results, ns)
     spread = spread_summary(results)
-    per_world = {}
-    if len(worlds) > 1:
-        # each world's own means at the powers of two, the largest n and the limit (the spread
-        # behind an interval over worlds): {"n": [...], "estimator": e, world: {kernel: {metric: [...]}}}
-        shown = sorted({n for n in ns if n & (n - 1) == 0} | {ns[-1]})
-        est = "normalised" if "normalised" in estimators else estimators[0]
-        per_world = {"n": shown + ["inf"], "estimator": est}
-        for wi, wl in enumerate(labels):
-            wrows, _ = summarise([r for r in results if r.world == wi], shown)
-            got = {(r["n_demos"], r["kernel"], r["metric"]): r["mean"] for r in wrows
-                   if r["estimator"] in (est, "-")}
-            per_world[str(wl)] = {
-                k: {m: [got.get((n, k, m)) for n in shown + [float("inf")]] for m in ("l1", "tv", "agree", "acc")}
-                for k in (*kernels, "bayes")}
+    per_world = per_world_means(results, ns, labels, kernels, estimators) if len(worlds) > 1 else {}
     impossible = {f"{labels[r.world]}/{s}": int(r.info.get("impossible_prompts", 0))
                   for r, s in zip(results, [s for _ in worlds for s in seeds])}
     info = {"spread": spread, "warnings": spread_warnings(spread), "sigma": sigma, "per_world": per_world,

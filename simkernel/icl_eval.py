@@ -103,6 +103,13 @@ METRICS = BASE_METRICS + KERNEL_METRICS + FREQUENCY_METRICS + DIRECTION_METRICS
 #: alone leaves departures near 1e-7 that point nowhere.
 CONSTANT_ATOL = 1e-6
 COLUMNS = ICL_COLUMNS
+#: icl_vs_bayes.csv's dtypes (``results.Table``; concepts is set per result, see IclEvalRun.tables)
+DTYPES = {"n_demos": "int", "mean": "float", "ci_low": "float", "ci_high": "float", "n_prompts": "int"}
+
+
+def _as_label(v):
+    """A concepts value as its CSV cell reads back: an integer where it is one ('2' -> 2)."""
+    return int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16, 32, 64)
 
 
@@ -357,6 +364,14 @@ class IclEvalRun:
     title: str
 
     FILES = ("icl_vs_bayes.csv", "icl_vs_bayes.json", "icl_vs_bayes.png")
+
+    def tables(self) -> dict:
+        """The result protocol's tables: icl_vs_bayes.csv (main; concepts: a concept group such as
+        'prior', or a concept's index)."""
+        from .results import Table, label_dtype
+
+        dtypes = dict(DTYPES, concepts=label_dtype(_as_label(r["concepts"]) for r in self.rows))
+        return {None: Table(self.FILES[0], COLUMNS, dtypes, self.rows)}
 
     def write(self, out, copy_to=None) -> list:
         """Publish ``FILES`` into the folder ``out`` (and copy them into ``copy_to``)."""

@@ -39,10 +39,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import bayes
+from . import bayes, demo_law
 from .constants import (DEFAULT_N_SAMPLES, DEFAULT_RIDGE, ESTIMATORS, EXACT_LIMIT, FEATURES,  # noqa: F401
                         KERNELS)
-from .sampling import sample_prompts
+from .sampling import sample_prompts, unique_inputs
 from .world import World
 
 #: Feature dimension above which Σ is never formed (sample-space / Woodbury form).
@@ -213,7 +213,7 @@ def input_distribution(world: World, example_length: int, concept=None, n_sample
         # The sampler conditions a demonstration on E = (y is a label, a delimiter can follow);
         # q(x, c) = P(x, y = c, E | θ), computed by the forward pass.
         x = all_inputs(V, length)
-        joint = _demo_joint(world, x, concept)
+        joint = demo_law.demo_joint(world, x, concept, demo_weight(world))
         w = joint.sum(axis=1)
         keep = w > 0
         x, joint, w = x[keep], joint[keep], w[keep]
@@ -221,43 +221,8 @@ def input_distribution(world: World, example_length: int, concept=None, n_sample
         return InputSample(x, w / tot, True, joint / w[:, None], np.full(len(x), -1))
     p = sample_prompts(world, n_samples, 1, example_length, seed=seed, concept=concept)
     x = np.ascontiguousarray(p.tokens[:, :length])
-    lab = _label_given_x(world, x, p.concepts)
+    lab = demo_law.label_given_x(world, x, p.concepts, demo_weight(world))
     return InputSample(x, np.full(n_samples, 1.0 / n_samples), False, lab, p.concepts)
-
-
-def _demo_emission(world: World) -> np.ndarray:
-    """(K, S, L): P(y = c | h_y = s) restricted to the states a demonstration's y can have
-    (the delimiter can follow them), unnormalised: the sampler's event E in one array."""
-    return world.emission[:, :, world.labels] * demo_weight(world)[..., None].astype(bool)
-
-
-def _demo_joint(world: World, x: np.ndarray, concept) -> np.ndarray:
-    """(M, L) over every input x: Σ_θ π_θ P(x, y = c | θ, E) for the prior mixture (concept
-    None), or P(x, y = c, E | θ) up to a positive factor for one concept.  Each concept's law is
-    normalised by its own P(E | θ) before mixing, as the sampler draws θ from the prior and then
-    an example conditioned on E."""
-    fw = bayes.forward(world, x, prefixes=False)
-    emit = _demo_emission(world)
-    per = np.einsum("mks,ksl->mkl", fw.next_state, emit)                  # P(c, E | x, θ)
-    keep = np.arange(world.n_concepts) == int(concept) if concept is not None else world.prior > 0
-    lw = np.where(keep[None], fw.final, -np.inf)                           # log P(x | θ)
-    m = np.max(lw, axis=0, keepdims=True)                                  # per concept: ratios only
-    scale = np.where(np.isfinite(m), np.exp(lw - np.where(np.isfinite(m), m, 0.0)), 0.0)
-    joint = scale[:, :, None] * per                                        # ∝ P(x, c, E | θ)
-    if concept is not None:
-        return joint[:, int(concept)]
-    tot = joint.sum(axis=(0, 2))
-    weight = np.where(tot > 0, world.prior / np.where(tot > 0, tot, 1.0), 0.0)
-    return np.einsum("k,mkl->ml", weight, joint)
-
-
-def _label_given_x(world: World, x: np.ndarray, concepts: np.ndarray) -> np.ndarray:
-    """(M, L): P(y = c | x, θ_m, E) for each draw's own concept."""
-    fw = bayes.forward(world, x, prefixes=False)
-    emit = _demo_emission(world)
-    per = np.einsum("mks,ksl->mkl", fw.next_state, emit)[np.arange(len(x)), concepts]
-    s = per.sum(axis=1, keepdims=True)
-    return np.where(s > 0, per / np.where(s > 0, s, 1.0), 1.0 / per.shape[1])
 
 
 # ---------------------------------------------------------------------- Σ and K
@@ -583,7 +548,7 @@ CONSTANT_RTOL = 1e-9
 #: The features of every distinct input and of the Σ sample are held in memory; above this many
 #: bytes a run refuses with a one-line error instead of exhausting the machine.
 FEATURE_MEMORY_LIMIT = 8 * 2**30
-def _check_names(kernels, estimators) -> None:
+def check_names(kernels, estimators) -> None:
     for kname in kernels:
         if kname not in KERNELS:
             raise ValueError(f"unknown kernel {kname!r}; allowed: {', '.join(KERNELS)}")
@@ -676,15 +641,6 @@ class KernelSet:
                 "sigma_trace": m.sigma_trace}
 
 
-def _unique_inputs(prompts):
-    """Every input of the experiment (demonstrations, then x_test), deduplicated:
-    (uniq (U, k-1), inv (B, N+1) with x_test last)."""
-    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
-    xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
-    uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
-    return uniq, inv.reshape(B, N + 1)
-
-
 def _pairs(G_or_fn, inv, chunk: int = 64) -> np.ndarray:
     """K(x_test, x_i) for prompts given as indices into the unique inputs: inv (B, N+1) with
     x_test last -> (B, N).  G_or_fn: the (U, U) Gram matrix, or fn(rows_a, rows_b) -> K."""
@@ -709,13 +665,13 @@ def kernel_values(world: World, prompts, kernels=KERNELS, features: str = "belie
     info['limits']: {(kernel, estimator): Limit per prompt (B rows)} and
     info['limit_den']: {kernel: (B,) population kernel mass}.  A one-line ValueError when the
     features would not fit in FEATURE_MEMORY_LIMIT."""
-    _check_names(kernels, limits_for or ())
+    check_names(kernels, limits_for or ())
     tick = progress or (lambda _msg: None)
     B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
     if N < 1:
         raise ValueError("kernel estimates need prompts with at least one demonstration")
     ks = kernel_set or KernelSet(world, k, features, n_samples, ridge, seed)
-    uniq, inv = _unique_inputs(prompts)
+    uniq, inv = unique_inputs(prompts)
     need_psi = any(kn in ("theory", "oracle") for kn in kernels)
     if need_psi:
         ks.check_memory(len(uniq))
@@ -761,7 +717,6 @@ def _gram_pairs(ks, kname, inputs, rows, inv, concept):
         return _pairs(G, inv)
 
     def fn(test_idx, demo_idx):
-        t = rows(inputs, test_idx)
         out = np.empty(demo_idx.shape)
         for j in range(len(test_idx)):
             out[j] = ks.gram(kname, rows(inputs, test_idx[j:j + 1]), rows(inputs, demo_idx[j]), concept)[0]
@@ -802,7 +757,7 @@ def kernel_estimates(world: World, prompts, kernels=KERNELS, estimators=ESTIMATO
     over :func:`kernel_values`.
 
     Returns ({(kernel, estimator): (B, N, L) distribution over world.labels}, info: Σ per kernel)."""
-    _check_names(kernels, estimators)
+    check_names(kernels, estimators)
     values, info = kernel_values(world, prompts, kernels, features=features, n_samples=n_samples, ridge=ridge,
                                  seed=seed, progress=progress, kernel_set=kernel_set)
     out = {}

@@ -2,7 +2,7 @@
 
 The two branches meet here.  A world's prompts and documents are rendered as text, one token
 per symbol (``render``), and run through a causal LM with the code of ``simkernel llm``
-(``llm.load_*``, ``capture``, ``analysis``); everything the LM says is compared with what is
+(``hf`` loads it, ``capture``, ``analysis``); everything the LM says is compared with what is
 known exactly in the world:
 
 1. **In-context learning** (``icl_vs_bayes.csv``, the layout of ``simkernel icl-eval``): for
@@ -29,21 +29,24 @@ known exactly in the world:
    chosen on a selection split and reported held out; several worlds pooled by
    ``alignment.pool`` (worlds as the unit).
 
-The model's outputs are cached per world as ``outputs-<key>.npz`` (``llm.cache_key`` over the
+The model's outputs are cached per world as ``outputs-<key>.npz`` (``cache.cache_key`` over the
 model's identity, the world and every prompt setting, and the resolved dtype), so a rerun (or a
 run that adds a world) loads no weights for what is cached.  A cache file that cannot be read
-(``llm.read_cache``) is recomputed and replaced, and the run says so.  Every prompt is built,
+(``cache.read_cache``) is recomputed and replaced, and the run says so.  Every prompt is built,
 and every bad argument raised, from the tokenizer and the config before any weights load.
 
 Defaults and why: n grid (0, 1, 2, 4, 8, 16) and k = 3: 16 demonstrations of 3 symbols are a
 66-token prompt, short for any LM, and k = 3 leaves room for the probe offsets -1..3;
 200 prompts per world: CIs of about ±0.05 on agreement; 64 documents of 128 symbols.
 
-torch and transformers are imported inside the functions that need them.
+Every name here is the world branch's own (``WorldPrepared``, ``WorldOutputs``,
+``prepare_world``, ...); the text-task branch is ``llm``.  torch and transformers are imported
+inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -52,20 +55,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import analysis, bayes, capture, icl_eval, kernel, llm
-from .constants import ICL_COLUMNS, LLM_BATCH_SIZE
-from .metrics import mean_ci, restrict, world_ci
+from . import alignment, analysis, bayes, capture, hf, icl_eval, kernel
+from .cache import (cache_key, cache_path, capture_arrays, capture_from, half_rounded, read_cache, read_npz,
+                    write_npz)
+from .constants import ICL_COLUMNS, LLM_BATCH_SIZE, N_REPORT, N_SELECT
+from .metrics import mean_ci, restrict, tv, world_ci
 from .prompts import PromptBatch, collate
 from .render import SymbolMap, choose_symbols, render_batch, render_documents
+from .presets import resolve_worlds
 from .sampling import prompt_length, sample_corpus, sample_prompt_set
+from .store import folder_lock, provenance, world_summary
+from .validate import check_choice, check_int, check_ints
 
 DEFAULT_N_DEMOS = (0, 1, 2, 4, 8, 16)
 DEFAULT_N_PROMPTS = 200
 DEFAULT_EXAMPLE_LENGTH = 3
 DEFAULT_N_DOCS = 64
 DEFAULT_DOC_LENGTH = 128
-#: bump when the prompts, the documents or the cached arrays change meaning
-CACHE_VERSION = 1
+#: bump when the prompts, the documents or the cached arrays change meaning (a part of
+#: :func:`data_identity`, beside the key version of ``cache``)
+WORLD_CACHE_VERSION = 1
 #: beside ``icl_eval.METRICS``: TV over all V symbols, and the LM's mass on the symbol / label tokens
 EXTRA_METRICS = ("tv_bayes_symbols", "symbol_mass", "label_mass")
 ICL_TABLE_COLUMNS = ICL_COLUMNS + ("n_worlds",)
@@ -117,23 +126,13 @@ def world_digest(world) -> str:
 
 
 def load_worlds(preset=None, world_seeds=(0,), overrides=None, world_file=None) -> list:
-    """[:class:`WorldSpec`]: ``world_file`` (one saved world) or ``preset`` (default paper-c)
-    built at each of ``world_seeds`` with ``overrides``."""
-    from .presets import load_world
-
-    if world_file is not None:
-        if tuple(world_seeds) not in ((), (0,)):
-            raise ValueError("world_seeds builds preset worlds; it cannot be combined with world_file")
-        world, rec = load_world(preset, 0, overrides, world_file)
-        return [WorldSpec(Path(str(world_file)).stem, world, dict(rec, digest=world_digest(world)))]
-    seeds = [int(s) for s in world_seeds]
-    if not seeds or len(set(seeds)) < len(seeds):
-        raise ValueError(f"world_seeds {list(world_seeds)!r}; allowed: one or more distinct integers")
-    out = []
-    for s in seeds:
-        world, rec = load_world(preset, s, overrides)
-        out.append(WorldSpec(f"{rec['preset']}-{s}", world, dict(rec, digest=world_digest(world))))
-    return out
+    """[:class:`WorldSpec`]: ``world_file`` (one saved world, named by its file's stem) or
+    ``preset`` (default paper-c) built at each of ``world_seeds`` with ``overrides``, named
+    ``<preset>-<seed>`` (``presets.resolve_worlds``, the one resolver)."""
+    ws = resolve_worlds(preset, world_seeds, overrides, world_file)
+    names = ([Path(str(world_file)).stem] if world_file is not None
+             else [f"{rec['preset']}-{s}" for rec, s in zip(ws.records, ws.labels)])
+    return [WorldSpec(name, w, dict(rec, digest=world_digest(w))) for name, w, rec in zip(names, ws.worlds, ws.records)]
 
 
 def mixing_rates(world) -> np.ndarray:
@@ -179,7 +178,7 @@ def world_properties(worlds, n_docs: int = 256, doc_length: int = 256, seed: int
 
 # ---------------------------------------------------------------------- the model-free half
 @dataclass
-class Prepared:
+class WorldPrepared:
     """Everything rendered for one world, before any model runs.
 
     ns          the n grid;  prompts the sampler's prompts with N = max(ns) demonstrations
@@ -209,22 +208,14 @@ class Prepared:
 
 
 def check_grid(n_demos) -> list:
-    """The sorted distinct n of ``n_demos`` (a list or a comma string); one-line ValueErrors."""
+    """The sorted distinct n of ``n_demos`` (integers >= 0, or a comma string of them);
+    one-line ValueErrors naming ``n_demos``."""
     if isinstance(n_demos, str):
-        n_demos = [x for x in n_demos.replace(" ", "").split(",") if x]
-    try:
-        ns = sorted({int(n) for n in n_demos})
-    except (TypeError, ValueError):
-        raise ValueError(f"n_demos {n_demos!r}; allowed: integers >= 0") from None
-    if not ns or ns[0] < 0:
-        raise ValueError(f"n_demos {n_demos!r}; allowed: one or more integers >= 0")
-    return ns
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r}; allowed: an integer >= {minimum}")
-    return int(value)
+        parts = [x for x in n_demos.replace(" ", "").split(",") if x]
+        if not all(x.isdigit() for x in parts):
+            raise ValueError(f"n_demos must be one or more integers >= 0, got {n_demos!r}")
+        n_demos = [int(x) for x in parts]
+    return check_ints("n_demos", n_demos, 0)
 
 
 def probe_offsets(example_length: int) -> np.ndarray:
@@ -250,20 +241,20 @@ def grid_batch(smap: SymbolMap, prompts, ns) -> PromptBatch:
                        np.zeros((G, 0), np.int64), np.full(G, -1, np.int64), smap.token_ids.copy())
 
 
-def prepare(smap: SymbolMap, spec: WorldSpec, *, n_demos=DEFAULT_N_DEMOS, n_prompts: int = DEFAULT_N_PROMPTS,
-            example_length: int = DEFAULT_EXAMPLE_LENGTH, concepts="prior", n_docs: int = DEFAULT_N_DOCS,
-            doc_length: int = DEFAULT_DOC_LENGTH, seed: int = 0, inside: bool = True, config=None,
-            probe_layers="auto") -> Prepared:
+def prepare_world(smap: SymbolMap, spec: WorldSpec, *, n_demos=DEFAULT_N_DEMOS,
+                  n_prompts: int = DEFAULT_N_PROMPTS, example_length: int = DEFAULT_EXAMPLE_LENGTH,
+                  concepts="prior", n_docs: int = DEFAULT_N_DOCS, doc_length: int = DEFAULT_DOC_LENGTH,
+                  seed: int = 0, inside: bool = True, config=None, probe_layers="auto") -> WorldPrepared:
     """Sample and render one world's prompts and documents (no model).  ``config`` (the model's,
     or None): checks that the longest prompt and the documents fit the context and chooses the
-    probed layers (``llm.probe_layer_list``); one-line ValueErrors naming the argument."""
+    probed layers (``capture.probe_layer_list``); one-line ValueErrors naming the argument."""
     ns = check_grid(n_demos)
-    _check_int("n_prompts", n_prompts, 2)
-    k = _check_int("example_length", example_length, 2)
-    _check_int("n_docs", n_docs, 1)
-    _check_int("doc_length", doc_length, 2)
+    check_int("n_prompts", n_prompts, 2)
+    k = check_int("example_length", example_length, 2)
+    check_int("n_docs", n_docs, 1)
+    check_int("doc_length", doc_length, 2)
     world, N, P = spec.world, ns[-1], smap.prefix_ids.size
-    ctx = llm.context_length(config) if config is not None else None
+    ctx = hf.context_length(config) if config is not None else None
     if ctx is not None:
         if P + prompt_length(N, k) > ctx:
             most = (ctx - P - k + 1) // (k + 1)
@@ -282,27 +273,25 @@ def prepare(smap: SymbolMap, spec: WorldSpec, *, n_demos=DEFAULT_N_DEMOS, n_prom
     inside_batch = alone = inv = None
     layers, offsets = [], probe_offsets(k)
     if inside:
-        from .alignment import examples_from_prompts, standalone_batch
-
-        inside_batch = render_batch(smap, collate(examples_from_prompts(world, prompts), world.labels))
-        sym_alone, inv = standalone_batch(world, prompts)
+        inside_batch = render_batch(smap, collate(alignment.examples_from_prompts(world, prompts), world.labels))
+        sym_alone, inv = alignment.standalone_batch(world, prompts)
         alone = render_batch(smap, sym_alone)
         if config is not None:
-            layers = llm.probe_layer_list(probe_layers, int(config.num_hidden_layers),
-                                          llm.probe_layer_bytes(config, n_prompts, N, offsets.size))
+            layers = capture.probe_layer_list(probe_layers, int(config.num_hidden_layers),
+                                              capture.probe_layer_bytes(config, n_prompts, N, offsets.size))
     lengths = icl_batch.attention_mask.sum(1)
     meta = {"world": spec.name, "n_demos": ns, "n_prompts": int(n_prompts), "example_length": k,
             "concepts": str(concepts), "n_docs": int(n_docs), "doc_length": int(doc_length), "context": ctx,
             "prompt_tokens": {"max": int(lengths.max()), "min": int(lengths.min())}, "probe_layers": layers,
             "offsets": offsets.tolist(), "symbols": smap.to_dict(),
             "example_prompt": smap.text(prompts.truncated(min(N, 2)).tokens[0])}
-    return Prepared(spec, smap, ns, prompts, icl_batch, docs, doc_ids, inside_batch, alone, inv, layers, offsets,
-                    meta)
+    return WorldPrepared(spec, smap, ns, prompts, icl_batch, docs, doc_ids, inside_batch, alone, inv, layers,
+                         offsets, meta)
 
 
 # ---------------------------------------------------------------------- the model's work
 @dataclass
-class Outputs:
+class WorldOutputs:
     """What the model computed for one world (what the cache holds).
 
     icl_logp     (G, B, V) float64 log P_LM(symbol token v | prompt with ns[g] demonstrations)
@@ -324,37 +313,12 @@ class Outputs:
     meta: dict = field(default_factory=dict)
 
 
-def token_logp(model, ids, symbol_ids, batch_size: int = LLM_BATCH_SIZE, progress=None):
-    """(logp, lse), each (D, T-1) float64, for unpadded rows ``ids`` (D, T): log P(ids[:, j+1] |
-    ids[:, :j+1]) over the whole vocabulary and log Σ_v P(symbol_ids[v] | ids[:, :j+1]).  Only
-    (D, T-1) numbers leave the device; the (b, T, vocabulary) logits of one batch are the peak."""
-    import torch
-
-    dev = capture._model_device(model)
-    ids = np.asarray(ids, dtype=np.int64)
-    D, T = ids.shape
-    logp, lse = np.empty((D, T - 1)), np.empty((D, T - 1))
-    sym = torch.as_tensor(np.asarray(symbol_ids, dtype=np.int64), device=dev)
-    with torch.no_grad():
-        for a in range(0, D, batch_size):
-            x = torch.as_tensor(ids[a:a + batch_size], device=dev)
-            mask = torch.ones_like(x)
-            lp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
-            logp[a:a + len(x)] = lp.gather(-1, x[:, 1:, None])[..., 0].double().cpu().numpy()
-            lse[a:a + len(x)] = torch.logsumexp(lp[..., sym], -1).double().cpu().numpy()
-            if progress is not None:
-                progress(len(x))
-    return logp, lse
-
-
-def _half(a):
-    return None if a is None else a.astype(np.float16).astype(np.float32)
-
-
-def execute(model, prepared: Prepared, batch_size: int = LLM_BATCH_SIZE, progress=None) -> Outputs:
-    """Run ``model`` on one world's prompts: the ICL grid (sorted by length, ``llm.standalone_logp``),
-    the documents (:func:`token_logp`) and, when prepared, the capture of the N-demo prompts and
-    every input alone.  ``progress(stage)`` is called before each stage."""
+def execute_world(model, prepared: WorldPrepared, batch_size: int = LLM_BATCH_SIZE,
+                  progress=None) -> WorldOutputs:
+    """Run ``model`` on one world's prompts: the ICL grid (sorted by length,
+    ``capture.forward_labels_by_length``), the documents (``capture.token_logprobs``) and, when
+    prepared, the capture of the N-demo prompts and every input alone.  ``progress(stage)`` is
+    called before each stage."""
     p = prepared
     tick = progress or (lambda _msg: None)
     if hasattr(model, "eval"):
@@ -362,12 +326,12 @@ def execute(model, prepared: Prepared, batch_size: int = LLM_BATCH_SIZE, progres
     t0 = time.perf_counter()
     tick(f"{p.spec.name}: ICL prompts ({len(p.icl_batch)})")
     G, B = len(p.ns), len(p.prompts.y_test)
-    icl = llm.standalone_logp(model, p.icl_batch, batch_size).reshape(G, B, -1)
+    icl = capture.forward_labels_by_length(model, p.icl_batch, batch_size).reshape(G, B, -1)
     t1 = time.perf_counter()
     tick(f"{p.spec.name}: documents ({len(p.doc_ids)})")
     P = p.smap.prefix_ids.size
     # the prefix (a BOS) predicts symbol 0, which Bayes has no loss for here: positions 1..L-1
-    doc_logp, doc_lse = token_logp(model, p.doc_ids, p.smap.token_ids, batch_size)
+    doc_logp, doc_lse = capture.token_logprobs(model, p.doc_ids, p.smap.token_ids, batch_size)
     doc_logp, doc_lse = doc_logp[:, P:], doc_lse[:, P:]
     t2 = time.perf_counter()
     cap = alone = None
@@ -376,41 +340,39 @@ def execute(model, prepared: Prepared, batch_size: int = LLM_BATCH_SIZE, progres
         layers = p.layers
         cap = capture.capture(model, p.inside, offsets=p.offsets if layers else None, batch_size=batch_size,
                               layers=layers or None)
-        # the cache's precision, so a first run and a cached rerun analyse the same numbers
-        cap = capture.Capture(_half(cap.attn), cap.label_logp, _half(cap.keys), _half(cap.values), cap.offsets,
-                              cap.layers)
-        alone = llm.standalone_logp(model, p.alone, max(batch_size, 64))
+        cap = half_rounded(cap)       # so a first run and a cached rerun analyse the same numbers
+        alone = capture.forward_labels_by_length(model, p.alone, max(batch_size, 64))
     t3 = time.perf_counter()
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     meta = dict(p.meta, batch_size=int(batch_size),
-                device=llm._devices(model) if param is not None else "cpu",
+                device=capture.model_devices(model) if param is not None else "cpu",
                 dtype=str(param.dtype).removeprefix("torch.") if param is not None else None,
                 seconds={"icl": round(t1 - t0, 3), "documents": round(t2 - t1, 3), "capture": round(t3 - t2, 3)})
-    return Outputs(icl, doc_logp, doc_lse, cap, alone, meta)
+    return WorldOutputs(icl, doc_logp, doc_lse, cap, alone, meta)
 
 
-def save_outputs(path, outputs: Outputs) -> Path:
+def save_world_outputs(path, outputs: WorldOutputs) -> Path:
     """One uncompressed ``.npz`` (atomically); attention, keys and values in float16."""
     o = outputs
     arrays = {"icl_logp": o.icl_logp, "doc_logp": o.doc_logp, "doc_sym_lse": o.doc_sym_lse,
               "meta": np.array(json.dumps(o.meta, default=str))}
     if o.capture is not None:
-        arrays.update(llm.capture_arrays(o.capture, o.capture.layers), alone_logp=o.alone_logp)
-    return llm.write_npz(path, arrays)
+        arrays.update(capture_arrays(o.capture, o.capture.layers), alone_logp=o.alone_logp)
+    return write_npz(path, arrays)
 
 
-def load_outputs(path) -> Outputs:
-    """Read what :func:`save_outputs` wrote; a damaged file is a one-line ValueError."""
-    return llm.read_npz(path, lambda a: Outputs(a["icl_logp"], a["doc_logp"], a["doc_sym_lse"],
-                                                llm.capture_from(a) if "attn" in a else None, a.get("alone_logp"),
-                                                json.loads(str(a["meta"]))))
+def load_world_outputs(path) -> WorldOutputs:
+    """Read what :func:`save_world_outputs` wrote; a damaged file is a one-line ValueError."""
+    return read_npz(path, lambda a: WorldOutputs(a["icl_logp"], a["doc_logp"], a["doc_sym_lse"],
+                                                 capture_from(a) if "attn" in a else None, a.get("alone_logp"),
+                                                 json.loads(str(a["meta"]))))
 
 
 # ---------------------------------------------------------------------- scoring
 @dataclass
 class Scored:
     """One world's per-prompt and per-document numbers (no model needed to recompute them
-    from :class:`Outputs`): ``icl`` {n: {metric: (B,)}}, ``docs`` {metric: (D, L-1)},
+    from :class:`WorldOutputs`): ``icl`` {n: {metric: (B,)}}, ``docs`` {metric: (D, L-1)},
     ``info`` (icl_eval's: impossible prompts, the kernel's Σ or why it was skipped), ``truth``
     (``alignment.Truth`` of the N-demo prompts, or None), ``seconds`` (what scoring took)."""
 
@@ -421,7 +383,7 @@ class Scored:
     seconds: dict
 
 
-def score(prepared: Prepared, outputs: Outputs) -> Scored:
+def score(prepared: WorldPrepared, outputs: WorldOutputs) -> Scored:
     """Exact Bayes, the oracle, the theory kernel and the label frequencies against the LM's
     outputs on one world (``icl_eval.prompt_metrics`` for every n, plus :data:`EXTRA_METRICS`),
     the document losses, and the ground truth of the inside analysis."""
@@ -439,9 +401,7 @@ def score(prepared: Prepared, outputs: Outputs) -> Scored:
         kest = icl_eval.reference_estimates(world, prompts, seed, info, g, kopts, kernel_set=ks)
     else:
         info["kernel"]["skipped"][g] = "no n >= 1: the kernel estimate needs a demonstration"
-    idx = np.full(world.n_symbols, -1)
-    idx[labels] = np.arange(len(labels))
-    y = idx[prompts.y_test]
+    y = alignment.label_index(world)[prompts.y_test]                            # (B,) label classes
     icl, bad = {}, np.zeros(len(y), bool)
     for gi, n in enumerate(p.ns):
         lp = o.icl_logp[gi]                                                     # (B, V)
@@ -451,7 +411,7 @@ def score(prepared: Prepared, outputs: Outputs) -> Scored:
         ok = np.isfinite(pv).all(-1)
         bad |= ~np.isfinite(restrict(pv, labels)).all(-1)
         qv = capture.label_distribution(lp)
-        per["tv_bayes_symbols"] = np.where(ok, 0.5 * np.abs(np.where(ok[:, None], pv, 0.0) - qv).sum(-1), np.nan)
+        per["tv_bayes_symbols"] = np.where(ok, tv(np.where(ok[:, None], pv, 0.0), qv), np.nan)
         per["symbol_mass"] = np.exp(_logsumexp(lp))
         per["label_mass"] = np.exp(_logsumexp(lp[:, labels]))
         icl[n] = per
@@ -462,14 +422,11 @@ def score(prepared: Prepared, outputs: Outputs) -> Scored:
     bl, known = bayes.document_loss(world, toks, p.docs.concepts)               # (D, L-1) each
     lm_sym = -(o.doc_logp - o.doc_sym_lse)
     docs = {"lm_loss": -o.doc_logp, "lm_loss_symbols": lm_sym, "bayes_loss": bl, "oracle_loss": known,
-            "gap": lm_sym - bl,
-            "symbol_mass": np.exp(o.doc_sym_lse)}
+            "gap": lm_sym - bl, "symbol_mass": np.exp(o.doc_sym_lse)}
     t2 = time.perf_counter()
     truth = None
     if o.capture is not None:
-        from .alignment import ground_truth
-
-        truth = ground_truth(world, prompts, kopts["features"], kopts["n_samples"], kopts["ridge"], seed,
+        truth = alignment.ground_truth(world, prompts, kopts["features"], kopts["n_samples"], kopts["ridge"], seed,
                              kernel_set=ks, curve=curve)
     t3 = time.perf_counter()
     return Scored(icl, docs, info, truth,
@@ -506,20 +463,20 @@ def document_rows(names: list, scored: list) -> list:
     """DOC_COLUMNS rows: per world and position (over documents), and 'all' (worlds pooled by
     ``metrics.world_ci``) when there are several worlds."""
     rows = []
+
+    def add(world, m, mean, lo, hi, cnt, nw):
+        rows.extend({"world": world, "position": t + 1, "metric": m, "mean": _g(mean[t]), "ci_low": _g(lo[t]),
+                     "ci_high": _g(hi[t]), "n_docs": int(cnt[t]), "n_worlds": int(nw[t])} for t in range(mean.size))
+
     for name, s in zip(names, scored):
         for m in DOC_METRICS:
             mean, lo, hi, cnt = mean_ci(s.docs[m], axis=0)
-            for t in range(mean.size):
-                rows.append({"world": name, "position": t + 1, "metric": m, "mean": _g(mean[t]), "ci_low": _g(lo[t]),
-                             "ci_high": _g(hi[t]), "n_docs": int(cnt[t]), "n_worlds": 1})
+            add(name, m, mean, lo, hi, cnt, np.ones(mean.size))
     if len(scored) > 1 and len({s.docs["gap"].shape[1] for s in scored}) == 1:
         for m in DOC_METRICS:
             x = np.concatenate([s.docs[m] for s in scored])
             w = np.concatenate([np.full(s.docs[m].shape[0], i) for i, s in enumerate(scored)])
-            mean, lo, hi, cnt, nw = world_ci(x, w)
-            for t in range(mean.size):
-                rows.append({"world": "all", "position": t + 1, "metric": m, "mean": _g(mean[t]), "ci_low": _g(lo[t]),
-                             "ci_high": _g(hi[t]), "n_docs": int(cnt[t]), "n_worlds": int(nw[t])})
+            add("all", m, *world_ci(x, w))
     return rows
 
 
@@ -563,6 +520,7 @@ class LlmWorldRun:
         measure`` into ``out/inside`` (one world: its files; several: one folder per world and
         the pooled tables).  Returns the paths written."""
         from .plots import plot_icl_vs_bayes
+        from .plots.llm_world import plot_documents
         from .store import check_results_dir, publish, write_csv, write_json
 
         out = check_results_dir(Path(out))
@@ -594,7 +552,7 @@ class LlmWorldRun:
         cache = m.get("cache") if isinstance(m.get("cache"), dict) else {}
         for name, key, why in zip(m["worlds"], cache.get("keys", []), cache.get("damaged", [])):
             if why:
-                lines.append(f"world {name}: the cache file {llm.cache_path('', key).name} could not be read "
+                lines.append(f"world {name}: the cache file {cache_path('', key).name} could not be read "
                              f"({why}): recomputed")
         any_world = next(iter(m["worlds"].values()))
         lines.append(f"prompts as text, e.g. {any_world['example_prompt']!r}")
@@ -602,13 +560,11 @@ class LlmWorldRun:
                     "impossible_prompts": self.info["impossible_prompts"]}
         lines += icl_eval.IclEvalRun(self.icl, icl_info, {"config": {"concepts": [m["config"]["concepts"]]}},
                                      self.title).summary_lines()
-        extra = {(r["n_demos"], r["metric"]): r["mean"] for r in self.icl}
-        ns = sorted({r["n_demos"] for r in self.icl})
+        extra = {(r["n_demos"], r["metric"]): f"{r['mean']:.3f}" for r in self.icl}
         lines.append("  n      TV over all symbols  mass on symbols  mass on labels")
-        for n in ns:
-            def v(k):
-                return f"{extra[(n, k)]:.3f}" if (n, k) in extra else "-"
-            lines.append(f"  {n:>5}  {v('tv_bayes_symbols'):>19}  {v('symbol_mass'):>15}  {v('label_mass'):>14}")
+        for n in sorted({r["n_demos"] for r in self.icl}):
+            tv_symbols, symbol_mass, label_mass = (extra.get((n, m), "-") for m in EXTRA_METRICS)
+            lines.append(f"  {n:>5}  {tv_symbols:>19}  {symbol_mass:>15}  {label_mass:>14}")
         lines.append("documents: mean log-loss per symbol (nats), LM renormalised over the symbol tokens; "
                      "gap = LM - exact Bayes, 95% CI over documents")
         lines.append(f"  {'world':<16} {'mixing':>6} {'entropy':>7} {'Bayes':>6} {'oracle':>6} {'LM':>6} "
@@ -623,66 +579,8 @@ class LlmWorldRun:
         return lines
 
 
-def plot_documents(doc_rows, world_rows_, path_png, title: str | None = None, dpi: int = 110) -> Path:
-    """documents.png from documents.csv and worlds.csv rows: (1) per-position loss of the LM
-    (renormalised over the symbols) against exact Bayes and the known-concept loss, one colour
-    per world, 95% CI bands; (2) the gap LM − Bayes per position; (3) each world's mean gap
-    (95% CI) against its mixing rate, the entropy rate as the marker's label."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .store import atomic_write
-
-    names = list(dict.fromkeys(r["world"] for r in doc_rows))
-    if not names:
-        raise ValueError("the documents table has no rows")
-    fig = Figure(figsize=(15.0, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots(1, 3, squeeze=False)[0]
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
-
-    def series(world, metric):
-        sel = sorted((r for r in doc_rows if r["world"] == world and r["metric"] == metric),
-                     key=lambda r: int(r["position"]))
-        return ([int(r["position"]) for r in sel], [float(r["mean"]) for r in sel],
-                [float(r["ci_low"]) for r in sel], [float(r["ci_high"]) for r in sel])
-
-    for i, name in enumerate(names):
-        c = colours[i % len(colours)]
-        for metric, ls, label in (("lm_loss_symbols", "-", "LM"), ("bayes_loss", "--", "exact Bayes"),
-                                  ("oracle_loss", ":", "concept known")):
-            t, m, lo, hi = series(name, metric)
-            ax[0].plot(t, m, ls, color=c, lw=1.3, label=f"{name}: {label}")
-            if metric != "oracle_loss":
-                ax[0].fill_between(t, lo, hi, color=c, alpha=0.1, lw=0)
-        t, m, lo, hi = series(name, "gap")
-        ax[1].plot(t, m, "-", color=c, lw=1.3, label=name)
-        ax[1].fill_between(t, lo, hi, color=c, alpha=0.15, lw=0)
-    ax[1].axhline(0.0, color="0.4", lw=0.8)
-    for r in world_rows_:
-        x, g = float(r["mixing_rate"]), float(r["gap"])
-        ax[2].errorbar([x], [g], yerr=[[g - float(r["gap_lo"])], [float(r["gap_hi"]) - g]], fmt="o", color="tab:blue")
-        ax[2].annotate(f"{r['world']} (H {float(r['entropy_rate']):.2f})", (x, g), fontsize=7,
-                       xytext=(4, 4), textcoords="offset points")
-    ax[0].set(xlabel="position t (symbols before)", ylabel="log-loss (nats per symbol)")
-    ax[1].set(xlabel="position t (symbols before)", ylabel="gap: LM - exact Bayes (nats)")
-    ax[2].set(xlabel="mixing rate (SLEM of the hidden chain)", ylabel="mean gap over positions (nats)")
-    for a in ax:
-        a.grid(True, alpha=0.3)
-    ax[0].legend(fontsize=7, frameon=False)
-    ax[1].legend(fontsize=7, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    path = Path(path_png)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    return path
-
-
-def _inside_run(prepared: Prepared, outputs: Outputs, scored: Scored, how, n_select, n_report, seed):
+def _inside_run(prepared: WorldPrepared, outputs: WorldOutputs, scored: Scored, how, n_select, n_report, seed):
     """alignment.RunMeasure of one world's capture (the rendered N-demo prompts)."""
-    from . import alignment
-    from .store import provenance, world_summary
-
     p = prepared
     t0 = time.perf_counter()
     result = alignment.analyse_measured(outputs.capture, p.inside, scored.truth, outputs.alone_logp, p.alone_inv,
@@ -704,12 +602,9 @@ def _inside_run(prepared: Prepared, outputs: Outputs, scored: Scored, how, n_sel
     return alignment.RunMeasure(p.spec.name, Path(p.spec.name), result, info, meta, title)
 
 
-def assemble(preps: list, outs: list, config: dict, seed: int, *, how="max", n_select=700, n_report=300,
+def assemble(preps: list, outs: list, config: dict, seed: int, *, how="max", n_select=N_SELECT, n_report=N_REPORT,
              cache: list | None = None, model_meta: dict | None = None, progress=None) -> LlmWorldRun:
     """Score every world (:func:`score`), pool them and build the :class:`LlmWorldRun`."""
-    from . import alignment
-    from .store import provenance, world_summary
-
     tick = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     scored = []
@@ -728,9 +623,8 @@ def assemble(preps: list, outs: list, config: dict, seed: int, *, how="max", n_s
         runs = [_inside_run(p, o, s, how, n_select, n_report, seed) for p, o, s in zip(preps, outs, scored)]
         pooled, summary = alignment.pool(runs)
         if len(runs) == 1:
-            r = runs[0]
-            r.meta["pooled"] = summary
-            inside = alignment.MeasureRun(runs, pooled, summary, r.meta, r.title)
+            runs[0].meta["pooled"] = summary
+            inside = alignment.MeasureRun(runs, pooled, summary, runs[0].meta, runs[0].title)
         else:
             m = provenance({"command": "llm-world inside", "worlds": names}, seed,
                            extra_packages=("torch", "transformers"))
@@ -747,8 +641,8 @@ def assemble(preps: list, outs: list, config: dict, seed: int, *, how="max", n_s
             "seconds": {p.spec.name: {"model": o.meta.get("seconds"), "scoring": s.seconds}
                         for p, o, s in zip(preps, outs, scored)}}
     meta = provenance(config, seed, extra_packages=("matplotlib", "torch", "transformers", "tokenizers"))
-    title = (f"{model_meta.get('id', config.get('model'))} on {', '.join(names)}: {preps[0].meta['n_prompts']} prompts, "
-             f"k={preps[0].meta['example_length']}, seed {seed}")
+    title = (f"{model_meta.get('id', config.get('model'))} on {', '.join(names)}: "
+             f"{preps[0].meta['n_prompts']} prompts, k={preps[0].meta['example_length']}, seed {seed}")
     meta.update(
         title=title, model=model_meta,
         worlds={p.spec.name: {"record": p.spec.record, "summary": world_summary(p.spec.world),
@@ -769,7 +663,7 @@ def assemble(preps: list, outs: list, config: dict, seed: int, *, how="max", n_s
 def evaluate(model, tokenizer, worlds, *, n_demos=DEFAULT_N_DEMOS, n_prompts: int = DEFAULT_N_PROMPTS,
              example_length: int = DEFAULT_EXAMPLE_LENGTH, concepts="prior", n_docs: int = DEFAULT_N_DOCS,
              doc_length: int = DEFAULT_DOC_LENGTH, seed: int = 0, symbols=None, inside: bool = True,
-             probe_layers="auto", weight: str = "max", n_select: int = 700, n_report: int = 300,
+             probe_layers="auto", weight: str = "max", n_select: int = N_SELECT, n_report: int = N_REPORT,
              batch_size: int = LLM_BATCH_SIZE, progress=None) -> LlmWorldRun:
     """The whole measurement of a loaded ``model`` (anything whose ``forward(input_ids=...,
     attention_mask=..., position_ids=..., logits_to_keep=...)`` returns ``.logits``; the
@@ -781,10 +675,10 @@ def evaluate(model, tokenizer, worlds, *, n_demos=DEFAULT_N_DEMOS, n_prompts: in
     cfg = cfg if hasattr(cfg, "num_hidden_layers") else None
     kw = dict(n_demos=n_demos, n_prompts=n_prompts, example_length=example_length, concepts=concepts, n_docs=n_docs,
               doc_length=doc_length, seed=seed, inside=inside, config=cfg, probe_layers=probe_layers)
-    preps = [prepare(choose_symbols(tokenizer, s.world, symbols), s, **kw) for s in specs]
+    preps = [prepare_world(choose_symbols(tokenizer, s.world, symbols), s, **kw) for s in specs]
     for p in preps:
         p.meta["seed"] = int(seed)
-    outs = [execute(model, p, batch_size, progress) for p in preps]
+    outs = [execute_world(model, p, batch_size, progress) for p in preps]
     config = {"command": "llm-world", "model": type(model).__name__, **{k: v for k, v in kw.items() if k != "config"},
               "n_demos": preps[0].ns, "symbols": symbols, "weight": weight, "n_select": n_select,
               "n_report": n_report, "batch_size": batch_size}
@@ -796,8 +690,8 @@ def evaluate(model, tokenizer, worlds, *, n_demos=DEFAULT_N_DEMOS, n_prompts: in
 
 
 def data_identity(spec: WorldSpec, *, ns, example_length, concepts, n_docs, doc_length, symbols, inside) -> dict:
-    """What besides the model and the seed changes one world's outputs (a ``llm.cache_key`` input)."""
-    return {"kind": "world", "version": CACHE_VERSION, "world": spec.record, "n_demos": list(ns),
+    """What besides the model and the seed changes one world's outputs (a ``cache.cache_key`` input)."""
+    return {"kind": "world", "version": WORLD_CACHE_VERSION, "world": spec.record, "n_demos": list(ns),
             "example_length": int(example_length), "concepts": str(concepts), "n_docs": int(n_docs),
             "doc_length": int(doc_length), "symbols": None if symbols is None else list(symbols),
             "inside": bool(inside)}
@@ -807,12 +701,12 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
         world_file=None, n_demos=DEFAULT_N_DEMOS, n_prompts: int = DEFAULT_N_PROMPTS,
         example_length: int = DEFAULT_EXAMPLE_LENGTH, concepts="prior", n_docs: int = DEFAULT_N_DOCS,
         doc_length: int = DEFAULT_DOC_LENGTH, seed: int = 0, symbols=None, inside: bool = True,
-        probe_layers="auto", weight: str = "max", n_select: int = 700, n_report: int = 300,
+        probe_layers="auto", weight: str = "max", n_select: int = N_SELECT, n_report: int = N_REPORT,
         revision: str | None = None, dtype: str = "auto", device: str = "auto", batch_size: int = LLM_BATCH_SIZE,
         cache_dir=None, progress=None) -> LlmWorldRun:
     """``simkernel llm --world FILE | --preset NAME`` as a library call: the worlds
     (:func:`load_worlds`), then for each world the model's outputs from ``cache_dir/outputs-<key>.npz``
-    (``llm.cache_key``; None: no cache) or computed; then :func:`assemble`.  A cache file that
+    (``cache.cache_key``; None: no cache) or computed; then :func:`assemble`.  A cache file that
     cannot be read is recomputed like a missing one and replaced; ``meta["cache"]["damaged"]``
     holds, per world, None or why its file could not be read, and :meth:`LlmWorldRun.summary_lines`
     says so.
@@ -824,42 +718,39 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
     written.  Writes only the cache; :meth:`LlmWorldRun.write` writes the results."""
     ns = check_grid(n_demos)
     specs = load_worlds(preset, world_seeds, overrides, world_file)
-    _check_int("batch_size", batch_size, 1)
-    if weight not in ("max", "label", "mean"):
-        raise ValueError(f"weight {weight!r}; allowed: max, label, mean")
+    check_int("batch_size", batch_size, 1)
+    check_choice("weight", weight, ("max", "label", "mean"))
     tick = progress or (lambda _msg: None)
-    where = llm.resolve_model(model_name)
-    dt = llm.planned_dtype(dtype, device)
-    ident = llm.model_identity(where, revision)
+    where = hf.resolve_model(model_name)
+    dt = hf.planned_dtype(dtype, device)
+    ident = hf.model_identity(where, revision)
     kw = dict(n_demos=ns, n_prompts=n_prompts, example_length=example_length, concepts=concepts, n_docs=n_docs,
               doc_length=doc_length, seed=seed, inside=inside, probe_layers=probe_layers)
-    keys = [llm.cache_key(ident, data_identity(s, ns=ns, example_length=example_length, concepts=concepts,
-                                               n_docs=n_docs, doc_length=doc_length, symbols=symbols, inside=inside),
-                          n_demos=ns[-1], mode="world", seed=seed, n_examples=n_prompts, dtype=dt,
-                          probe_layers=probe_layers if inside else "none", offsets=probe_offsets(example_length))
+    keys = [cache_key(ident, data_identity(s, ns=ns, example_length=example_length, concepts=concepts,
+                                           n_docs=n_docs, doc_length=doc_length, symbols=symbols, inside=inside),
+                      n_demos=ns[-1], mode="world", seed=seed, n_examples=n_prompts, dtype=dt,
+                      probe_layers=probe_layers if inside else "none", offsets=probe_offsets(example_length))
             for s in specs]
-    paths = [llm.cache_path(cache_dir, k) for k in keys] if cache_dir is not None else [None] * len(specs)
+    paths = [cache_path(cache_dir, k) for k in keys] if cache_dir is not None else [None] * len(specs)
     # a cache file that cannot be read is a miss: recomputed below and replaced, and said so
-    reads = [llm.read_cache(p, load_outputs) if p is not None else (None, None) for p in paths]
-    outs = [o for o, _ in reads]
-    damaged = [why for _, why in reads]
+    reads = [read_cache(p, load_world_outputs) if p is not None else (None, None) for p in paths]
+    outs, damaged = [o for o, _ in reads], [why for _, why in reads]
     preps = [None] * len(specs)
     tok = config = None
     if any(o is None for o in outs):
         tick("tokenizer and config")
-        config = llm.load_config(model_name, revision)
-        tok = llm.load_tokenizer(model_name, revision)
+        config = hf.load_config(model_name, revision)
+        tok = hf.load_tokenizer(model_name, revision)
     for i, (s, o) in enumerate(zip(specs, outs)):
         smap = choose_symbols(tok, s.world, symbols) if o is None else SymbolMap.from_dict(o.meta["symbols"])
-        preps[i] = prepare(smap, s, config=config if o is None else None, **kw)
+        preps[i] = prepare_world(smap, s, config=config if o is None else None, **kw)
         if o is not None:
             preps[i].layers = list(o.meta.get("probe_layers", []))
         preps[i].meta["seed"] = int(seed)
     todo = [i for i, o in enumerate(outs) if o is None]
     if todo:
-        model_meta = _compute(model_name, revision, where, dt, device, tok, config, [preps[i] for i in todo],
-                              [paths[i] for i in todo], batch_size, cache_dir, tick)
-        for i, o in zip(todo, model_meta):
+        for i, o in zip(todo, _compute(model_name, revision, where, dt, device, tok, config, [preps[i] for i in todo],
+                                       [paths[i] for i in todo], batch_size, cache_dir, tick)):
             outs[i] = o
     cache = [("read from the cache" if i not in todo else "recomputed" if damaged[i] else "computed")
              + ("" if p is None else f" ({p.name})") for i, p in enumerate(paths)]
@@ -880,37 +771,27 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
 
 def _compute(model_name, revision, where, dt, device, tok, config, preps, paths, batch_size, cache_dir, tick):
     """Load the weights once, run every prepared world, cache each world's outputs."""
-    from contextlib import nullcontext
-
-    from .store import folder_lock
-
-    lock = nullcontext()
+    lock = contextlib.nullcontext()
     if cache_dir is not None:
         Path(cache_dir).parent.mkdir(parents=True, exist_ok=True)
         lock = folder_lock(cache_dir, "llm-world output", beside=True)
     outs = []
     with lock:
         tick(f"loading {where['id']}")
-        model, _ = llm.load_model(model_name, revision, dt, device, tokenizer=tok, config=config)
-        cfg = model.config
-        model_meta = {"name": model_name, "id": where["id"], "local": where["local"], "revision": revision,
-                      "commit": getattr(cfg, "_commit_hash", None) or
-                      (None if where["local"] else llm.hub_commit(where["id"], revision)),
-                      "model_type": cfg.model_type, "layers": int(cfg.num_hidden_layers),
-                      "heads": int(cfg.num_attention_heads), "dtype": dt,
-                      "parameters": int(sum(p.numel() for p in model.parameters()))}
+        model, _ = hf.load_model(model_name, revision, dt, device, tokenizer=tok, config=config)
+        model_meta = hf.model_record(model, model_name, revision, dt)
         for p, path in zip(preps, paths):
-            o = execute(model, p, batch_size, tick)
+            o = execute_world(model, p, batch_size, tick)
             o.meta["model"] = model_meta
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_outputs(path, o)
+                save_world_outputs(path, o)
             outs.append(o)
         del model
     return outs
 
 
-def default_out(model_name: str, preset: str | None = None, world_file=None) -> Path:
+def world_default_out(model_name: str, preset: str | None = None, world_file=None) -> Path:
     """runs/llm-world/<model>-<preset or world file stem>."""
     what = Path(str(world_file)).stem if world_file is not None else (preset or "paper-c")
-    return Path("runs") / "llm-world" / f"{llm.slug(model_name)}-{llm.slug(what)}"
+    return Path("runs") / "llm-world" / f"{hf.slug(model_name)}-{hf.slug(what)}"

@@ -12,6 +12,8 @@ import time
 
 import click
 
+from .validate import did_you_mean
+
 
 # ---------------------------------------------------------------------- numbers
 class Int(click.ParamType):
@@ -168,7 +170,8 @@ def choice_list(allowed, what):
                 if not item:
                     raise click.BadParameter(f"empty {what} in {v!r}; allowed: {', '.join(allowed)}", ctx, param)
                 if item not in allowed:
-                    raise click.BadParameter(f"unknown {what} {item!r}; allowed: {', '.join(allowed)}", ctx, param)
+                    raise click.BadParameter(f"unknown {what} {item!r}; allowed: {', '.join(allowed)}"
+                                             f"{did_you_mean(item, allowed)}", ctx, param)
                 if item not in out:
                     out.append(item)
         return tuple(out) if out else tuple(allowed)
@@ -260,8 +263,6 @@ class PlainProgress:
 
 
 def progress_bar(total, desc, unit):
-    import os
-
     mode = os.environ.get(PROGRESS_ENV) or ("bar" if sys.stderr.isatty() else "plain")
     if mode == "plain":
         return PlainProgress(total, desc, unit)

@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .store import check_seed
+from .validate import check_seed
+from .validate import did_you_mean
 from .world import World
 
 # Each preset: its defaults (the allowed override names and their types come from these).
@@ -40,12 +41,13 @@ def make_world(preset: str = "paper-c", seed: int = 0, **overrides) -> World:
 
     ``n_labels=0`` means every symbol but the delimiter is a label."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    seed = check_seed(seed)
+        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}{did_you_mean(preset, PRESETS)}")
+    seed = check_seed("seed", seed)
     opts = dict(PRESETS[preset])
     for name, value in overrides.items():
         if name not in opts:
-            raise ValueError(f"unknown option {name!r} for preset {preset!r}; allowed: {', '.join(opts)}")
+            raise ValueError(f"unknown option {name!r} for preset {preset!r}; allowed: {', '.join(opts)}"
+                             f"{did_you_mean(name, opts)}")
         opts[name] = _coerce(preset, name, value, opts[name])
     rng = np.random.default_rng(seed)
     builder = {"paper-c": _paper_c, "ginc": _ginc, "ginc-small": _ginc, "random": _random}[preset]

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import bayes, kernel
-from .constants import (DEFAULT_RIDGE, EXACT_LIMIT, REGIME_BAND, REGIME_COLUMNS, REGIME_N_CAP, REGIME_N_MAX,
+from .constants import (DEFAULT_RIDGE, EXACT_LIMIT, FIT_N_MIN, REGIME_BAND, REGIME_COLUMNS, REGIME_N_CAP, REGIME_N_MAX,
                         REGIME_WORLD_COLUMNS)
-from .metrics import bootstrap_counts, mean_ci, restrict
+from .metrics import bootstrap_counts, mean_ci, restrict, tv
 from .sampling import sample_prompt_set
-from .store import check_seed, provenance, world_summary
+from .store import provenance, world_summary
+from .validate import check_choices, check_float, check_int, check_seed, did_you_mean
 from .world import World
 
 #: The estimators judged by default: the normalised one (the form in the paper's abstract) and the
@@ -52,13 +53,18 @@ MIN_WINDOW = 4
 #: (slope of log ratio on log n over the last MIN_WINDOW x) is diverging: its error does not
 #: shrink like the prediction (e.g. a biased limit), the signature that could refute the rate.
 DIVERGING_TREND = 0.05
-#: The pre-asymptotic slope (slope_window) is fitted over n >= this, as converge's fits are.
-FIT_N_MIN = 4
 #: Bootstrap resamples of the prompts for the crossover's interval.
 N_BOOT = 500
 #: Draws handled per block (rows x demonstrations): bounds the memory of one step.
 BLOCK = 1 << 19
 FILES = ("regime.csv", "regime_worlds.csv", "regime.json", "regime.png")
+#: The dtypes of the result's tables (``results.Table``; a column not named is a string; world:
+#: int for seeds, str for a world file's label).
+ROW_DTYPES = {"n_demos": "int", "mean": "float", "ci_low": "float", "ci_high": "float", "n_prompts": "int"}
+WORLD_DTYPES = {"n_max": "int", "regime_n": "float", "reached": "bool", "judged": "bool", "slope": "float",
+                "slope_window": "float", "ratio_max": "float", "ratio_trend": "float", "diverging": "bool",
+                "c_pred": "float", "crossover": "float", "crossover_lo": "float", "crossover_hi": "float",
+                "crossover_pred": "float", "floor": "float", "floor_frequency": "float", "band": "float"}
 METRIC_DESCRIPTIONS = {
     "tv_limit": "total variation between the estimate after n demonstrations and its exact n -> ∞ limit",
     "tv_limit_pred": "the asymptotic prediction c / √n of tv_limit from the estimator's exact asymptotic "
@@ -116,9 +122,10 @@ def _grid(n_max: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------- per-world summaries
-def ratio_ci(measured: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+def delta_ratio_ci(measured: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
     """(r, lo, hi): r = mean(measured) / mean(predicted) over prompts (P,) and its delta-method 95%
-    interval, se = sd(measured − r · predicted) / (√P · mean(predicted)).  NaN pairs dropped."""
+    interval, se = sd(measured − r · predicted) / (√P · mean(predicted)).  NaN pairs dropped.
+    (Not ``metrics.ratio_ci``, a cluster bootstrap of a ratio of means over units.)"""
     ok = np.isfinite(measured) & np.isfinite(predicted)
     a, c = measured[ok], predicted[ok]
     if a.size == 0 or c.mean() <= 0:
@@ -227,7 +234,7 @@ def demo_stream(seed: int, label, prompt: int) -> np.random.Generator:
     """The random stream of one prompt's demonstrations: a prompt's draws do not depend on how
     prompts are batched, nor on how far the grid extends (later segments continue the stream)."""
     world = int(label) if isinstance(label, (int, np.integer)) else 0
-    return np.random.default_rng([check_seed(seed), world, int(prompt), 0x5E61])
+    return np.random.default_rng([check_seed("seed", seed), world, int(prompt), 0x5E61])
 
 
 def draw_demos(gen: np.random.Generator, cum: np.ndarray, m: int) -> np.ndarray:
@@ -241,6 +248,91 @@ def _bayes_at(world, ll, test_ll, test_pred, labels):
     logw = bayes.log_posterior_weights(world, ll + test_ll)                    # (P, K)
     pred = np.einsum("pk,pkv->pv", np.exp(logw), test_pred)
     return restrict(pred, labels)
+
+
+@dataclass
+class _Sums:
+    """Running sums over the demonstrations drawn so far, per prompt: label counts ``cnt`` (P, L),
+    log-likelihoods ``ll`` (P, K), and per kernel the weighted label sums ``num`` (P, L) and kernel
+    sums ``den`` (P,), with their clipped-at-0 twins ``num_pos`` / ``den_pos``."""
+    cnt: np.ndarray
+    ll: np.ndarray
+    num: dict
+    den: dict
+    num_pos: dict
+    den_pos: dict
+
+
+def _concept_groups(world: World, ks, concepts, x_test, kernels, estimators, series) -> dict:
+    """{concept: (prompt rows, cumulative joint (M·L,), log-lik table (M·L, K), {kernel: gram (R, M)})}
+    for every concept the prompts drew, filling each series' asymptotic law for those rows."""
+    K = world.n_concepts
+    groups = {}
+    psi_test = ks.psi(x_test) if any(kn in ("theory", "oracle") for kn in kernels) else None
+    for c in np.unique(concepts):
+        rows = np.flatnonzero(concepts == c)
+        con = ks.concept(int(c), need_model="oracle" in kernels)
+        s = con.sample
+        cum = np.cumsum(s.joint.reshape(-1))
+        cum /= cum[-1]
+        ll_tab = bayes.example_loglik(world, s.x).transpose(0, 2, 1).reshape(-1, K)   # (M·L, K), joint's order
+        gram = {}
+        for kn in kernels:
+            test = {"n": len(rows), "psi": None if psi_test is None else psi_test[rows], "pred": None}
+            demo = {"n": len(s.x), "psi": con.psi, "pred": None}
+            gram[kn] = ks.gram(kn, test, demo, int(c))                                # (R, M)
+            for e, law in kernel.asymptotic_laws(gram[kn], s, [e for e in estimators]).items():
+                _put_law(series[(kn, e)].asym, rows, law)
+        _put_law(series[("frequency", "normalised")].asym, rows,
+                 kernel.asymptotic_laws(np.ones((1, len(s.x))), s, ("normalised",))["normalised"], broadcast=True)
+        groups[int(c)] = (rows, cum, ll_tab, gram)
+    return groups
+
+
+def _draw(groups: dict, gens, seg: int, L: int, kernels, clipped: bool, sums: _Sums) -> None:
+    """Draw ``seg`` more demonstrations for every prompt (in blocks of about ``BLOCK`` draws) and
+    add them to ``sums``."""
+    for c, (rows, cum, ll_tab, gram) in groups.items():
+        step = max(1, BLOCK // max(seg, 1))
+        for a in range(0, len(rows), step):
+            r = rows[a:a + step]
+            drawn = 0
+            while drawn < seg:
+                m = min(seg - drawn, max(1, BLOCK // len(r)))
+                idx = np.stack([draw_demos(gens[b], cum, m) for b in r])
+                mi, ci = np.divmod(idx, L)
+                flat = (np.arange(len(r))[:, None] * L + ci).reshape(-1)
+                sums.cnt[r] += np.bincount(flat, minlength=len(r) * L).reshape(len(r), L)
+                sums.ll[r] += ll_tab[idx].sum(axis=1)
+                for kn in kernels:
+                    kv = np.take_along_axis(gram[kn][a:a + step], mi, axis=1)
+                    sums.num[kn][r] += np.bincount(flat, weights=kv.reshape(-1), minlength=len(r) * L).reshape(len(r), L)
+                    sums.den[kn][r] += kv.sum(axis=1)
+                    if clipped:
+                        kp = np.clip(kv, 0.0, None)
+                        sums.num_pos[kn][r] += np.bincount(flat, weights=kp.reshape(-1),
+                                                           minlength=len(r) * L).reshape(len(r), L)
+                        sums.den_pos[kn][r] += kp.sum(axis=1)
+                drawn += m
+
+
+def _record(series: dict, sums: _Sums, n: int, b_n: np.ndarray, P: int) -> None:
+    """Append to every series its per-prompt TV to the limit and to exact Bayes ``b_n`` (P, L)
+    after ``n`` demonstrations, and where the normalised kernel sum is <= 0."""
+    for (kn, e), sr in series.items():
+        if kn == "frequency":
+            raw = sums.cnt / n
+        elif e == "averaged":
+            raw = sums.num[kn] / n
+        elif e == "normalised":
+            raw = kernel.ratio(sums.num[kn], sums.den[kn][:, None])
+        else:
+            raw = kernel.ratio(sums.num_pos[kn], sums.den_pos[kn][:, None])
+        q = kernel.to_distribution(raw, e)
+        sr.tv_limit.append(tv(q, sr.asym.limit, axis=1))
+        sr.tv_bayes.append(tv(q, b_n, axis=1))
+        sr.nonpositive.append((sums.den[kn] <= 0).astype(float) if kn != "frequency" and e == "normalised"
+                              else np.zeros(P))
 
 
 def simulate_world(world: World, *, label=0, example_length: int = 3, n_prompts: int = 1000,
@@ -268,82 +360,25 @@ def simulate_world(world: World, *, label=0, example_length: int = 3, n_prompts:
     series = {key: _Series() for key in keys}
     for key in keys:
         series[key].asym = kernel.Asymptotic(np.full((P, L), np.nan), np.full((P, L, L), np.nan), np.full(P, np.nan))
-    groups = {}
     tick("kernels and asymptotic laws")
-    psi_test = ks.psi(x_test) if any(kn in ("theory", "oracle") for kn in kernels) else None
-    for c in np.unique(concepts):
-        rows = np.flatnonzero(concepts == c)
-        con = ks.concept(int(c), need_model="oracle" in kernels)
-        s = con.sample
-        cum = np.cumsum(s.joint.reshape(-1))
-        cum /= cum[-1]
-        ll_tab = bayes.example_loglik(world, s.x).transpose(0, 2, 1).reshape(-1, K)   # (M·L, K), joint's order
-        gram = {}
-        for kn in kernels:
-            test = {"n": len(rows), "psi": None if psi_test is None else psi_test[rows], "pred": None}
-            demo = {"n": len(s.x), "psi": con.psi, "pred": None}
-            gram[kn] = ks.gram(kn, test, demo, int(c))                                # (R, M)
-            for e, law in kernel.asymptotic_laws(gram[kn], s, [e for e in estimators]).items():
-                _put_law(series[(kn, e)].asym, rows, law)
-        _put_law(series[("frequency", "normalised")].asym, rows,
-                 kernel.asymptotic_laws(np.ones((1, len(s.x))), s, ("normalised",))["normalised"], broadcast=True)
-        groups[int(c)] = (rows, cum, ll_tab, gram)
+    groups = _concept_groups(world, ks, concepts, x_test, kernels, estimators, series)
 
     gens = [demo_stream(seed, label, b) for b in range(P)]
-    num = {kn: np.zeros((P, L)) for kn in kernels}
-    den = {kn: np.zeros(P) for kn in kernels}
-    num_pos = {kn: np.zeros((P, L)) for kn in kernels}
-    den_pos = {kn: np.zeros(P) for kn in kernels}
-    cnt = np.zeros((P, L))
-    ll = np.zeros((P, K))
+    sums = _Sums(np.zeros((P, L)), np.zeros((P, K)), {kn: np.zeros((P, L)) for kn in kernels},
+                 {kn: np.zeros(P) for kn in kernels}, {kn: np.zeros((P, L)) for kn in kernels},
+                 {kn: np.zeros(P) for kn in kernels})
     ns, tv_oracle = [], []
     grid = _grid(int(n_max))
     n_done, j = 0, 0
-    clipped = "clipped" in estimators
     while True:
         n = grid[j]
-        seg = n - n_done
         tick(f"n = {n}")
-        for c, (rows, cum, ll_tab, gram) in groups.items():
-            step = max(1, BLOCK // max(seg, 1))
-            for a in range(0, len(rows), step):
-                r = rows[a:a + step]
-                drawn = 0
-                while drawn < seg:
-                    m = min(seg - drawn, max(1, BLOCK // len(r)))
-                    idx = np.stack([draw_demos(gens[b], cum, m) for b in r])
-                    mi, ci = np.divmod(idx, L)
-                    flat = (np.arange(len(r))[:, None] * L + ci).reshape(-1)
-                    cnt[r] += np.bincount(flat, minlength=len(r) * L).reshape(len(r), L)
-                    ll[r] += ll_tab[idx].sum(axis=1)
-                    for kn in kernels:
-                        kv = np.take_along_axis(gram[kn][a:a + step], mi, axis=1)
-                        num[kn][r] += np.bincount(flat, weights=kv.reshape(-1), minlength=len(r) * L).reshape(len(r), L)
-                        den[kn][r] += kv.sum(axis=1)
-                        if clipped:
-                            kp = np.clip(kv, 0.0, None)
-                            num_pos[kn][r] += np.bincount(flat, weights=kp.reshape(-1),
-                                                          minlength=len(r) * L).reshape(len(r), L)
-                            den_pos[kn][r] += kp.sum(axis=1)
-                    drawn += m
+        _draw(groups, gens, n - n_done, L, kernels, "clipped" in estimators, sums)
         n_done = n
         ns.append(n)
-        b_n = _bayes_at(world, ll, test_ll, test_pred, labels)
-        tv_oracle.append(0.5 * np.abs(b_n - oracle).sum(axis=1))
-        for (kn, e), sr in series.items():
-            if kn == "frequency":
-                raw = cnt / n
-            elif e == "averaged":
-                raw = num[kn] / n
-            elif e == "normalised":
-                raw = kernel.ratio(num[kn], den[kn][:, None])
-            else:
-                raw = kernel.ratio(num_pos[kn], den_pos[kn][:, None])
-            q = kernel.to_distribution(raw, e)
-            sr.tv_limit.append(0.5 * np.abs(q - sr.asym.limit).sum(axis=1))
-            sr.tv_bayes.append(0.5 * np.abs(q - b_n).sum(axis=1))
-            sr.nonpositive.append((den[kn] <= 0).astype(float) if kn != "frequency" and e == "normalised"
-                                  else np.zeros(P))
+        b_n = _bayes_at(world, sums.ll, test_ll, test_pred, labels)
+        tv_oracle.append(tv(b_n, oracle, axis=1))
+        _record(series, sums, n, b_n, P)
         if j + 1 < len(grid):
             j += 1
             continue
@@ -369,12 +404,12 @@ def _curves(run: WorldRun, key):
     sr = run.series[key]
     ns = np.asarray(run.ns, float)
     meas, ratios, pred = [], [], []
-    for n, tv in zip(ns, sr.tv_limit):
+    for n, d in zip(ns, sr.tv_limit):
         p = sr.asym.tv_coef / math.sqrt(n)
-        ok = np.isfinite(tv) & np.isfinite(p)
-        meas.append(float(tv[ok].mean()) if ok.any() else math.nan)
+        ok = np.isfinite(d) & np.isfinite(p)
+        meas.append(float(d[ok].mean()) if ok.any() else math.nan)
         pred.append(float(p[ok].mean()) if ok.any() else math.nan)
-        ratios.append(ratio_ci(tv, p)[0])
+        ratios.append(delta_ratio_ci(d, p)[0])
     return ns, np.array(meas), np.array(ratios), np.array(pred)
 
 
@@ -407,9 +442,8 @@ def summarise_key(run: WorldRun, key, band: float = REGIME_BAND, seed: int = 0, 
            "diverging": bool(math.isfinite(ratio_max) and ratio_max > 1 + band and math.isfinite(trend)
                              and trend > DIVERGING_TREND),
            "c_pred": float(np.nanmean(sr.asym.tv_coef)),
-           "floor": float(np.nanmean(0.5 * np.abs(lim - oracle).sum(axis=1))),
-           "floor_frequency": float(np.nanmean(0.5 * np.abs(run.series[("frequency", "normalised")].asym.limit
-                                                             - oracle).sum(axis=1))),
+           "floor": float(np.nanmean(tv(lim, oracle, axis=1))),
+           "floor_frequency": float(np.nanmean(tv(run.series[("frequency", "normalised")].asym.limit, oracle, axis=1))),
            "band": float(band), "crossover": math.nan, "crossover_lo": math.nan, "crossover_hi": math.nan,
            "crossover_pred": math.nan}
     if crossover and key[0] != "frequency":
@@ -464,7 +498,7 @@ def world_rows(run: WorldRun) -> list[dict]:
             add_ci(n, kn, e, "tv_limit", sr.tv_limit[j])
             ok = np.isfinite(pred)
             add(n, kn, e, "tv_limit_pred", pred[ok].mean() if ok.any() else math.nan, math.nan, math.nan, ok.sum())
-            r, lo, hi = ratio_ci(sr.tv_limit[j], pred)
+            r, lo, hi = delta_ratio_ci(sr.tv_limit[j], pred)
             add(n, kn, e, "ratio", r, lo, hi, int((np.isfinite(sr.tv_limit[j]) & ok).sum()))
             add_ci(n, kn, e, "tv_bayes", sr.tv_bayes[j])
             tb = kernel.folded_tv(sr.asym.limit - run.oracle, sr.asym.sd, n)
@@ -474,7 +508,7 @@ def world_rows(run: WorldRun) -> list[dict]:
                 add_ci(n, kn, e, "diff_frequency", sr.tv_bayes[j] - fq.tv_bayes[j])
                 if e == "normalised":
                     add_ci(n, kn, e, "nonpositive_sum", sr.nonpositive[j])
-        add_ci(math.inf, kn, e, "floor", 0.5 * np.abs(sr.asym.limit - run.oracle).sum(axis=1))
+        add_ci(math.inf, kn, e, "floor", tv(sr.asym.limit, run.oracle, axis=1))
     for j, n in enumerate(run.ns):
         add_ci(n, "bayes", "-", "tv_oracle", run.tv_oracle[j])
     return out
@@ -492,13 +526,22 @@ class Regime:
     meta: dict
     runs: list = field(default_factory=list, repr=False)
 
-    def tables(self) -> tuple[list, list]:
+    def rounded(self) -> tuple[list, list]:
         """(rows, worlds) as written (floats at 6 significant digits)."""
         def rnd(r, cols):
             return {**r, **{c: (float(f"{r[c]:.6g}") if isinstance(r[c], float) and math.isfinite(r[c]) else r[c])
                             for c in cols}}
         return ([rnd(r, ("mean", "ci_low", "ci_high")) for r in self.rows],
                 [rnd(r, [c for c in REGIME_WORLD_COLUMNS if isinstance(r.get(c), float)]) for r in self.worlds])
+
+    def tables(self) -> dict:
+        """The result protocol's tables: regime.csv (main) and regime_worlds.csv ('worlds')."""
+        from .results import Table, label_dtype
+
+        rows, worlds = self.rounded()
+        world = label_dtype(r["world"] for r in rows + worlds)
+        return {None: Table("regime.csv", REGIME_COLUMNS, dict(ROW_DTYPES, world=world), rows),
+                "worlds": Table("regime_worlds.csv", REGIME_WORLD_COLUMNS, dict(WORLD_DTYPES, world=world), worlds)}
 
     def write(self, out) -> list:
         """Publish ``FILES`` into ``out`` together (``store.publish``: all or none)."""
@@ -508,7 +551,7 @@ class Regime:
         from .store import check_results_dir, publish, write_csv, write_json
 
         out = check_results_dir(Path(out))
-        rows, worlds = self.tables()
+        rows, worlds = self.rounded()
         meta = dict(self.meta, config=dict(self.meta.get("config", {}), out=str(out)))
         return publish(out, {
             "regime.csv": lambda p: write_csv(p, rows, REGIME_COLUMNS),
@@ -576,25 +619,20 @@ def run(preset: str | None = "ginc-small", world_seeds=(0,), overrides=None, wor
     from .presets import resolve_worlds
 
     t0 = time.perf_counter()
-    seed = check_seed(seed)
+    seed = check_seed("seed", seed)
     for name, v, lo in (("n_prompts", n_prompts, 2), ("n_max", n_max, 1), ("n_cap", n_cap, 1),
                         ("example_length", example_length, 2)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        check_int(name, v, lo)
     if n_cap < n_max:
         raise ValueError(f"n_cap must be >= n_max ({n_max}), got {n_cap}")
-    if not (isinstance(band, (int, float)) and 0 < band < 1):
-        raise ValueError(f"band must be in (0, 1), got {band!r}")
-    kernels, estimators = tuple(kernels), tuple(estimators)
+    band = check_float("band", band, 0, 1, lo_open=True, hi_open=True)
+    kernels = tuple(kernels)
     bad = [k for k in kernels if k not in ("theory", "oracle")]
     if bad or not kernels:
+        # the regime's own message: the label frequencies are not a kernel to ask for
         raise ValueError(f"unknown kernel {bad[0] if bad else kernels!r} for regime; allowed: theory, oracle (the "
-                         f"label frequencies are always computed)")
-    for e in estimators:
-        if e not in kernel.ESTIMATORS:
-            raise ValueError(f"unknown estimator {e!r}; allowed: {', '.join(kernel.ESTIMATORS)}")
-    if not estimators:
-        raise ValueError("estimators is empty: give at least one of " + ", ".join(kernel.ESTIMATORS))
+                         f"label frequencies are always computed){did_you_mean(bad[0], ('theory', 'oracle')) if bad else ''}")
+    estimators = tuple(check_choices("estimators", estimators, kernel.ESTIMATORS))
     if worlds is None:
         worlds, labels, source, _ = resolve_worlds(preset, world_seeds, overrides, world_file, default=DEFAULT_PRESET)
     else:

@@ -54,6 +54,10 @@ ICL_N_DEMOS = "0,1,2,4,8,16,24,31"
 #: the other phenomena at their defaults.
 PHENOMENA_N_DEMOS = {"retrieval": 2}
 TITLE = "simkernel: the kernel-regression theory of in-context learning, claim by claim"
+#: Where :func:`run` puts the report (and its sweeps) unless told: git-ignored, never a tracked folder.
+DEFAULT_OUT = "results/report"
+#: What a folder a report wrote holds (any one of them): a rerun into it resumes.
+REPORT_MARKS = (*FILES, "sweeps", "battery")
 
 
 # ---------------------------------------------------------------------- the battery
@@ -82,7 +86,7 @@ def battery(quick: bool = False) -> dict[str, dict]:
                inside the trained block;
     measure    C6: one job measuring the first world's three runs on the same prompts (pooled)."""
     from .constants import PHENOMENA
-    from .phenomena import _PARAMS
+    from .phenomena import defaults as phenomenon_defaults
 
     n_worlds = 3 if quick else 20
     worlds = list(range(n_worlds))
@@ -98,7 +102,7 @@ def battery(quick: bool = False) -> dict[str, dict]:
                 "grid": {"preset": list(FAMILIES), "world_seed": worlds}}
     # n_demos per phenomenon: its own default (quick: its quick default) but where a smaller n gives
     # exact Bayes room to move
-    n_demos = [PHENOMENA_N_DEMOS.get(n, _PARAMS[n]["n_demos"][1 if quick else 0]) for n in PHENOMENA]
+    n_demos = [PHENOMENA_N_DEMOS.get(n, phenomenon_defaults(n, quick)["n_demos"]) for n in PHENOMENA]
     phen = {"command": "phenomena",
             "options": {"preset": "ginc-small", "world_seeds": [0, 1, 2] if quick else list(range(10)), "seed": 0,
                         "quick": bool(quick)},
@@ -231,10 +235,9 @@ def claims_from_sweeps(results: dict) -> list[Result]:
 def draw_figure(result: Result, path) -> Path:
     """Draw ``result``'s figure (its claim's ``draw``) into the PNG ``path``; a claim without
     data gets a placeholder."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .plots.style import DPI, metadata
+    from .plots.style import NOTE_GREY, save
 
     fig = Figure(figsize=(9.5, 3.8), layout="constrained")
     try:
@@ -245,15 +248,11 @@ def draw_figure(result: Result, path) -> Path:
         fig.clear()
         fig.set_size_inches(9.5, 3.8)
         ax = fig.subplots()
-        ax.text(0.5, 0.5, str(e)[:120] or type(e).__name__, ha="center", va="center", fontsize=11, color="0.4",
+        ax.text(0.5, 0.5, str(e)[:120] or type(e).__name__, ha="center", va="center", fontsize=11, color=NOTE_GREY,
                 wrap=True)
         ax.set_axis_off()
     fig.suptitle(f"{result.claim}: {result.verdict}", fontsize=10)
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    with open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI, metadata=metadata("png"))
-    return path
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------- the page, in Markdown
@@ -670,7 +669,10 @@ class Report:
             out.append(f"{r.claim:<{w}}  {r.verdict:<12}  {r.title} ({fams})")
             out.append(f"{'':<{w}}  {'':<12}  {r.text}")
         counts = {v: sum(r.verdict == v for r in self.claims) for v in OVERALL}
-        out.append(", ".join(f"{n} {v}" for v, n in counts.items() if n))
+        quick = (self.meta.get("config") or {}).get("quick")
+        # a quick report's verdicts rest on few worlds and tiny models: its summary says so
+        out.append(("quick report (CI setting, not the published one): " if quick else "")
+                   + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
         checks = [(r.claim, c) for r in self.claims for c in r.checks]
         if checks:
             out.append("identity checks: " + "; ".join(f"{r} {c['verdict']}" for r, c in checks))
@@ -705,7 +707,25 @@ def verification_line(sweeps: dict) -> str:
             "done marker recorded): " + ", ".join(bits)) if bits else "sweeps not verified"
 
 
-def run(quick: bool = False, out="figures/report", workers=None, scheduler=None, progress=None, *,
+def check_out(out) -> Path:
+    """``out`` as a Path when a report may be written there: a new or empty folder, or one a
+    report wrote (it holds one of :data:`REPORT_MARKS`), never the filesystem root, the home
+    folder or the current folder.  Else a one-line ValueError naming ``out``."""
+    path = Path(out).expanduser()
+    full = path.resolve()
+    for where, p in (("the filesystem root", Path(full.anchor)), ("the home folder", Path.home().resolve()),
+                     ("the current folder", Path.cwd().resolve())):
+        if full == p:
+            raise ValueError(f"out must be a folder for the report, not {where}, got {str(out)!r}")
+    if full.exists() and not full.is_dir():
+        raise ValueError(f"out must be a folder, got {str(out)!r} (a file)")
+    if full.is_dir() and any(full.iterdir()) and not any((full / m).exists() for m in REPORT_MARKS):
+        raise ValueError(f"out must be a new or empty folder or one a report wrote (with index.html, report.json or "
+                         f"sweeps/), got {str(out)!r}, which holds other files")
+    return path
+
+
+def run(quick: bool = False, out=DEFAULT_OUT, workers=None, scheduler=None, progress=None, *,
         sweeps_dir=None, notify=None) -> Report:
     """``simkernel report`` as a library call: run the :func:`battery` (quick: CI-sized) through
     ``sweep.run``, one sweep after another into ``sweeps_dir`` (default ``<out>/sweeps``; a rerun
@@ -715,12 +735,13 @@ def run(quick: bool = False, out="figures/report", workers=None, scheduler=None,
     one-line ValueError (its tables would be incomplete); jobs that failed with an error stay in
     the tables as error rows, which the claims report.  ``progress(sweep, done, failed, running,
     total)`` is called as jobs finish, ``notify(line)`` for each damaged job found.  Writes
-    nothing but the sweeps (:meth:`Report.write` writes the page)."""
+    nothing but the sweeps (:meth:`Report.write` writes the page).  An ``out`` that is not a
+    report's folder (:func:`check_out`) is refused before anything runs."""
     from . import sweep
     from .store import provenance
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out = check_out(out)
     sweeps_dir = out / "sweeps" if sweeps_dir is None else Path(sweeps_dir)
     configs = battery(quick)
     sweeps_dir.mkdir(parents=True, exist_ok=True)       # each sweep's lock sits beside its folder

@@ -73,6 +73,15 @@ class Result(Protocol):
     def write(self, out) -> list: ...
 
 
+def label_dtype(values) -> str:
+    """The dtype of a column of labels that are integers (world seeds) or names ('file'): "int"
+    when every value is an integer, else "str"."""
+    import numbers
+
+    vals = list(values)
+    return "int" if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in vals) else "str"
+
+
 def _as_bool(v):
     if isinstance(v, str):
         low = v.strip().lower()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from .store import check_seed
+from .validate import check_seed
 from .world import World
 
 # ---------------------------------------------------------------------- RNG and draws
@@ -63,7 +63,7 @@ def _cumulative(p):
 
 def stream_seeds(seed: int, n: int, salt: int = 0) -> np.ndarray:
     """``n`` independent 64-bit stream seeds derived from (seed, salt); (n,) uint64."""
-    return np.random.SeedSequence([check_seed(seed), salt]).generate_state(n, dtype=np.uint64)
+    return np.random.SeedSequence([check_seed("seed", seed), salt]).generate_state(n, dtype=np.uint64)
 
 
 # ---------------------------------------------------------------------- corpora
@@ -117,7 +117,7 @@ def sample_corpus(world: World, n_docs: int, doc_length: int, seed: int = 0, fir
 
     Documents ``first_doc .. first_doc + n_docs - 1`` of a corpus of ``n_total_docs`` (default
     ``first_doc + n_docs``): a corpus written in chunks equals one sampled in one call."""
-    seed = check_seed(seed)
+    seed = check_seed("seed", seed)
     n_docs = _check_count("n_docs", n_docs, 1)
     doc_length = _check_count("doc_length", doc_length, 1)
     n_total = first_doc + n_docs if n_total_docs is None else n_total_docs
@@ -316,7 +316,7 @@ def sample_prompts(world: World, n_prompts: int, n_demos: int, example_length: i
 
     ``concept``: None draws each prompt's concept from the prior; an int fixes it (any concept
     of the world, including out-of-distribution ones with prior 0)."""
-    seed = check_seed(seed)
+    seed = check_seed("seed", seed)
     B = _check_count("n_prompts", n_prompts, 1)
     n = _check_count("n_demos", n_demos, 0)
     k = _check_count("example_length", example_length, 2)
@@ -377,3 +377,12 @@ def sample_prompt_set(world: World, n_prompts: int, n_demos: int, example_length
     parts = [sample_prompts(world, int(n), n_demos, example_length, seed=seed + 7919 * j, concept=int(c))
              for j, (c, n) in enumerate(zip(ids, counts)) if n > 0]
     return concat_prompts(parts)
+
+
+def unique_inputs(prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Every input x of the prompts (demonstrations, then x_test), deduplicated:
+    (uniq (U, k-1), inv (B, N+1) indices into uniq with x_test last)."""
+    B, N, k = prompts.tokens.shape[0], prompts.n_demos, prompts.example_length
+    xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
+    uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
+    return uniq, inv.reshape(B, N + 1)

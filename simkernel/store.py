@@ -7,7 +7,7 @@ the config and seed that made it and the package versions (``provenance``).
 
 This module is the one place that writes files: ``atomic_write`` (one file), ``publish`` (several
 files into a folder together), ``publish_folder`` (a whole folder: corpora, checkpoints), with
-the hashes (``sha256_file``), seeds (``check_seed``) and output-folder checks every command uses.
+the hashes (``sha256_file``) and output-folder checks every command uses.
 It imports nothing of the simulator at load time (``world`` and ``sampling`` import it), does no
 printing and never imports torch.  Errors are one-line ``ValueError`` s naming the path.
 
@@ -39,10 +39,11 @@ from importlib import metadata
 from pathlib import Path
 
 import hashlib
-import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .validate import check_int, check_seed
 
 if TYPE_CHECKING:                     # types only: store is a leaf that world and sampling import
     from .sampling import Corpus, Prompts
@@ -58,13 +59,6 @@ CHUNK_TOKENS = 1 << 21
 
 
 # ---------------------------------------------------------------------- leaf helpers
-def check_seed(seed) -> int:
-    """A seed is a non-negative Python/numpy integer (not a bool, not a float)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
 def sha256_file(path) -> str:
     """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -429,13 +423,8 @@ def write_corpus(world: "World", out_dir, n_docs: int, doc_length: int, seed: in
     ``out_dir`` must be absent or empty unless ``overwrite`` (then the old folder is replaced
     only once the new one is complete).  ``progress``: optional callable(n_done_docs).
     ``config``: extra entries for meta.json's config (e.g. the command line that ran)."""
-    from . import sampling
-
-    for name, v in (("n_docs", n_docs), ("doc_length", doc_length)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    n_docs, doc_length = int(n_docs), int(doc_length)
-    seed = check_seed(seed)
+    n_docs, doc_length = check_int("n_docs", n_docs, 1), check_int("doc_length", doc_length, 1)
+    seed = check_seed("seed", seed)
     chunk = default_chunk_docs(doc_length) if chunk_docs is None else int(chunk_docs)
     if chunk < 1:
         raise ValueError(f"chunk_docs must be >= 1, got {chunk_docs!r}")

@@ -200,7 +200,7 @@ def _clean(value) -> str:
     return " ".join(str(value).split()) if value is not None else ""
 
 
-def _as_words(label_words) -> list[str]:
+def check_label_words(label_words) -> list[str]:
     if isinstance(label_words, str):
         label_words = label_words.split(",")
     words = [_clean(w) for w in label_words]
@@ -248,7 +248,7 @@ def _make_dataset(rows: Iterable[tuple[str, Mapping[str, Any]]], columns: Sequen
     text_cols = (text_column,) if isinstance(text_column, str) else tuple(text_column)
     if not text_cols:
         raise ValueError("text column: need at least one")
-    words = _as_words(label_words)
+    words = check_label_words(label_words)
     for col in (*text_cols, label_column):
         if col not in columns:
             raise ValueError(f"{source}: no column {col!r}; columns: {', '.join(map(str, columns))}")

@@ -35,12 +35,14 @@ Run folder: ``runs_dir / <hash of the config>``::
                     (optimizer, scheduler, step, RNG states, best, evals without improvement),
                     train_config.json, step.json; replaced atomically (temp folder + rename)
     done.json       written last: why training stopped, the final numbers and ``outputs``, the
-                    size and SHA-256 of every file a later call reuses (see run_outputs)
+                    size and SHA-256 of every file a later call reuses (see ``runs.run_outputs``)
     .lock           held (flock) by the one process training in the folder; see folder_lock
 
-``run`` is the library call of ``simkernel train``: it decides whether the folder is finished,
-resumable or fresh, samples the corpus, holds the lock and trains.  A finished run is trusted
-only once its files match done.json's record (:func:`verify_run`); a damaged one is trained
+The folder's bookkeeping (its file names, done.json, verification, the exceptions that say what
+it holds) lives in ``runs``; the loop and the checkpoint I/O here.  ``run`` is the library call
+of ``simkernel train``: it decides whether the folder is finished, resumable or fresh, samples
+the corpus, holds the lock and trains.  A finished run is trusted only once its files match
+done.json's record (``runs.verify_run``); a damaged one is trained
 again from step 0, and the result's ``note`` says why.  metrics.jsonl never holds a
 step twice: a run that starts over empties it, a resumed one keeps exactly the rows up to its
 checkpoint.  Ctrl-C raises ``Interrupted`` (a KeyboardInterrupt) saying what the folder holds.
@@ -55,7 +57,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,10 @@ import torch.nn.functional as F
 
 from . import bayes, model as model_mod
 from .sampling import sample_corpus
-from .store import (FolderBusy, atomic_write, check_outputs, check_results_dir, file_record, folder_lock,
-                    outputs_record, publish_folder, read_corpus, read_meta, versions, write_corpus, write_json)
+from .runs import (CHECKPOINT, CONFIG, CORPUS, DONE, METRICS, OUTPUTS, Interrupted, NoCheckpoint, ensure_resumable,
+                   checkpoint_step, inspect_run, read_metrics, run_outputs, settle_run)
+from .store import (atomic_write, check_results_dir, folder_lock, publish_folder, read_corpus, read_meta, versions,
+                    write_corpus, write_csv, write_json)
 from .world import World
 
 try:        # transformers' per-save progress bars would break the training bar
@@ -75,13 +78,6 @@ try:        # transformers' per-save progress bars would break the training bar
     _hf_logging.disable_progress_bar()
 except Exception:  # pragma: no cover
     pass
-
-CHECKPOINT = "checkpoint"
-DONE = "done.json"
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-CORPUS = "corpus"
-OUTPUTS = "outputs"         # done.json's record of the files a later call reuses
 
 
 # ---------------------------------------------------------------------- config
@@ -285,29 +281,6 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, cfg: TrainConfig
     return publish_folder(run_dir / CHECKPOINT, build)
 
 
-def checkpoint_step(run_dir) -> int | None:
-    """The step of run_dir's checkpoint; None when there is none (or it predates step.json)."""
-    try:
-        return int(json.loads((Path(run_dir) / CHECKPOINT / "step.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The rows of run_dir/metrics.jsonl; a torn last line (a crash mid-append) is skipped."""
-    try:
-        lines = (Path(run_dir) / METRICS).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows
-
-
 def _diff_configs(saved: dict, now: dict, prefix="") -> list[str]:
     out = []
     for k in sorted(set(saved) | set(now)):
@@ -358,6 +331,12 @@ def load_checkpoint(run_dir: Path, cfg: TrainConfig, model, optimizer, scheduler
 
 
 # ---------------------------------------------------------------------- the run
+#: train.csv, a training call's table (the sweep's table of a train job): one row per call
+TRAIN_COLUMNS = ("run_dir", "status", "reason", "step", "val_loss", "floor", "gap", "elapsed_s")
+TRAIN_DTYPES = {"run_dir": "str", "status": "str", "reason": "str", "step": "int", "val_loss": "float",
+                "floor": "float", "gap": "float", "elapsed_s": "float"}
+
+
 @dataclass
 class RunResult:
     """What a training call did.  Losses in nats/token; ``elapsed_s`` is this call's wall time
@@ -384,138 +363,27 @@ class RunResult:
         return (f"{self.run_dir}: stopped at step {self.step} by {self.reason} ({self.elapsed_s:.1f} s); "
                 f"val {self.val_loss:.4f}, Bayes floor {self.floor:.4f}, gap {self.gap:.4f} nats/token")
 
-
-class CheckpointExists(ValueError):
-    """The run folder holds an interrupted run's checkpoint and ``resume`` was not asked for."""
-
-    def __init__(self, run_dir: Path, step: int | None):
-        self.run_dir, self.step = Path(run_dir), step
-        at = f" at step {step}" if step is not None else ""
-        super().__init__(f"run {str(run_dir)!r} has a checkpoint{at} from an interrupted run; pass "
-                         f"resume=True to continue it, or remove the folder to start again")
-
-
-class NoCheckpoint(ValueError):
-    """``resume=True`` but the run folder has no checkpoint."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        super().__init__(f"resume=True, but run {str(run_dir)!r} has no checkpoint to continue")
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during ``run``, with what the run folder holds now: ``step`` (the last step
-    trained, 0 before training), ``checkpoint_step`` (None: no checkpoint, so a rerun starts
-    over; else a rerun needs ``resume=True``), ``contents`` (e.g. "the config, the corpus and
-    metrics up to step 40").  Still a KeyboardInterrupt for callers that do not catch it."""
-
-    def __init__(self, run_dir: Path, step: int, rank: int = 0):
-        self.run_dir, self.step, self.rank = Path(run_dir), int(step), rank
-        self.has_checkpoint = (self.run_dir / CHECKPOINT).is_dir()
-        self.checkpoint_step = checkpoint_step(run_dir) if self.has_checkpoint else None
-        parts = [w for f, w in ((CONFIG, "the config"), (f"{CORPUS}/meta.json", "the corpus"))
-                 if (self.run_dir / f).is_file()]
-        rows = read_metrics(run_dir)
-        if rows:
-            parts.append(f"metrics up to step {rows[-1]['step']}")
-        self.contents = (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1
-                         else parts[0] if parts else "nothing yet")
-        super().__init__(f"interrupted at step {self.step}: {str(run_dir)!r} holds {self.contents}"
-                         + (f" and {self.checkpoint_text}; call run() again with resume=True to continue"
-                            if self.has_checkpoint else " but no checkpoint yet; call run() again to start over"))
+    def summary_lines(self) -> list[str]:
+        """What ``simkernel train`` prints: :meth:`summary_line`."""
+        return [self.summary_line()]
 
     @property
-    def checkpoint_text(self) -> str:
-        return "a checkpoint" + (f" at step {self.checkpoint_step}" if self.checkpoint_step is not None else "")
+    def meta(self) -> dict:
+        """The result's JSON-able description (the run folder holds its config.json and done.json)."""
+        return {"command": "train", "run_dir": str(self.run_dir), "status": self.status, "reason": self.reason,
+                "step": self.step, "elapsed_s": self.elapsed_s, "rank": self.rank, "note": self.note}
 
+    def tables(self) -> dict:
+        """``{None: train.csv}``: one row of :data:`TRAIN_COLUMNS` (``results.Table``)."""
+        from .results import Table
 
-def run_status(run_dir: Path) -> dict | None:
-    """done.json of a finished run, else None."""
-    f = Path(run_dir) / DONE
-    return json.loads(f.read_text()) if f.is_file() else None
+        row = {c: str(getattr(self, c)) if c == "run_dir" else getattr(self, c) for c in TRAIN_COLUMNS}
+        return {None: Table("train.csv", TRAIN_COLUMNS, TRAIN_DTYPES, [row])}
 
-
-# ---------------------------------------------------------------------- verifying a finished run
-#: what every finished run's checkpoint holds (step.json is missing from some older runs)
-_CHECKPOINT_FILES = ("model/config.json", "model/model.safetensors", "state.pt", "train_config.json")
-_WEIGHTS = f"{CHECKPOINT}/model/model.safetensors"
-
-
-def run_outputs(run_dir) -> dict:
-    """done.json's ``outputs``: {path relative to the run folder: ``store.file_record`` (size in
-    bytes, sha256)} of what a later call reuses: every file of checkpoint/ (the model, state.pt,
-    the configs), metrics.jsonl and config.json (when there is one: ``train`` called on a bare
-    folder writes none).
-
-    Not corpus/: it is an input of training, not a result of it.  Of it a later call reuses
-    only world.npz (icl-eval), whose zip CRC-32s already catch a changed byte when it is read;
-    retraining could not repair a damaged corpus anyway (a rerun keeps it); and a ``--corpus``
-    run's corpus lives outside the folder.  Nor anything later commands write into the run
-    folder (icl-eval's tables): only these files are recorded, so those never count as damage."""
-    run_dir = Path(run_dir)
-    rec = {f"{CHECKPOINT}/{rel}": r for rel, r in outputs_record(run_dir / CHECKPOINT).items()}
-    for name in (METRICS, CONFIG):
-        if (run_dir / name).is_file():
-            rec[name] = file_record(run_dir / name)
-    return dict(sorted(rec.items()))
-
-
-def _unrecorded_problems(run_dir: Path) -> list[str]:
-    """What can be checked of a finished run whose done.json predates ``outputs``: the files
-    every finished run has exist and are non-empty, and the weights' safetensors header parses
-    and covers the file (which catches a truncated file; a flipped byte needs the record)."""
-    problems = []
-    for rel in [*(f"{CHECKPOINT}/{f}" for f in _CHECKPOINT_FILES), METRICS]:
-        p = run_dir / rel
-        if not p.is_file():
-            problems.append(f"{rel} missing")
-        elif p.stat().st_size == 0:
-            problems.append(f"{rel} is empty")
-    if not any(x.startswith(_WEIGHTS) for x in problems):
-        try:
-            from safetensors import safe_open
-            with safe_open(str(run_dir / _WEIGHTS), "pt") as f:
-                f.keys()
-        except Exception as e:     # safetensors raises its own error types on a damaged header
-            problems.append(f"{_WEIGHTS} has an unreadable header ({type(e).__name__})")
-    return problems
-
-
-def _inspect(run_dir: Path, hashes: bool = True) -> tuple[str, dict | None, list[str]]:
-    """(state, done.json, problems) of a run folder.  state: "fresh" (no done.json), "intact"
-    (every recorded file as recorded), "older" (a done.json without ``outputs`` whose files pass
-    :func:`_unrecorded_problems`) or "damaged" (problems says how)."""
-    f = run_dir / DONE
-    if not f.is_file():
-        return "fresh", None, []
-    try:
-        done = json.loads(f.read_text())
-        if not isinstance(done, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        return "damaged", None, [f"{DONE} cannot be read ({type(e).__name__})"]
-    outputs = done.get(OUTPUTS)
-    if outputs is None:
-        problems = _unrecorded_problems(run_dir)
-        return ("damaged" if problems else "older"), done, problems
-    if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
-        return "damaged", done, [f"{DONE} has a malformed {OUTPUTS!r} record"]
-    problems = check_outputs(run_dir, outputs, hashes=hashes)
-    return ("damaged" if problems else "intact"), done, problems
-
-
-def verify_run(run_dir, hashes: bool = True) -> list[str]:
-    """The problems of a finished run folder, one short phrase each; [] when it is intact.
-    ["not finished"] when there is no done.json (or no folder).  Otherwise each file that
-    done.json's ``outputs`` records and that is missing, of another size, or (``hashes``, the
-    default) of another SHA-256: 'checkpoint/model/model.safetensors does not match its recorded
-    sha256'.  A done.json written before ``outputs`` existed gets the checks that need no record
-    (the checkpoint's files and metrics.jsonl exist and are non-empty, the weights' header
-    parses); ``run`` then records its hashes.  Reads only.  Hashing reads every recorded file
-    (weights plus twice their size of optimizer state): about 1 MB for the tiny model, 10 MB for
-    cpu, 1 GB for ginc-12 (about a second at the 1-2 GB/s of SHA-256 on one core)."""
-    state, _, problems = _inspect(Path(run_dir), hashes)
-    return ["not finished"] if state == "fresh" else problems
+    def write(self, out) -> list:
+        """Write train.csv (:meth:`tables`) into the folder ``out``; returns [its path]."""
+        t = self.tables()[None]
+        return [write_csv(Path(out) / t.file, t.rows, t.columns)]
 
 
 def _ddp_env():
@@ -545,6 +413,74 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _data(cfg: TrainConfig, corpus_dir) -> tuple[World, BlockSampler, EvalSet]:
+    """The corpus's world, its block sampler and the held-out blocks with their Bayes floor
+    (documents sampled with the corpus's seed + 1, as long as its longest document)."""
+    corpus = read_corpus(corpus_dir)
+    world = World.load(Path(corpus_dir) / "world.npz")
+    sampler = BlockSampler(corpus, cfg.block_size)
+    doc_length = int(np.diff(corpus.offsets).max())
+    meta_seed = read_meta(corpus_dir).get("seed") or 0
+    evalset = make_eval_set(world, doc_length, cfg.block_size, cfg.eval_docs, cfg.eval_blocks,
+                            seed=int(meta_seed) + 1)
+    return world, sampler, evalset
+
+
+def _optimizer(net, cfg: TrainConfig, device: torch.device):
+    """(AdamW, its LambdaLR schedule :func:`lr_at`); weight decay on matrices only."""
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+    return optimizer, scheduler
+
+
+def _wrapped(net, cfg: TrainConfig, device: torch.device, ddp: bool):
+    """``net`` as the loop calls it: compiled (``cfg.compile``) and in DDP under torchrun."""
+    model = net
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def _autocast(device: torch.device):
+    """A factory of the forward pass's context: bf16 autocast on CUDA, nothing elsewhere."""
+    if device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _step(model, net, x: torch.Tensor, optimizer, scheduler, cfg: TrainConfig, autocast) -> float:
+    """One optimisation step on the batch ``x`` (b, block_size); returns its training loss."""
+    with autocast():
+        loss = lm_loss(model, x)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def _stop_reason(row: dict, state: dict, cfg: TrainConfig) -> str | None:
+    """After an evaluation ``row``: "target_gap", "patience" or None (go on); counts the
+    evaluations without improvement in ``state``."""
+    if row["val_loss"] < state["best"] - 1e-4:
+        state["best"], state["bad_evals"] = row["val_loss"], 0
+    else:
+        state["bad_evals"] += 1
+    if row["gap"] < cfg.target_gap:
+        return "target_gap"
+    if state["bad_evals"] >= cfg.patience:
+        return "patience"
+    return None
+
+
 def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progress=None,
           log=None, stop_after: int | None = None) -> RunResult:
     """Train (or continue) the run of ``cfg`` in ``run_dir`` on the corpus at ``corpus_dir``.
@@ -556,54 +492,21 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
     run_dir = Path(run_dir)
     device = select_device(cfg.device)
     rank, world_size = init_distributed(device)
-    ddp = world_size > 1
-
-    corpus = read_corpus(corpus_dir)
-    world = World.load(Path(corpus_dir) / "world.npz")
-    sampler = BlockSampler(corpus, cfg.block_size)
-    doc_length = int(np.diff(corpus.offsets).max())
-    meta_seed = read_meta(corpus_dir).get("seed") or 0
-    evalset = make_eval_set(world, doc_length, cfg.block_size, cfg.eval_docs, cfg.eval_blocks,
-                            seed=int(meta_seed) + 1)
+    world, sampler, evalset = _data(cfg, corpus_dir)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     net = model_mod.build_model(cfg.model, world.n_symbols, **cfg.model_overrides).to(device)
-    decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
-
+    optimizer, scheduler = _optimizer(net, cfg, device)
     state = {"step": 0, "best": math.inf, "bad_evals": 0, "metrics": []}
     if resume:
         state = load_checkpoint(run_dir, cfg, net, optimizer, scheduler)
-    metrics = list(state["metrics"])
-    step = int(state["step"])
-    recent = list(state.get("recent", []))
+    metrics, step, recent = list(state["metrics"]), int(state["step"]), list(state.get("recent", []))
     if rank == 0:
-        # An interrupted run may have logged rows past its checkpoint (or, without one, rows
-        # this run is about to log again): start from exactly the rows this run continues.
-        text = "".join(json.dumps(r) + "\n" for r in metrics)
-        atomic_write(run_dir / METRICS, lambda f: f.write(text.encode()))
-
-    model = net
-    if cfg.compile:
-        model = torch.compile(model)
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if device.type == "cuda":
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        import contextlib
-
-        def autocast():
-            return contextlib.nullcontext()
+        _restart_metrics(run_dir, metrics)
+    model = _wrapped(net, cfg, device, world_size > 1)
+    autocast = _autocast(device)
 
     def checkpoint():
         if rank == 0:
@@ -612,7 +515,6 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
                              "metrics": metrics, "recent": recent, "data_position": step})
 
     reason = None
-    train_loss = float("nan")
     model.train()
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -623,43 +525,20 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
         if stop_after is not None and step >= stop_after:
             break
         x = torch.as_tensor(sampler.batch(cfg.seed, step, rank, cfg.batch_size), device=device)
-        with autocast():
-            loss = lm_loss(model, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        train_loss = _step(model, net, x, optimizer, scheduler, cfg, autocast)
         step += 1
-        train_loss = float(loss.detach())
         recent.append(train_loss)
         tokens_seen += x.numel() * world_size
         info = {"loss": train_loss}
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = evaluate(net, evalset.blocks, device, autocast=autocast)
-            gap = val - evalset.floor
-            elapsed = time.perf_counter() - t0
-            row = {"step": step, "train_loss": float(np.mean(recent)), "val_loss": val,
-                   "floor": evalset.floor, "gap": gap, "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else None,
-                   "elapsed_s": elapsed}
+            row = _eval_row(step, recent, val, evalset.floor, scheduler, tokens_seen, time.perf_counter() - t0)
             recent = []
             metrics.append(row)
             if rank == 0:
-                with open(run_dir / METRICS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if log is not None:
-                    log(f"step {step}: train {row['train_loss']:.4f} val {val:.4f} floor "
-                        f"{evalset.floor:.4f} gap {gap:.4f}")
-            info["gap"] = gap
-            if val < state["best"] - 1e-4:
-                state["best"], state["bad_evals"] = val, 0
-            else:
-                state["bad_evals"] += 1
-            if gap < cfg.target_gap:
-                reason = "target_gap"
-            elif state["bad_evals"] >= cfg.patience:
-                reason = "patience"
+                _log_row(run_dir, row, log)
+            info["gap"] = row["gap"]
+            reason = _stop_reason(row, state, cfg)
         if progress is not None:
             progress(step, info)
         if reason is not None:
@@ -670,18 +549,48 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
     checkpoint()
     last = metrics[-1] if metrics else {}
     if reason is not None and rank == 0:
-        # the record is taken after the last checkpoint and metrics row, and done.json still
-        # comes last: a crash before it leaves an unfinished run, never an unverifiable one
-        write_json(run_dir / DONE, {"reason": reason, "step": step, "val_loss": last.get("val_loss"),
-                                    "floor": evalset.floor, "gap": last.get("gap"),
-                                    "versions": versions(), "torch": torch.__version__,
-                                    OUTPUTS: run_outputs(run_dir)})
-    if ddp:
+        _write_done(run_dir, reason, step, last, evalset.floor)
+    if world_size > 1:
         import torch.distributed as dist
         dist.barrier()
         dist.destroy_process_group()
     return RunResult(run_dir, "trained", reason or "interrupted", step, last.get("val_loss", math.nan),
                      evalset.floor, last.get("gap", math.nan), metrics, time.perf_counter() - t0, rank)
+
+
+def _eval_row(step: int, recent: list, val: float, floor: float, scheduler, tokens_seen: int,
+              elapsed: float) -> dict:
+    """metrics.jsonl's row of an evaluation: the mean training loss since the last one, the
+    validation loss, the Bayes floor, the gap, the learning rate, the throughput (tokens/s)."""
+    return {"step": step, "train_loss": float(np.mean(recent)), "val_loss": val, "floor": floor,
+            "gap": val - floor, "lr": scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else None, "elapsed_s": elapsed}
+
+
+def _restart_metrics(run_dir: Path, metrics: list) -> None:
+    """metrics.jsonl holding exactly ``metrics``: an interrupted run may have logged rows past its
+    checkpoint (or, without one, rows this run is about to log again), and a run continues
+    from exactly the rows of the state it starts from."""
+    text = "".join(json.dumps(r) + "\n" for r in metrics)
+    atomic_write(run_dir / METRICS, lambda f: f.write(text.encode()))
+
+
+def _log_row(run_dir: Path, row: dict, log=None) -> None:
+    """Append an evaluation ``row`` to metrics.jsonl (and say it through ``log``)."""
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if log is not None:
+        log(f"step {row['step']}: train {row['train_loss']:.4f} val {row['val_loss']:.4f} floor "
+            f"{row['floor']:.4f} gap {row['gap']:.4f}")
+
+
+def _write_done(run_dir: Path, reason: str, step: int, last: dict, floor: float) -> None:
+    """done.json: why training stopped, the final numbers and the record of the files a later
+    call reuses.  The record is taken after the last checkpoint and metrics row, and done.json
+    still comes last: a crash before it leaves an unfinished run, never an unverifiable one."""
+    write_json(run_dir / DONE, {"reason": reason, "step": step, "val_loss": last.get("val_loss"),
+                                "floor": floor, "gap": last.get("gap"), "versions": versions(),
+                                "torch": torch.__version__, OUTPUTS: run_outputs(run_dir)})
 
 
 def prepare_run_dir(runs_dir, cfg: TrainConfig, config_record: dict) -> Path:
@@ -705,37 +614,42 @@ def _finished_result(run_dir: Path, done: dict, rank: int, t0: float, note: str 
 def _already_trained(run_dir: Path, rank: int, t0: float, note: str = "") -> RunResult | None:
     """The "already trained" result of a finished run whose files are as done.json records them
     (sizes and SHA-256); None for any other folder (unfinished, older or damaged)."""
-    state, done, _ = _inspect(run_dir)
+    state, done, _ = inspect_run(run_dir)
     return _finished_result(run_dir, done, rank, t0, note) if state == "intact" else None
 
 
-def _settle(run_dir: Path) -> tuple[str, bool]:
-    """Under the lock, on rank 0: make a finished run that is not intact trustworthy again.
-    Returns (note, discarded).  An older done.json whose files pass the checks without a record
-    gets ``outputs`` (atomically, the rest of it kept); a damaged run loses what a fresh start
-    would otherwise reuse.  A fresh or intact folder is left alone."""
-    state, done, problems = _inspect(run_dir)
-    if state == "older":
-        write_json(run_dir / DONE, {**done, OUTPUTS: run_outputs(run_dir)})
-        return f"run {run_dir.name}: recorded the hashes of an older run (its {DONE} had none)", False
-    if state != "damaged":
-        return "", False
-    # the checkpoint goes first and done.json last: a crash in between leaves a done.json that
-    # the next run again finds damaged, never a bare checkpoint that resume=True would trust
-    if (run_dir / CHECKPOINT).exists():
-        shutil.rmtree(run_dir / CHECKPOINT)
-    (run_dir / CONFIG).unlink(missing_ok=True)      # rewritten by prepare_run_dir for this call
-    (run_dir / DONE).unlink(missing_ok=True)
-    # metrics.jsonl is emptied by train() itself, as for every start from step 0
-    return f"run {run_dir.name}: {'; '.join(problems)}; trained again", True
+def _check_corpus_args(cfg: TrainConfig, corpus_dir, world) -> dict | None:
+    """``cfg.corpus["sampled"]`` (the corpus ``run`` samples from ``world``), or None for an existing
+    corpus at ``corpus_dir``; one-line ValueErrors when the arguments do not fit ``cfg.corpus``."""
+    spec = cfg.corpus.get("sampled") if isinstance(cfg.corpus, dict) else None
+    if spec is not None:
+        if world is None or corpus_dir is not None:
+            raise ValueError("cfg.corpus is sampled_corpus(...): pass world= (the world to sample), not corpus_dir=")
+        for name in ("n_docs", "doc_length"):
+            v = spec.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"cfg.corpus['sampled'][{name!r}] must be an integer >= 1, got {v!r}")
+    else:
+        if corpus_dir is None or world is not None:
+            raise ValueError("cfg.corpus names an existing corpus: pass corpus_dir=, not world=")
+        if corpus_identity(corpus_dir) != cfg.corpus:
+            raise ValueError(f"corpus_dir {str(corpus_dir)!r} is not the corpus that cfg.corpus describes "
+                             f"(build cfg with corpus=corpus_identity(corpus_dir))")
+    return spec
 
 
-def _check_resumable(run_dir: Path, resume: bool) -> None:
-    has_ckpt = (run_dir / CHECKPOINT).is_dir()
-    if has_ckpt and not resume:
-        raise CheckpointExists(run_dir, checkpoint_step(run_dir))
-    if resume and not has_ckpt:
-        raise NoCheckpoint(run_dir)
+def _ready_folder(runs_dir, cfg: TrainConfig, record: dict, spec: dict | None, world, sample_progress):
+    """On rank 0 under the lock: settle a finished run that is not intact (``runs.settle_run``),
+    write config.json, and sample the corpus into the folder when ``spec`` asks for one that is
+    not there yet.  Returns ``settle_run``'s (note, discarded)."""
+    run_dir = Path(runs_dir) / cfg.run_id()
+    note, discarded = settle_run(run_dir)
+    prepare_run_dir(runs_dir, cfg, record)
+    corpus_dir = run_dir / CORPUS
+    if spec is not None and not (corpus_dir / "meta.json").is_file():
+        write_corpus(world, corpus_dir, spec["n_docs"], spec["doc_length"], spec["seed"], overwrite=True,
+                     config={"command": "train", "world": spec["world"]}, progress=sample_progress)
+    return note, discarded
 
 
 def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = None, resume: bool = False,
@@ -752,7 +666,7 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
       done.json, the checkpoint and config.json and trains again from step 0 (``resume`` is
       then ignored); the result's ``note`` names the run and what was wrong;
     - finished before done.json recorded its files: checks what needs no record (see
-      :func:`verify_run`), then records the hashes into done.json ("already trained", with a
+      ``runs.verify_run``), then records the hashes into done.json ("already trained", with a
       ``note`` saying so), or trains again as above if the checks fail;
     - a checkpoint: ``resume=True`` continues it, else ``CheckpointExists``;
     - no checkpoint (fresh, or interrupted before one): starts from step 0, emptying metrics.jsonl;
@@ -768,27 +682,14 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
     check_config(cfg)
     device = select_device(cfg.device)
     runs_dir = check_results_dir(runs_dir, "runs folder")
-    spec = cfg.corpus.get("sampled") if isinstance(cfg.corpus, dict) else None
-    if spec is not None:
-        if world is None or corpus_dir is not None:
-            raise ValueError("cfg.corpus is sampled_corpus(...): pass world= (the world to sample), not corpus_dir=")
-        for name in ("n_docs", "doc_length"):
-            v = spec.get(name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"cfg.corpus['sampled'][{name!r}] must be an integer >= 1, got {v!r}")
-    else:
-        if corpus_dir is None or world is not None:
-            raise ValueError("cfg.corpus names an existing corpus: pass corpus_dir=, not world=")
-        if corpus_identity(corpus_dir) != cfg.corpus:
-            raise ValueError(f"corpus_dir {str(corpus_dir)!r} is not the corpus that cfg.corpus describes "
-                             f"(build cfg with corpus=corpus_identity(corpus_dir))")
+    spec = _check_corpus_args(cfg, corpus_dir, world)
     run_dir = runs_dir / cfg.run_id()
     rank, _, _ = _ddp_env()
-    state, done, _ = _inspect(run_dir)
+    state, done, _ = inspect_run(run_dir)
     if state == "intact":
         return _finished_result(run_dir, done, rank, t0)
     if state == "fresh":
-        _check_resumable(run_dir, resume)
+        ensure_resumable(run_dir, resume)
     # an older or damaged finished run is settled by rank 0 under the lock; every rank looked
     # before any could change the folder (rank 0 passes init_distributed only once all have)
     discarded = state == "damaged"
@@ -810,12 +711,7 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
         try:
             note = ""
             if rank == 0:
-                note, discarded = _settle(run_dir)
-                prepare_run_dir(runs_dir, cfg, record)
-                if spec is not None and not (corpus_dir / "meta.json").is_file():
-                    write_corpus(world, corpus_dir, spec["n_docs"], spec["doc_length"], spec["seed"],
-                                 overwrite=True, config={"command": "train", "world": spec["world"]},
-                                 progress=sample_progress)
+                note, discarded = _ready_folder(runs_dir, cfg, record, spec, world, sample_progress)
             barrier()
             # Decided again under the lock: another run may have finished or checkpointed
             # between the checks above and taking the lock.  Every rank sees the same folder.
@@ -823,7 +719,7 @@ def run(cfg: TrainConfig, runs_dir, *, corpus_dir=None, world: World | None = No
             if done is not None:
                 return done
             resume = resume and not discarded
-            _check_resumable(run_dir, resume)
+            ensure_resumable(run_dir, resume)
             res = train(cfg, corpus_dir, run_dir, resume=resume, progress=tracked)
             res.note = note
         except KeyboardInterrupt:

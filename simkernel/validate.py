@@ -2,7 +2,7 @@
 
 Every check raises a one-line ``ValueError`` that names the Python argument, the value given
 and what is allowed: ``"n_prompts must be an integer >= 1, got 0"``.  The CLI maps argument
-names to its flags (``cli.speak_flags``), so the same message serves both.  Each check returns
+names to its flags (``cli.common.speak_flags``), so the same message serves both.  Each check returns
 the value normalised (a Python int, a sorted list of distinct ints, ...), so a caller writes
 ``n = check_int("n_prompts", n_prompts, 1)`` and uses ``n``.  numpy only; cheap to import.
 """

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simkernel import claims
+from simkernel import claims, metrics
 from simkernel.claims import base, c1, c2, c3, c4, c5, c6, c7
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,11 +278,11 @@ def test_spearman_ci_resamples_whole_worlds():
     x = np.concatenate([np.arange(4) + 10 * w for w in range(6)]).astype(float)
     y = np.concatenate([np.arange(4) - 10 * w for w in range(6)]).astype(float)
     units = np.repeat(np.arange(6), 4)
-    rho, lo, hi, P, W = base.spearman_ci(x, y, units, n_boot=400)
+    rho, lo, hi, P, W = metrics.spearman_ci(x, y, units, n_boot=400)
     assert (P, W) == (24, 6)
     assert -1 <= lo < hi <= 1 and hi - lo > 0.02
-    assert base.spearman_ci(np.arange(24.0), np.arange(24.0), units, n_boot=100)[:3] == pytest.approx((1, 1, 1))
-    assert math.isnan(base.spearman_ci(np.ones(8), np.arange(8), np.arange(8) // 2)[0])
+    assert metrics.spearman_ci(np.arange(24.0), np.arange(24.0), units, n_boot=100)[:3] == pytest.approx((1, 1, 1))
+    assert math.isnan(metrics.spearman_ci(np.ones(8), np.arange(8), np.arange(8) // 2)[0])
 
 
 # ---------------------------------------------------------------------- C4
@@ -412,7 +412,7 @@ def eff(world_means, worlds=None):
     """A phenomena effect dict with its per-world means (the CI over worlds computed as phenomena does)."""
     v = np.asarray(world_means, float)
     worlds = list(range(v.size)) if worlds is None else worlds
-    m, lo, hi, _ = base.unit_ci(v, worlds)
+    m, lo, hi, _ = metrics.unit_ci(v, worlds)
     return {"mean": m, "ci_low": lo, "ci_high": hi, "n_prompts": 200 * v.size, "n_worlds": v.size,
             "excludes_0": lo > 0 or hi < 0, "worlds": worlds, "world_means": v.tolist()}
 
@@ -491,7 +491,7 @@ def test_unit_ci_at_another_level_is_scipys_t_interval():
 
     v = np.array([0.3, 0.1, 0.25, 0.4, 0.05])
     for level in (0.95, 0.99, 1 - 0.05 / 6):
-        m, lo, hi, n = base.unit_ci(v, level=level)
+        m, lo, hi, n = metrics.unit_ci(v, level=level)
         want = stats.t.interval(level, v.size - 1, loc=v.mean(), scale=stats.sem(v))
         assert n == 5 and m == pytest.approx(v.mean())
         assert (lo, hi) == pytest.approx(want, rel=1e-9)
@@ -575,15 +575,15 @@ def test_overall_word_and_worst():
 
 
 def test_intervals():
-    m, lo, hi, n = base.unit_ci([1.0, 2.0, 3.0, np.nan], ["a", "b", "c", "d"])
+    m, lo, hi, n = metrics.unit_ci([1.0, 2.0, 3.0, np.nan], ["a", "b", "c", "d"])
     assert (m, n) == (2.0, 3) and lo < 2 < hi
-    m, lo, hi, n = base.unit_ci([1.0, 3.0], [5, 5])
+    m, lo, hi, n = metrics.unit_ci([1.0, 3.0], [5, 5])
     assert m == 2.0 and n == 1 and math.isnan(lo)
     with pytest.raises(ValueError, match="units"):
-        base.unit_ci([1.0, 2.0], ["a"])
-    est, lo, hi = base.ratio_ci([2.0, 2.2, 1.8, 2.0], [1.0, 1.1, 0.9, 1.0], n_boot=500)
+        metrics.unit_ci([1.0, 2.0], ["a"])
+    est, lo, hi = metrics.ratio_ci([2.0, 2.2, 1.8, 2.0], [1.0, 1.1, 0.9, 1.0], n_boot=500)
     assert est == pytest.approx(2.0) and lo <= 2.0 <= hi
-    g, lo, hi, n = base.log_ci([100.0, 10000.0, 1000.0])
+    g, lo, hi, n = metrics.log_ci([100.0, 10000.0, 1000.0])
     assert g == pytest.approx(1000.0) and lo < g < hi and n == 3
 
 
@@ -635,3 +635,24 @@ def test_judge_all_reports_a_missing_column_as_inconclusive():
     worlds = c1_worlds(8192).drop(columns="judged")
     got = {r.claim: r for r in claims.judge_all({"regime.worlds": worlds}, {})}
     assert got["C1"].verdict == base.INCONCLUSIVE and "lacks the column 'judged'" in got["C1"].text
+
+
+# ---------------------------------------------------------------------- figures
+@pytest.mark.parametrize("claim", ["C1", "C4"])
+def test_the_two_label_frequency_lines_differ_in_style(claim):
+    """The label frequencies' measured and predicted lines often coincide: they must not be the
+    same grey dashes."""
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    worlds = c1_worlds(8192) if claim == "C1" else c4_worlds([512.0, 1024.0, 2048.0])
+    result = (c1 if claim == "C1" else c4).verdict(worlds, c1_rows(worlds))
+    fig = Figure()
+    claims.get(claim).draw(result, fig)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    measured = lines["label frequencies: measured"]
+    predicted = next(ln for lab, ln in lines.items() if lab.startswith("label frequencies: predicted"))
+    look = lambda ln: (ln.get_linestyle(), to_hex(ln.get_color()), ln.get_marker())      # noqa: E731
+    assert look(measured)[0] != look(predicted)[0] and look(measured)[1] != look(predicted)[1]
+    assert look(measured)[2] not in ("None", "", None)
+    assert predicted.get_zorder() > measured.get_zorder()         # the prediction on top, where they coincide

@@ -90,7 +90,7 @@ def test_sample_corpus(tmp_path):
                                        "options": make_world("random", 2, n_states=3, n_symbols=6).meta["options"]}
     # an existing corpus is kept unless --overwrite
     r = run(["sample", "corpus", *TINY, "--n-docs", 3, "--doc-length", 5, "--out", out])
-    assert r.exit_code == 1 and "--overwrite" in r.stderr
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
     assert store.read_corpus(out).concepts.size == 7
     ok(["sample", "corpus", *TINY, "--n-docs", 3, "--doc-length", 5, "--out", out, "--overwrite"])
     assert store.read_corpus(out).concepts.size == 3
@@ -151,9 +151,9 @@ def test_bayes(tmp_path):
 
 
 def test_bayes_metrics_match_a_direct_computation(tmp_path, monkeypatch):
-    import simkernel.bayes
+    import simkernel.posterior
     from simkernel import icl_curve
-    monkeypatch.setattr(simkernel.bayes, "CHUNK", 5)           # 12 prompts in 3 chunks
+    monkeypatch.setattr(simkernel.posterior, "CHUNK", 5)           # 12 prompts in 3 chunks
     out = tmp_path / "b"
     ok(["bayes", *TINY, "--n-prompts", 12, "--n-demos", 2, "--seed", 3, "--out", out])
     w = make_world("random", 0, n_states=3, n_symbols=6)
@@ -193,33 +193,33 @@ def _bad_inputs(tmp_path):
     afile.write_text("x")
     full = out / "corpus"
     return [
-        # (args, text that the message must contain, exit code)
+        # (args, text that the message must contain, exit code: 2, each is about what was typed)
         (["world", "--seed", "abc", "--out", out / "w.npz"], "'abc'", 2),
         (["world", "--seed", "1.5", "--out", out / "w.npz"], "'1.5'", 2),
         (["world", "--seed", "-1", "--out", out / "w.npz"], "-1", 2),
         (["world", "--preset", "nope", "--out", out / "w.npz"], "'nope'", 2),
         (["world", "--set", "foo", "--out", out / "w.npz"], "expected NAME=VALUE, got 'foo'", 2),
-        (["world", "--set", "bogus=1", "--out", out / "w.npz"], "'bogus'", 1),
-        (["world", *TINY[:2], "--set", "n_states=many", "--out", out / "w.npz"], "'many'", 1),
-        (["world", "--from", tmp_path / "missing.npz", "--out", out / "w.npz"], "missing.npz", 1),
-        (["world", "--from", garbage, "--out", out / "w.npz"], "garbage.npz", 1),
+        (["world", "--set", "bogus=1", "--out", out / "w.npz"], "'bogus'", 2),
+        (["world", *TINY[:2], "--set", "n_states=many", "--out", out / "w.npz"], "'many'", 2),
+        (["world", "--from", tmp_path / "missing.npz", "--out", out / "w.npz"], "missing.npz", 2),
+        (["world", "--from", garbage, "--out", out / "w.npz"], "garbage.npz", 2),
         (["world", "--from", garbage, "--preset", "random"], "--preset", 2),
         (["world", "--out", out / "w.txt"], "'" + str(out / "w.txt") + "'", 2),
-        (["world", "--out", out / "missing" / "w.npz"], "does not exist", 1),
-        (["world", "--out", afile / "w.npz"], "is not a folder", 1),
+        (["world", "--out", out / "missing" / "w.npz"], "does not exist", 2),
+        (["world", "--out", afile / "w.npz"], "is not a folder", 2),
         (["bayes", *TINY, "--n-demos", "-1", "--out", out / "b"], "-1", 2),
         (["bayes", *TINY, "--example-length", "1", "--out", out / "b"], "1 is too small", 2),
         (["bayes", *TINY, "--n-prompts", "0", "--out", out / "b"], "0 is too small", 2),
-        (["bayes", *TINY, "--concept", "99", "--out", out / "b"], "--concept must be in 0..", 1),
-        (["bayes", "--world", tmp_path / "missing.npz", "--out", out / "b"], "missing.npz", 1),
+        (["bayes", *TINY, "--concept", "99", "--out", out / "b"], "--concept must be in 0..", 2),
+        (["bayes", "--world", tmp_path / "missing.npz", "--out", out / "b"], "missing.npz", 2),
         (["bayes", *TINY, "--world", garbage, "--out", out / "b"], "--preset", 2),
         (["bayes", *TINY, "--out", afile], "is a file", 2),
-        (["bayes", *TINY, "--out", afile / "b"], "not a folder", 1),
+        (["bayes", *TINY, "--out", afile / "b"], "not a folder", 2),
         (["sample", "prompts", *TINY, "--example-length", "x", "--out", out / "p.npz"], "'x'", 2),
-        (["sample", "prompts", *TINY, "--out", out / "missing" / "p.npz"], "does not exist", 1),
+        (["sample", "prompts", *TINY, "--out", out / "missing" / "p.npz"], "does not exist", 2),
         (["sample", "corpus", *TINY, "--n-docs", "0", "--out", full], "0 is too small", 2),
-        (["sample", "corpus", "--world", tmp_path / "missing.npz", "--out", full], "missing.npz", 1),
-        (["sample", "corpus", *TINY, "--out", afile / "c"], "is not a folder", 1),
+        (["sample", "corpus", "--world", tmp_path / "missing.npz", "--out", full], "missing.npz", 2),
+        (["sample", "corpus", *TINY, "--out", afile / "c"], "is not a folder", 2),
         (["sample", "corpus", *TINY, "--out", afile], "is a file", 2),
         (["sample", "nope"], "'nope'", 2),
         (["nope"], "'nope'", 2),
@@ -240,6 +240,89 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path):
     assert not problems, "\n".join(map(str, problems))
 
 
+def _leaf_commands():
+    """(argv prefix, command) of every command that runs something, subcommands included."""
+    import click
+
+    from simkernel.cli import main
+
+    todo, out = [((), main)], []
+    while todo:
+        path, cmd = todo.pop()
+        if isinstance(cmd, click.Group):
+            todo += [((*path, name), sub) for name, sub in cmd.commands.items()]
+        else:
+            out.append((path, cmd))
+    return sorted(out, key=lambda pc: pc[0])
+
+
+def test_every_command_exits_2_on_what_was_typed(tmp_path):
+    """In every command, an unknown flag and a malformed number exit with status 2 in one line,
+    and so does a value the library rejects as an argument (a named file that is not there, an
+    unknown preset option, an index out of range): the same status whichever layer rejects it."""
+    import click
+
+    leaves = _leaf_commands()
+    assert len(leaves) >= 15
+    problems = []
+
+    def check(args, needle=None):
+        r = run(args)
+        msg = r.stderr.strip()
+        if r.exit_code != 2 or len(msg.splitlines()) != 1 or not msg.startswith("error: ") or \
+                (needle is not None and needle not in msg):
+            problems.append((args, r.exit_code, msg))
+
+    for path, cmd in leaves:
+        check([*path, "--no-such-flag"], "--no-such-flag")
+        ints = [p for p in cmd.params if isinstance(p, click.Option) and isinstance(p.type, click.ParamType)
+                and p.type.name == "integer" and not p.multiple]
+        if ints:
+            check([*path, ints[0].opts[0], "x"], "'x'")
+    missing = tmp_path / "missing"
+    for args, needle in [
+            (["world", "--set", "n_stats=3"], "did you mean 'n_states'?"),
+            (["sample", "prompts", *TINY, "--concept", "99", "--out", tmp_path / "p.npz"], "--concept"),
+            (["bayes", *TINY, "--concept", "99", "--out", tmp_path / "b"], "--concept"),
+            (["converge", *TINY, "--concepts", "99", "--out", tmp_path / "c"], "--concepts"),
+            (["regime", "--set", "bogus=1", "--out", tmp_path / "r"], "'bogus'"),
+            (["phenomena", "labels", "--quick", "--param", "fractions=0,2", "--out", tmp_path / "ph"], "fractions"),
+            (["train", "--corpus", missing], "missing"),
+            (["icl-eval", "--run", missing], "missing"),
+            (["measure", "--checkpoint", missing], "missing"),
+            (["plot", "convergence", missing], "missing"),
+            (["plot", "sweep", missing, "--x", "n_demos", "--y", "tv"], "missing"),
+            (["sweep", tmp_path / "missing.toml"], "missing.toml"),
+            (["sweep", tmp_path, "--verify", "--out", tmp_path / "s"], "once")]:
+        check(args, needle)
+    assert not problems, "\n".join(map(str, problems))
+    assert entries(tmp_path) == []
+
+
+def test_a_value_error_is_about_arguments_where_it_was_raised():
+    """The rule behind the exit status: a ValueError raised by a check (simkernel.validate, a
+    library run()'s own checks at its top, a check_* function) is about the arguments (2); one
+    raised deeper, inside a computation, is a failure of the run (1)."""
+    from simkernel.cli.common import checking_arguments, is_argument_error
+    from simkernel.validate import check_int
+
+    def caught(f):
+        try:
+            f()
+        except ValueError as e:
+            return e
+        raise AssertionError("no ValueError")
+
+    assert is_argument_error(caught(lambda: check_int("n_prompts", 0, 1)))
+    assert not is_argument_error(caught(lambda: int("x")))          # raised outside simkernel
+    assert not is_argument_error(ValueError("never raised"))
+
+    def inside():
+        with checking_arguments():
+            int("x")
+    assert is_argument_error(caught(inside))
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
                     reason="root can write into read-only folders")
 def test_unwritable_out(tmp_path):
@@ -250,7 +333,7 @@ def test_unwritable_out(tmp_path):
         for args in (["world", "--out", ro / "w.npz"], ["bayes", *TINY, "--out", ro / "b"],
                      ["sample", "corpus", *TINY, "--out", ro / "c"]):
             r = run(args)
-            assert r.exit_code == 1 and "not writable" in r.stderr, (args, r.stderr)
+            assert r.exit_code == 2 and "not writable" in r.stderr, (args, r.stderr)
     finally:
         ro.chmod(0o700)
 
@@ -265,7 +348,7 @@ def test_unwritable_out_simulated(tmp_path, monkeypatch):
                  ["sample", "corpus", *TINY, "--out", tmp_path / "c"],
                  ["sample", "prompts", *TINY, "--out", tmp_path / "p.npz"]):
         r = run(args)
-        assert r.exit_code == 1, (args, r.stderr)
+        assert r.exit_code == 2, (args, r.stderr)
         assert r.stderr.strip() == (f"error: cannot write {str(args[-1])!r}: folder {str(tmp_path)!r} "
                                     f"is not writable (Permission denied)")
     assert entries(tmp_path) == []
@@ -299,12 +382,12 @@ def test_ctrl_c_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_failed_bayes_writes_nothing(tmp_path, monkeypatch):
-    import simkernel.bayes
+    import simkernel.posterior
 
     def broken(*a, **k):
         raise ValueError("row 0 has probability 0 under every concept")
 
-    monkeypatch.setattr(simkernel.bayes, "icl_curve", broken)
+    monkeypatch.setattr(simkernel.posterior, "icl_curve", broken)
     r = run(["bayes", *TINY, "--n-prompts", 4, "--n-demos", 1, "--out", tmp_path / "runs" / "b"])
     assert r.exit_code == 1 and "probability 0" in r.stderr
     assert entries(tmp_path) == []
@@ -375,9 +458,9 @@ def test_phenomena_command_quick_and_its_errors(tmp_path):
     assert meta["n_worlds"] == 2 and meta["verdict"]["text"] in r.output
     bad = tmp_path / "bad"
     for args, needle, code in ((["phenomena", "sideways"], "sideways", 2),
-                               (["phenomena", "labels", "--quick", "--param", "fractions=0,2"], "fractions", 1),
-                               (["phenomena", "retrieval", "--quick", "--param", "bandwidths=0"], "bandwidths", 1),
-                               (["phenomena", "order", "--quick", "--param", "colour=red"], "colour", 1)):
+                               (["phenomena", "labels", "--quick", "--param", "fractions=0,2"], "fractions", 2),
+                               (["phenomena", "retrieval", "--quick", "--param", "bandwidths=0"], "bandwidths", 2),
+                               (["phenomena", "order", "--quick", "--param", "colour=red"], "colour", 2)):
         res = run([*args, "--out", bad])
         msg = res.stderr.strip()
         assert res.exit_code == code and msg.startswith("error: ") and len(msg.splitlines()) == 1, msg

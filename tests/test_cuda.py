@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 
 from simkernel import icl_eval, make_world  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
+from simkernel import runs  # noqa: E402
 from simkernel import train as tr  # noqa: E402
 from simkernel.alignment import examples_from_prompts  # noqa: E402
 from simkernel.capture import capture  # noqa: E402
@@ -52,8 +53,8 @@ def test_training_on_cuda_follows_the_cpu_run(tmp_path):
     """Same seed, same batches: the losses of a few steps agree to float32 round-off."""
     cpu_dir, _ = _train(tmp_path / "cpu", "cpu")
     gpu_dir, _ = _train(tmp_path / "gpu", "cuda")
-    cpu = [r["val_loss"] for r in tr.read_metrics(cpu_dir)]
-    gpu = [r["val_loss"] for r in tr.read_metrics(gpu_dir)]
+    cpu = [r["val_loss"] for r in runs.read_metrics(cpu_dir)]
+    gpu = [r["val_loss"] for r in runs.read_metrics(gpu_dir)]
     assert len(cpu) == len(gpu) >= 2
     np.testing.assert_allclose(gpu, cpu, rtol=2e-3)
     assert gpu[-1] < gpu[0]

@@ -473,7 +473,7 @@ def test_cli_plot_icl_redraws_from_the_tables(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run(["plot", "icl", tmp_path / "empty", "--out", tmp_path / "nothing"])
     msg = r.stderr.strip()
-    assert r.exit_code == 1 and len(msg.splitlines()) == 1 and msg.startswith("error: ")
+    assert r.exit_code == 2 and len(msg.splitlines()) == 1 and msg.startswith("error: ")
     assert "icl_vs_bayes.csv" in msg and not (tmp_path / "nothing").exists()
 
 
@@ -508,17 +508,17 @@ def test_cli_default_out_is_the_run_folder(run_dir):
 @pytest.mark.parametrize("case", ["missing", "no_checkpoint", "bad_n", "no_world"])
 def test_cli_bad_input_one_line(case, tmp_path, run_dir):
     if case == "missing":
-        args, needle, code = ["--run", tmp_path / "nope"], "does not exist", 1
+        args, needle, code = ["--run", tmp_path / "nope"], "does not exist", 2
     elif case == "no_checkpoint":
         (tmp_path / "empty").mkdir()
-        args, needle, code = ["--run", tmp_path / "empty"], "has no checkpoint", 1
+        args, needle, code = ["--run", tmp_path / "empty"], "has no checkpoint", 2
     elif case == "bad_n":
         args, needle, code = ["--run", run_dir, "--n-demos", "1,-2"], "negative", 2
     else:
         import shutil
         d = tmp_path / "copy"
         shutil.copytree(run_dir / "checkpoint", d / "checkpoint")
-        args, needle, code = ["--run", d], "world.npz", 1
+        args, needle, code = ["--run", d], "world.npz", 2
     r = run(["icl-eval", *args, "--out", tmp_path / "o"])
     msg = r.stderr.strip()
     assert r.exit_code == code and len(msg.splitlines()) == 1 and msg.startswith("error: ") and needle in msg, msg

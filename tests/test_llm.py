@@ -23,7 +23,7 @@ pytest.importorskip("tokenizers")
 from cli_helpers import ok, run  # noqa: E402
 from llm_helpers import flip_in_member  # noqa: E402
 
-from simkernel import analysis, capture, llm, textdata  # noqa: E402
+from simkernel import analysis, cache, capture, hf, llm, textdata  # noqa: E402
 from simkernel.store import publish  # noqa: E402
 
 SAMPLE = textdata.sample_data_path("sst2_sample.tsv")
@@ -50,7 +50,7 @@ def same_tables(a, b):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_llm_dir):
-    model, tok = llm.load_model(str(tiny_llm_dir), device="cpu")
+    model, tok = hf.load_model(str(tiny_llm_dir), device="cpu")
     return model, tok
 
 
@@ -95,7 +95,7 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although its outputs are cached")
 
-    monkeypatch.setattr(llm, "load_model", no_model)
+    monkeypatch.setattr(hf, "load_model", no_model)
     # no model is needed, so --device cuda is not checked (there may be no GPU), and llm.json
     # reports the device, dtype and batch size the cached outputs were computed with
     r2 = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out, "--weight", "label",
@@ -120,8 +120,8 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
     for damage, why in ((lambda f: flip_in_member(f, "attn.npy"), "BadZipFile: Bad CRC-32 for file 'attn.npy'"),
                         (lambda f: f.write_bytes(f.read_bytes()[:1000]), "BadZipFile")):
         damage(caches[0])
-        with pytest.raises(llm.CacheUnreadable):
-            llm.load_outputs(caches[0])
+        with pytest.raises(cache.CacheUnreadable):
+            llm.load_text_outputs(caches[0])
         r4 = ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
         assert f"the cache file {caches[0].name} could not be read ({why}" in r4.stdout
         assert "): recomputed" in r4.stdout and "computed and cached" in r4.stdout
@@ -130,7 +130,7 @@ def test_cli_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkeypatch)
         assert meta4["cache"]["cache_hit"] is False and meta4["cache"]["model_loaded"] is True
         assert meta4["summary"] == meta["summary"] and {name: (out / name).read_text() for name in TABLES} == first
         assert sorted(out.glob("outputs-*.npz")) == caches
-        llm.load_outputs(caches[0])                      # replaced by a readable file
+        llm.load_text_outputs(caches[0])                      # replaced by a readable file
     ok(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out])
     meta5 = json.loads((out / "llm.json").read_text())
     assert meta5["cache"]["cache_hit"] is True and meta5["cache"]["cache_damaged"] is None
@@ -198,8 +198,8 @@ def test_cache_round_trip_and_held_out_selection(tiny, sample, tmp_path):
     model, tok = tiny
     outputs = llm.compute(model, tok, sample, 4, "random", 0, n_examples=40, batch_size=8, probe_layers=[1])
     assert outputs.capture.keys.shape[3] == 1 and list(outputs.probe_layers) == [1]
-    path = llm.save_outputs(tmp_path / "o.npz", outputs)
-    back = llm.load_outputs(path)
+    path = llm.save_text_outputs(tmp_path / "o.npz", outputs)
+    back = llm.load_text_outputs(path)
     np.testing.assert_array_equal(back.capture.attn, outputs.capture.attn)       # float16 both times
     np.testing.assert_array_equal(back.capture.keys, outputs.capture.keys)
     np.testing.assert_array_equal(back.capture.values, outputs.capture.values)
@@ -253,58 +253,58 @@ def test_separate_pool_runs_test_texts_and_pool_texts_alone(tiny, sample):
 def test_cache_key_covers_what_changes_the_outputs(tmp_path):
     base = dict(n_demos=8, mode="random", seed=0, n_examples=1000, dtype="bfloat16", probe_layers="auto")
     model, data = {"hub_id": "EleutherAI/gpt-j-6b", "revision": None, "commit": "abc"}, {"task": "sst2"}
-    k = llm.cache_key(model, data, **base)
-    assert k == llm.cache_key(dict(model), dict(data), **base)
+    k = cache.cache_key(model, data, **base)
+    assert k == cache.cache_key(dict(model), dict(data), **base)
     for change in (dict(seed=1), dict(n_demos=4), dict(mode="balanced"), dict(n_examples=10),
                    dict(dtype="float32"), dict(probe_layers=[3]), dict(max_text_tokens=64)):
-        assert llm.cache_key(model, data, **{**base, **change}) != k, change
-    assert llm.cache_key(dict(model, commit="def"), data, **base) != k
-    assert llm.cache_key(model, {"task": "mnli"}, **base) != k
+        assert cache.cache_key(model, data, **{**base, **change}) != k, change
+    assert cache.cache_key(dict(model, commit="def"), data, **base) != k
+    assert cache.cache_key(model, {"task": "mnli"}, **base) != k
     # the revision is part of the model's identity
-    where = llm.resolve_model("gpt-j-6b")
-    assert (llm.cache_key(llm.model_identity(where, "float16"), data, **base)
-            != llm.cache_key(llm.model_identity(where, None), data, **base))
+    where = hf.resolve_model("gpt-j-6b")
+    assert (cache.cache_key(hf.model_identity(where, "float16"), data, **base)
+            != cache.cache_key(hf.model_identity(where, None), data, **base))
     # editing the data file changes the key; the same contents in place keep it
     f = tmp_path / "d.tsv"
     f.write_text(SAMPLE.read_text())
     spec = llm.DataSpec(path=str(f))
-    k1 = llm.cache_key(model, spec.identity(), **base)
-    assert llm.cache_key(model, spec.identity(), **base) == k1
+    k1 = cache.cache_key(model, spec.identity(), **base)
+    assert cache.cache_key(model, spec.identity(), **base) == k1
     f.write_text(SAMPLE.read_text().replace("\t0\n", "\t1\n", 1))
-    assert llm.cache_key(model, spec.identity(), **base) != k1
+    assert cache.cache_key(model, spec.identity(), **base) != k1
     # dtype auto keys as what it resolves to
-    assert llm.planned_dtype("auto", "cuda") == "bfloat16" and llm.planned_dtype("auto", "cpu") == "float32"
-    assert llm.planned_dtype("auto", "cpu", device_map="auto") == "bfloat16"
-    assert llm.planned_dtype("fp16", "cpu") == "float16"
+    assert hf.planned_dtype("auto", "cuda") == "bfloat16" and hf.planned_dtype("auto", "cpu") == "float32"
+    assert hf.planned_dtype("auto", "cpu", device_map="auto") == "bfloat16"
+    assert hf.planned_dtype("fp16", "cpu") == "float16"
 
 
 def test_damaged_cache_file_is_a_one_line_value_error(tiny, sample, tmp_path):
     model, tok = tiny
     outputs = llm.compute(model, tok, sample, 2, test_ids=np.arange(4), probe_layers="none")
-    path = llm.save_outputs(tmp_path / "outputs-x.npz", outputs)
+    path = llm.save_text_outputs(tmp_path / "outputs-x.npz", outputs)
     data = path.read_bytes()
     for damaged in (data[:len(data) // 2], b"not a zip file at all", b""):
         path.write_bytes(damaged)
         with pytest.raises(ValueError, match="delete the file to recompute") as e:
-            llm.load_outputs(path)
+            llm.load_text_outputs(path)
         assert "outputs-x.npz" in str(e.value) and "\n" not in str(e.value)
-        assert isinstance(e.value, llm.CacheUnreadable)
-        assert llm.read_cache(path, llm.load_outputs) == (None, e.value.reason)
+        assert isinstance(e.value, cache.CacheUnreadable)
+        assert cache.read_cache(path, llm.load_text_outputs) == (None, e.value.reason)
         assert e.value.reason.split(":")[0] in ("BadZipFile", "EOFError", "ValueError")
-    assert llm.read_cache(tmp_path / "absent.npz", llm.load_outputs) == (None, None)
-    llm.save_outputs(path, outputs)
-    back, why = llm.read_cache(path, llm.load_outputs)
+    assert cache.read_cache(tmp_path / "absent.npz", llm.load_text_outputs) == (None, None)
+    llm.save_text_outputs(path, outputs)
+    back, why = cache.read_cache(path, llm.load_text_outputs)
     assert why is None and np.array_equal(back.capture.attn, outputs.capture.attn)
     flip_in_member(path, "attn.npy")
-    assert llm.read_cache(path, llm.load_outputs) == (None, "BadZipFile: Bad CRC-32 for file 'attn.npy'")
+    assert cache.read_cache(path, llm.load_text_outputs) == (None, "BadZipFile: Bad CRC-32 for file 'attn.npy'")
 
 
 def test_missing_transformers_is_one_line(monkeypatch, tiny_llm_dir):
     for module in ("transformers", "huggingface_hub", "huggingface_hub.constants"):
         monkeypatch.setitem(sys.modules, module, None)           # import raises ModuleNotFoundError
-    for call in (lambda: llm.load_tokenizer(str(tiny_llm_dir)), lambda: llm.load_config(str(tiny_llm_dir)),
-                 lambda: llm.load_model(str(tiny_llm_dir), device="cpu"),
-                 lambda: llm.hub_commit("EleutherAI/gpt-j-6b")):
+    for call in (lambda: hf.load_tokenizer(str(tiny_llm_dir)), lambda: hf.load_config(str(tiny_llm_dir)),
+                 lambda: hf.load_model(str(tiny_llm_dir), device="cpu"),
+                 lambda: hf.hub_commit("EleutherAI/gpt-j-6b")):
         with pytest.raises(ValueError, match=r"pip install 'simkernel\[llm\]'"):
             call()
 
@@ -319,9 +319,9 @@ def test_download_hint_only_for_missing_files():
         except LocalEntryNotFoundError as inner:
             raise OSError("We couldn't connect to 'https://huggingface.co' to load the files") from inner
     except OSError as e:
-        missing = str(llm._unavailable(hub, None, e))
+        missing = str(hf._unavailable(hub, None, e))
     assert "not available offline" in missing and "hf download EleutherAI/gpt-j-6b" in missing
-    other = str(llm._unavailable(hub, "float16", ValueError("Unrecognized model type 'foo' in config.json\nmore")))
+    other = str(hf._unavailable(hub, "float16", ValueError("Unrecognized model type 'foo' in config.json\nmore")))
     assert "download" not in other and "offline" not in other
     assert other == ("cannot load model 'EleutherAI/gpt-j-6b' (revision float16): ValueError: "
                      "Unrecognized model type 'foo' in config.json")
@@ -331,7 +331,7 @@ def test_prompt_errors_come_before_the_weights(tiny_llm_dir, tmp_path, monkeypat
     def no_model(*args, **kwargs):
         raise AssertionError("the weights were loaded before the prompts were checked")
 
-    monkeypatch.setattr(llm, "load_model", no_model)
+    monkeypatch.setattr(hf, "load_model", no_model)
     out = tmp_path / "run"
     base = ["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--out", out]
     for extra, fragments in (
@@ -356,12 +356,12 @@ def test_publish_removes_a_stale_figure(tmp_path):
 
 
 def test_probe_layers_auto_fits_the_budget():
-    assert llm.probe_layer_list("auto", 2, 1000) == [0, 1]
-    big = llm.probe_layer_list("auto", 28, llm.PROBE_BUDGET // 3)
+    assert capture.probe_layer_list("auto", 2, 1000) == [0, 1]
+    big = capture.probe_layer_list("auto", 28, capture.PROBE_BUDGET // 3)
     assert len(big) == 3 and 0 < big[0] and big[-1] < 27
-    assert llm.probe_layer_list("none", 28, 1) == [] and llm.probe_layer_list("all", 3, 10**12) == [0, 1, 2]
+    assert capture.probe_layer_list("none", 28, 1) == [] and capture.probe_layer_list("all", 3, 10**12) == [0, 1, 2]
     with pytest.raises(ValueError, match="layers 0..27"):
-        llm.probe_layer_list([28], 28, 1)
+        capture.probe_layer_list([28], 28, 1)
 
 
 def one_error_line(result, *fragments):
@@ -403,13 +403,13 @@ def test_model_folder_without_a_tokenizer_is_one_line(tiny_llm_dir, tmp_path):
 def test_bad_inputs_are_one_line(tiny_llm_dir, tmp_path):
     out = tmp_path / "run"
     r = run(["llm", "--model", tmp_path / "nope" / "model", "--data", SAMPLE, "--out", out])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     one_error_line(r, "does not exist")
     r = run(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--text-column", "review", "--out", out])
     assert r.exit_code == 1
     one_error_line(r, "no column 'review'", "sentence")
     r = run(["llm", "--model", tiny_llm_dir, "--data", SAMPLE, "--label-words", "Good,Good", "--out", out])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     one_error_line(r, "'Good' is given twice")
     bad = tmp_path / "bad.txt"
     bad.write_text("x\n")
@@ -432,20 +432,20 @@ def test_bad_inputs_are_one_line(tiny_llm_dir, tmp_path):
 
 
 def test_resolve_model_folders_aliases_hub_ids_and_bad_paths(tiny_llm_dir, tmp_path):
-    where = llm.resolve_model(str(tiny_llm_dir))
+    where = hf.resolve_model(str(tiny_llm_dir))
     assert where["local"] and where["id"] == str(Path(tiny_llm_dir).resolve())
-    assert llm.resolve_model("gpt-j-6b") == {"name": "gpt-j-6b", "id": "EleutherAI/gpt-j-6b", "local": False}
-    assert llm.resolve_model("org/model")["id"] == "org/model"
+    assert hf.resolve_model("gpt-j-6b") == {"name": "gpt-j-6b", "id": "EleutherAI/gpt-j-6b", "local": False}
+    assert hf.resolve_model("org/model")["id"] == "org/model"
     with pytest.raises(ValueError, match="does not exist"):
-        llm.resolve_model(str(tmp_path / "missing"))
+        hf.resolve_model(str(tmp_path / "missing"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is not a folder"):
-        llm.resolve_model(str(tmp_path / "file"))
+        hf.resolve_model(str(tmp_path / "file"))
 
 
 def test_cheap_names_agree_with_the_modules():
     """The CLI's --help reads task, mode and dtype names from simkernel.constants (no transformers
-    import); they must be the ones textdata and llm implement."""
-    from simkernel import constants, llm, textdata
+    import); they must be the ones textdata and hf implement."""
+    from simkernel import constants, hf, textdata
     assert constants.TEXT_TASKS == tuple(textdata.TASKS)
-    assert constants.DEMO_MODES == textdata.MODES and constants.LLM_DTYPES == llm.DTYPES
+    assert constants.DEMO_MODES == textdata.MODES and constants.LLM_DTYPES == hf.DTYPES

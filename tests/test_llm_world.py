@@ -24,7 +24,8 @@ torch = pytest.importorskip("torch")
 from conftest import brute_prob, worlds  # noqa: E402
 from llm_helpers import flip_in_member, save_tiny_gptj, train_tokenizer  # noqa: E402
 
-from simkernel import bayes, llm, llm_world, presets, render  # noqa: E402
+from simkernel import bayes, hf, llm_world, presets, render  # noqa: E402
+from simkernel.cache import CacheUnreadable, cache_key  # noqa: E402
 from simkernel.alignment import examples_from_prompts  # noqa: E402
 from simkernel.sampling import sample_prompts  # noqa: E402
 
@@ -209,12 +210,12 @@ def test_tiny_gptj_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkey
     sym = meta["worlds"]["random-0"]["symbols"]
     assert render.SymbolMap.from_dict(sym).strings[0] == "\n"
     assert meta["cache"]["model_loaded"] is True and meta["cache"]["hits"] == [False, False]
-    # the cache file is named by llm.cache_key over the model, the world and the prompt settings
+    # the cache file is named by cache.cache_key over the model, the world and the prompt settings
     ns = list(SMALL["n_demos"])
     spec = llm_world.load_worlds("random", (0,))[0]
     data = llm_world.data_identity(spec, ns=ns, example_length=3, concepts="prior", n_docs=SMALL["n_docs"],
                                    doc_length=SMALL["doc_length"], symbols=None, inside=True)
-    key = llm.cache_key(llm.model_identity(llm.resolve_model(str(tiny_llm_dir))), data, n_demos=max(ns),
+    key = cache_key(hf.model_identity(hf.resolve_model(str(tiny_llm_dir))), data, n_demos=max(ns),
                         mode="world", seed=0, n_examples=SMALL["n_prompts"], dtype="float32", probe_layers="auto",
                         offsets=llm_world.probe_offsets(3))
     assert (cache / f"outputs-{key}.npz").is_file()
@@ -225,8 +226,8 @@ def test_tiny_gptj_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkey
     def no_model(*a, **k):
         raise AssertionError("a cached run must not load anything of the model")
 
-    monkeypatch.setattr(llm, "load_model", no_model)
-    monkeypatch.setattr(llm, "load_tokenizer", no_model)
+    monkeypatch.setattr(hf, "load_model", no_model)
+    monkeypatch.setattr(hf, "load_tokenizer", no_model)
     again = llm_world.run(str(tiny_llm_dir), **kw)
     assert again.meta["cache"]["hits"] == [True, True]
     assert json.dumps(again.icl) == json.dumps(res.icl)
@@ -238,7 +239,7 @@ def test_tiny_gptj_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkey
     # loaded again), its file replaced, the run says so, and every number is the first run's
     monkeypatch.undo()
     spec1 = llm_world.load_worlds("random", (1,))[0]
-    key1 = llm.cache_key(llm.model_identity(llm.resolve_model(str(tiny_llm_dir))),
+    key1 = cache_key(hf.model_identity(hf.resolve_model(str(tiny_llm_dir))),
                          llm_world.data_identity(spec1, ns=ns, example_length=3, concepts="prior",
                                                  n_docs=SMALL["n_docs"], doc_length=SMALL["doc_length"],
                                                  symbols=None, inside=True),
@@ -246,8 +247,8 @@ def test_tiny_gptj_end_to_end_then_from_the_cache(tiny_llm_dir, tmp_path, monkey
                          probe_layers="auto", offsets=llm_world.probe_offsets(3))
     damaged = cache / f"outputs-{key1}.npz"
     flip_in_member(damaged, "doc_logp.npy")
-    with pytest.raises(llm.CacheUnreadable):
-        llm_world.load_outputs(damaged)
+    with pytest.raises(CacheUnreadable):
+        llm_world.load_world_outputs(damaged)
     third = llm_world.run(str(tiny_llm_dir), **kw)
     why = "BadZipFile: Bad CRC-32 for file 'doc_logp.npy'"
     assert third.meta["cache"]["hits"] == [True, False] and third.meta["cache"]["model_loaded"] is True
@@ -266,7 +267,7 @@ def test_bad_input_fails_before_any_weights_load_and_writes_nothing(tiny_llm_dir
     def no_weights(*a, **k):
         raise AssertionError("weights were loaded before the arguments were checked")
 
-    monkeypatch.setattr(llm, "load_model", no_weights)
+    monkeypatch.setattr(hf, "load_model", no_weights)
     cache = tmp_path / "cache"
     cases = [
         (dict(preset="random", overrides={"n_symbols": 400, "n_states": 2}), "offers only"),

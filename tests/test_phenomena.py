@@ -109,7 +109,7 @@ def test_order_run_quick():
     assert res.verdict["checks"]["passed"]
     assert res.verdict["checks"]["restart_bayes_max_tv"] < ph.INVARIANCE_TOL
     rows = {(r["setting"], r["n_demos"], r["predictor"], r["metric"]): r for r in res.rows}
-    n = max(ph._PARAMS["order"]["n_demos"][1])
+    n = max(ph.defaults("order", quick=True)["n_demos"])
     # restart-free Bayes is order sensitive on these prompts; the frequency vote is not (counts)
     assert rows[("restart-free", n, "bayes", "tv_perm")]["mean"] > 1e-3
     assert rows[("restart-free", n, "frequency", "tv_perm")]["mean"] == 0.0

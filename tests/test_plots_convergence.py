@@ -210,7 +210,7 @@ def test_panels_say_what_they_plot(tmp_path, drawn):
     assert "∞" not in [t.get_text() for t in ax2.get_xticklabels()]
     # the frequency baseline is dashed, the kernels solid
     styles = {ln.get_label(): ln.get_linestyle() for ln in ax1.get_lines()}
-    assert styles["theory"] == "-" and styles[plots_conv._KERNEL_LABELS["frequency"]] == "--"
+    assert styles["theory"] == "-" and styles[plots_conv.KERNEL_LABELS["frequency"]] == "--"
 
 
 # ---------------------------------------------------------------------- bad tables: one-line errors
@@ -303,3 +303,75 @@ def test_load_errors_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="lacks column 'kernel'") as e:
         plots.load_convergence(tmp_path)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------- the figure bugs a new user found
+def lines_by_label(ax):
+    return {ln.get_label(): ln for ln in ax.get_lines()}
+
+
+def test_theory_is_drawn_over_the_oracle_and_both_stay_visible(tmp_path, drawn):
+    rows = [dict(r, kernel="oracle") for r in new_rows() if r["kernel"] == "frequency"] + new_rows()
+    plots.plot_convergence(rows, {}, tmp_path / "f.png")
+    ax1 = drawn[0].axes[0]
+    got = lines_by_label(ax1)
+    theory, oracle = got["theory"], got[plots_conv.KERNEL_LABELS["oracle"]]
+    # the thin theory line on top, the oracle a wider, pale stroke beneath it
+    assert theory.get_zorder() > oracle.get_zorder()
+    assert oracle.get_linewidth() >= 3 * theory.get_linewidth()
+    assert oracle.get_alpha() is not None and oracle.get_alpha() < 1 and theory.get_alpha() in (None, 1)
+    assert theory.get_linestyle() == "-"
+
+
+def legend_markers(ax, marker):
+    """The colours of the legend's markers of this shape (tuple handles draw one per colour)."""
+    from matplotlib.colors import to_hex
+    from matplotlib.lines import Line2D
+
+    return [to_hex(ln.get_color()) for ln in ax.get_legend().findobj(Line2D) if ln.get_marker() == marker]
+
+
+def test_inf_legend_markers_have_the_colours_of_the_inf_points(tmp_path, drawn):
+    from matplotlib.colors import to_hex
+
+    plots.plot_convergence(new_rows(), new_fits(), tmp_path / "f.png")
+    ax1, _ax2, ax3 = drawn[0].axes
+    kernels = {to_hex(plots_conv.KERNEL_COLOURS[k]) for k in KERNELS}
+    black = to_hex("black")
+    for ax in (ax1, ax3):
+        assert any(t.get_text().startswith("∞:") for t in ax.get_legend().get_texts())
+        # the ∞ points themselves: diamonds or ▼ right of the largest n
+        points = {to_hex(ln.get_color()) for ln in ax.get_lines() if ln.get_marker() in ("D", "v")
+                  and ln.get_xdata().size and ln.get_xdata()[0] > max(NS)}
+        shown = set(legend_markers(ax, "D") + legend_markers(ax, "v"))
+        # no stand-in colour: the legend's markers are the points' colours, every kernel's among them
+        assert shown <= points and kernels <= shown, (shown, points)
+    # panel 1: theory's limit is 0 (a ▼ on the foot), frequency's a diamond
+    assert set(legend_markers(ax1, "v")) == {to_hex(plots_conv.KERNEL_COLOURS["theory"])}
+    # panel 3: black only for exact Bayes' own line, whose diamond at ∞ is the oracle's accuracy
+    assert set(legend_markers(ax3, "D")) == kernels | {black}
+
+
+def test_a_reference_that_leaves_the_panel_says_so(tmp_path, drawn):
+    plots.plot_convergence(new_rows(), new_fits(), tmp_path / "f.png")
+    ax1 = drawn[0].axes[0]
+    bottom = ax1.get_ylim()[0]
+    ref = next(ln for ln in ax1.get_lines() if ln.get_label().startswith("exact Bayes vs the oracle"))
+    first_below = next(n for n, y in zip(ref.get_xdata(), ref.get_ydata()) if y < bottom)
+    assert f"below the panel from n = {first_below:g} on" in ref.get_label()
+    # and a ▼ on the panel's foot where it leaves
+    assert any(ln.get_marker() == "v" and list(ln.get_xdata()) == [first_below] for ln in ax1.get_lines())
+
+
+def test_sampling_panel_legend_says_what_was_fitted(tmp_path, drawn):
+    plots.plot_convergence(new_rows(), new_fits(), tmp_path / "a.png")
+    legend = drawn[-1].axes[1].get_legend()
+    # the fits have no floor (fixed at 0 against an exact limit): no "+ floor" claimed
+    assert legend.get_title().get_text() == "dotted: fitted a·n^slope, n = 2..8"
+    assert not any("floor" in t.get_text() for t in legend.get_texts())
+    fits = new_fits()
+    fits["theory/normalised"].update(floor=0.01, with_floor=True)
+    plots.plot_convergence(new_rows(), fits, tmp_path / "b.png")
+    legend = drawn[-1].axes[1].get_legend()
+    assert legend.get_title().get_text() == "dotted: fitted a·n^slope + floor, n = 2..8"
+    assert any(t.get_text() == "theory: slope -0.50, floor 0.01" for t in legend.get_texts())

@@ -301,7 +301,7 @@ def test_cli_writes_files_prints_the_regime_and_refuses_bad_worlds(tmp_path):
     assert {(w["kernel"], w["estimator"]) for w in worlds} == {("theory", "normalised"), ("theory", "averaged"),
                                                                  ("frequency", "normalised")}
     bad = run(["regime", "--preset", "random", "--set", "restart=false", "--n-prompts", 5, "--out", tmp_path / "x"])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2
     assert bad.output.strip().splitlines() == [bad.output.strip()] and "restart world" in bad.output
     assert not (tmp_path / "x" / "regime.csv").exists()
 

@@ -246,3 +246,36 @@ def test_page_in_headless_chromium(written, tmp_path):
         (tmp_path / "moved.png").rename(out / results[0].figure)
 
 
+
+
+# ---------------------------------------------------------------------- where a report may go
+def test_run_refuses_an_out_that_is_not_a_report_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("x")
+    ran = []
+    monkeypatch.setattr(report, "battery", lambda quick: ran.append(quick))
+    for out in ("/", str(tmp_path / "home"), "~", ".", str(tmp_path), "notes", "a-file"):
+        with pytest.raises(ValueError, match=r"^out must ") as e:
+            report.run(quick=True, out=out)
+        assert "\n" not in str(e.value) and repr(out) in str(e.value)
+    assert ran == []                                     # refused before anything ran
+    # new, empty, or written by a report before: accepted
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text("{}")
+    for out in ("new", "empty", "old"):
+        assert report.check_out(out) == report.Path(out)
+    assert report.DEFAULT_OUT == "results/report"
+
+
+def test_a_quick_reports_summary_says_so():
+    results = synthetic_results()
+    counts = report.Report(results, {}, {}).summary_lines()
+    quick = report.Report(results, {"config": {"quick": True}}, {}).summary_lines()
+    line = next(x for x in quick if x.startswith("quick report"))
+    assert line.startswith("quick report (CI setting") and line.endswith(counts[quick.index(line)])
+    assert not any(x.startswith("quick report") for x in counts)

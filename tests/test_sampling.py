@@ -296,10 +296,10 @@ def test_y_matches_exact_conditional_general():
     (dict(example_length=3.0), "example_length must be an integer"),
     (dict(n_prompts=0), "n_prompts must be >= 1"),
     (dict(n_demos=True), "n_demos must be an integer"),
-    (dict(seed="abc"), "seed must be a non-negative integer"),
-    (dict(seed=1.5), "seed must be a non-negative integer"),
-    (dict(seed=True), "seed must be a non-negative integer"),
-    (dict(seed=-1), "seed must be a non-negative integer"),
+    (dict(seed="abc"), "seed must be an integer >= 0"),
+    (dict(seed=1.5), "seed must be an integer >= 0"),
+    (dict(seed=True), "seed must be an integer >= 0"),
+    (dict(seed=-1), "seed must be an integer >= 0"),
     (dict(concept=3), r"concept must be an integer in 0\.\.2"),
     (dict(concept=-1), r"concept must be an integer in 0\.\.2"),
     (dict(concept=1.0), r"concept must be an integer in 0\.\.2"),
@@ -316,8 +316,8 @@ def test_sample_prompts_bad_inputs(world, kwargs, pattern):
     (dict(n_docs=0), "n_docs must be >= 1"),
     (dict(doc_length=0), "doc_length must be >= 1"),
     (dict(doc_length=2.5), "doc_length must be an integer"),
-    (dict(seed="abc"), "seed must be a non-negative integer"),
-    (dict(seed=-3), "seed must be a non-negative integer"),
+    (dict(seed="abc"), "seed must be an integer >= 0"),
+    (dict(seed=-3), "seed must be an integer >= 0"),
 ])
 def test_sample_corpus_bad_inputs(world, kwargs, pattern):
     args = dict(n_docs=2, doc_length=5, seed=0)

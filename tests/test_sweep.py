@@ -175,7 +175,9 @@ def test_out_folder_of_another_config_is_refused(failing_sweep):
 def test_unreachable_scheduler_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     import socket
 
-    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT_S", 2)
+    from simkernel import sweep_cluster
+
+    monkeypatch.setattr(sweep_cluster, "CONNECT_TIMEOUT_S", 2)
     with socket.socket() as s:                     # a free port on loopback, closed again: nobody listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -396,3 +398,118 @@ def test_a_worker_killed_mid_job_leaves_every_job_done_once_and_the_table_comple
     want = pd.read_csv(out / "jobs" / res.jobs[0]["key"] / "convergence.csv").shape[0]
     assert (per_job == want).all() and len(per_job) == 6          # no job twice, none missing
     assert sweep.verify(out).ok
+
+
+# ---------------------------------------------------------------------- the generic table path
+class _FakeResult:
+    """A command result with a main table its write() produces and a derived table it does not,
+    both with typed columns (an int column holding inf, a bool, a label that looks numeric)."""
+
+    def __init__(self, scale):
+        from simkernel.results import Table
+
+        self.meta = {"scale": scale}
+        self._main = Table("main.csv", ("n", "value", "ok", "label"),
+                           {"n": "int", "value": "float", "ok": "bool", "label": "str"},
+                           [{"n": 1, "value": 0.5 * scale, "ok": True, "label": "7"},
+                            {"n": float("inf"), "value": None, "ok": False, "label": ""}])
+        self._derived = Table("derived.csv", ("name", "count"), {"count": "int"}, [{"name": "a", "count": 3 * scale}])
+
+    def tables(self):
+        return {None: self._main, "derived": self._derived}
+
+    def summary_lines(self):
+        return ["fake"]
+
+    def write(self, out):
+        from simkernel.store import write_csv
+
+        return [write_csv(Path(out) / self._main.file, self._main.rows, self._main.columns)]
+
+
+def test_a_result_with_a_derived_table_round_trips_typed_through_run_job_and_combine(tmp_path, monkeypatch):
+    """run_job writes write()'s files, then the derived table write() did not produce, and records
+    every table's spec; combine reads them back by those specs, and the sweep's table comes typed."""
+    from simkernel import sweep_job
+    from simkernel.results import Table, read_table
+
+    monkeypatch.setattr(sweep_job, "run_function", lambda command: (lambda scale: _FakeResult(scale)))
+    jobs = [sweep.Job(f"job{s}", {"scale": s}, {"scale": s}, None, "fake") for s in (1, 2)]
+    states = []
+    for j in jobs:
+        states.append(sweep.run_job(j.spec(), str(tmp_path / "jobs" / j.key)))
+        folder = tmp_path / "jobs" / j.key
+        assert states[-1]["status"] == "done", states[-1]
+        assert {"main.csv", "derived.csv"} <= set(states[-1]["outputs"])
+        assert [s["name"] for s in states[-1]["tables"]] == [None, "derived"]
+        assert states[-1]["tables"][0] == dict(Table("main.csv", ("n", "value", "ok", "label"),
+                                                     {"n": "int", "value": "float", "ok": "bool"}).spec(), name=None)
+        assert read_table(folder / "derived.csv", {"count": "int"})["count"].tolist() == [3 * j.grid["scale"]]
+        assert sweep.verify_job(folder, states[-1]) == []
+    dtypes = {}
+    paths = sweep.combine(tmp_path, "fake", jobs, states, ["scale"], dtypes=dtypes)
+    assert list(paths) == [None, "derived"]
+    assert dtypes[None] == {"job": "str", "scale": "int", "status": "str", "error": "str",
+                            "n": "float", "value": "float", "ok": "bool", "label": "str"}
+    assert dtypes["derived"]["count"] == "int"
+    res = sweep.SweepResult(tmp_path, [], {"table_dtypes": {str(k): v for k, v in dtypes.items()}}, paths)
+    main = res.table()
+    assert main["n"].tolist() == [1.0, float("inf")] * 2 and main["ok"].tolist() == [True, False] * 2
+    assert main["label"].iloc[0] == "7" and pd.isna(main["label"].iloc[1]) and str(main["ok"].dtype) == "bool"
+    assert main["value"].iloc[0] == 0.5 and pd.isna(main["value"].iloc[1])
+    derived = res.table("derived")
+    assert derived["count"].tolist() == [3, 6] and str(derived["count"].dtype) == "int64"
+    # the combined CSV spells the values as the job tables would be read untyped
+    assert (tmp_path / "sweep.csv").read_text().splitlines()[1] == '"job1",1,"done",,1,0.5,true,"7"'
+
+
+def test_a_done_marker_without_table_specs_is_rerun():
+    """Markers from before typed tables record no table specs: their jobs are not trusted."""
+    marker = {"status": "done", "outputs": {}}
+    assert "records no table specs" in sweep.verify_job(Path("."), marker)[0]
+
+
+def test_from_earlier_counts_only_jobs_found_done():
+    """A first run finds nothing done: '0 from earlier', whatever ran or did not."""
+    jobs = [sweep.Job(k, {"world_seed": i}, {}, None, "converge") for i, k in enumerate("abcd")]
+    assert sweep.earlier_count({j.key: None for j in jobs}, jobs) == 0
+    states = {"a": {"status": "done"}, "b": {"status": "failed"}, "c": {"status": "done"}, "d": None}
+    assert sweep.earlier_count(states, [jobs[2], jobs[3]]) == 1     # c runs again: only a is from earlier
+    rows = [{"key": k, "grid": {}, "status": "missing", "error": "not run (interrupted)", "ran": False} for k in "abcd"]
+    res = sweep.SweepResult(Path("."), rows, {"config": {"command": "converge"}, "workers": 2, "elapsed_s": 1.0})
+    assert "0 run now, 0 from earlier" in res.summary_lines()[0]
+
+
+def test_unknown_option_says_did_you_mean(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown option 'n_prompt' of converge \(did you mean 'n_prompts'\?\)"):
+        sweep.run(_cfg({"n_prompt": [1]}), tmp_path / "out")
+
+
+def test_the_workers_only_fall_quiet_on_sigint():
+    """Ctrl-C in a terminal reaches every process of the group: a worker does not stop (the
+    driver handles it), it silences its logging, so none prints a traceback of its own."""
+    from simkernel.sweep_cluster import client, quiet
+
+    with client(1, None) as c:
+        got = c.run(lambda: signal.getsignal(signal.SIGINT))
+    assert list(got.values()) == [quiet]
+
+
+def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C): stderr ends with the one-line
+    message and holds no traceback."""
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text('command = "converge"\n[options]\nn_demos = [1, 2, 4]\nn_prompts = 10\n'
+                   'kernels = ["theory", "frequency"]\n[grid]\nworld_seed = [0, 1, 2, 3, 4, 5, 6, 7]\n')
+    out = tmp_path / "out"
+    # the child handles SIGINT even when this test runs with it ignored (a background job)
+    proc = _sweep_cli([str(cfg), "--out", str(out), "--workers", "2"], tmp_path, start_new_session=True,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(out.glob(f"jobs/*/{sweep.DONE}")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.splitlines()[-1].startswith("error:") and "interrupted" in err.splitlines()[-1]

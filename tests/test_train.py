@@ -14,10 +14,11 @@ pytest.importorskip("transformers")
 
 from simkernel import bayes, make_world  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
+from simkernel import runs  # noqa: E402
 from simkernel import train as tr  # noqa: E402
 from simkernel.constants import MODEL_NAMES  # noqa: E402
 from simkernel.sampling import sample_corpus  # noqa: E402
-from simkernel.store import write_corpus  # noqa: E402
+from simkernel.store import FolderBusy, write_corpus  # noqa: E402
 
 from cli_helpers import ok, run  # noqa: E402
 
@@ -134,15 +135,15 @@ def test_tiny_model_overfits_a_tiny_corpus(tmp_path):
     assert first > 1.5                      # starts near uniform over 8 symbols
     assert last < 0.5 * first, (first, last)
     assert res.reason == "max_steps" and res.step == 120
-    rows = [json.loads(x) for x in (res.run_dir / tr.METRICS).read_text().splitlines()]
+    rows = [json.loads(x) for x in (res.run_dir / runs.METRICS).read_text().splitlines()]
     assert [r["step"] for r in rows] == [60, 120]
-    assert (res.run_dir / tr.DONE).is_file()
-    assert (res.run_dir / tr.CHECKPOINT / "model" / "model.safetensors").is_file()
+    assert (res.run_dir / runs.DONE).is_file()
+    assert (res.run_dir / runs.CHECKPOINT / "model" / "model.safetensors").is_file()
 
 
 def test_trained_model_learns(trained):
     cfg, res, losses = trained
-    rows = [json.loads(x) for x in (res.run_dir / tr.METRICS).read_text().splitlines()]
+    rows = [json.loads(x) for x in (res.run_dir / runs.METRICS).read_text().splitlines()]
     assert [r["step"] for r in rows] == [50, 100, 150]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] and rows[-1]["gap"] < 0.3
 
@@ -151,7 +152,7 @@ def test_trained_loss_never_below_the_floor(trained, corpus_dir):
     cfg, res, _ = trained
     world = make_world("random", 0, **WORLD)
     ev = tr.make_eval_set(world, 256, cfg.block_size, 8, 64, seed=11)
-    net = model_mod.load_model(res.run_dir / tr.CHECKPOINT / "model")
+    net = model_mod.load_model(res.run_dir / runs.CHECKPOINT / "model")
     with torch.no_grad():
         x = torch.as_tensor(ev.blocks)
         logits = net(input_ids=x).logits
@@ -166,18 +167,18 @@ def test_resume_equals_uninterrupted(corpus_dir, tmp_path):
     cfg = cfg_for(corpus_dir, max_steps=30, ckpt_every=7)
     full, full_losses = train_collect(cfg, corpus_dir, tmp_path / "a")
     part, part_losses = train_collect(cfg, corpus_dir, tmp_path / "b", stop_after=17)
-    assert part.reason == "interrupted" and not (tmp_path / "b" / tr.DONE).exists()
+    assert part.reason == "interrupted" and not (tmp_path / "b" / runs.DONE).exists()
     rest, rest_losses = train_collect(cfg, corpus_dir, tmp_path / "b", resume=True)
     assert set(part_losses) == set(range(1, 18)) and set(rest_losses) == set(range(18, 31))
     joined = {**part_losses, **rest_losses}
     for s in full_losses:
         assert abs(joined[s] - full_losses[s]) <= 1e-6, s
-    a = model_mod.load_model(tmp_path / "a" / tr.CHECKPOINT / "model").state_dict()
-    b = model_mod.load_model(tmp_path / "b" / tr.CHECKPOINT / "model").state_dict()
+    a = model_mod.load_model(tmp_path / "a" / runs.CHECKPOINT / "model").state_dict()
+    b = model_mod.load_model(tmp_path / "b" / runs.CHECKPOINT / "model").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
-    ma = (tmp_path / "a" / tr.METRICS).read_text().splitlines()
-    mb = (tmp_path / "b" / tr.METRICS).read_text().splitlines()
+    ma = (tmp_path / "a" / runs.METRICS).read_text().splitlines()
+    mb = (tmp_path / "b" / runs.METRICS).read_text().splitlines()
     strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("tokens_per_s", "elapsed_s")} for r in rows]  # noqa: E731
     assert strip(ma) == strip(mb)
 
@@ -295,7 +296,7 @@ def test_cli_interrupted_run_needs_resume_then_continues(corpus_dir, tmp_path):
 
 def test_cli_resume_corrupt_or_mismatched_checkpoint(corpus_dir, tmp_path):
     run_dir = _interrupted_run(corpus_dir, tmp_path)
-    ck = run_dir / tr.CHECKPOINT
+    ck = run_dir / runs.CHECKPOINT
     weights = ck / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     before = snapshot(run_dir)
@@ -304,7 +305,7 @@ def test_cli_resume_corrupt_or_mismatched_checkpoint(corpus_dir, tmp_path):
     assert unchanged(run_dir, before)
 
     run_dir = _interrupted_run(corpus_dir, tmp_path / "again")
-    cfg_file = run_dir / tr.CHECKPOINT / "train_config.json"
+    cfg_file = run_dir / runs.CHECKPOINT / "train_config.json"
     saved = json.loads(cfg_file.read_text())
     saved["batch_size"] = 99
     cfg_file.write_text(json.dumps(saved))
@@ -330,7 +331,7 @@ def _stripped(rows):
 
 
 def _steps(run_dir):
-    return [r["step"] for r in tr.read_metrics(run_dir)]
+    return [r["step"] for r in runs.read_metrics(run_dir)]
 
 
 def _stop_at(k):
@@ -354,7 +355,7 @@ def uninterrupted(corpus_dir, tmp_path_factory):
 
 def test_run_interrupted_before_a_checkpoint_starts_over_cleanly(corpus_dir, uninterrupted, tmp_path):
     cfg = cfg_for(corpus_dir, **RUN_KW)
-    with pytest.raises(tr.Interrupted) as info:
+    with pytest.raises(runs.Interrupted) as info:
         tr.run(cfg, tmp_path, corpus_dir=corpus_dir, progress=_stop_at(12))
     e = info.value
     assert isinstance(e, KeyboardInterrupt) and e.step == 12 and not e.has_checkpoint
@@ -364,24 +365,24 @@ def test_run_interrupted_before_a_checkpoint_starts_over_cleanly(corpus_dir, uni
     res = tr.run(cfg, tmp_path, corpus_dir=corpus_dir)          # no refusal, no resume=True needed
     assert res.status == "trained" and res.step == 40
     assert _steps(res.run_dir) == [10, 20, 30, 40]              # not 10, 10, 20, ...
-    assert _stripped(tr.read_metrics(res.run_dir)) == _stripped(tr.read_metrics(uninterrupted.run_dir))
+    assert _stripped(runs.read_metrics(res.run_dir)) == _stripped(runs.read_metrics(uninterrupted.run_dir))
 
 
 def test_run_interrupted_after_a_checkpoint_needs_resume(corpus_dir, uninterrupted, tmp_path):
     cfg = cfg_for(corpus_dir, **RUN_KW)
-    with pytest.raises(tr.Interrupted) as info:
+    with pytest.raises(runs.Interrupted) as info:
         tr.run(cfg, tmp_path, corpus_dir=corpus_dir, progress=_stop_at(25))
     e = info.value
     assert (e.step, e.checkpoint_step) == (25, 15) and _steps(e.run_dir) == [10, 20]
     assert str(e).endswith("holds the config and metrics up to step 20 and a checkpoint at step 15; "
                            "call run() again with resume=True to continue")
     before = snapshot(e.run_dir)
-    with pytest.raises(tr.CheckpointExists, match="checkpoint at step 15 .*pass resume=True"):
+    with pytest.raises(runs.CheckpointExists, match="checkpoint at step 15 .*pass resume=True"):
         tr.run(cfg, tmp_path, corpus_dir=corpus_dir)
     assert snapshot(e.run_dir) == before
     res = tr.run(cfg, tmp_path, corpus_dir=corpus_dir, resume=True)
     assert res.status == "trained" and _steps(res.run_dir) == [10, 20, 30, 40]
-    assert _stripped(tr.read_metrics(res.run_dir)) == _stripped(tr.read_metrics(uninterrupted.run_dir))
+    assert _stripped(runs.read_metrics(res.run_dir)) == _stripped(runs.read_metrics(uninterrupted.run_dir))
 
 
 def test_run_already_trained_touches_nothing(corpus_dir, uninterrupted):
@@ -391,7 +392,7 @@ def test_run_already_trained_touches_nothing(corpus_dir, uninterrupted):
     assert res.status == "already trained" and res.run_dir == run_dir
     assert (res.step, res.reason, res.val_loss, res.gap) == (40, "max_steps", uninterrupted.val_loss,
                                                             uninterrupted.gap)
-    assert res.metrics == tr.read_metrics(run_dir)
+    assert res.metrics == runs.read_metrics(run_dir)
     assert {p: p.stat().st_mtime_ns for p in [run_dir, *run_dir.rglob("*")]} == stamps
 
 
@@ -405,7 +406,7 @@ def test_run_arguments_checked_before_writing(corpus_dir, tmp_path):
     other = write_corpus(world, tmp_path / "other", 4, 64, seed=1)
     with pytest.raises(ValueError, match="is not the corpus that cfg.corpus describes"):
         tr.run(cfg_for(corpus_dir), tmp_path / "runs", corpus_dir=other)
-    with pytest.raises(tr.NoCheckpoint, match="resume=True, but run .* has no checkpoint"):
+    with pytest.raises(runs.NoCheckpoint, match="resume=True, but run .* has no checkpoint"):
         tr.run(cfg_for(corpus_dir), tmp_path / "runs", corpus_dir=corpus_dir, resume=True)
     assert not (tmp_path / "runs").exists()
 
@@ -416,7 +417,7 @@ def test_folder_lock_is_exclusive_and_dies_with_its_process(tmp_path):
     import sys
     with tr.folder_lock(tmp_path) as lock:
         assert lock.read_text().strip() == str(os.getpid())
-        with pytest.raises(tr.FolderBusy) as info:          # two opens conflict, even in one process
+        with pytest.raises(FolderBusy) as info:          # two opens conflict, even in one process
             with tr.folder_lock(tmp_path):
                 pass
         assert info.value.pid == os.getpid() and str(tmp_path) in str(info.value)
@@ -428,7 +429,7 @@ def test_folder_lock_is_exclusive_and_dies_with_its_process(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(tr.FolderBusy) as info:
+        with pytest.raises(FolderBusy) as info:
             with tr.folder_lock(tmp_path):
                 pass
         assert info.value.pid == holder.pid
@@ -531,22 +532,22 @@ def _need_torchrun():
 def ddp_full(corpus_dir, tmp_path_factory):
     """One uninterrupted 2-rank run (shared by the DDP tests: each launch costs ~20 s of imports)."""
     _need_torchrun()
-    runs = tmp_path_factory.mktemp("ddp_full") / "runs"
-    proc = _torchrun("-m", "simkernel.cli", runs_dir=runs, corpus_dir=corpus_dir)
-    (run_dir,) = runs.iterdir()
+    runs_dir = tmp_path_factory.mktemp("ddp_full") / "runs"
+    proc = _torchrun("-m", "simkernel.cli", runs_dir=runs_dir, corpus_dir=corpus_dir)
+    (run_dir,) = runs_dir.iterdir()
     return proc, run_dir
 
 
 def _metric_rows(run_dir):
     return [{k: v for k, v in json.loads(x).items() if k not in ("tokens_per_s", "elapsed_s")}
-            for x in (run_dir / tr.METRICS).read_text().splitlines()]
+            for x in (run_dir / runs.METRICS).read_text().splitlines()]
 
 
 def test_ddp_two_cpu_ranks(ddp_full):
     """torchrun with 2 gloo ranks on the CPU: one run folder, written once, finished."""
     proc, run_dir = ddp_full
     assert proc.stdout.count("stopped at step 8") == 1
-    assert [r["step"] for r in _metric_rows(run_dir)] == list(range(1, 9)) and (run_dir / tr.DONE).is_file()
+    assert [r["step"] for r in _metric_rows(run_dir)] == list(range(1, 9)) and (run_dir / runs.DONE).is_file()
 
 
 def test_ddp_resume_equals_uninterrupted(ddp_full, corpus_dir, tmp_path):
@@ -561,13 +562,13 @@ def test_ddp_resume_equals_uninterrupted(ddp_full, corpus_dir, tmp_path):
                       "_train = tr.train\n"
                       f"tr.train = lambda *a, **kw: _train(*a, stop_after={DDP_STOP}, **kw)\n"
                       "main(sys.argv[1:])\n")
-    runs = tmp_path / "runs"
-    proc = _torchrun(str(script), runs_dir=runs, corpus_dir=corpus_dir)
+    runs_dir = tmp_path / "runs"
+    proc = _torchrun(str(script), runs_dir=runs_dir, corpus_dir=corpus_dir)
     assert proc.stdout.count(f"stopped at step {DDP_STOP} by interrupted") == 1
-    (run_dir,) = runs.iterdir()
-    assert run_dir.name == full_dir.name and not (run_dir / tr.DONE).exists()
+    (run_dir,) = runs_dir.iterdir()
+    assert run_dir.name == full_dir.name and not (run_dir / runs.DONE).exists()
     assert [r["step"] for r in _metric_rows(run_dir)] == list(range(1, DDP_STOP + 1))
-    proc = _torchrun("-m", "simkernel.cli", runs_dir=runs, corpus_dir=corpus_dir, extra=["--resume"])
+    proc = _torchrun("-m", "simkernel.cli", runs_dir=runs_dir, corpus_dir=corpus_dir, extra=["--resume"])
     assert proc.stdout.count("stopped at step 8 by max_steps") == 1
 
     a, b = _metric_rows(full_dir), _metric_rows(run_dir)
@@ -575,10 +576,10 @@ def test_ddp_resume_equals_uninterrupted(ddp_full, corpus_dir, tmp_path):
     for ra, rb in zip(a, b):
         for k in ("train_loss", "val_loss", "floor", "gap", "lr"):
             assert abs(ra[k] - rb[k]) <= 1e-6, (ra["step"], k, ra[k], rb[k])
-    done_a, done_b = (json.loads((d / tr.DONE).read_text()) for d in (full_dir, run_dir))
+    done_a, done_b = (json.loads((d / runs.DONE).read_text()) for d in (full_dir, run_dir))
     assert (done_a["step"], done_a["reason"]) == (done_b["step"], done_b["reason"]) == (8, "max_steps")
-    wa = model_mod.load_model(full_dir / tr.CHECKPOINT / "model").state_dict()
-    wb = model_mod.load_model(run_dir / tr.CHECKPOINT / "model").state_dict()
+    wa = model_mod.load_model(full_dir / runs.CHECKPOINT / "model").state_dict()
+    wb = model_mod.load_model(run_dir / runs.CHECKPOINT / "model").state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
 
@@ -614,12 +615,12 @@ def _flip(path, at=-1):
 
 
 def _weights(run_dir):
-    return model_mod.load_model(run_dir / tr.CHECKPOINT / "model").state_dict()
+    return model_mod.load_model(run_dir / runs.CHECKPOINT / "model").state_dict()
 
 
 def test_done_json_records_what_a_later_run_reuses(finished):
     _, res = finished
-    done = json.loads((res.run_dir / tr.DONE).read_text())
+    done = json.loads((res.run_dir / runs.DONE).read_text())
     outputs = done["outputs"]
     assert {WEIGHTS, "checkpoint/model/config.json", "checkpoint/state.pt", "checkpoint/train_config.json",
             "checkpoint/step.json", "metrics.jsonl", "config.json"} <= set(outputs)
@@ -627,7 +628,24 @@ def test_done_json_records_what_a_later_run_reuses(finished):
     w = res.run_dir / WEIGHTS
     assert outputs[WEIGHTS]["size"] == w.stat().st_size
     assert outputs[WEIGHTS]["sha256"] == __import__("hashlib").sha256(w.read_bytes()).hexdigest()
-    assert outputs == tr.run_outputs(res.run_dir) and tr.verify_run(res.run_dir) == []
+    assert outputs == runs.run_outputs(res.run_dir) and runs.verify_run(res.run_dir) == []
+
+
+def test_run_result_has_the_result_protocol(finished, tmp_path):
+    """train.csv as the sweep writes it: one row, typed columns, read back with its dtypes."""
+    from simkernel.results import Result, read_table
+
+    _, res = finished
+    assert isinstance(res, Result) and res.summary_lines() == [res.summary_line()]
+    (table,) = res.tables().values()
+    assert table.file == "train.csv" and table.columns == tr.TRAIN_COLUMNS
+    (path,) = res.write(tmp_path)
+    assert path == tmp_path / "train.csv"
+    back = read_table(path, table.spec()["dtypes"])
+    assert list(back.columns) == list(tr.TRAIN_COLUMNS) and len(back) == 1
+    row = back.iloc[0]
+    assert row["run_dir"] == str(res.run_dir) and row["status"] == "trained" and row["step"] == 10
+    assert row["gap"] == pytest.approx(res.gap) and row["floor"] == pytest.approx(res.floor)
 
 
 def test_intact_run_is_already_trained_without_a_note(finished, corpus_dir):
@@ -638,66 +656,66 @@ def test_intact_run_is_already_trained_without_a_note(finished, corpus_dir):
 
 @pytest.mark.parametrize("damage, problem", [
     (lambda d: _flip(d / WEIGHTS), f"{WEIGHTS} does not match its recorded sha256"),
-    (lambda d: (d / tr.METRICS).unlink(), "metrics.jsonl missing"),
+    (lambda d: (d / runs.METRICS).unlink(), "metrics.jsonl missing"),
     (lambda d: _flip(d / "checkpoint" / "state.pt", 200), "checkpoint/state.pt does not match its recorded sha256"),
 ], ids=["weights-byte-flipped", "metrics-deleted", "state-byte-flipped"])
 def test_damaged_finished_run_is_trained_again_from_a_clean_start(finished, corpus_dir, tmp_path, damage, problem):
     cfg, run_dir = _copy(finished, tmp_path)
     damage(run_dir)
-    assert tr.verify_run(run_dir) == [problem]
+    assert runs.verify_run(run_dir) == [problem]
     res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir, resume=True)      # resume is moot: nothing to trust
     assert res.status == "trained" and res.step == 10 and res.run_dir == run_dir
     assert res.note == f"run {run_dir.name}: {problem}; trained again"
     # from step 0, not on top of the damaged files: the same rows and weights as the first training
     assert _steps(run_dir) == [5, 10]
-    assert _stripped(tr.read_metrics(run_dir)) == _stripped(finished[1].metrics)
+    assert _stripped(runs.read_metrics(run_dir)) == _stripped(finished[1].metrics)
     a, b = _weights(finished[1].run_dir), _weights(run_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
-    assert tr.verify_run(run_dir) == []
+    assert runs.verify_run(run_dir) == []
     again = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
     assert again.status == "already trained" and again.note == ""
 
 
 def test_verify_run_names_each_damage(finished, tmp_path):
     _, run_dir = _copy(finished, tmp_path)
-    assert tr.verify_run(tmp_path / "nowhere") == ["not finished"]
-    recorded = json.loads((run_dir / tr.DONE).read_text())["outputs"]
+    assert runs.verify_run(tmp_path / "nowhere") == ["not finished"]
+    recorded = json.loads((run_dir / runs.DONE).read_text())["outputs"]
     _flip(run_dir / WEIGHTS)
     (run_dir / "checkpoint" / "step.json").unlink()
     cfg_file = run_dir / "config.json"
     cfg_file.write_bytes(cfg_file.read_bytes()[:-5])
     (run_dir / "icl_vs_bayes.csv").write_text("a later command's table\n")      # not a recorded file: no damage
-    assert sorted(tr.verify_run(run_dir)) == sorted([
+    assert sorted(runs.verify_run(run_dir)) == sorted([
         f"{WEIGHTS} does not match its recorded sha256", "checkpoint/step.json missing",
         f"config.json is {recorded['config.json']['size'] - 5:,} bytes, recorded {recorded['config.json']['size']:,}"])
     # sizes only: the flipped byte goes unseen, the rest does not
-    assert sorted(tr.verify_run(run_dir, hashes=False)) == sorted([
+    assert sorted(runs.verify_run(run_dir, hashes=False)) == sorted([
         "checkpoint/step.json missing",
         f"config.json is {recorded['config.json']['size'] - 5:,} bytes, recorded {recorded['config.json']['size']:,}"])
-    (run_dir / tr.DONE).write_text("{not json")
-    assert tr.verify_run(run_dir) == ["done.json cannot be read (JSONDecodeError)"]
-    (run_dir / tr.DONE).unlink()
-    assert tr.verify_run(run_dir) == ["not finished"]
+    (run_dir / runs.DONE).write_text("{not json")
+    assert runs.verify_run(run_dir) == ["done.json cannot be read (JSONDecodeError)"]
+    (run_dir / runs.DONE).unlink()
+    assert runs.verify_run(run_dir) == ["not finished"]
 
 
 def _make_older(run_dir):
     """done.json as runs made before it recorded outputs wrote it."""
-    done = json.loads((run_dir / tr.DONE).read_text())
+    done = json.loads((run_dir / runs.DONE).read_text())
     del done["outputs"]
-    (run_dir / tr.DONE).write_text(json.dumps(done))
+    (run_dir / runs.DONE).write_text(json.dumps(done))
     return done
 
 
 def test_older_done_json_is_upgraded_then_verified_fully(finished, corpus_dir, tmp_path):
     cfg, run_dir = _copy(finished, tmp_path)
     old = _make_older(run_dir)
-    assert tr.verify_run(run_dir) == []                 # what can be checked without a record passes
+    assert runs.verify_run(run_dir) == []                 # what can be checked without a record passes
     res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
     assert res.status == "already trained" and res.step == 10
     assert res.note == f"run {run_dir.name}: recorded the hashes of an older run (its done.json had none)"
-    done = json.loads((run_dir / tr.DONE).read_text())
-    assert done["outputs"] == tr.run_outputs(run_dir) and {k: done[k] for k in old} == old
+    done = json.loads((run_dir / runs.DONE).read_text())
+    assert done["outputs"] == runs.run_outputs(run_dir) and {k: done[k] for k in old} == old
     assert tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir).note == ""
     # from now on a flipped byte, which the checks without a record cannot see, is caught
     _flip(run_dir / "checkpoint" / "state.pt", 200)
@@ -710,13 +728,14 @@ def test_older_done_json_with_damaged_files_is_trained_again(finished, corpus_di
     _make_older(run_dir)
     w = run_dir / WEIGHTS
     w.write_bytes(w.read_bytes()[:-100])
-    (run_dir / tr.METRICS).write_text("")
-    assert tr.verify_run(run_dir) == ["metrics.jsonl is empty", f"{WEIGHTS} has an unreadable header (SafetensorError)"]
+    (run_dir / runs.METRICS).write_text("")
+    assert runs.verify_run(run_dir) == ["metrics.jsonl is empty",
+                                        f"{WEIGHTS} has an unreadable header (SafetensorError)"]
     res = tr.run(cfg, run_dir.parent, corpus_dir=corpus_dir)
     assert res.status == "trained" and res.note == (f"run {run_dir.name}: metrics.jsonl is empty; {WEIGHTS} has an "
                                                     f"unreadable header (SafetensorError); trained again")
-    assert _steps(run_dir) == [5, 10] and tr.verify_run(run_dir) == []
-    assert "outputs" in json.loads((run_dir / tr.DONE).read_text())
+    assert _steps(run_dir) == [5, 10] and runs.verify_run(run_dir) == []
+    assert "outputs" in json.loads((run_dir / runs.DONE).read_text())
 
 
 def test_cli_warns_when_a_damaged_run_is_trained_again(corpus_dir, tmp_path):

@@ -286,7 +286,7 @@ def test_override_of_wrong_type():
 
 @pytest.mark.parametrize("seed", ["abc", 1.5, True, -1, None, 2.0])
 def test_non_integer_seed(seed):
-    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         make_world("random", seed=seed)
 
 

@@ -13,7 +13,8 @@ them) and returns a :class:`Result`.  The words it may use:
 - overall, across the preset families (:func:`overall`): their common word, else ``mixed``.
 
 Every interval is 95%: a t-interval over worlds (or training seeds) of the per-unit values
-(:func:`unit_ci`, built on ``metrics.world_ci``), unless a rule says otherwise.
+(``metrics.unit_ci``, built on ``metrics.world_ci``), unless a rule says otherwise.  The
+statistics live in :mod:`simkernel.metrics`; each claim imports them from there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..metrics import log_ci, ratio_ci, spearman_ci, unit_ci  # noqa: F401  (the claims' vocabulary)
+from ..plots.style import FREQUENCY_PREDICTED, PREDICTOR_STYLE
 
 SUPPORTED, REFUTED, INCONCLUSIVE = "supported", "refuted", "inconclusive"
 NOT_REACHED, OUT_OF_SCOPE = "not reached", "out of scope"
@@ -254,3 +255,25 @@ def flags(series) -> np.ndarray:
     """A boolean column as a numpy bool array (a column with nulls arrives as object dtype; a
     null is False)."""
     return np.array([bool(v) if v is not None and v == v else False for v in series], dtype=bool)
+
+
+# ---------------------------------------------------------------------- figures
+def frequency_lines(ax, n, measured, predicted, label: str = "label frequencies", what: str = "predicted") -> None:
+    """The label frequencies' measured line (grey, solid, hollow squares) and their prediction
+    (darker, dotted, on top): the two often coincide, and must still read as two lines."""
+    col, _ls, marker = PREDICTOR_STYLE["frequency"]
+    pcol, pls = FREQUENCY_PREDICTED
+    ax.plot(n, measured, "-", marker=marker, ms=3, mfc="white", color=col, lw=1.6, label=f"{label}: measured")
+    ax.plot(n, predicted, pls, color=pcol, lw=1.3, zorder=5, label=f"{label}: {what}")
+
+
+def family_axes(result, fig, height: float = 3.4) -> list:
+    """[(family, its plot data, left axis, right axis)] for a figure of two panels per preset
+    family (C1, C4): one row per family of ``result.plot['families']``, the figure sized to them.
+    No family is a ValueError (the report then draws a placeholder saying why)."""
+    fams = list(result.plot.get("families", {}).items())
+    if not fams:
+        raise ValueError("no data for a figure")
+    fig.set_size_inches(9.5, height * len(fams))
+    axes = fig.subplots(len(fams), 2, squeeze=False)
+    return [(fam, d, ax, ax2) for (fam, d), (ax, ax2) in zip(fams, axes)]

@@ -13,8 +13,12 @@ import math
 
 import numpy as np
 
+from ..constants import FIT_N_MIN
+from ..metrics import unit_ci
+from ..plots.style import BAND_COLOUR, ESTIMATOR_COLOURS, EXTRA_COLOURS, PREDICTOR_STYLE
 from .base import (INCONCLUSIVE, MIN_UNITS, NAN, NOT_REACHED, REFUTED, SUPPORTED, Claim, ci_text, decide,
-                   done, failed_note, families_of, few, flags, fmt_n, of_family, overall, unit_ci, worst)
+                   done, failed_note, families_of, family_axes, few, flags, fmt_n, frequency_lines, of_family, overall,
+                   worst)
 
 ID = "C1"
 TITLE = "The kernel estimate converges to its exact limit at rate n^-1/2 (the sampling term)"
@@ -36,7 +40,7 @@ RULE = (f"Per preset family and estimator of the {KERNEL} kernel, from the regim
         f"95% t-interval over them of the slope lies inside [{SLOPE_BAND[0]}, {SLOPE_BAND[1]}], refuted when it lies "
         f"wholly outside, inconclusive when it straddles an edge; 'not reached by n = N' when fewer than "
         f"{MIN_UNITS} worlds are judged and most worlds did not reach the regime by the largest simulated n (its own "
-        f"verdict, never a refutation); else inconclusive.  The slope over the whole window n = 4..N (pre-asymptotic "
+        f"verdict, never a refutation); else inconclusive.  The slope over the whole window n = {FIT_N_MIN}..N (pre-asymptotic "
         f"stretch included) is shown, not judged.  A family's word over the estimators: refuted when one is, then "
         f"inconclusive, then not reached, supported when all are.")
 
@@ -95,7 +99,8 @@ def _text(fam, e, j) -> str:
         bits.append(f"; {j['not_reached']} not reached by n = {j['n_max']:,}")
     if j["diverging"]:
         bits.append(f"; {j['diverging']} diverging")
-    bits.append(f"; the pre-asymptotic window's slope (n = 4..{j['n_max']:,}, not judged) {ci_text(j['window'])}")
+    bits.append(f"; the pre-asymptotic window's slope (n = {FIT_N_MIN}..{j['n_max']:,}, not judged) "
+                f"{ci_text(j['window'])}")
     return "".join(bits)
 
 
@@ -151,7 +156,8 @@ def verdict(worlds, rows=None, *, family: str = "preset", kernel: str = KERNEL, 
             shorts.append(f"{e}: {_short(j)}" if len(ests) > 1 else _short(j))
             parts.append({"name": f"{fam} ({e})", "verdict": j["verdict"], "text": texts[-1]})
             numbers[f"{fam}: slope past the regime's start, {kernel} kernel ({e})"] = j["slope"]
-            numbers[f"{fam}: slope over n = 4..{j['n_max']:,}, pre-asymptotic window, not judged ({e})"] = j["window"]
+            numbers[f"{fam}: slope over n = {FIT_N_MIN}..{j['n_max']:,}, pre-asymptotic window, not judged ({e})"] = \
+                j["window"]
             numbers[f"{fam}: measured / predicted at n = {j['n_max']:,} ({e})"] = j["ratio"]
             numbers[f"{fam}: regime begins at n (median over the worlds that reached it) ({e})"] = (j["regime_n"],
                                                                                                    NAN, NAN)
@@ -182,38 +188,38 @@ def judge(tables: dict, info: dict):
 
 
 def draw(result, fig) -> None:
-    """Per family: the measured TV(estimate_n, limit) with the predicted c/√n (dashed), and
-    measured / predicted per n with the 1 ± band and each world's regime_n (ticks)."""
+    """Per family: the measured TV(estimate_n, limit) with the predicted c/√n (dashed; the label
+    frequencies' dotted), and measured / predicted per n with the 1 ± band and each world's
+    regime_n (ticks)."""
     plot = result.plot
-    fams = list(plot.get("families", {}).items())
-    if not fams:
-        raise ValueError("no data for a figure")
-    fig.set_size_inches(9.5, 3.4 * len(fams))
-    axes = fig.subplots(len(fams), 2, squeeze=False)
-    colours = {"normalised": "tab:blue", "averaged": "tab:orange", "clipped": "tab:green"}
     band = plot.get("regime_band", 0.1)
-    for (fam, d), (ax, ax2) in zip(fams, axes):
+    other = EXTRA_COLOURS[0]
+    for fam, d, ax, ax2 in family_axes(result, fig):
         for key, c in d["curves"].items():
             k, e = key.split("/")
-            col = "0.45" if k == "frequency" else colours.get(e, "tab:red")
+            col = PREDICTOR_STYLE["frequency"][0] if k == "frequency" else ESTIMATOR_COLOURS.get(e, other)
             lab = "label frequencies" if k == "frequency" else f"{k} ({e})"
-            ax.plot(c["n"], c["measured"], "-o", ms=2.5, color=col, label=f"{lab}: measured")
-            ax.plot(c["n"], c["predicted"], "--", color=col, lw=1, label=f"{lab}: predicted c/√n")
+            if k == "frequency":
+                frequency_lines(ax, c["n"], c["measured"], c["predicted"], what="predicted c/√n")
+            else:
+                ax.plot(c["n"], c["measured"], "-o", ms=2.5, color=col, label=f"{lab}: measured")
+                ax.plot(c["n"], c["predicted"], "--", color=col, lw=1, label=f"{lab}: predicted c/√n")
             ci = np.array(c["ratio"], float).reshape(-1, 3)
             ax2.plot(c["n"], ci[:, 0], "-o", ms=2.5, color=col, label=lab)
             ax2.fill_between(c["n"], ci[:, 1], ci[:, 2], color=col, alpha=0.15, lw=0)
         for e, rn in d["regime_n"].items():
             rn = [x for x in rn if math.isfinite(x)]
-            ax2.plot(rn, np.full(len(rn), 1 - 2.5 * band), "|", ms=10, color=colours.get(e, "tab:red"), alpha=0.7)
-        ax2.axhspan(1 - band, 1 + band, color="tab:green", alpha=0.12, label=f"1 ± {band:g}")
-        ax2.axhline(1, color="tab:green", lw=0.8)
+            ax2.plot(rn, np.full(len(rn), 1 - 2.5 * band), "|", ms=10, color=ESTIMATOR_COLOURS.get(e, other),
+                     alpha=0.7)
+        ax2.axhspan(1 - band, 1 + band, color=BAND_COLOUR, alpha=0.12, label=f"1 ± {band:g}")
+        ax2.axhline(1, color=BAND_COLOUR, lw=0.8)
         for a in (ax, ax2):
             a.set_xscale("log")
             a.grid(True, alpha=0.3)
             a.set_xlabel("n (demonstrations)")
         ax.set_yscale("log")
         ax.set_ylabel("mean TV(estimate_n, limit)")
-        ax.set_title(f"{fam}: measured (solid) and predicted c/√n (dashed)", fontsize=9)
+        ax.set_title(f"{fam}: measured (solid) and predicted c/√n (dashed, dotted)", fontsize=9)
         ax2.set_ylabel("measured / predicted")
         ax2.set_title(f"{fam}: 95% CI over worlds; ticks: each world's regime_n", fontsize=9)
         ax.legend(fontsize=6, frameon=False)

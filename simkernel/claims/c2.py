@@ -13,8 +13,10 @@ import math
 
 import numpy as np
 
+from ..metrics import unit_ci
+from ..plots.style import FAMILY_COLOURS, GUIDE_GREY
 from .base import (FAILED, INCONCLUSIVE, MIN_UNITS, NAN, PASSED, REFUTED, SUPPORTED, Claim, ci_text, done,
-                   failed_note, families_of, few, fmt, of_family, overall, unit_ci)
+                   failed_note, families_of, few, fmt, of_family, overall)
 
 ID = "C2"
 TITLE = "The kernel estimate's n -> ∞ limit differs from the exact posterior by a bias floor (Σ_pretrain)"
@@ -154,18 +156,17 @@ def draw(result, fig) -> None:
         raise ValueError("no data for a figure")
     ests = [plot.get("estimator", ESTIMATOR), *plot.get("also", [])]
     axes = fig.subplots(1, len(ests), squeeze=False)[0]
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     for ax, e in zip(axes, ests):
         for i, (fam, d) in enumerate(plot["families"].items()):
             dd = d.get(e)
             if not dd:
                 continue
-            col = colours[i % len(colours)]
+            col = FAMILY_COLOURS[i % len(FAMILY_COLOURS)]
             for t, o in zip(dd["theory"], dd["oracle"]):
                 if math.isfinite(t) and math.isfinite(o):
                     ax.plot([0, 1], [t, o], "-o", color=col, alpha=0.35, ms=3)
             ax.plot([], [], "-o", color=col, label=fam)
-        ax.axhline(FLOOR_MIN, color="0.5", lw=0.8, ls=":", label=f"{FLOOR_MIN:g}: no floor below")
+        ax.axhline(FLOOR_MIN, color=GUIDE_GREY, lw=0.8, ls=":", label=f"{FLOOR_MIN:g}: no floor below")
         ax.set_xticks([0, 1], ["Σ_pretrain (evidence)", "Σ_θ* (identity check)"])
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_ylim(bottom=0)

@@ -11,8 +11,10 @@ import math
 
 import numpy as np
 
+from ..metrics import spearman_ci
+from ..plots.style import FAMILY_COLOURS, MARK_COLOUR, REFERENCE_COLOUR
 from .base import (INCONCLUSIVE, MIN_UNITS, NAN, REFUTED, SUPPORTED, Claim, ci_text, done, failed_note,
-                   families_of, few, fmt, of_family, overall, spearman_ci)
+                   families_of, few, fmt, of_family, overall)
 
 ID = "C3"
 TITLE = "The bias floor obeys Theorem 1's bound: floor <= η²ε_θ in every (world, concept) pair"
@@ -115,20 +117,19 @@ def draw(result, fig) -> None:
     if not plot.get("families"):
         raise ValueError("no data for a figure")
     ax = fig.subplots()
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
     lo, hi = math.inf, -math.inf
     for i, (fam, d) in enumerate(plot["families"].items()):
         xs, ys = np.array(d["x"], float), np.array(d["y"], float)
         pos = (xs > 0) & (ys > 0)
-        ax.plot(xs[pos], ys[pos], "o", ms=3.5, alpha=0.6, color=colours[i % len(colours)],
+        ax.plot(xs[pos], ys[pos], "o", ms=3.5, alpha=0.6, color=FAMILY_COLOURS[i % len(FAMILY_COLOURS)],
                 label=f"{fam}: Spearman {ci_text(d['rho'])}")
         bad = np.array(d.get("violations", []), bool)
         if bad.any():
-            ax.plot(xs[bad & pos], ys[bad & pos], "x", ms=7, color="tab:red")
+            ax.plot(xs[bad & pos], ys[bad & pos], "x", ms=7, color=MARK_COLOUR)
         if pos.any():
             lo, hi = min(lo, xs[pos].min(), ys[pos].min()), max(hi, xs[pos].max(), ys[pos].max())
     if math.isfinite(lo):
-        ax.plot([lo, hi], [lo, hi], "-", color="black", lw=0.8, label="floor = η²ε_θ (the bound)")
+        ax.plot([lo, hi], [lo, hi], "-", color=REFERENCE_COLOUR, lw=0.8, label="floor = η²ε_θ (the bound)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("η²ε_θ (Theorem 1's bias term)")

@@ -12,8 +12,10 @@ import math
 
 import numpy as np
 
-from .base import (INCONCLUSIVE, MEASURED, MIN_UNITS, NAN, Claim, ci_text, done, failed_note, families_of, few,
-                   fmt, fmt_n, log_ci, of_family, overall, unit_ci)
+from ..metrics import log_ci, unit_ci
+from ..plots.style import MARK_COLOUR, PREDICTOR_COLOURS, REFERENCE_COLOUR
+from .base import (INCONCLUSIVE, MEASURED, MIN_UNITS, NAN, Claim, ci_text, done, failed_note, families_of,
+                   family_axes, few, fmt, fmt_n, frequency_lines, of_family, overall)
 
 ID = "C4"
 TITLE = "Where the kernel overtakes label counting: the crossover n× with the label frequencies"
@@ -132,27 +134,23 @@ def judge(tables: dict, info: dict):
 
 
 def draw(result, fig) -> None:
-    """Per family: TV to exact Bayes of the kernel and of the label frequencies against n (dashed:
-    predicted), and each world's crossover n× with its interval (open: predicted; a triangle at
-    n_max: not crossed)."""
-    plot = result.plot
-    fams = list(plot.get("families", {}).items())
-    if not fams:
-        raise ValueError("no data for a figure")
-    fig.set_size_inches(9.5, 3.4 * len(fams))
-    axes = fig.subplots(len(fams), 2, squeeze=False)
-    for (fam, d), (ax, ax2) in zip(fams, axes):
-        for k, col, lab in ((plot.get("kernel", KERNEL), "tab:blue", "theory kernel"),
-                            ("frequency", "0.45", "label frequencies")):
-            c = d["curves"].get(k)
-            if c:
-                ax.plot(c["n"], c["tv_bayes"], "-o", ms=2.5, color=col, label=f"{lab}: measured")
-                ax.plot(c["n"], c["predicted"], "--", lw=1, color=col, label=f"{lab}: predicted")
+    """Per family: TV to exact Bayes of the kernel and of the label frequencies against n (dashed,
+    dotted: predicted), and each world's crossover n× with its interval (open: predicted; a
+    triangle at n_max: not crossed)."""
+    kernel = PREDICTOR_COLOURS["kernel"]
+    for fam, d, ax, ax2 in family_axes(result, fig):
+        c = d["curves"].get(result.plot.get("kernel", KERNEL))
+        if c:
+            ax.plot(c["n"], c["tv_bayes"], "-o", ms=2.5, color=kernel, label="theory kernel: measured")
+            ax.plot(c["n"], c["predicted"], "--", lw=1, color=kernel, label="theory kernel: predicted")
+        c = d["curves"].get("frequency")
+        if c:
+            frequency_lines(ax, c["n"], c["tv_bayes"], c["predicted"])
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n (demonstrations)")
         ax.set_ylabel("mean TV to exact Bayes")
-        ax.set_title(f"{fam}: measured (solid) and predicted (dashed)", fontsize=9)
+        ax.set_title(f"{fam}: measured (solid) and predicted (dashed, dotted)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, frameon=False)
         x = np.array(d["crossover"], float)
@@ -162,13 +160,13 @@ def draw(result, fig) -> None:
         with np.errstate(invalid="ignore"):              # inf - inf where a world did not cross
             lo_e = np.where(np.isfinite(lo), x - lo, 0.0)
             hi_e = np.where(np.isfinite(hi), hi - x, 0.0)
-        ax2.errorbar(idx[ok], x[ok], yerr=[lo_e[ok], hi_e[ok]], fmt="o", ms=3.5, capsize=2, color="tab:blue",
+        ax2.errorbar(idx[ok], x[ok], yerr=[lo_e[ok], hi_e[ok]], fmt="o", ms=3.5, capsize=2, color=kernel,
                      label="crossover n× (95% CI over prompts)")
         if (~ok).any():
-            ax2.plot(idx[~ok], np.full((~ok).sum(), d["n_max"]), "^", color="tab:red", ms=5,
+            ax2.plot(idx[~ok], np.full((~ok).sum(), d["n_max"]), "^", color=MARK_COLOUR, ms=5,
                      label=f"not crossed by n = {d['n_max']:,}")
         pf = np.isfinite(pred)
-        ax2.plot(idx[pf], pred[pf], "o", mfc="none", color="black", ms=5, label="predicted")
+        ax2.plot(idx[pf], pred[pf], "o", mfc="none", color=REFERENCE_COLOUR, ms=5, label="predicted")
         ax2.set_xticks(idx, [str(w) for w in d["worlds"]], fontsize=6)
         ax2.set_yscale("log")
         ax2.set_xlabel("world seed")

@@ -12,8 +12,11 @@ import math
 
 import numpy as np
 
+from ..constants import NEAR_BAYES_GAP
+from ..metrics import unit_ci
+from ..plots.style import EXTRA_COLOURS, PREDICTOR_STYLE, REFERENCE_COLOUR, SHADE_GREY
 from .base import (INCONCLUSIVE, MIN_UNITS, NAN, REFUTED, SUPPORTED, Claim, as_float, ci_text, done, failed_note,
-                   few, fmt, overall, unit_ci)
+                   few, fmt, overall)
 
 ID = "C5"
 TITLE = "A transformer trained to near the Bayes loss predicts like the kernel estimate rather than like exact Bayes"
@@ -22,9 +25,6 @@ SOURCE = ("the paper's central empirical claim: a trained transformer's attentio
           "(THEORY.md §7, §10; the paper's Table 2, GPT-J)")
 SCOPE = ("prompts within the trained context (block size)", f">= {MIN_UNITS} worlds x {MIN_UNITS} training seeds",
          "models trained near the Bayes loss")
-#: "trained to near the Bayes loss": every run's validation loss within this many nats per token of
-#: the Bayes floor (train.TrainConfig's default target gap).
-NEAR_BAYES_GAP = 0.05
 #: train.TrainConfig's default block size and icl-eval's default example length, for a job whose
 #: own are unknown.
 DEFAULT_BLOCK, DEFAULT_K = 128, 3
@@ -64,6 +64,49 @@ def _at(r, n, metric, world):
     return s["mean"].to_numpy(float), s[world].to_numpy(), s
 
 
+def _series(r, beyond, world) -> tuple[dict, list]:
+    """({metric: {'label', 'n', 'ci'}} per n over every prompt group's n >= 1, for the figure;
+    the 'outside' entries of the n beyond the trained block, with their numbers, not judged)."""
+    series = {}
+    ns_all = sorted(set(r["n_demos"]))
+    for metric, label in _SERIES:
+        cis = []
+        for n in ns_all:
+            v, u, _ = _at(r, n, metric, world)
+            cis.append(list(unit_ci(v, u)[:3]) if v.size else [NAN] * 3)
+        series[metric] = {"label": label, "n": [float(n) for n in ns_all], "ci": cis}
+    outside = []
+    for n in sorted(set(beyond["n_demos"])):
+        v, u, _ = _at(beyond, n, "tv_bayes", world)
+        vk, uk, _ = _at(beyond, n, "tv_kernel", world)
+        outside.append({"setting": f"n = {n}", "why": "the prompt is longer than the trained block",
+                        "text": f"n = {n}: TV(model, exact Bayes) {ci_text(unit_ci(v, u, lower=0.0))}, TV(model, "
+                                f"kernel) {ci_text(unit_ci(vk, uk, lower=0.0))} (not judged)"})
+    return series, outside
+
+
+def _word(W, few_seeds, far, has_dir, d, dk, dg) -> tuple[str, str]:
+    """(verdict, why) by :data:`RULE` from the units, the runs' gaps and the three intervals."""
+    if W < MIN_UNITS:
+        return INCONCLUSIVE, few(W)
+    if few_seeds:
+        return INCONCLUSIVE, (f"world{'s' if len(few_seeds) > 1 else ''} {', '.join(map(str, few_seeds))} "
+                              f"{'have' if len(few_seeds) > 1 else 'has'} fewer than {MIN_UNITS} training seeds")
+    if far:
+        return INCONCLUSIVE, (f"{len(far)} run{'s are' if len(far) > 1 else ' is'} not near the Bayes loss (gap > "
+                              f"{NEAR_BAYES_GAP:g} nats/token)")
+    if not has_dir:
+        return INCONCLUSIVE, "no directional metrics (dir_kernel, dir_gap) in the table: an older icl-eval"
+    if dk[2] < 0 or dg[2] < 0:
+        return REFUTED, ("the model departs from exact Bayes against the kernel's direction" if dk[2] < 0 else
+                         "label counting points where the model departs better than the kernel does")
+    if d[1] > 0 and not dg[1] > 0:
+        return REFUTED, "nearer exact Bayes than the kernel, and its departures do not follow the kernel's way"
+    if d[2] < 0 and dk[1] > 0 and dg[1] > 0:
+        return SUPPORTED, "nearer the kernel, and its departures from exact Bayes point the kernel's way"
+    return INCONCLUSIVE, "the distances and the direction do not agree, or an interval includes 0"
+
+
 def verdict(rows, *, world: str = "train.world_seed", seed: str = "train.seed", gaps=None, limits=None,
             group: str | None = None, family: str = "ginc-small"):
     """C5 from an icl-eval sweep's main table (icl_vs_bayes.csv rows: n_demos, concepts, metric,
@@ -84,20 +127,8 @@ def verdict(rows, *, world: str = "train.world_seed", seed: str = "train.seed", 
     r = rows[(rows["concepts"] == g) & (rows["n_demos"] >= 1)]
     inside, beyond = in_block(r, limits)
     ns = sorted(set(inside["n_demos"]))
-    for metric, label in _SERIES:
-        series = []
-        for n in sorted(set(r["n_demos"])):
-            v, u, _ = _at(r, n, metric, world)
-            series.append(list(unit_ci(v, u)[:3]) if v.size else [NAN] * 3)
-        plot["series"][metric] = {"label": label, "n": [float(n) for n in sorted(set(r["n_demos"]))], "ci": series}
+    plot["series"], outside = _series(r, beyond, world)
     plot["n_inside"] = [float(n) for n in ns]
-    outside = []
-    for n in sorted(set(beyond["n_demos"])):
-        v, u, _ = _at(beyond, n, "tv_bayes", world)
-        vk, uk, _ = _at(beyond, n, "tv_kernel", world)
-        outside.append({"setting": f"n = {n}", "why": "the prompt is longer than the trained block",
-                        "text": f"n = {n}: TV(model, exact Bayes) {ci_text(unit_ci(v, u, lower=0.0))}, TV(model, "
-                                f"kernel) {ci_text(unit_ci(vk, uk, lower=0.0))} (not judged)"})
     n_use = next((n for n in reversed(ns) if {"tv_bayes", "tv_kernel"} <= set(inside[inside["n_demos"] == n]["metric"])),
                  None)
     numbers = {}
@@ -131,25 +162,7 @@ def verdict(rows, *, world: str = "train.world_seed", seed: str = "train.seed", 
     far = [j for j in piv["job"] if gaps.get(j, -math.inf) > NEAR_BAYES_GAP]
     few_seeds = sorted(w for w, c in seeds_per_world.items() if c < MIN_UNITS)
     has_dir = math.isfinite(dk[0]) and math.isfinite(dg[0])
-    if W < MIN_UNITS:
-        v, why = INCONCLUSIVE, few(W)
-    elif few_seeds:
-        v, why = INCONCLUSIVE, (f"world{'s' if len(few_seeds) > 1 else ''} {', '.join(map(str, few_seeds))} "
-                                f"{'have' if len(few_seeds) > 1 else 'has'} fewer than {MIN_UNITS} training seeds")
-    elif far:
-        v, why = INCONCLUSIVE, (f"{len(far)} run{'s are' if len(far) > 1 else ' is'} not near the Bayes loss (gap > "
-                                f"{NEAR_BAYES_GAP:g} nats/token)")
-    elif not has_dir:
-        v, why = INCONCLUSIVE, "no directional metrics (dir_kernel, dir_gap) in the table: an older icl-eval"
-    elif dk[2] < 0 or dg[2] < 0:
-        v, why = REFUTED, ("the model departs from exact Bayes against the kernel's direction" if dk[2] < 0 else
-                           "label counting points where the model departs better than the kernel does")
-    elif d[1] > 0 and not dg[1] > 0:
-        v, why = REFUTED, "nearer exact Bayes than the kernel, and its departures do not follow the kernel's way"
-    elif d[2] < 0 and dk[1] > 0 and dg[1] > 0:
-        v, why = SUPPORTED, "nearer the kernel, and its departures from exact Bayes point the kernel's way"
-    else:
-        v, why = INCONCLUSIVE, "the distances and the direction do not agree, or an interval includes 0"
+    v, why = _word(W, few_seeds, far, has_dir, d, dk, dg)
     tvb = numbers.get(f"TV(model, exact Bayes) at n = {n_use}", (NAN,) * 3)
     tvk = numbers.get(f"TV(model, kernel) at n = {n_use}", (NAN,) * 3)
     nseeds = sorted(set(seeds_per_world.values()))
@@ -183,28 +196,29 @@ def draw(result, fig) -> None:
     if not plot.get("series"):
         raise ValueError("no data for a figure")
     ax, ax2 = fig.subplots(1, 2)
-    styles = {"tv_bayes": ("black", "-"), "tv_kernel": ("tab:blue", "-"), "tv_frequency": ("0.45", "--"),
-              "tv_kernel_bayes": ("tab:blue", ":"), "dir_kernel": ("tab:blue", "-"),
-              "dir_frequency": ("0.45", "--"), "dir_gap": ("tab:purple", "-")}
+    bayes, kernel, freq = (PREDICTOR_STYLE[p][0] for p in ("bayes", "kernel", "frequency"))
+    styles = {"tv_bayes": (bayes, "-"), "tv_kernel": (kernel, "-"), "tv_frequency": (freq, "--"),
+              "tv_kernel_bayes": (kernel, ":"), "dir_kernel": (kernel, "-"),
+              "dir_frequency": (freq, "--"), "dir_gap": (EXTRA_COLOURS[1], "-")}
     for metric, s in plot["series"].items():
         ci = np.array(s["ci"], float).reshape(-1, 3)
         if not np.isfinite(ci[:, 0]).any():
             continue
         a = ax2 if metric.startswith("dir") else ax
-        col, ls = styles.get(metric, ("tab:red", "-"))
+        col, ls = styles.get(metric, (EXTRA_COLOURS[0], "-"))
         a.plot(s["n"], ci[:, 0], ls, marker="o", ms=3, color=col, label=s["label"])
         a.fill_between(s["n"], ci[:, 1], ci[:, 2], color=col, alpha=0.12, lw=0)
     inside = plot.get("n_inside") or []
     for a in (ax, ax2):
         if inside:
-            a.axvspan(max(inside) * 1.02, a.get_xlim()[1] * 2, color="0.85", alpha=0.5, lw=0)
+            a.axvspan(max(inside) * 1.02, a.get_xlim()[1] * 2, color=SHADE_GREY, alpha=0.5, lw=0)
         a.set_xscale("log", base=2)
         a.set_xlabel("n (demonstrations); grey: beyond the trained block")
         a.grid(True, alpha=0.3)
         a.legend(fontsize=6, frameon=False)
     ax.set_ylabel("total variation (95% CI over worlds)")
     ax.set_ylim(bottom=0)
-    ax2.axhline(0, color="black", lw=0.8)
+    ax2.axhline(0, color=REFERENCE_COLOUR, lw=0.8)
     ax2.set_ylabel("mean per-prompt correlation over the labels")
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 
+from ..constants import NEAR_BAYES_GAP
+from ..metrics import unit_ci
+from ..plots.style import PREDICTOR_COLOURS, REFERENCE_COLOUR
 from .base import (INCONCLUSIVE, MIN_UNITS, NAN, REFUTED, SUPPORTED, Claim, as_float, ci_text, done, few, fmt,
-                   overall, unit_ci)
-from .c5 import NEAR_BAYES_GAP
+                   overall)
 
 ID = "C6"
 TITLE = ("Some attention heads reconstruct the prediction beyond the uniform vote and correlate with the kernel "
@@ -128,14 +130,14 @@ def draw(result, fig) -> None:
     for i, b in enumerate(bars):
         m, lo, hi = b["ci"]
         ax.errorbar([m], [i], xerr=[[m - lo], [hi - m]] if math.isfinite(lo) else None, fmt="o", capsize=4,
-                    color="tab:blue")
-    ax.axvline(0, color="black", lw=0.8)
+                    color=PREDICTOR_COLOURS["kernel"])
+    ax.axvline(0, color=REFERENCE_COLOUR, lw=0.8)
     ax.set_yticks(range(len(bars)), [b["reference"] for b in bars])
     ax.set_xlabel(f"chosen head minus reference vote: agreement with {plot.get('target', TARGET)} (95% CI)")
     ax.grid(True, alpha=0.3)
     corr = plot.get("corr", [])
-    ax2.plot([0] * len(corr), corr, "o", color="tab:blue")
-    ax2.axhline(0, color="black", lw=0.8)
+    ax2.plot([0] * len(corr), corr, "o", color=PREDICTOR_COLOURS["kernel"])
+    ax2.axhline(0, color=REFERENCE_COLOUR, lw=0.8)
     ax2.set_xticks([0], ["runs"])
     ax2.set_ylabel("held-out Pearson(head, theory kernel)")
     ax2.grid(True, alpha=0.3)

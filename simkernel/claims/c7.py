@@ -17,9 +17,11 @@ import math
 
 import numpy as np
 
-from ..constants import PHENOMENA
+from ..constants import INVARIANCE_TOL, PHENOMENA
+from ..metrics import ratio_ci, unit_ci
+from ..plots.style import BAND_COLOUR, EXTRA_COLOURS, PREDICTOR_COLOURS, REFERENCE_COLOUR
 from .base import (FAILED, INCONCLUSIVE, MIN_UNITS, NAN, OUT_OF_SCOPE, PASSED, REFUTED, SUPPORTED, Claim, as_float,
-                   ci_text, done, few, fmt, overall, ratio_ci, unit_ci)
+                   ci_text, done, few, fmt, overall)
 
 KIND = "finite-n"
 #: The kernel's effect agrees in magnitude with exact Bayes' when the ratio's interval lies inside.
@@ -28,8 +30,6 @@ AGREEMENT_BAND = (0.5, 2.0)
 N_BOOT, BOOT_SEED = 2000, 0
 #: The family-wise error of a phenomenon's verdict: its settings are judged at 1 − FAMILY_ALPHA / m.
 FAMILY_ALPHA = 0.05
-#: An exact invariance (phenomena.INVARIANCE_TOL): TV below this is zero.
-INVARIANCE_TOL = 1e-12
 FAMILY = "ginc-small"
 TITLES = {
     "retrieval": "Retrieving demonstrations similar to x_test acts like a smaller kernel bandwidth (less bias)",
@@ -107,43 +107,58 @@ def headroom_of(v: dict, setting_key: str | None = None) -> dict | None:
     return effect(h) if isinstance(h, dict) else None
 
 
+def setting(name: str, scope: str, v: dict, getter, key=None, why: str = "") -> dict:
+    """{'setting', 'scope': 'in' | 'outside', 'why', 'headroom', 'bayes', 'kernel', 'frequency'}: one
+    setting of a verdict dict, each predictor's effect (:func:`effect` of ``getter(predictor)``)."""
+    return {"setting": name, "scope": scope, "why": why, "headroom": headroom_of(v, key),
+            **{p: effect(getter(p)) for p in ("bayes", "kernel", "frequency")}}
+
+
+def retrieval_settings(v: dict) -> list[dict]:
+    """Each selector at the smallest bandwidth against random demonstrations."""
+    return [setting(f"{sel} selector, τ = {v.get('bandwidth')}, n = {v.get('n_demos')}", "in", v,
+                    lambda p, res=v[sel]: (res.get(p) or {}).get("tv_oracle_minus_random"), sel)
+            for sel in ("kernel", "similarity", "overlap") if isinstance(v.get(sel), dict)]
+
+
+def labels_settings(v: dict) -> list[dict]:
+    """Format (inside: the label space changed) and flip (outside: labels inconsistent with the concept)."""
+    return [setting(f"{mode}, fraction {v.get('fraction')}, n = {v.get('n_demos')}",
+                    "outside" if mode == "flip" else "in", v, lambda p, res=v[mode]: res.get(p), mode,
+                    OUTSIDE_WHY["flip"] if mode == "flip" else "")
+            for mode in ("format", "flip") if isinstance(v.get(mode), dict)]
+
+
+def shift_settings(v: dict) -> list[dict]:
+    """Each kind/target group at the largest shift against shift 0."""
+    return [setting(f"{key}, shift {v.get('shift')}, n = {v.get('n_demos')}", "in", v,
+                    lambda p, res=res: (res.get(p) or {}).get("shifted_minus_clean"), key)
+            for key, res in v.items() if "/" in str(key) and isinstance(res, dict)]
+
+
+def prior_settings(v: dict) -> list[dict]:
+    """The smallest prior against the uniform one."""
+    preds = v.get("predictors", {})
+    return [setting(f"smallest prior vs uniform, n = {v.get('n_demos')}", "in", v,
+                    lambda p: ((preds.get(p) or {}).get("vs_uniform") or [None])[-1], "prior")]
+
+
+def order_settings(v: dict) -> list[dict]:
+    """Restart-free worlds only (outside); restart worlds are an identity, checked by :func:`order_check`."""
+    return [setting(f"restart-free worlds, n = {v.get('n_demos')}", "outside", v,
+                    lambda p: {"bayes": v.get("bayes_restart_free"), "kernel": v.get("kernel_restart_free")}.get(p),
+                    "restart-free", OUTSIDE_WHY["restart-free"])]
+
+
+#: phenomenon -> the reader of its verdict dict's settings
+SETTINGS = {"retrieval": retrieval_settings, "labels": labels_settings, "shift": shift_settings,
+            "prior": prior_settings, "order": order_settings}
+
+
 def settings(name: str, v: dict) -> list[dict]:
     """[{'setting', 'scope': 'in' | 'outside', 'why', 'bayes', 'kernel', 'frequency', 'headroom'}]
     of one phenomenon's verdict dict (each predictor an :func:`effect` or None)."""
-    out = []
-
-    def add(setting, scope, getter, key=None, why=""):
-        out.append({"setting": setting, "scope": scope, "why": why, "headroom": headroom_of(v, key),
-                    **{p: effect(getter(p)) for p in ("bayes", "kernel", "frequency")}})
-
-    if name == "retrieval":
-        for sel in ("kernel", "similarity", "overlap"):
-            res = v.get(sel)
-            if isinstance(res, dict):
-                add(f"{sel} selector, τ = {v.get('bandwidth')}, n = {v.get('n_demos')}", "in",
-                    lambda p, res=res: (res.get(p) or {}).get("tv_oracle_minus_random"), sel)
-    elif name == "labels":
-        for mode in ("format", "flip"):
-            res = v.get(mode)
-            if isinstance(res, dict):
-                add(f"{mode}, fraction {v.get('fraction')}, n = {v.get('n_demos')}",
-                    "outside" if mode == "flip" else "in", lambda p, res=res: res.get(p), mode,
-                    OUTSIDE_WHY["flip"] if mode == "flip" else "")
-    elif name == "shift":
-        for key, res in v.items():
-            if "/" in str(key) and isinstance(res, dict):
-                add(f"{key}, shift {v.get('shift')}, n = {v.get('n_demos')}", "in",
-                    lambda p, res=res: (res.get(p) or {}).get("shifted_minus_clean"), key)
-    elif name == "prior":
-        preds = v.get("predictors", {})
-        add(f"smallest prior vs uniform, n = {v.get('n_demos')}", "in",
-            lambda p: ((preds.get(p) or {}).get("vs_uniform") or [None])[-1], "prior")
-    elif name == "order":
-        # restart worlds: an identity (both exactly invariant), a check, not a setting
-        add(f"restart-free worlds, n = {v.get('n_demos')}", "outside",
-            lambda p: {"bayes": v.get("bayes_restart_free"), "kernel": v.get("kernel_restart_free")}.get(p),
-            "restart-free", OUTSIDE_WHY["restart-free"])
-    return out
+    return SETTINGS[name](v) if name in SETTINGS else []
 
 
 def order_check(v: dict) -> dict:
@@ -351,8 +366,9 @@ def draw(result, fig) -> None:
     if not sets:
         raise ValueError("no data for a figure")
     ax, ax2 = fig.subplots(1, 2, width_ratios=[3, 2])
-    for j, (p, col, lab) in enumerate((("bayes", "black", "exact Bayes"), ("kernel", "tab:blue", "theory kernel"),
-                                       ("frequency", "0.5", "label frequencies"))):
+    for j, (p, col, lab) in enumerate((("bayes", REFERENCE_COLOUR, "exact Bayes"),
+                                       ("kernel", PREDICTOR_COLOURS["kernel"], "theory kernel"),
+                                       ("frequency", PREDICTOR_COLOURS["frequency"], "label frequencies"))):
         first = True
         for i, s in enumerate(sets):
             ci = s.get(p)
@@ -364,16 +380,16 @@ def draw(result, fig) -> None:
                         label=lab if first else None)
             first = False
     labels = [s["setting"] + (" (outside)" if s["scope"] == "outside" else "") for s in sets]
-    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(0, color=REFERENCE_COLOUR, lw=0.8)
     ax.set_yticks(range(len(sets)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(plot.get("effect", "effect") + " (95% CI over worlds)", fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     lo_b, hi_b = plot.get("band", AGREEMENT_BAND)
-    ax2.axvspan(lo_b, hi_b, color="tab:green", alpha=0.15, label="agreement band")
-    ax2.axvline(1, color="tab:green", lw=0.8)
-    ax2.axvline(0, color="black", lw=0.8)
+    ax2.axvspan(lo_b, hi_b, color=BAND_COLOUR, alpha=0.15, label="agreement band")
+    ax2.axvline(1, color=BAND_COLOUR, lw=0.8)
+    ax2.axvline(0, color=REFERENCE_COLOUR, lw=0.8)
     for i, s in enumerate(sets):
         r = s.get("ratio")
         if not r or not math.isfinite(as_float(r[0])):
@@ -381,7 +397,7 @@ def draw(result, fig) -> None:
         m, lo, hi = (float(np.clip(as_float(x), -2, 4)) for x in r)
         err = [[max(m - lo, 0)], [max(hi - m, 0)]] if math.isfinite(as_float(r[1])) else None
         ax2.errorbar([m], [i], xerr=err, fmt="s" if s["inverted"] else "o", ms=4, capsize=3,
-                     color="tab:purple" if s["inverted"] else "tab:blue")
+                     color=EXTRA_COLOURS[1] if s["inverted"] else PREDICTOR_COLOURS["kernel"])
     ax2.set_yticks(range(len(sets)), [""] * len(sets))
     ax2.set_ylim(ax.get_ylim())
     ax2.set_xlim(-2, 4)
@@ -392,4 +408,4 @@ def draw(result, fig) -> None:
 
 CLAIMS = {name: Claim(f"C7-{name}", TITLES[name], KIND, SOURCES[name], SCOPES[name], RULE,
                       reads=("phenomena.verdicts",), judge=_judge(name), draw=draw, families=(FAMILY,))
-          for name in PHENOMENA}
+          for name in PHENOMENA if name in TITLES}

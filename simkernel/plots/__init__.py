@@ -8,7 +8,10 @@ and the power-law fits stored under "fits" in ``convergence.json``;
 ``load_convergence(folder)`` reads both back.  ``plot_icl_vs_bayes``,
 ``load_icl`` and ``redraw_icl`` do the same for ``simkernel icl-eval``'s icl_vs_bayes.csv and
 .json.  One module per figure family (``convergence``, ``icl``, ``measure``, ``phenomena``, ``regime``,
-``sweep``), all drawn through ``style`` (DPI, palette, metadata, atomic save).  Nothing here runs an experiment or computes a statistic.
+``llm_world``,
+``sweep``), all drawn through ``style``: DPI, the kernel and predictor palettes, the reference
+greys, shared widths and layers, metadata and the atomic save; the report's and the claims'
+figures take their look from it too.  Nothing here runs an experiment or computes a statistic.
 
 matplotlib is imported lazily and drawn through its Agg canvas (no pyplot, no global
 backend switch), so importing this module costs nothing and it works on a headless machine.
@@ -25,3 +28,4 @@ from .measure import MEASURE_FILES, MEASURE_FIGURES, plot_attention_profile, plo
 from .phenomena import PHENOMENON_COLUMNS, plot_phenomenon
 from .sweep import plot_sweep
 from .regime import plot_regime
+from .llm_world import plot_documents

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..store import atomic_write
 from ..constants import ICL_COLUMNS
 from .common import checked_rows, load_results
-from .style import DPI, metadata
+from .style import CI_ALPHA, DPI, ICL_COLOURS, save
 
 
 # ---------------------------------------------------------------------- the ICL evaluation figure
@@ -18,21 +17,22 @@ _GROUP_TITLES = {"prior": "concepts drawn from the prior", "id": "in-distributio
 #: something; dashed: the theory kernel against exact Bayes, the reference for how far the
 #: kernel is.  The label-frequency baseline (the null model a kernel has to beat) is purple,
 #: dotted / dash-dotted with hollow square markers, so it never reads as a kernel curve.
+_M, _K, _F = ICL_COLOURS["model"], ICL_COLOURS["kernel"], ICL_COLOURS["frequency"]
 _ICL_SERIES = (
-    (0, "tv_bayes", "tab:blue", "-", 1.8, "o", "model vs exact Bayes"),
-    (0, "tv_kernel", "tab:green", "-", 1.8, "o", "model vs theory kernel"),
-    (0, "tv_oracle", "tab:gray", "-", 1.0, "o", "model vs oracle"),
-    (0, "tv_kernel_bayes", "tab:green", "--", 1.3, "o", "theory kernel vs exact Bayes"),
-    (0, "tv_frequency", "tab:purple", ":", 1.3, "s", "model vs label frequencies (baseline)"),
-    (0, "tv_frequency_bayes", "tab:purple", "-.", 1.3, "s", "label frequencies vs exact Bayes"),
-    (1, "agree_bayes", "tab:blue", "-", 1.8, "o", "model = exact Bayes"),
-    (1, "agree_kernel", "tab:green", "-", 1.8, "o", "model = theory kernel"),
-    (1, "agree_frequency", "tab:purple", ":", 1.3, "s", "model = label frequencies (baseline)"),
-    (2, "acc_model", "tab:blue", "-", 1.8, "o", "model"),
-    (2, "acc_bayes", "black", "-", 1.4, "o", "exact Bayes"),
-    (2, "acc_kernel", "tab:green", "--", 1.3, "o", "theory kernel"),
-    (2, "acc_oracle", "tab:orange", ":", 1.4, "o", "oracle (true concept)"),
-    (2, "acc_frequency", "tab:purple", "-.", 1.3, "s", "label frequencies (baseline)"),
+    (0, "tv_bayes", _M, "-", 1.8, "o", "model vs exact Bayes"),
+    (0, "tv_kernel", _K, "-", 1.8, "o", "model vs theory kernel"),
+    (0, "tv_oracle", ICL_COLOURS["oracle_tv"], "-", 1.0, "o", "model vs oracle"),
+    (0, "tv_kernel_bayes", _K, "--", 1.3, "o", "theory kernel vs exact Bayes"),
+    (0, "tv_frequency", _F, ":", 1.3, "s", "model vs label frequencies (baseline)"),
+    (0, "tv_frequency_bayes", _F, "-.", 1.3, "s", "label frequencies vs exact Bayes"),
+    (1, "agree_bayes", _M, "-", 1.8, "o", "model = exact Bayes"),
+    (1, "agree_kernel", _K, "-", 1.8, "o", "model = theory kernel"),
+    (1, "agree_frequency", _F, ":", 1.3, "s", "model = label frequencies (baseline)"),
+    (2, "acc_model", _M, "-", 1.8, "o", "model"),
+    (2, "acc_bayes", ICL_COLOURS["bayes"], "-", 1.4, "o", "exact Bayes"),
+    (2, "acc_kernel", _K, "--", 1.3, "o", "theory kernel"),
+    (2, "acc_oracle", ICL_COLOURS["oracle"], ":", 1.4, "o", "oracle (true concept)"),
+    (2, "acc_frequency", _F, "-.", 1.3, "s", "label frequencies (baseline)"),
 )
 #: Markers drawn hollow: the baseline's.
 _HOLLOW = {"s"}
@@ -92,7 +92,7 @@ def plot_icl_vs_bayes(rows, path_png, title: str | None = None, dpi: int = DPI) 
             hollow = marker in _HOLLOW
             ax.plot(n, m, ls, color=colour, lw=lw, marker=marker, ms=4 if hollow else 3,
                     mfc="white" if hollow else colour, label=label)
-            ax.fill_between(n, lo, hi, color=colour, alpha=0.07 if hollow else 0.12, lw=0)
+            ax.fill_between(n, lo, hi, color=colour, alpha=0.07 if hollow else CI_ALPHA, lw=0)
         where = _GROUP_TITLES.get(g, f"concept {g}")
         axes[i, 0].set_ylabel(f"{where}\ntotal variation over the labels", fontsize=9)
         axes[i, 1].set_ylabel("argmax agreement", fontsize=9)
@@ -121,9 +121,7 @@ def plot_icl_vs_bayes(rows, path_png, title: str | None = None, dpi: int = DPI) 
     axes[0, 2].set_title("accuracy against y_test", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path_png)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, metadata=metadata("png")))
-    return path
+    return save(fig, path_png, dpi)
 
 
 def load_icl(folder) -> tuple[list[dict], dict]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .common import as_float, finite
-from .style import DPI, save
+from .style import DPI, MARK_COLOUR, REFERENCE_COLOUR, ZERO_GREY, save
 
 
 MEASURE_FILES = {"heads": "heads.csv", "best": "best.csv", "profile": "profile.csv", "probes": "probes.csv"}
@@ -55,7 +55,7 @@ def plot_attention_profile(profile_rows, path_png, title: str | None = None, dpi
     im = ax.imshow(prof.reshape(L * H, P), aspect="auto", cmap="viridis", interpolation="nearest")
     for layer in range(1, L):
         ax.axhline(layer * H - 0.5, color="white", lw=0.6)
-    ax.axvline(label, color="tab:red", lw=1.0, ls="--")
+    ax.axvline(label, color=MARK_COLOUR, lw=1.0, ls="--")
     ax.set_yticks([layer * H + (H - 1) / 2 for layer in range(L)], [str(layer) for layer in range(L)])
     ax.set_ylabel("layer (one row per head)")
     ax.set_xlabel(f"position in the demonstration, rescaled to {P} (red: label)")
@@ -63,7 +63,7 @@ def plot_attention_profile(profile_rows, path_png, title: str | None = None, dpi
     cmap = __import__("matplotlib").colormaps["viridis"]
     for layer in range(L):
         ax2.plot(np.arange(P), prof[layer].mean(0), color=cmap(layer / max(L - 1, 1)), label=f"layer {layer}")
-    ax2.axvline(label, color="tab:red", lw=1.0, ls="--")
+    ax2.axvline(label, color=MARK_COLOUR, lw=1.0, ls="--")
     ax2.set_xlabel("rescaled position (red: label)")
     ax2.set_ylabel("mean attention over heads")
     if L <= 12:
@@ -99,7 +99,7 @@ def plot_head_scores(head_rows, best_rows, path_png, split: str = "report", titl
                        vmin=-1 if corr else 0, vmax=1)
         if (measure, ref) in chosen:
             layer, head = chosen[(measure, ref)]
-            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="tab:red", lw=1.8))
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec=MARK_COLOUR, lw=1.8))
         ax.set_title(f"{measure} with {ref}", fontsize=8)
         ax.set_xlabel("head", fontsize=8)
         ax.set_ylabel("layer", fontsize=8)
@@ -154,7 +154,6 @@ def plot_references(reference_rows, path_png, pooled_rows=None, title: str | Non
     ``analysis.REFERENCE_COLUMNS``, plus ``run`` when several runs are drawn, one marker
     each), and, from ``pooled_rows`` (``alignment.POOLED_COLUMNS``), the pooled difference
     with its interval over runs (black).  Right of 0: the head beats the reference."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     rows = list(reference_rows)
@@ -187,10 +186,10 @@ def plot_references(reference_rows, path_png, pooled_rows=None, title: str | Non
             if p is not None and int(p["n_runs"]) > 1:
                 d, lo, hi = (as_float(p[c]) for c in ("difference", "lo", "hi"))
                 if finite(d, lo, hi):
-                    ax.errorbar([d], [j], xerr=[[d - lo], [hi - d]], fmt="D", ms=5, color="black", lw=2,
+                    ax.errorbar([d], [j], xerr=[[d - lo], [hi - d]], fmt="D", ms=5, color=REFERENCE_COLOUR, lw=2,
                                 label="pooled" if j == 0 else None)
         head = next((r for r in rows if r["target"] == target), {})
-        ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+        ax.axvline(0.0, color=ZERO_GREY, lw=0.8, ls="--")
         ax.set_yticks(range(len(refs)), refs, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("head minus reference (held-out agreement)", fontsize=8)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .style import DPI, EXTRA_COLOURS, save
+from .style import BAND_COLOUR, DPI, ESTIMATOR_COLOURS, EXTRA_COLOURS, KERNEL_COLOURS, MARK_COLOUR, save
+
+_FREQUENCY = KERNEL_COLOURS["frequency"]
 
 
 def plot_regime(rows, worlds, path_png, title: str | None = None, dpi: int = DPI) -> Path:
@@ -26,8 +28,8 @@ def plot_regime(rows, worlds, path_png, title: str | None = None, dpi: int = DPI
     ax, ax_r, ax_b = fig.subplots(1, 3)
     colours = {}
     for i, key in enumerate(keys):
-        colours[key] = "0.35" if key[0] == "frequency" else EXTRA_COLOURS[i % len(EXTRA_COLOURS)] \
-            if key[1] != "normalised" else "tab:blue"
+        colours[key] = _FREQUENCY if key[0] == "frequency" else EXTRA_COLOURS[i % len(EXTRA_COLOURS)] \
+            if key[1] != "normalised" else ESTIMATOR_COLOURS["normalised"]
 
     def mean_over_worlds(kn, e, metric):
         by = {}
@@ -52,20 +54,20 @@ def plot_regime(rows, worlds, path_png, title: str | None = None, dpi: int = DPI
         for wr in worlds:
             if (wr["kernel"], wr["estimator"]) == key and wr.get("reached") and math.isfinite(float(wr["regime_n"])):
                 ax_r.plot([float(wr["regime_n"])], [1.0], "o", color=colours[key], ms=3.5, alpha=0.7)
-    ax_r.axhspan(1 - band, 1 + band, color="tab:green", alpha=0.12, label=f"1 ± {band:g}")
-    ax_r.axhline(1.0, color="tab:green", lw=0.8)
+    ax_r.axhspan(1 - band, 1 + band, color=BAND_COLOUR, alpha=0.12, label=f"1 ± {band:g}")
+    ax_r.axhline(1.0, color=BAND_COLOUR, lw=0.8)
     primary = next((k for k in keys if k[0] != "frequency"), None)
     if primary is not None:
         for key, lab in ((primary, f"{primary[0]} kernel, {primary[1]}"), (("frequency", "normalised"),
                                                                           "label frequencies")):
             ns, m = mean_over_worlds(key[0], key[1], "tv_bayes")
-            ax_b.plot(ns, m, "-", color=colours.get(key, "0.35"), label=f"{lab}: measured")
+            ax_b.plot(ns, m, "-", color=colours.get(key, _FREQUENCY), label=f"{lab}: measured")
             ns, m = mean_over_worlds(key[0], key[1], "tv_bayes_pred")
-            ax_b.plot(ns, m, ":", color=colours.get(key, "0.35"), label=f"{lab}: predicted (vs the oracle)")
+            ax_b.plot(ns, m, ":", color=colours.get(key, _FREQUENCY), label=f"{lab}: predicted (vs the oracle)")
         for wr in worlds:
             if (wr["kernel"], wr["estimator"]) == primary and math.isfinite(float(wr["crossover"])):
-                ax_b.axvline(float(wr["crossover"]), color="tab:red", lw=0.6, alpha=0.4)
-        ax_b.plot([], [], color="tab:red", lw=0.6, alpha=0.6, label="crossover n× per world")
+                ax_b.axvline(float(wr["crossover"]), color=MARK_COLOUR, lw=0.6, alpha=0.4)
+        ax_b.plot([], [], color=MARK_COLOUR, lw=0.6, alpha=0.6, label="crossover n× per world")
     # the Gaussian predictions say nothing at small n and run far above every measured value there
     for a, metric in ((ax, "tv_limit"), (ax_b, "tv_bayes")):
         top = [float(r["mean"]) for r in finite if r["metric"] == metric and math.isfinite(float(r["mean"]))]
