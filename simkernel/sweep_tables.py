@@ -69,6 +69,21 @@ def dtype_of(arrow_type) -> str:
     return "str"
 
 
+def _numeric(col, dtype: str):
+    """A string column (nulls where a cell is missing) as int64, or as float64 when it is declared
+    float, holds a missing value or is not all whole numbers (``inf``): :func:`results.typed`'s
+    rule, in arrow's C++ parser (correctly rounded, as pandas' is)."""
+    import pyarrow as pa
+    import pyarrow.compute as pcomp
+
+    if dtype == "int" and col.null_count == 0:
+        try:
+            return pcomp.cast(col, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass                                  # e.g. "inf" in a column of n
+    return pcomp.cast(col, pa.float64())
+
+
 def read_job_table(path: Path, spec: dict):
     """A job table as an arrow table with its spec's dtypes (``results.typed``): ints as int64 (a
     whole-number column that holds inf as float64), floats as float64, booleans as bool, strings
@@ -81,22 +96,30 @@ def read_job_table(path: Path, spec: dict):
 
     from .results import typed
 
+    import pyarrow.compute as pcomp
+
     declared = spec.get("dtypes") or {}
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
-    # every cell as text first (pyarrow refuses a row with too few or too many cells), then typed
+    # every cell as text first (pyarrow refuses a row with too few or too many cells), then typed;
+    # column by column and vectorised: a sweep reads every job table twice (scan, then write)
     raw = pc.read_csv(path, convert_options=pc.ConvertOptions(
         column_types={c: pa.string() for c in header}, strings_can_be_null=False,
-        quoted_strings_can_be_null=False)).to_pandas()
-    df = typed(raw, dict({c: "str" for c in raw.columns}, **declared))
+        quoted_strings_can_be_null=False))
+    nulls = pa.array(NULL_CELLS, pa.string())
     arrays = []
-    for c in df.columns:
-        empty = raw[c].isin(NULL_CELLS).to_numpy()
-        if declared.get(c, "str") == "str":
-            arrays.append(pa.array([None if e else v for v, e in zip(df[c], empty)], pa.string()))
+    for c in raw.column_names:
+        col = raw.column(c).combine_chunks()
+        empty = pcomp.is_in(col, value_set=nulls)
+        dtype = declared.get(c, "str")
+        if dtype == "str":
+            arrays.append(pcomp.if_else(empty, pa.scalar(None, pa.string()), col))
+        elif dtype in ("int", "float"):
+            arrays.append(_numeric(pcomp.if_else(empty, pa.scalar(None, pa.string()), col), dtype))
         else:
-            arrays.append(pa.array(df[c].to_numpy(), mask=empty))
-    return pa.Table.from_arrays(arrays, names=list(df.columns))
+            values = typed(col.to_pandas().to_frame(c), {c: dtype})[c].to_numpy()
+            arrays.append(pa.array(values, mask=empty.to_numpy(zero_copy_only=False)))
+    return pa.Table.from_arrays(arrays, names=raw.column_names)
 
 
 def _specs_of(jobs, states) -> dict:
