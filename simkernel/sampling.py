@@ -22,12 +22,16 @@ delimiter otherwise.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba as nb
 import numpy as np
 
-from .validate import check_seed
+from .store import (check_out_dir, default_chunk_docs, folder_lock, json_text, provenance, publish_folder,
+                    read_corpus_arrays, read_prompt_arrays, world_summary)
+from .validate import check_int, check_seed
 from .world import World
 
 # ---------------------------------------------------------------------- RNG and draws
@@ -386,3 +390,78 @@ def unique_inputs(prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
     xs = np.stack([prompts.tokens[:, s:s + k - 1] for s in prompts.x_spans[:, 0]], axis=1)
     uniq, inv = np.unique(xs.reshape(-1, k - 1), axis=0, return_inverse=True)
     return uniq, inv.reshape(B, N + 1)
+
+
+# ---------------------------------------------------------------------- corpus and prompt files
+def write_corpus(world: World, out_dir, n_docs: int, doc_length: int, seed: int, *,
+                 chunk_docs: int | None = None, progress=None, overwrite: bool = False,
+                 config: dict | None = None) -> Path:
+    """Sample ``n_docs`` documents of ``doc_length`` symbols into the folder ``out_dir``.
+
+    Documents are sampled ``chunk_docs`` at a time straight into a memory-mapped
+    ``tokens.npy``, so the corpus never has to fit in memory; the result equals
+    ``sample_corpus(world, n_docs, doc_length, seed)`` whatever the chunking.  Everything is
+    written into a temp folder beside ``out_dir`` and renamed into place at the end.
+
+    ``out_dir`` must be absent or empty unless ``overwrite`` (then the old folder is replaced
+    only once the new one is complete).  ``progress``: optional callable(n_done_docs).
+    ``config``: extra entries for meta.json's config (e.g. the command line that ran)."""
+    n_docs, doc_length = check_int("n_docs", n_docs, 1), check_int("doc_length", doc_length, 1)
+    seed = check_seed("seed", seed)
+    chunk = default_chunk_docs(doc_length) if chunk_docs is None else int(chunk_docs)
+    if chunk < 1:
+        raise ValueError(f"chunk_docs must be >= 1, got {chunk_docs!r}")
+    out_dir = check_out_dir(out_dir, overwrite)
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    with folder_lock(out_dir, "corpus", beside=True):
+        # checked again under the lock: another process may have finished this corpus meanwhile
+        check_out_dir(out_dir, overwrite)
+        return _write_corpus(world, out_dir, parent, n_docs, doc_length, seed, chunk, progress, config)
+
+
+def _write_corpus(world, out_dir, parent, n_docs, doc_length, seed, chunk, progress, config) -> Path:
+    dtype = np.dtype(token_dtype(world.n_symbols))
+    need = n_docs * doc_length * dtype.itemsize
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise ValueError(f"corpus needs {need / 2**20:.1f} MiB but {str(parent)!r} has only "
+                         f"{free / 2**20:.1f} MiB free")
+
+    cfg = dict(config or {})
+    cfg.update(n_docs=n_docs, doc_length=doc_length, token_dtype=dtype.name)
+    meta = provenance(cfg, seed)
+    meta["world"] = world_summary(world)
+
+    def build(tmp: Path):
+        tokens = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=dtype,
+                                           shape=(n_docs * doc_length,))
+        concepts = np.empty(n_docs, dtype=np.int64)
+        for first in range(0, n_docs, chunk):
+            n = min(chunk, n_docs - first)
+            part = sample_corpus(world, n, doc_length, seed, first_doc=first,
+                                          n_total_docs=n_docs)
+            tokens[first * doc_length:(first + n) * doc_length] = part.tokens
+            concepts[first:first + n] = part.concepts
+            if progress is not None:
+                progress(first + n)
+        tokens.flush()
+        del tokens
+        np.save(tmp / "offsets.npy", np.arange(n_docs + 1, dtype=np.int64) * doc_length)
+        np.save(tmp / "concepts.npy", concepts)
+        world.save(tmp / "world.npz")
+        (tmp / "meta.json").write_text(json_text(meta))
+
+    return publish_folder(out_dir, build)
+
+
+def read_corpus(path) -> Corpus:
+    """Open a corpus folder written by :func:`write_corpus` (``store.read_corpus_arrays`` checks
+    it); tokens is a read-only memmap."""
+    return Corpus(*read_corpus_arrays(path))
+
+
+def read_prompts(path) -> Prompts:
+    """Load a prompt batch written by ``store.write_prompts`` (fields and shapes checked)."""
+    from dataclasses import fields
+
+    return Prompts(**read_prompt_arrays(path, tuple(f.name for f in fields(Prompts))))

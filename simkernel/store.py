@@ -43,10 +43,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .validate import check_int, check_seed
 
 if TYPE_CHECKING:                     # types only: store is a leaf that world and sampling import
-    from .sampling import Corpus, Prompts
+    from .sampling import Prompts
     from .world import World
 
 #: Packages whose versions every result records.
@@ -350,14 +349,15 @@ def world_summary(world: "World") -> dict:
 
 
 # ---------------------------------------------------------------------- JSON / CSV
-def _dumps(obj) -> str:
+def json_text(obj) -> str:
+    """``obj`` as indented JSON text with a final newline (numpy values converted; NaN allowed)."""
     return json.dumps(obj, indent=2, default=json_default, allow_nan=True) + "\n"
 
 
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically.  numpy scalars and arrays are converted."""
     path = Path(path)
-    text = _dumps(obj).encode()
+    text = json_text(obj).encode()
     atomic_write(path, lambda f: f.write(text))
     return path
 
@@ -410,69 +410,6 @@ def default_chunk_docs(doc_length: int) -> int:
     return max(1, CHUNK_TOKENS // max(1, int(doc_length)))
 
 
-def write_corpus(world: "World", out_dir, n_docs: int, doc_length: int, seed: int, *,
-                 chunk_docs: int | None = None, progress=None, overwrite: bool = False,
-                 config: dict | None = None) -> Path:
-    """Sample ``n_docs`` documents of ``doc_length`` symbols into the folder ``out_dir``.
-
-    Documents are sampled ``chunk_docs`` at a time straight into a memory-mapped
-    ``tokens.npy``, so the corpus never has to fit in memory; the result equals
-    ``sample_corpus(world, n_docs, doc_length, seed)`` whatever the chunking.  Everything is
-    written into a temp folder beside ``out_dir`` and renamed into place at the end.
-
-    ``out_dir`` must be absent or empty unless ``overwrite`` (then the old folder is replaced
-    only once the new one is complete).  ``progress``: optional callable(n_done_docs).
-    ``config``: extra entries for meta.json's config (e.g. the command line that ran)."""
-    n_docs, doc_length = check_int("n_docs", n_docs, 1), check_int("doc_length", doc_length, 1)
-    seed = check_seed("seed", seed)
-    chunk = default_chunk_docs(doc_length) if chunk_docs is None else int(chunk_docs)
-    if chunk < 1:
-        raise ValueError(f"chunk_docs must be >= 1, got {chunk_docs!r}")
-    out_dir = check_out_dir(out_dir, overwrite)
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    with folder_lock(out_dir, "corpus", beside=True):
-        # checked again under the lock: another process may have finished this corpus meanwhile
-        check_out_dir(out_dir, overwrite)
-        return _write_corpus(world, out_dir, parent, n_docs, doc_length, seed, chunk, progress, config)
-
-
-def _write_corpus(world, out_dir, parent, n_docs, doc_length, seed, chunk, progress, config) -> Path:
-    from . import sampling
-
-    dtype = np.dtype(sampling.token_dtype(world.n_symbols))
-    need = n_docs * doc_length * dtype.itemsize
-    free = shutil.disk_usage(parent).free
-    if need > free:
-        raise ValueError(f"corpus needs {need / 2**20:.1f} MiB but {str(parent)!r} has only "
-                         f"{free / 2**20:.1f} MiB free")
-
-    cfg = dict(config or {})
-    cfg.update(n_docs=n_docs, doc_length=doc_length, token_dtype=dtype.name)
-    meta = provenance(cfg, seed)
-    meta["world"] = world_summary(world)
-
-    def build(tmp: Path):
-        tokens = np.lib.format.open_memmap(tmp / "tokens.npy", mode="w+", dtype=dtype,
-                                           shape=(n_docs * doc_length,))
-        concepts = np.empty(n_docs, dtype=np.int64)
-        for first in range(0, n_docs, chunk):
-            n = min(chunk, n_docs - first)
-            part = sampling.sample_corpus(world, n, doc_length, seed, first_doc=first,
-                                          n_total_docs=n_docs)
-            tokens[first * doc_length:(first + n) * doc_length] = part.tokens
-            concepts[first:first + n] = part.concepts
-            if progress is not None:
-                progress(first + n)
-        tokens.flush()
-        del tokens
-        np.save(tmp / "offsets.npy", np.arange(n_docs + 1, dtype=np.int64) * doc_length)
-        np.save(tmp / "concepts.npy", concepts)
-        world.save(tmp / "world.npz")
-        (tmp / "meta.json").write_text(_dumps(meta))
-
-    return publish_folder(out_dir, build)
-
-
 def _swap_in(tmp: Path, out_dir: Path) -> None:
     """Rename the complete folder ``tmp`` to ``out_dir``; an existing ``out_dir`` is renamed
     away first and deleted only after the new one is in place."""
@@ -490,10 +427,10 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_corpus(path) -> "Corpus":
-    """Open a corpus folder written by :func:`write_corpus`; tokens is a read-only memmap."""
-    from . import sampling
-
+def read_corpus_arrays(path) -> tuple:
+    """(tokens, offsets, concepts) of a corpus folder written by ``sampling.write_corpus``, checked:
+    tokens a read-only memmap (N,), offsets (n_docs + 1,) int64, concepts (n_docs,) int64.
+    ``sampling.read_corpus`` wraps them in a ``Corpus``."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"corpus folder {str(path)!r} does not exist")
@@ -517,7 +454,7 @@ def read_corpus(path) -> "Corpus":
         raise ValueError(f"{where}: offsets.npy must rise from 0 to len(tokens) = {tokens.size}")
     if concepts.shape != (offsets.size - 1,):
         raise ValueError(f"{where}: concepts.npy has shape {concepts.shape}, expected ({offsets.size - 1},)")
-    return sampling.Corpus(tokens, offsets.astype(np.int64), concepts.astype(np.int64))
+    return tokens, offsets.astype(np.int64), concepts.astype(np.int64)
 
 
 def read_meta(path) -> dict:
@@ -530,23 +467,19 @@ def read_meta(path) -> dict:
 
 
 # ---------------------------------------------------------------------- prompts
-def _prompt_fields() -> tuple:
-    from . import sampling
-    return tuple(f.name for f in fields(sampling.Prompts))
-
-
 def write_prompts(prompts: "Prompts", path, config: dict, seed) -> Path:
     """Save a prompt batch as one ``.npz`` (atomically) with its provenance in ``meta``."""
     path = Path(path)
-    arrays = {name: np.asarray(getattr(prompts, name)) for name in _prompt_fields()}
-    arrays["meta"] = np.array(_dumps(provenance(config, seed)))
+    arrays = {f.name: np.asarray(getattr(prompts, f.name)) for f in fields(prompts)}
+    arrays["meta"] = np.array(json_text(provenance(config, seed)))
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 
-def read_prompts(path) -> "Prompts":
-    """Load a prompt batch written by :func:`write_prompts` (checks fields and shapes)."""
-    from . import sampling
+def read_prompt_arrays(path, names) -> dict:
+    """The arrays of a prompt batch written by :func:`write_prompts`, checked: every field in
+    ``names`` present, shapes consistent with n_demos and example_length (both Python ints in
+    the result).  ``sampling.read_prompts`` wraps them in a ``Prompts``."""
 
     path = Path(path)
     if not path.is_file():
@@ -557,7 +490,6 @@ def read_prompts(path) -> "Prompts":
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{str(path)!r} is not a simkernel prompts file: cannot read it as "
                          f".npz ({type(e).__name__})") from None
-    names = _prompt_fields()
     missing = [k for k in names if k not in data]
     if missing:
         raise ValueError(f"{str(path)!r} is not a simkernel prompts file: it lacks array "
@@ -573,7 +505,7 @@ def read_prompts(path) -> "Prompts":
                              f"expected {shape} for n_demos={n}, example_length={k}")
     kw = {name: data[name] for name in names}
     kw.update(n_demos=n, example_length=k)
-    return sampling.Prompts(**kw)
+    return kw
 
 
 def read_prompts_meta(path) -> dict:

@@ -69,8 +69,9 @@ from . import bayes, model as model_mod
 from .sampling import sample_corpus
 from .runs import (CHECKPOINT, CONFIG, CORPUS, DONE, METRICS, OUTPUTS, Interrupted, NoCheckpoint, ensure_resumable,
                    checkpoint_step, inspect_run, read_metrics, run_outputs, settle_run)
-from .store import (atomic_write, check_results_dir, folder_lock, publish_folder, read_corpus, read_meta, versions,
-                    write_corpus, write_csv, write_json)
+from .sampling import read_corpus, write_corpus
+from .store import (atomic_write, check_results_dir, folder_lock, publish_folder, read_meta, versions, write_csv,
+                    write_json)
 from .world import World
 
 try:        # transformers' per-save progress bars would break the training bar

@@ -9,7 +9,6 @@ the value normalised (a Python int, a sorted list of distinct ints, ...), so a c
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 
@@ -104,6 +103,8 @@ def check_floats(name: str, values, lo: float = -math.inf, hi: float | None = No
 
 def did_you_mean(value, allowed) -> str:
     """' (did you mean X?)' for the closest allowed name, or ''."""
+    import difflib                # only on the error path: the CLI's --help stays light
+
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -142,7 +142,7 @@ def train_tiny(root, corpus, seed=0):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from simkernel.store import write_corpus
+    from simkernel.sampling import write_corpus
 
     root = tmp_path_factory.mktemp("measure")
     corpus = write_corpus(make_world("random", 0, **WORLD), root / "corpus", 16, 256, seed=0)

@@ -80,7 +80,7 @@ def test_sample_corpus(tmp_path):
     r = ok(["sample", "corpus", *TINY, "--world-seed", 2, "--n-docs", 7, "--doc-length", 11,
             "--seed", 4, "--out", out])
     assert f"wrote 7 documents x 11 symbols to {out}" in r.output
-    c = store.read_corpus(out)
+    c = sampling.read_corpus(out)
     ref = sample_corpus(make_world("random", 2, n_states=3, n_symbols=6), 7, 11, seed=4)
     np.testing.assert_array_equal(c.tokens, ref.tokens)
     np.testing.assert_array_equal(c.concepts, ref.concepts)
@@ -91,9 +91,9 @@ def test_sample_corpus(tmp_path):
     # an existing corpus is kept unless --overwrite
     r = run(["sample", "corpus", *TINY, "--n-docs", 3, "--doc-length", 5, "--out", out])
     assert r.exit_code == 2 and "--overwrite" in r.stderr
-    assert store.read_corpus(out).concepts.size == 7
+    assert sampling.read_corpus(out).concepts.size == 7
     ok(["sample", "corpus", *TINY, "--n-docs", 3, "--doc-length", 5, "--out", out, "--overwrite"])
-    assert store.read_corpus(out).concepts.size == 3
+    assert sampling.read_corpus(out).concepts.size == 3
     assert entries(tmp_path) == ["corpus"]
 
 
@@ -109,7 +109,7 @@ def test_sample_prompts(tmp_path):
     r = ok(["sample", "prompts", *TINY, "--n-prompts", 6, "--n-demos", 3, "--example-length", 4,
             "--seed", 9, "--concept", 2, "--out", out])
     assert "wrote 6 prompts of 3 demonstrations" in r.output
-    p = store.read_prompts(out)
+    p = sampling.read_prompts(out)
     ref = sample_prompts(make_world("random", 0, n_states=3, n_symbols=6), 6, 3, 4, seed=9, concept=2)
     np.testing.assert_array_equal(p.tokens, ref.tokens)
     np.testing.assert_array_equal(p.y_test, ref.y_test)

@@ -21,7 +21,7 @@ from simkernel.capture import capture  # noqa: E402
 from simkernel.device import resolve_device  # noqa: E402
 from simkernel.prompts import collate  # noqa: E402
 from simkernel.sampling import sample_prompts  # noqa: E402
-from simkernel.store import write_corpus  # noqa: E402
+from simkernel.sampling import write_corpus  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

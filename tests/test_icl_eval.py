@@ -23,7 +23,7 @@ from simkernel.metrics import compare, restrict  # noqa: E402
 from simkernel.sampling import sample_prompt_set  # noqa: E402
 from simkernel import model as model_mod  # noqa: E402
 from simkernel import train as tr  # noqa: E402
-from simkernel.store import write_corpus  # noqa: E402
+from simkernel.sampling import write_corpus  # noqa: E402
 
 from cli_helpers import ok, run  # noqa: E402
 

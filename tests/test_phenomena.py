@@ -326,7 +326,7 @@ def run_dir(tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from simkernel import train as tr
-    from simkernel.store import write_corpus
+    from simkernel.sampling import write_corpus
 
     root = tmp_path_factory.mktemp("ph")
     world = make_world("ginc-small", 0)

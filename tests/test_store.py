@@ -39,10 +39,10 @@ def test_versions_and_provenance():
 def test_corpus_round_trip_equals_one_call(world, tmp_path):
     out = tmp_path / "corpus"
     seen = []
-    store.write_corpus(world, out, n_docs=10, doc_length=17, seed=5, chunk_docs=3,
+    sampling.write_corpus(world, out, n_docs=10, doc_length=17, seed=5, chunk_docs=3,
                        progress=seen.append, config={"note": "test"})
     assert seen == [3, 6, 9, 10]
-    c = store.read_corpus(out)
+    c = sampling.read_corpus(out)
     ref = sample_corpus(world, 10, 17, seed=5)
     assert isinstance(c.tokens, np.memmap) and not c.tokens.flags.writeable
     assert c.tokens.dtype == ref.tokens.dtype == sampling.token_dtype(world.n_symbols)
@@ -74,49 +74,49 @@ def test_corpus_interrupted_leaves_nothing(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sampling, "sample_corpus", flaky)
     with pytest.raises(RuntimeError):
-        store.write_corpus(world, tmp_path / "corpus", 10, 5, seed=0, chunk_docs=4)
+        sampling.write_corpus(world, tmp_path / "corpus", 10, 5, seed=0, chunk_docs=4)
     assert _entries(tmp_path) == []
 
 
 def test_corpus_interrupted_overwrite_keeps_old(world, tmp_path, monkeypatch):
     out = tmp_path / "corpus"
-    store.write_corpus(world, out, 4, 5, seed=0)
-    before = store.read_corpus(out).tokens.copy()
+    sampling.write_corpus(world, out, 4, 5, seed=0)
+    before = sampling.read_corpus(out).tokens.copy()
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sampling, "sample_corpus", boom)
     with pytest.raises(KeyboardInterrupt):
-        store.write_corpus(world, out, 6, 5, seed=1, overwrite=True)
-    np.testing.assert_array_equal(store.read_corpus(out).tokens, before)
+        sampling.write_corpus(world, out, 6, 5, seed=1, overwrite=True)
+    np.testing.assert_array_equal(sampling.read_corpus(out).tokens, before)
     assert _entries(tmp_path) == ["corpus"]
 
 
 def test_corpus_overwrite_semantics(world, tmp_path):
     out = tmp_path / "corpus"
     out.mkdir()                                    # an empty folder is fine
-    store.write_corpus(world, out, 3, 4, seed=0)
+    sampling.write_corpus(world, out, 3, 4, seed=0)
     with pytest.raises(ValueError, match="already exists and is not empty.*overwrite=True"):
-        store.write_corpus(world, out, 5, 4, seed=1)
-    assert store.read_corpus(out).concepts.size == 3
-    store.write_corpus(world, out, 5, 4, seed=1, overwrite=True)
-    c = store.read_corpus(out)
+        sampling.write_corpus(world, out, 5, 4, seed=1)
+    assert sampling.read_corpus(out).concepts.size == 3
+    sampling.write_corpus(world, out, 5, 4, seed=1, overwrite=True)
+    c = sampling.read_corpus(out)
     assert c.concepts.size == 5
     np.testing.assert_array_equal(c.tokens, sample_corpus(world, 5, 4, seed=1).tokens)
     assert _entries(tmp_path) == ["corpus"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
-        store.write_corpus(world, tmp_path / "file", 3, 4, seed=0, overwrite=True)
+        sampling.write_corpus(world, tmp_path / "file", 3, 4, seed=0, overwrite=True)
 
 
 def test_corpus_bad_arguments(world, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        store.write_corpus(world, tmp_path / "no" / "corpus", 3, 4, seed=0)
+        sampling.write_corpus(world, tmp_path / "no" / "corpus", 3, 4, seed=0)
     with pytest.raises(ValueError, match="n_docs"):
-        store.write_corpus(world, tmp_path / "c", 0, 4, seed=0)
+        sampling.write_corpus(world, tmp_path / "c", 0, 4, seed=0)
     with pytest.raises(ValueError, match="seed"):
-        store.write_corpus(world, tmp_path / "c", 3, 4, seed=-1)
+        sampling.write_corpus(world, tmp_path / "c", 3, 4, seed=-1)
     assert _entries(tmp_path) == []
 
 
@@ -125,24 +125,24 @@ def test_corpus_disk_space_checked_first(world, tmp_path, monkeypatch):
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(100, 90, 10))
     with pytest.raises(ValueError, match="MiB free"):
-        store.write_corpus(world, tmp_path / "c", 3, 4, seed=0)
+        sampling.write_corpus(world, tmp_path / "c", 3, 4, seed=0)
     assert _entries(tmp_path) == []
 
 
 def test_read_corpus_errors(world, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        store.read_corpus(tmp_path / "none")
+        sampling.read_corpus(tmp_path / "none")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="lacks tokens.npy"):
-        store.read_corpus(tmp_path / "empty")
+        sampling.read_corpus(tmp_path / "empty")
     out = tmp_path / "c"
-    store.write_corpus(world, out, 3, 4, seed=0)
+    sampling.write_corpus(world, out, 3, 4, seed=0)
     np.save(out / "offsets.npy", np.array([0, 5, 7], dtype=np.int64))
     with pytest.raises(ValueError, match="offsets"):
-        store.read_corpus(out)
+        sampling.read_corpus(out)
     (out / "tokens.npy").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot read"):
-        store.read_corpus(out)
+        sampling.read_corpus(out)
 
 
 # ---------------------------------------------------------------------- prompts
@@ -151,7 +151,7 @@ def test_prompts_round_trip(world, tmp_path, n_demos):
     p = sample_prompts(world, 5, n_demos, 3, seed=2)
     path = tmp_path / "p.npz"
     store.write_prompts(p, path, {"n_demos": n_demos}, 2)
-    q = store.read_prompts(path)
+    q = sampling.read_prompts(path)
     for name in ("tokens", "x_spans", "label_positions", "delimiter_positions", "labels",
                  "y_test", "concepts"):
         a, b = getattr(p, name), getattr(q, name)
@@ -167,13 +167,13 @@ def test_prompts_round_trip(world, tmp_path, n_demos):
 
 def test_read_prompts_errors(world, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        store.read_prompts(tmp_path / "none.npz")
+        sampling.read_prompts(tmp_path / "none.npz")
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(ValueError, match="cannot read"):
-        store.read_prompts(tmp_path / "junk.npz")
+        sampling.read_prompts(tmp_path / "junk.npz")
     np.savez(tmp_path / "w.npz", tokens=np.zeros((2, 3)))
     with pytest.raises(ValueError, match="lacks array"):
-        store.read_prompts(tmp_path / "w.npz")
+        sampling.read_prompts(tmp_path / "w.npz")
 
 
 def test_write_prompts_missing_folder(world, tmp_path):
@@ -203,7 +203,7 @@ def test_written_files_get_ordinary_permissions(world, tmp_path):
     old = os.umask(0o022)
     try:
         store.write_json(tmp_path / "r.json", {})
-        store.write_corpus(world, tmp_path / "c", 2, 3, seed=0)
+        sampling.write_corpus(world, tmp_path / "c", 2, 3, seed=0)
     finally:
         os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

@@ -18,7 +18,8 @@ from simkernel import runs  # noqa: E402
 from simkernel import train as tr  # noqa: E402
 from simkernel.constants import MODEL_NAMES  # noqa: E402
 from simkernel.sampling import sample_corpus  # noqa: E402
-from simkernel.store import FolderBusy, write_corpus  # noqa: E402
+from simkernel.sampling import write_corpus
+from simkernel.store import FolderBusy  # noqa: E402
 
 from cli_helpers import ok, run  # noqa: E402
 
@@ -104,7 +105,7 @@ def test_floor_at_offset_matches_brute_force_over_prefixes(restart):
 
 
 def test_block_sampler_stays_inside_documents(corpus_dir):
-    from simkernel.store import read_corpus
+    from simkernel.sampling import read_corpus
     corpus = read_corpus(corpus_dir)
     s = tr.BlockSampler(corpus, 32)
     b1, b2 = s.batch(0, 5, 0, 64), s.batch(0, 5, 0, 64)

@@ -68,7 +68,8 @@ def corpus_cmd(preset, world_file, world_seed, overrides, n_docs, doc_length, se
     """Sample pretraining documents (one concept per document, drawn from the prior)."""
     import time
 
-    from ..store import check_out_dir, write_corpus
+    from ..sampling import write_corpus
+    from ..store import check_out_dir
 
     with checking_arguments():
         check_out_dir(out, overwrite)
