@@ -7,8 +7,13 @@ load them exactly like a downloaded model.
   the next word), wrapped as a ``PreTrainedTokenizerFast``.
 - ``train_llama2_style_tokenizer()``: SentencePiece/Llama-2 style (a "▁" put before every
   input and for each space, a BOS token added in front), to test tokenizers of that kind.
+- ``train_llama_tokenizer()``: a Llama tokenizer as transformers builds it (``LlamaTokenizer``:
+  BPE with byte fallback, a Metaspace pre-tokenizer that puts "▁" in front of the text, ``<s>``
+  added) over a vocabulary trained on a few hundred generated words.
 - ``save_tiny_gptj(folder, tokenizer)``: 2 layers, n_embd 32, 4 heads, rotary_dim 8.
-- ``make_tiny_llm_dir(folder)``: both, in one folder (the ``tiny_llm_dir`` fixture).
+- ``save_tiny_llama(folder, tokenizer)``: a ``LlamaForCausalLM``, 2 layers, hidden size 32.
+- ``make_tiny_llm_dir(folder)``: the byte-level tokenizer and the GPT-J, in one folder (the
+  ``tiny_llm_dir`` fixture); ``make_tiny_llama_dir(folder)``: the Llama tokenizer and model.
 
 Training is deterministic (the same texts and settings give the same vocabulary), and the
 model's weights come from ``torch.manual_seed(seed)`` inside a forked RNG.
@@ -80,6 +85,53 @@ def train_llama2_style_tokenizer(vocab_size: int = 600):
                                    pad_token="</s>", clean_up_tokenization_spaces=False)
 
 
+def generated_words(n: int = 300) -> list[str]:
+    """``n`` distinct lowercase words: render.COMMON_WORDS first, then consonant-vowel
+    syllable pairs ("bado", "bade", ...), a fixed list."""
+    from itertools import product
+
+    from simkernel.render import COMMON_WORDS
+
+    words = list(dict.fromkeys(COMMON_WORDS))
+    made = ("".join(p) for p in product("bdgklmnprst", "aeiou", "bdgklmnprst", "aeiou"))
+    seen = set(words)
+    while len(words) < n:
+        w = next(made)
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
+    return words[:n]
+
+
+@lru_cache(maxsize=None)
+def train_llama_tokenizer(vocab_size: int = 1200, n_words: int = 300):
+    """A ``LlamaTokenizer`` (transformers' own class and pipeline: BPE with byte fallback, no
+    normalizer, ``Metaspace(prepend_scheme="first", split=False)``, ``<s>`` added in front,
+    vocabulary laid out as Llama's: ``<unk>``, ``<s>``, ``</s>``, the 256 byte pieces
+    ``<0x00>``..``<0xFF>``, then the trained pieces).  The BPE is trained on lines of
+    :func:`generated_words` split at each "▁" (sentencepiece never merges across a word start),
+    so a newline is only the byte piece ``<0x0A>`` and ``"\n"`` encodes as ``["▁", "<0x0A>"]``,
+    as Llama-2's does.  ``vocab_size`` 300 leaves almost no whole words (the refusal's case)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaTokenizer
+
+    words = generated_words(n_words)
+    # each word often enough to become one piece; lines of 10 words in a fixed order
+    texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(10)) for i in range(len(words) * 3)]
+    special = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    alphabet = sorted({c for w in words for c in w} | {"▁"})
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.train_from_iterator(texts, _bpe_trainer(vocab_size, special, alphabet))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return LlamaTokenizer(vocab=dict(model["vocab"]), merges=merges, unk_token="<unk>", bos_token="<s>",
+                          eos_token="</s>", add_bos_token=True, add_eos_token=False, legacy=False,
+                          add_prefix_space=True)
+
+
 def save_tokenizer(folder, tokenizer=None) -> Path:
     folder = Path(folder)
     (tokenizer or train_tokenizer()).save_pretrained(folder)
@@ -103,6 +155,34 @@ def save_tiny_gptj(folder, tokenizer, seed: int = 0, **config) -> Path:
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_llama(folder, tokenizer, seed: int = 0, **config) -> Path:
+    """A randomly initialised ``LlamaForCausalLM`` for ``tokenizer``'s vocabulary: 2 layers,
+    hidden size 32, 4 heads (2 key/value heads), MLP 64 (``config`` overrides LlamaConfig
+    fields), saved with ``save_pretrained``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    opts = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id)
+    opts.update(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**opts)).float().eval()
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_tiny_llama_dir(folder, seed: int = 0, vocab_size: int = 1200) -> Path:
+    """The Llama tokenizer (:func:`train_llama_tokenizer`) and a tiny Llama for it, in one
+    ``from_pretrained`` folder."""
+    tokenizer = train_llama_tokenizer(vocab_size)
+    save_tokenizer(folder, tokenizer)
+    return save_tiny_llama(folder, tokenizer, seed=seed)
 
 
 def make_tiny_llm_dir(folder, seed: int = 0) -> Path:
