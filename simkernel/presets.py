@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import check_seed
+from .validate import check_int, check_seed
 from .validate import did_you_mean
 from .world import World
 
@@ -261,3 +261,31 @@ def resolve_worlds(preset: str | None = None, world_seeds=(0,), overrides: dict 
     if len(seeds) > 1:
         source["seed"] = seeds
     return Worlds([w for w, _ in built], seeds, source, [r for _, r in built])
+
+
+def with_unseen(world: World, n_unseen: int, seed: int = 0) -> World:
+    """``world`` plus ``n_unseen`` new concepts with prior 0, drawn with the ``random`` preset's
+    recipe and options (start, transition and emission rows Dirichlet(concentration), the same
+    smoothing) from ``np.random.default_rng([seed, 1])``: the salt keeps them from repeating the
+    world's own draws when ``seed`` is its seed.  Documents never use a prior-0 concept, so exact
+    Bayes over the pretraining concepts (prior > 0) is the memorising predictor, and prompts can
+    be drawn from either set (``sampling.sample_prompt_set(..., concepts="id" / "ood")``).  Labels,
+    delimiter and restart are the world's; ``meta["unseen"]`` records the call.  One-line
+    ValueError for a world not made by the ``random`` preset (its recipe is the generator)."""
+    n_unseen = check_int("n_unseen", n_unseen, 1)
+    seed = check_seed("seed", seed)
+    opts = world.meta.get("options") or {}
+    if world.meta.get("preset") != "random" or "concentration" not in opts:
+        raise ValueError(f"with_unseen draws new concepts with the random preset's recipe; this world was made by "
+                         f"{world.meta.get('preset', 'no preset')!r}")
+    rng = np.random.default_rng([seed, 1])
+    S, V, eps = world.n_states, world.n_symbols, float(opts.get("smoothing", 0.0))
+    start = _dirichlet_rows(rng, opts["concentration"], (n_unseen, S))
+    trans = _dirichlet_rows(rng, opts["concentration"], (n_unseen, S, S))
+    emis = _dirichlet_rows(rng, opts["concentration"], (n_unseen, S, V))
+    start, trans = (1 - eps) * start + eps / S, (1 - eps) * trans + eps / S      # World.smoothed's rule
+    meta = dict(world.meta, unseen={"n_unseen": n_unseen, "seed": seed, "seen": int(world.n_concepts)})
+    return World.from_arrays(np.concatenate([world.prior, np.zeros(n_unseen)]),
+                             np.concatenate([world.start, start]), np.concatenate([world.transition, trans]),
+                             np.concatenate([world.emission, emis]), world.delimiter, world.labels,
+                             world.restart, meta, world.extras)

@@ -7,6 +7,7 @@ that folder without torch (``safetensors`` is imported only to check a weights h
     corpus/         the corpus, when the run sampled its own
     metrics.jsonl   one JSON object per eval (:func:`read_metrics`)
     checkpoint/     model/, state.pt, train_config.json, step.json (:func:`checkpoint_step`)
+    snapshots/      step-XXXXXXX/: the model alone along training, when asked (:func:`snapshots`)
     done.json       written last: why training stopped, the final numbers and ``outputs``, the
                     size and SHA-256 of every file a later call reuses (:func:`run_outputs`)
 
@@ -19,6 +20,7 @@ exceptions say what a folder holds when a run cannot go on: :class:`CheckpointEx
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +32,8 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 CORPUS = "corpus"
 OUTPUTS = "outputs"         # done.json's record of the files a later call reuses
+SNAPSHOTS = "snapshots"
+_SNAPSHOT_NAME = re.compile(r"step-(\d{7,})")
 
 
 def checkpoint_step(run_dir) -> int | None:
@@ -38,6 +42,27 @@ def checkpoint_step(run_dir) -> int | None:
         return int(json.loads((Path(run_dir) / CHECKPOINT / "step.json").read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def snapshot_name(step: int) -> str:
+    """The folder name of the snapshot at ``step`` under snapshots/: 'step-0000064'."""
+    return f"step-{int(step):07d}"
+
+
+def snapshots(run_dir) -> list[tuple[int, Path]]:
+    """[(step, folder)] in step order: the model-only snapshots training saved along the way
+    (``train.TrainConfig.snapshot_steps``) in run_dir/snapshots/step-XXXXXXX/, each a folder that
+    ``model.load_model`` reads (config.json + model.safetensors).  Folders without both files and
+    other names (a publish's temp folder) are skipped; [] when there are none."""
+    root = Path(run_dir) / SNAPSHOTS
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        m = _SNAPSHOT_NAME.fullmatch(d.name)
+        if m and (d / "config.json").is_file() and (d / "model.safetensors").is_file():
+            out.append((int(m.group(1)), d))
+    return sorted(out)
 
 
 def read_metrics(run_dir) -> list[dict]:

@@ -25,19 +25,30 @@ of the prompts and scored on the held-out rest, with percentile bootstrap CIs of
 prompts (one world) or over worlds (several: a cluster bootstrap).  Every row is reported on the
 held-out prompts, so the mixture and each single predictor are scored on the same prompts.
 
-Nothing here prints or writes.
+A trained run along training (:func:`evaluate`): training saves model-only snapshots on a log
+scale (``train.TrainConfig.snapshot_steps``, read back by ``runs.snapshots``); :func:`evaluate`
+draws each concept split's prompts once ('seen': prior > 0; 'unseen': prior 0, e.g. the concepts
+``presets.with_unseen`` adds), computes the predictors once per split, then scores every checkpoint
+(:func:`run_checkpoints`) on the same prompts and attributes it.  Its result (:class:`StrategiesEval`,
+the result protocol) is strategies.csv (``EVAL_COLUMNS``) and strategies.json.
+
+Nothing here prints; only :meth:`StrategiesEval.write` writes.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .constants import PREDICTORS
-from .metrics import KL_MIX, bootstrap_counts, compare, tie_agreement, tv, unit_codes, world_ci
+from .metrics import KL_MIX, bootstrap_counts, compare, tie_accuracy, tie_agreement, tv, unit_codes, world_ci
 from .validate import check_float, check_int, check_seed, did_you_mean
+from .world import World
 
 #: What :func:`predictors` computes by default.
 DEFAULT_PREDICTORS = ("bayes", "kernel", "frequency", "ngram", "oracle")
@@ -352,3 +363,270 @@ def _attribute_group(group, model, preds, units, comps, select_frac, n_boot, see
         rows.append(_row(group, name, "weight", fit.weights[j], fit.ci_low[j], fit.ci_high[j], fit.n_select,
                          n_worlds, tags))
     return rows
+
+
+# ---------------------------------------------------------------------- a trained run along training
+#: strategies.csv: :func:`attribute`'s rows tagged with the checkpoint's step and n, plus the
+#: reference rows (``REFERENCE_METRICS``).
+EVAL_COLUMNS = ("step", "n_demos") + COLUMNS
+EVAL_DTYPES = {"step": "int", "n_demos": "int", "concepts": "str", "predictor": "str", "metric": "str",
+               "mean": "float", "ci_low": "float", "ci_high": "float", "n_prompts": "int", "n_worlds": "int"}
+#: Beside the attribution, on the same held-out prompts: 'acc' (tie-fair accuracy of the argmax
+#: against y_test) of predictor 'model' and of every predictor, and 'tv_oracle' (TV to the oracle)
+#: of the model and of every predictor but the oracle.  They show where each predictor stands (exact
+#: Bayes far from the oracle on unseen concepts); the predictors' rows repeat at every step.
+REFERENCE_METRICS = ("acc", "tv_oracle")
+#: A concept split's prompts: ``sampling.sample_prompt_set``'s group (icl_eval's id / ood) and the
+#: offset added to the seed, so the two splits draw from different streams.
+SPLIT_GROUPS = {"seen": ("id", 0), "unseen": ("ood", 1_000_003)}
+
+
+def run_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """[(step, model folder)] of a training run in step order: its snapshots (``runs.snapshots``)
+    and its final checkpoint (checkpoint/model), which stands in for a snapshot of the same step.
+    One-line ValueError when the final checkpoint's step cannot be told."""
+    from .runs import CHECKPOINT, checkpoint_step, run_status, snapshots
+
+    run_dir = Path(run_dir)
+    out = dict(snapshots(run_dir))
+    final = run_dir / CHECKPOINT / "model"
+    if (final / "config.json").is_file():
+        step = checkpoint_step(run_dir)
+        step = step if step is not None else (run_status(run_dir) or {}).get("step")
+        if step is None:
+            raise ValueError(f"run folder {str(run_dir)!r}: cannot tell the step of its checkpoint (no "
+                             f"checkpoint/step.json, no done.json)")
+        out[int(step)] = final
+    return sorted(out.items())
+
+
+def trained_context(run_dir) -> int:
+    """The block size the run trained on (checkpoint/train_config.json, else config.json's
+    'train'): the longest prompt whose every position the model was trained at."""
+    run_dir = Path(run_dir)
+    for f, key in ((run_dir / "checkpoint" / "train_config.json", None), (run_dir / "config.json", "train")):
+        try:
+            cfg = json.loads(f.read_text())
+            return int((cfg[key] if key else cfg)["block_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise ValueError(f"run folder {str(run_dir)!r}: cannot read the block size it trained on "
+                     f"(checkpoint/train_config.json or config.json)")
+
+
+def _check_splits(concepts, world, run_dir) -> tuple:
+    names = (concepts,) if isinstance(concepts, str) else tuple(concepts)
+    bad = [c for c in names if c not in CONCEPT_SPLITS]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"concepts must be a non-empty list of distinct 'seen' / 'unseen', got {list(names)!r}")
+    if "unseen" in names and not (world.prior == 0).any():
+        raise ValueError(f"the world of run {str(run_dir)!r} has no unseen concepts (prior 0): train on "
+                         f"presets.with_unseen(world, n_unseen, seed), or pass concepts=('seen',)")
+    return names
+
+
+def _check_ns(n_demos, names, example_length, block, run_dir) -> list[int]:
+    """n_demos as a sorted list; one-line error for an n whose prompt is beyond the trained context."""
+    from .sampling import prompt_length
+    from .validate import check_ints
+
+    ns = check_ints("n_demos", n_demos, 1 if set(names) & set(_NEED_DEMOS) else 0)
+    if prompt_length(ns[-1], example_length) > block:
+        fit = (block - example_length + 1) // (example_length + 1)
+        raise ValueError(f"n_demos {ns[-1]} needs prompts of {prompt_length(ns[-1], example_length)} symbols, beyond "
+                         f"the trained context of run {str(run_dir)!r} (block_size {block}); with example length "
+                         f"{example_length} at most n = {fit}")
+    return ns
+
+
+def _check_world(run_dir, world, checkpoints):
+    """The run's world (its corpus's world.npz), checked against ``world`` (when given) and against
+    each checkpoint's vocabulary; one-line errors."""
+    from .icl_eval import run_paths
+    from .phenomena.common import same_world
+
+    _, world_file = run_paths(run_dir)
+    own = World.load(world_file)
+    if world is not None and not same_world(own, world):
+        raise ValueError(f"run folder {str(run_dir)!r} was trained on another world ({world_file} holds "
+                         f"{own!r}, not the world given)")
+    for step, folder in checkpoints:
+        try:
+            vocab = int(json.loads((Path(folder) / "config.json").read_text())["vocab_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"checkpoint {str(folder)!r} has no readable config.json") from None
+        if vocab != own.n_symbols:
+            raise ValueError(f"checkpoint {str(folder)!r} (step {step}) is from another world: its vocabulary has "
+                             f"{vocab} symbols, the run's world {own.n_symbols}")
+    return own
+
+
+def _pick_steps(checkpoints, steps, run_dir):
+    if not checkpoints:
+        raise ValueError(f"run folder {str(run_dir)!r} has no checkpoint; train it first")
+    if steps is None:
+        return checkpoints
+    from .validate import check_ints
+
+    want = check_ints("steps", steps, 0)
+    have = dict(checkpoints)
+    missing = [s for s in want if s not in have]
+    if missing:
+        raise ValueError(f"step {missing[0]} is not among the checkpoints of run {str(run_dir)!r}: "
+                         f"{', '.join(str(s) for s, _ in checkpoints)}")
+    return [(s, have[s]) for s in want]
+
+
+def _load_model(folder, device):
+    from . import model as model_mod
+
+    try:
+        return model_mod.load_model(folder, device=device)
+    except Exception as e:      # transformers / safetensors raise many types on a damaged folder
+        raise ValueError(f"cannot load the model in {str(folder)!r} ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:120]})") from None
+
+
+def _reference_rows(split, q, preds, y, held, tags) -> list[dict]:
+    """``REFERENCE_METRICS`` rows of the model ``q`` (P, L) and of each predictor on the held-out prompts."""
+    units = np.zeros(int(held.sum()), np.int64)
+    rows = []
+    for name, dist in {"model": q, **preds}.items():
+        d = dist[held]
+        per = {"acc": tie_accuracy(d, y[held])}
+        if "oracle" in preds and name != "oracle":
+            ok = np.isfinite(d).all(-1)
+            per["tv_oracle"] = np.where(ok, tv(np.where(ok[:, None], d, 0.0), preds["oracle"][held]), np.nan)
+        for metric, x in per.items():
+            m, lo, hi, n, nw = world_ci(x[:, None], units)
+            rows.append(_row(split, name, metric, m[0], lo[0], hi[0], n[0], nw[0], tags))
+    return rows
+
+
+@dataclass
+class StrategiesEval:
+    """What :func:`evaluate` returns: ``rows`` (``EVAL_COLUMNS``) and ``meta`` (config, seed,
+    versions, the world, the checkpoints scored, the trained context, where the time went)."""
+
+    rows: list
+    meta: dict
+
+    FILES = ("strategies.csv", "strategies.json")
+
+    def tables(self) -> dict:
+        """``{None: strategies.csv}`` with typed columns (``results.Table``)."""
+        from .results import Table
+
+        return {None: Table(self.FILES[0], EVAL_COLUMNS, EVAL_DTYPES, self.rows)}
+
+    def write(self, out) -> list:
+        """Publish strategies.csv and strategies.json into the folder ``out``; returns the paths."""
+        from .store import check_results_dir, publish, write_csv, write_json
+
+        out = check_results_dir(Path(out))
+        return publish(out, {self.FILES[0]: lambda p: write_csv(p, self.rows, EVAL_COLUMNS),
+                             self.FILES[1]: lambda p: write_json(p, self.meta)})
+
+    def summary_lines(self) -> list[str]:
+        """Per concept split and n: one line per step with the model's TV to each predictor and the
+        mixture, and the predictor closest to the model."""
+        names = self.meta["config"]["predictors"] + ["mixture"]
+        tvs = {(r["concepts"], r["n_demos"], r["step"], r["predictor"]): r["mean"] for r in self.rows
+               if r["metric"] == "tv" and r["predictor"] != "model"}
+        out = []
+        for split in self.meta["config"]["concepts"]:
+            for n in self.meta["config"]["n_demos"]:
+                out.append(f"concepts {split}, n = {n}: TV(model, ·) on held-out prompts")
+                out.append(f"  {'step':>8}  " + "  ".join(f"{p:>9}" for p in names) + "  closest")
+                for step in self.meta["steps"]:
+                    v = {p: tvs.get((split, n, step, p), math.nan) for p in names}
+                    best = min((p for p in names[:-1] if math.isfinite(v[p])), key=v.get, default="-")
+                    out.append(f"  {step:>8}  " + "  ".join(f"{v[p]:>9.4f}" for p in names) + f"  {best}")
+        return out
+
+
+def _prompt_sets(world, splits, ns, names, n_prompts, example_length, seed, order, alpha, tick):
+    """{split: (prompts, predictors, y)}: each split's prompts drawn once with max(ns)
+    demonstrations and every predictor computed ONCE on them (:func:`predictors`)."""
+    from .phenomena.common import context
+    from .sampling import sample_prompt_set
+
+    ctx = context(world, example_length, seed=seed) if set(names) & set(_FROM_PREDICT) else None
+    idx = np.full(world.n_symbols, -1)
+    idx[world.labels] = np.arange(world.labels.size)
+    sets = {}
+    for split in splits:
+        group, offset = SPLIT_GROUPS[split]
+        tick(f"{split}: prompts and predictors")
+        prompts = sample_prompt_set(world, n_prompts, ns[-1], example_length, seed=seed + offset, concepts=group)
+        sets[split] = (prompts, predictors(world, prompts, names, ns, order, alpha, seed, ctx), idx[prompts.y_test])
+    return sets
+
+
+def evaluate(run_dir, *, n_demos, n_prompts: int = 200, concepts=CONCEPT_SPLITS, steps=None, seed: int = 0,
+             device="cpu", example_length: int = 3, predictor_names=DEFAULT_PREDICTORS, mixture_of=MIXTURE_OF,
+             order: int = DEFAULT_ORDER, alpha: float = DEFAULT_ALPHA, n_boot: int = DEFAULT_N_BOOT,
+             select_frac: float = DEFAULT_SELECT_FRAC, world=None, progress=None) -> StrategiesEval:
+    """Which predictor a trained run follows, at every checkpoint it saved.
+
+    Loads the run folder's world (its corpus's world.npz; checked against ``world`` when given),
+    draws ``n_prompts`` prompts per concept split in ``concepts`` ('seen': the pretraining concepts,
+    prior > 0; 'unseen': prior 0, see ``presets.with_unseen``) with max(n_demos) demonstrations of
+    length ``example_length``, computes the predictors ``predictor_names`` ONCE per split for every
+    n in ``n_demos``, then for each checkpoint (``run_checkpoints``: the snapshots and the final
+    checkpoint; ``steps`` picks some) scores the model's label distribution on the same prompts
+    (``icl_eval.model_predictive``) and :func:`attribute` s it (``mixture_of``, ``n_boot``,
+    ``select_frac``, ``seed``), with the ``REFERENCE_METRICS`` rows beside.  Only prompts within the
+    trained context (the run's block size) are scored.  Every check (the run folder, its world and
+    checkpoints, the arguments) raises a one-line ValueError before any prompt is drawn or model run.
+    ``progress``: callable(message).  Writes nothing."""
+    import time
+
+    from .device import resolve_device
+    from .icl_eval import model_predictive
+    from .store import provenance, world_summary
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    names, comps = check_predictors(predictor_names, "predictor_names"), check_predictors(mixture_of, "mixture_of")
+    if [c for c in comps if c not in names]:
+        raise ValueError(f"mixture_of names {[c for c in comps if c not in names][0]!r}, which predictor_names lacks")
+    n_prompts, seed = check_int("n_prompts", n_prompts, 2), check_seed("seed", seed)
+    example_length = check_int("example_length", example_length, 2)
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {str(run_dir)!r} does not exist")
+    checkpoints = _pick_steps(run_checkpoints(run_dir), steps, run_dir)
+    own = _check_world(run_dir, world, checkpoints)
+    splits = _check_splits(concepts, own, run_dir)
+    block = trained_context(run_dir)
+    ns = _check_ns(n_demos, names, example_length, block, run_dir)
+    dev = resolve_device(device)
+    tick = progress or (lambda _msg: None)
+    sets = _prompt_sets(own, splits, ns, names, n_prompts, example_length, seed, order, alpha, tick)
+    t_pred = time.perf_counter() - t0
+    rows, t_model = [], 0.0
+    for step, folder in checkpoints:
+        tick(f"step {step}: model and attribution")
+        t1 = time.perf_counter()
+        model = _load_model(folder, dev)
+        qs = {(s, n): model_predictive(model, sets[s][0].truncated(n).tokens, own.labels, dev) for s in splits for n in ns}
+        t_model += time.perf_counter() - t1
+        for (split, n), q in qs.items():
+            prompts, preds, y = sets[split]
+            pn = {k: v[:, ns.index(n)] for k, v in preds.items()}
+            tags = {"step": step, "n_demos": n}
+            rows += attribute(q, pn, concepts=[split] * len(q), mixture_of=comps, select_frac=select_frac,
+                              n_boot=n_boot, seed=seed, tags=tags)
+            held = ~split_prompts(len(q), np.zeros(len(q), np.int64), select_frac, seed)
+            rows += _reference_rows(split, q, pn, y, held, tags)
+    rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
+    config = {"command": "strategies", "run": str(run_dir), "n_demos": ns, "n_prompts": n_prompts,
+              "concepts": list(splits), "example_length": example_length, "predictors": list(names),
+              "mixture_of": list(comps), "order": order, "alpha": alpha, "n_boot": n_boot, "select_frac": select_frac,
+              "device": str(dev)}
+    meta = provenance(config, seed, extra_packages=("torch",))
+    meta.update(world=world_summary(own), steps=[s for s, _ in checkpoints], context=block,
+                checkpoints={str(s): str(f) for s, f in checkpoints}, columns=list(EVAL_COLUMNS),
+                elapsed_s={"total": round(time.perf_counter() - t0, 3), "predictors": round(t_pred, 3),
+                           "model": round(t_model, 3)})
+    return StrategiesEval(rows, meta)

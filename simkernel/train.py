@@ -34,6 +34,9 @@ Run folder: ``runs_dir / <hash of the config>``::
     checkpoint/     model/ (save_pretrained: config.json + model.safetensors), state.pt
                     (optimizer, scheduler, step, RNG states, best, evals without improvement),
                     train_config.json, step.json; replaced atomically (temp folder + rename)
+    snapshots/      step-XXXXXXX/ (config.json + model.safetensors): the model alone (no optimizer)
+                    at ``cfg.snapshot_steps`` (:func:`snapshot_steps`; off by default), each
+                    published atomically; a resumed run keeps them, a start from step 0 clears them
     done.json       written last: why training stopped, the final numbers and ``outputs``, the
                     size and SHA-256 of every file a later call reuses (see ``runs.run_outputs``)
     .lock           held (flock) by the one process training in the folder; see folder_lock
@@ -57,6 +60,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +71,8 @@ import torch.nn.functional as F
 
 from . import bayes, model as model_mod
 from .sampling import sample_corpus
-from .runs import (CHECKPOINT, CONFIG, CORPUS, DONE, METRICS, OUTPUTS, Interrupted, NoCheckpoint, ensure_resumable,
-                   checkpoint_step, inspect_run, read_metrics, run_outputs, settle_run)
+from .runs import (CHECKPOINT, CONFIG, CORPUS, DONE, METRICS, OUTPUTS, SNAPSHOTS, Interrupted, NoCheckpoint,
+                   ensure_resumable, checkpoint_step, inspect_run, read_metrics, run_outputs, settle_run, snapshot_name)
 from .sampling import read_corpus, write_corpus
 from .store import (atomic_write, check_results_dir, folder_lock, publish_folder, read_meta, versions, write_csv,
                     write_json)
@@ -107,11 +111,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    snapshot_steps: object = None     # None (off) | "log" | a list of steps: see snapshot_steps()
 
     def hashed(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("device")
         d.pop("compile")
+        # off, it is left out: a run without snapshots keeps the folder (hash) it always had
+        s = d.pop("snapshot_steps")
+        if s is not None:
+            d["snapshot_steps"] = s if s == "log" else sorted({int(v) for v in s})
         return d
 
     def run_id(self) -> str:
@@ -136,6 +145,28 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"learning rate must be > 0, got {cfg.lr!r}")
     if cfg.warmup_steps < 0 or not 0 <= cfg.min_lr_frac <= 1:
         raise ValueError("warmup_steps must be >= 0 and min_lr_frac in [0, 1]")
+    s = cfg.snapshot_steps
+    if not (s is None or s == "log" or (isinstance(s, (list, tuple)) and s and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s))):
+        raise ValueError(f"snapshot_steps must be None, 'log' or a non-empty list of steps >= 1, got {s!r}")
+
+
+def snapshot_steps(cfg: TrainConfig) -> list[int]:
+    """The steps after which training saves the model's weights into snapshots/: none when
+    ``cfg.snapshot_steps`` is None, 1, 2, 4, ... (2^k <= max_steps) for "log", else the given
+    steps up to max_steps.  A run that stops early (target gap, patience) saves those it reached."""
+    s = cfg.snapshot_steps
+    if s is None:
+        return []
+    if s == "log":
+        return [2 ** k for k in range(cfg.max_steps.bit_length())]
+    return sorted({int(v) for v in s if v <= cfg.max_steps})
+
+
+def save_snapshot(run_dir: Path, model, step: int) -> Path:
+    """Write run_dir/snapshots/step-XXXXXXX (the model alone: config.json + model.safetensors)
+    atomically; read back with ``runs.snapshots``."""
+    return publish_folder(Path(run_dir) / SNAPSHOTS / snapshot_name(step), lambda tmp: model_mod.save_model(model, tmp))
 
 
 def corpus_identity(corpus_dir) -> dict:
@@ -506,6 +537,9 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
     metrics, step, recent = list(state["metrics"]), int(state["step"]), list(state.get("recent", []))
     if rank == 0:
         _restart_metrics(run_dir, metrics)
+        if not resume:      # a start from step 0 keeps no weights of an earlier start
+            shutil.rmtree(run_dir / SNAPSHOTS, ignore_errors=True)
+    snaps = set(snapshot_steps(cfg))
     model = _wrapped(net, cfg, device, world_size > 1)
     autocast = _autocast(device)
 
@@ -540,6 +574,8 @@ def train(cfg: TrainConfig, corpus_dir, run_dir, *, resume: bool = False, progre
                 _log_row(run_dir, row, log)
             info["gap"] = row["gap"]
             reason = _stop_reason(row, state, cfg)
+        if step in snaps and rank == 0:
+            save_snapshot(run_dir, net, step)
         if progress is not None:
             progress(step, info)
         if reason is not None:

@@ -193,3 +193,154 @@ def test_an_unknown_predictor_is_a_one_line_error(world):
         S.predictors(world, prompts, names=("kernel",), ns=[0])
     with pytest.raises(ValueError, match="concepts must be 'seen' or 'unseen'"):
         S.attribute(m, {"bayes": m}, concepts=["seen", "new", "seen", "seen"], mixture_of=("bayes",))
+
+
+# ---------------------------------------------------------------------- unseen concepts
+def test_unseen_concepts_are_new_prior_zero_concepts_of_the_same_generator():
+    from simkernel.presets import with_unseen
+    from simkernel.sampling import sample_corpus
+
+    base = make_world("random", seed=0, n_concepts=3, concentration=0.5, smoothing=0.01)
+    w = with_unseen(base, 2, seed=0)
+    assert w.n_concepts == 5 and w.prior[3:].tolist() == [0.0, 0.0] and np.array_equal(w.prior[:3], base.prior)
+    for f in ("start", "transition", "emission"):
+        np.testing.assert_array_equal(getattr(w, f)[:3], getattr(base, f)[:3])
+        # the new concepts are none of the pretraining ones (the salt keeps seed 0 from redrawing them)
+        for j in (3, 4):
+            assert all(not np.allclose(getattr(w, f)[j], getattr(base, f)[k]) for k in range(3)), f
+    assert np.array_equal(w.labels, base.labels) and w.delimiter == base.delimiter and w.restart == base.restart
+    assert (w.start[3:] >= 0.01 / w.n_states - 1e-12).all()          # the preset's smoothing applies to them too
+    assert w.meta["unseen"] == {"n_unseen": 2, "seed": 0, "seen": 3}
+    np.testing.assert_array_equal(with_unseen(base, 2, seed=0).emission, w.emission)
+    assert not np.allclose(with_unseen(base, 2, seed=1).emission[3:], w.emission[3:])
+    # documents (pretraining) never come from them; prompts can
+    assert set(sample_corpus(w, 60, 20, seed=0).concepts) <= {0, 1, 2}
+    assert set(sample_prompt_set(w, 20, 2, 3, seed=0, concepts="ood").concepts) == {3, 4}
+    with pytest.raises(ValueError, match="random preset's recipe"):
+        with_unseen(make_world("ginc-small", 0), 2)
+    with pytest.raises(ValueError, match="n_unseen must be"):
+        with_unseen(base, 0)
+
+
+def test_exact_bayes_is_further_from_the_oracle_on_unseen_concepts():
+    from simkernel.presets import with_unseen
+
+    w = with_unseen(make_world("random", seed=1, n_concepts=3), 3, seed=0)
+    tvs = {}
+    for group in ("id", "ood"):
+        prompts = sample_prompt_set(w, 150, 12, 3, seed=2, concepts=group)
+        got = S.predictors(w, prompts, names=("bayes", "oracle"), ns=[12])
+        d = 0.5 * np.abs(got["bayes"] - got["oracle"]).sum(-1)[:, 0]
+        tvs[group] = np.nanmean(d)
+    assert tvs["ood"] > tvs["id"] + 0.05, tvs
+
+
+# ---------------------------------------------------------------------- a trained run along training
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny model trained 12 steps on a world with 2 unseen concepts, snapshots on a log scale."""
+    pytest.importorskip("torch")
+    from simkernel import train as tr
+    from simkernel.presets import with_unseen
+
+    world = with_unseen(make_world("random", 0, n_concepts=3, n_states=6, n_symbols=8, concentration=0.3), 2, seed=0)
+    cfg = tr.TrainConfig(corpus=tr.sampled_corpus({"test": "with_unseen"}, 30, 128, 0), model="tiny", block_size=32,
+                         batch_size=8, lr=3e-3, warmup_steps=2, max_steps=12, eval_every=6, eval_docs=2,
+                         eval_blocks=8, target_gap=1e-6, patience=1000, ckpt_every=6, device="cpu",
+                         snapshot_steps="log")
+    res = tr.run(cfg, tmp_path_factory.mktemp("runs"), world=world)
+    assert res.reason == "max_steps"
+    return res.run_dir, world
+
+
+def _count_predictor_calls(monkeypatch):
+    calls = []
+    real = S.predictors
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(S, "predictors", counted)
+    return calls
+
+
+def test_evaluate_scores_every_checkpoint_on_predictors_computed_once(trained_run, monkeypatch, tmp_path):
+    from simkernel.results import Result, read_table
+
+    run_dir, world = trained_run
+    assert [s for s, _ in S.run_checkpoints(run_dir)] == [1, 2, 4, 8, 12]      # the final checkpoint is step 12
+    calls = _count_predictor_calls(monkeypatch)
+    res = S.evaluate(run_dir, n_demos=[2, 6], n_prompts=40, n_boot=10, seed=0, world=world)
+    assert len(calls) == 2                                        # once per concept split, for 5 checkpoints
+    assert isinstance(res, Result) and res.meta["steps"] == [1, 2, 4, 8, 12] and res.meta["context"] == 32
+    table = res.tables()[None]
+    assert table.file == "strategies.csv" and table.columns == S.EVAL_COLUMNS
+    assert table.spec()["dtypes"] == {**{c: "str" for c in S.EVAL_COLUMNS}, **S.EVAL_DTYPES}
+    df = table.frame()
+    assert set(df["step"]) == {1, 2, 4, 8, 12} and set(df["n_demos"]) == {2, 6}
+    assert set(df["concepts"]) == {"seen", "unseen"}
+    assert set(df["predictor"]) == set(S.DEFAULT_PREDICTORS) | {"mixture", "model"}
+    assert set(df["metric"]) == set(S.METRICS) | {"weight"} | set(S.REFERENCE_METRICS)
+    assert set(df.loc[df["predictor"] == "model", "metric"]) == set(S.REFERENCE_METRICS)
+    # every (step, n, split) has the same rows
+    assert df.groupby(["step", "n_demos", "concepts"]).size().nunique() == 1
+    w = df[df["metric"] == "weight"].groupby(["step", "n_demos", "concepts"])["mean"].sum()
+    np.testing.assert_allclose(w, 1.0, atol=1e-5)
+    # the predictors' references do not depend on the checkpoint; exact Bayes is further from the oracle unseen
+    ref = df[(df["predictor"] == "bayes") & (df["metric"] == "tv_oracle")]
+    assert ref.groupby(["n_demos", "concepts"])["mean"].nunique().max() == 1
+    at = ref[ref["n_demos"] == 6].set_index("step").groupby("concepts")["mean"].first()
+    assert at["unseen"] > at["seen"], at
+    # written and read back with its dtypes
+    paths = res.write(tmp_path / "out")
+    assert sorted(p.name for p in paths) == ["strategies.csv", "strategies.json"]
+    back = read_table(tmp_path / "out" / "strategies.csv", table.spec()["dtypes"])
+    assert str(back["step"].dtype) == "int64" and str(back["mean"].dtype) == "float64" and len(back) == len(df)
+    lines = res.summary_lines()
+    assert lines[0].startswith("concepts seen, n = 2") and any(line.split()[0] == "12" for line in lines)
+
+
+def test_evaluate_picks_steps_and_splits(trained_run):
+    run_dir, _ = trained_run
+    res = S.evaluate(run_dir, n_demos=3, n_prompts=10, n_boot=0, steps=[4, 12], concepts="unseen",
+                     predictor_names=("bayes", "ngram", "oracle"), mixture_of=("bayes", "ngram"))
+    assert {r["step"] for r in res.rows} == {4, 12} and {r["concepts"] for r in res.rows} == {"unseen"}
+
+
+def _one_line_error(match, fn, *a, **k):
+    with pytest.raises(ValueError, match=match) as e:
+        fn(*a, **k)
+    assert "\n" not in str(e.value)
+
+
+def test_evaluate_bad_input_is_one_line_before_anything_runs(trained_run, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    run_dir, world = trained_run
+    calls = _count_predictor_calls(monkeypatch)
+    # prompt_length(8, 3) = 34 > the block size 32 it trained on
+    _one_line_error(r"n_demos 8 needs prompts of 34 symbols, beyond the trained context .* at most n = 7",
+                    S.evaluate, run_dir, n_demos=[2, 8], n_prompts=10)
+    _one_line_error("does not exist", S.evaluate, tmp_path / "nowhere", n_demos=2)
+    (tmp_path / "empty").mkdir()
+    _one_line_error("has no checkpoint", S.evaluate, tmp_path / "empty", n_demos=2)
+    _one_line_error("trained on another world", S.evaluate, run_dir, n_demos=2, world=make_world("random", 5))
+    _one_line_error("step 3 is not among the checkpoints", S.evaluate, run_dir, n_demos=2, steps=[3])
+    _one_line_error("unknown predictor 'induction'", S.evaluate, run_dir, n_demos=2, predictor_names=("induction",))
+    _one_line_error("concepts must be", S.evaluate, run_dir, n_demos=2, concepts=("seen", "new"))
+    # a snapshot of a model with another vocabulary: a checkpoint from another world
+    from simkernel import model as model_mod
+    from simkernel import runs
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(dict(cfg, corpus_dir=str(other / "corpus"))))
+    model_mod.save_model(model_mod.build_model("tiny", 11), other / runs.SNAPSHOTS / runs.snapshot_name(3))
+    _one_line_error(r"step 3\) is from another world: its vocabulary has 11 symbols", S.evaluate, other, n_demos=2)
+    shutil.rmtree(other / runs.SNAPSHOTS / runs.snapshot_name(3))
+    # a world without unseen concepts asked for them
+    world.with_prior(np.full(world.n_concepts, 1.0 / world.n_concepts)).save(other / "corpus" / "world.npz")
+    _one_line_error("has no unseen concepts", S.evaluate, other, n_demos=2)
+    assert calls == []

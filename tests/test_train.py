@@ -750,3 +750,48 @@ def test_cli_warns_when_a_damaged_run_is_trained_again(corpus_dir, tmp_path):
     assert "stopped at step 6 by max_steps" in r.stdout
     r = ok(argv)
     assert "already trained" in r.stdout and "warning" not in r.stderr
+
+
+# ---------------------------------------------------------------------- snapshots along training
+def _snap_steps(run_dir):
+    return [s for s, _ in runs.snapshots(run_dir)]
+
+
+def test_snapshots_on_a_log_scale_kept_on_resume(corpus_dir, tmp_path):
+    cfg = cfg_for(corpus_dir, max_steps=20, ckpt_every=5, snapshot_steps="log")
+    assert tr.snapshot_steps(cfg) == [1, 2, 4, 8, 16]
+    full, _ = train_collect(cfg, corpus_dir, tmp_path / "a")
+    assert full.reason == "max_steps" and _snap_steps(tmp_path / "a") == [1, 2, 4, 8, 16]
+    for step, folder in runs.snapshots(tmp_path / "a"):
+        assert folder.name == f"step-{step:07d}" and folder.parent.name == runs.SNAPSHOTS
+        files = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors"} <= files and not files & {"state.pt", "optimizer.pt"}
+    # interrupted after step 6 (checkpoint at 5), then resumed: the snapshots it has are kept as they are
+    part, _ = train_collect(cfg, corpus_dir, tmp_path / "b", stop_after=6)
+    assert part.reason == "interrupted" and _snap_steps(tmp_path / "b") == [1, 2, 4]
+    kept = {s: (f / "model.safetensors").read_bytes() for s, f in runs.snapshots(tmp_path / "b")}
+    train_collect(cfg, corpus_dir, tmp_path / "b", resume=True)
+    assert _snap_steps(tmp_path / "b") == [1, 2, 4, 8, 16]
+    assert all((f / "model.safetensors").read_bytes() == kept[s] for s, f in runs.snapshots(tmp_path / "b") if s in kept)
+    # and the resumed run's later snapshots are the uninterrupted run's weights
+    a = model_mod.load_model(dict(runs.snapshots(tmp_path / "a"))[16]).state_dict()
+    b = model_mod.load_model(dict(runs.snapshots(tmp_path / "b"))[16]).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    # a start from step 0 keeps no snapshot of an earlier start
+    train_collect(cfg, corpus_dir, tmp_path / "a", stop_after=2)
+    assert _snap_steps(tmp_path / "a") == [1, 2]
+
+
+def test_snapshots_off_by_default_and_checked(corpus_dir, tmp_path):
+    plain = cfg_for(corpus_dir)
+    assert plain.snapshot_steps is None and "snapshot_steps" not in plain.hashed() and tr.snapshot_steps(plain) == []
+    res, _ = train_collect(cfg_for(corpus_dir, max_steps=4), corpus_dir, tmp_path / "r")
+    assert not (tmp_path / "r" / runs.SNAPSHOTS).exists() and runs.snapshots(tmp_path / "r") == []
+    listed = cfg_for(corpus_dir, snapshot_steps=[7, 3, 100])
+    assert tr.snapshot_steps(listed) == [3, 7] and listed.hashed()["snapshot_steps"] == [3, 7, 100]
+    assert listed.run_id() != plain.run_id() != cfg_for(corpus_dir, snapshot_steps="log").run_id()
+    for bad in ("linear", [], [0], [2.5], True):
+        with pytest.raises(ValueError, match="snapshot_steps must be") as e:
+            tr.check_config(cfg_for(corpus_dir, snapshot_steps=bad))
+        assert "\n" not in str(e.value)
