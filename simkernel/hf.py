@@ -7,6 +7,13 @@ loads (:func:`planned_dtype`), so a cache key can name it without a device.  Wei
 neither in a folder nor in the local hub cache (and cannot be downloaded) are a one-line
 ValueError with the command that downloads them.
 
+Before any weights load, :func:`memory_plan` estimates what the run needs from the config
+(weights exactly, from the model built on the meta device; one batch's activations; the
+captured attention and the probed keys and values on the host), :func:`memory_line` says it in
+one line, and :func:`check_memory` refuses, in one line naming the memory needed and the
+options, a run that does not fit the memory available (host RAM: ``MemAvailable``; a GPU: its
+free memory).
+
 torch, transformers and huggingface_hub are imported inside the functions that need them
 (``simkernel --help`` imports none); without them a one-line ValueError names the extra to
 install.
@@ -207,7 +214,8 @@ def load_config(name: str, revision: str | None = None):
 
 
 def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
-               device_map: str | None = None, *, tokenizer=None, config=None):
+               device_map: str | None = None, *, tokenizer=None, config=None, workload: dict | None = None,
+               report=None):
     """(model, tokenizer) from an alias, hub id or local folder, in eval mode.
 
     The model keeps transformers' default attention (sdpa); ``capture.capture`` switches to
@@ -216,7 +224,12 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     accelerate instead of moving the model to ``device``.  Weights that are neither in a
     folder nor in the local hub cache (and cannot be downloaded) give a one-line ValueError
     with the command that downloads them.  ``tokenizer`` and ``config``, when the caller has
-    loaded them already (:func:`load_tokenizer`, :func:`load_config`), are not loaded again."""
+    loaded them already (:func:`load_tokenizer`, :func:`load_config`), are not loaded again.
+
+    Before the weights load, :func:`memory_plan` estimates the memory (``workload``: its keyword
+    arguments, the run's batch size, prompt length, prompts and probe bytes), ``report(line)``
+    receives :func:`memory_line`, and :func:`check_memory` raises the one-line ValueError when
+    it does not fit the memory available (host RAM, or the GPU's)."""
     AutoModelForCausalLM = _require("transformers").AutoModelForCausalLM
     import torch
 
@@ -233,6 +246,18 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
         if find_spec("accelerate") is None:
             raise ValueError(f"--device-map needs the accelerate package: {INSTALL}")
         kw["device_map"] = device_map
+    if device_map is None and dev.startswith("cuda") and dt == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"the GPU of device {dev!r} cannot run bfloat16; use --dtype float16 (or float32)")
+    try:
+        plan = memory_plan(config, dt, dev, **(workload or {}))
+    except Exception as e:                    # an architecture the estimate cannot build: load unchecked
+        plan = None
+        if report is not None:
+            report(f"memory: no estimate for {type(config).__name__} ({type(e).__name__}: {e}"[:200] + ")")
+    if plan is not None:
+        if report is not None:
+            report(memory_line(plan))
+        check_memory(plan, device_map)
     try:
         model = AutoModelForCausalLM.from_pretrained(where["id"], **kw)
     except (OSError, ValueError) as e:
@@ -241,6 +266,101 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
         model.to(dev)
     model.eval()
     return model, tok
+
+
+def weight_bytes(config, dtype: str = "float32") -> int:
+    """Bytes of the weights (parameters in ``dtype``, buffers in their own dtype) of the causal LM
+    ``config`` describes: the model is built on the meta device (no memory, about 2 s for 6B
+    parameters) and its tensors counted; tied weights count once."""
+    AutoModelForCausalLM = _require("transformers").AutoModelForCausalLM
+    import torch
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, resolve_dtype(dtype, "cpu")))
+    return int(sum(t.numel() * t.element_size() for t in list(meta.parameters()) + list(meta.buffers())))
+
+
+def memory_plan(config, dtype: str, device: str = "cpu", *, batch_size: int = 8, tokens: int = 512,
+                prompts: int = 0, probe_bytes: int = 0, full_logits: bool = False) -> dict:
+    """The memory a run will need, in bytes, estimated from ``config`` before loading:
+
+    weights   :func:`weight_bytes` in ``dtype`` (exact)
+    forward   one batch of ``batch_size`` prompts of ``tokens`` tokens: hidden states (about 6
+              vectors of d per token) and the MLP's two (tokens, inner) arrays in ``dtype``, one
+              layer's float32 attention scores (B, H, T, T), and the float32 logits (their
+              log-softmax too): the last position's only, or every position's (``full_logits``:
+              document scoring)
+    capture   the host arrays of the captured attention rows, (prompts, L, H, T) float32, twice
+              (the text branch copies them once while putting prompts back in order)
+    probes    the probed keys and values, ``probe_bytes`` (``capture.probe_layer_bytes`` x layers), x 1.5
+    total     their sum; ``device``, ``dtype`` recorded beside them"""
+    d = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or config.d_model)
+    H, L = int(config.num_attention_heads), int(config.num_hidden_layers)
+    inner = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d)
+    V, e = int(config.vocab_size), {"float32": 4}.get(dtype, 2)
+    B, T = int(batch_size), int(tokens)
+    logits = B * (T if full_logits else 1) * V * 4 * 3
+    forward = B * T * (6 * d + 2 * inner) * e + B * H * T * T * 4 + logits
+    plan = {"weights": weight_bytes(config, dtype), "forward": int(forward),
+            "capture": int(prompts) * L * H * T * 4 * 2, "probes": int(1.5 * probe_bytes)}
+    plan["total"] = sum(plan.values())
+    plan.update(device=str(device), dtype=dtype)
+    return plan
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def memory_line(plan: dict) -> str:
+    """One line: ``memory: needs about X (weights W dtype + forward F + capture C + probes P); Y available (where)``."""
+    avail, where = available_memory(plan["device"])
+    have = "unknown memory available" if avail is None else f"{_gib(avail)} available ({where})"
+    return (f"memory: needs about {_gib(plan['total'])} (weights {_gib(plan['weights'])} {plan['dtype']} + forward "
+            f"{_gib(plan['forward'])} + capture {_gib(plan['capture'])} + probes {_gib(plan['probes'])}); {have}")
+
+
+def host_available_bytes() -> int | None:
+    """Host memory available for new allocations: ``MemAvailable`` of /proc/meminfo, else
+    psutil's ``virtual_memory().available`` when installed, else None (unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def available_memory(device: str) -> tuple:
+    """(bytes or None, where): the free memory of the GPU for ``cuda[:N]`` (``torch.cuda.mem_get_info``),
+    else the host's (:func:`host_available_bytes`)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free), f"GPU {device}"
+    return host_available_bytes(), "host RAM"
+
+
+def check_memory(plan: dict, device_map: str | None = None) -> None:
+    """A one-line ValueError when ``plan``'s total (:func:`memory_plan`) exceeds the memory
+    available on its device, naming what is needed and the options.  With ``device_map``
+    (accelerate places or offloads the layers) and when the memory is unknown, nothing is checked."""
+    if device_map is not None:
+        return
+    avail, where = available_memory(plan["device"])
+    if avail is None or plan["total"] <= avail:
+        return
+    opts = ["--dtype bfloat16"] if plan["dtype"] == "float32" else []
+    opts += ["--device-map auto (with accelerate, on GPUs)", "a smaller --batch-size or model"]
+    raise ValueError(f"the model needs about {_gib(plan['total'])} (weights {_gib(plan['weights'])} {plan['dtype']}) "
+                     f"but only {_gib(avail)} of {where} is available; options: {', '.join(opts)}")
 
 
 def context_length(config) -> int | None:

@@ -525,7 +525,11 @@ def _outputs(path, where, model_name, revision, data, data_id, dt, n_demos, mode
                             probe_layers=probe_layers, max_text_tokens=max_text_tokens)
     if on_load is not None:
         on_load(f"loading {where['id']}")
-    model, tok = hf.load_model(model_name, revision, dt, device, device_map, tokenizer=tok, config=config)
+    workload = dict(batch_size=batch_size, tokens=prepared.batch.input_ids.shape[1], prompts=len(prepared.test_ids),
+                    probe_bytes=len(prepared.layers) * capture.probe_layer_bytes(config, len(prepared.test_ids),
+                                                                                prepared.demo_ids.shape[1]))
+    model, tok = hf.load_model(model_name, revision, dt, device, device_map, tokenizer=tok, config=config,
+                               workload=workload, report=on_load)
     outputs = execute_text(model, prepared, batch_size, bar=bar)
     outputs.meta["model"] = hf.model_record(model, model_name, revision, dt)
     outputs.meta["data"] = data_id

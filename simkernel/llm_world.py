@@ -771,14 +771,16 @@ def run(model_name: str, *, preset: str | None = None, world_seeds=(0,), overrid
 
 def _compute(model_name, revision, where, dt, device, tok, config, preps, paths, batch_size, cache_dir, tick):
     """Load the weights once, run every prepared world, cache each world's outputs."""
-    lock = contextlib.nullcontext()
+    outs, lock = [], contextlib.nullcontext()
     if cache_dir is not None:
         Path(cache_dir).parent.mkdir(parents=True, exist_ok=True)
         lock = folder_lock(cache_dir, "llm-world output", beside=True)
-    outs = []
     with lock:
         tick(f"loading {where['id']}")
-        model, _ = hf.load_model(model_name, revision, dt, device, tokenizer=tok, config=config)
+        pb = sum(len(p.layers) * capture.probe_layer_bytes(config, len(p.prompts.y_test), p.ns[-1], p.offsets.size)
+                 for p in preps)
+        w = dict(batch_size=batch_size, tokens=max(len(p.doc_ids[0]) for p in preps), full_logits=True, probe_bytes=pb)
+        model, _ = hf.load_model(model_name, revision, dt, device, tokenizer=tok, config=config, workload=w, report=tick)
         model_meta = hf.model_record(model, model_name, revision, dt)
         for p, path in zip(preps, paths):
             o = execute_world(model, p, batch_size, tick)

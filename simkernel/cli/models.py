@@ -286,11 +286,22 @@ def llm_cmd(model_name, revision, task, split, data_file, text_column, label_col
                   probe_layers=probe_layers, max_text_tokens=max_text_tokens, dtype=dtype, device=device,
                   device_map=device_map, batch_size=batch_size,
                   bar=lambda desc, total: progress_bar(total, desc, "prompt"),
-                  on_load=lambda msg: click.echo(msg, err=True) if sys.stderr.isatty() else None)
+                  on_load=_memory_echo)
     written = job.write(out)
     for line in job.summary_lines():
         click.echo(line)
     click.echo(wrote(written, job.meta["elapsed_s"]))
+
+
+def _memory_echo(msg: str) -> None:
+    """The llm branches' progress messages on stderr: the memory estimate (printed before the weights
+    load) unless SIMKERNEL_PROGRESS is none, the others only on a terminal."""
+    import os
+
+    from ..options import PROGRESS_ENV
+
+    if (msg.startswith("memory:") and os.environ.get(PROGRESS_ENV) != "none") or sys.stderr.isatty():
+        click.echo(msg, err=True)
 
 
 def _llm_world(ctx, model_name, revision, preset, world_file, world_seeds, overrides, n_demos, weight, n_select,
@@ -320,7 +331,7 @@ def _llm_world(ctx, model_name, revision, preset, world_file, world_seeds, overr
         out = check_results_dir(llm_world.world_default_out(model_name, preset, world_file) if out is None else out)
     res = llm_world.run(model_name, revision=revision, weight=weight, n_select=n_select, n_report=n_report, seed=seed,
                         probe_layers=probe_layers, dtype=dtype, device=device, batch_size=batch_size, cache_dir=out,
-                        **spec)
+                        progress=_memory_echo, **spec)
     written = res.write(out)
     for line in res.summary_lines():
         click.echo(line)
