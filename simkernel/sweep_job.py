@@ -119,6 +119,13 @@ def run_job(spec: dict, folder: str) -> dict:
         # relative paths in the options (run folders, world files, runs_dir) mean what they meant
         # where the sweep was started; a worker runs one job at a time, so changing it is safe
         os.chdir(spec["cwd"])
+    state = job_state(folder)
+    if state is not None and state.get("status") == "done" and state.get("key") == spec["key"] \
+            and not verify_job(folder, state):
+        # Dask may run a task twice when a worker dies (it reschedules what the dead worker held):
+        # a second run of a job that already finished would clear its folder under the sweep
+        # that is combining it, so a verified finished job is returned as it is
+        return state
     t0 = time.perf_counter()
     worker = worker_name()
     # a job folder is this job's alone: what an earlier, damaged or interrupted run left is not
