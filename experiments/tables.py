@@ -6,7 +6,8 @@ the README holds exactly what this prints).
     python experiments/tables.py            # print every table
     python experiments/tables.py table3     # one of: table3, summary:<experiment>, bias,
                                             # phenomena, references, report,
-                                            # report-checks, report-findings, report-time
+                                            # report-checks, report-findings, report-time,
+                                            # strategies-seen, strategies-unseen, strategies-time
 """
 
 from __future__ import annotations
@@ -188,6 +189,64 @@ def report_findings(name: str = "report") -> str:
     return "\n".join(out)
 
 
+def _strategies(name: str = "strategies"):
+    folder = ROOT / "figures" / name
+    with open(folder / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads((folder / "strategies.json").read_text())
+
+
+def _ci(r) -> str:
+    def f(v):
+        return f"{float(v) + 0.0:.2f}".replace("-0.00", "0.00")
+    return f"{f(r['mean'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]"
+
+
+def strategies(split: str = "seen", name: str = "strategies") -> str:
+    """The published map at its last checkpoint and largest n, one row per K and size: the mean
+    gap to the Bayes floor, TV(model, ·) to each single predictor and to the fitted mixture, the
+    kernel's mixture weight (95% t-intervals over worlds), and the single predictor nearest the
+    model (in bold)."""
+    rows, meta = _strategies(name)
+    comps = meta["config"]["eval"].get("mixture_of") or ["bayes", "kernel", "frequency", "ngram", "uniform"]
+    n = str(max(meta["config"]["eval"]["n_demos"]))
+    last = str(max(int(r["step"]) for r in rows))
+    by = {(r["k"], r["size"], r["predictor"], r["metric"]): r for r in rows
+          if r["step"] == last and r["n_demos"] == n and r["concepts"] == split}
+    cells = sorted({(int(k), s) for k, s, _, _ in by}, key=lambda c: (list(meta["config"]["sizes"]).index(c[1]), c[0]))
+    head = ["K", "size", "gap (nats/token)"] + [f"TV to {p}" for p in comps] + ["TV to the mixture", "kernel weight",
+                                                                                "nearest"]
+    out = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---:", "---"] + ["---:"] * (len(head) - 3) + ["---"]) + " |"]
+    for k, size in cells:
+        get = lambda p, m: by.get((str(k), size, p, m))                  # noqa: E731
+        tvs = {p: float(get(p, "tv")["mean"]) for p in comps if get(p, "tv")}
+        near = min(tvs, key=tvs.get) if tvs else "-"
+        cols = [str(k), size, _ci(get("model", "gap")) if get("model", "gap") else "-"]
+        cols += [(f"**{_ci(get(p, 'tv'))}**" if p == near else _ci(get(p, "tv"))) if get(p, "tv") else "-" for p in comps]
+        cols += [_ci(get(key, m)) if get(key, m) else "-" for key, m in (("mixture", "tv"), ("kernel", "weight"))]
+        cols.append(near)
+        out.append("| " + " | ".join(cols) + " |")
+    return "\n".join(out)
+
+
+def strategies_time(name: str = "strategies") -> str:
+    """Where the published map's time went: the jobs' summed wall time (worker seconds, kept across
+    resumes; two workers run at once), and the parts spent training and attributing."""
+    _rows, meta = _strategies(name)
+    jobs = meta.get("jobs", [])
+    el = meta.get("elapsed_s", {})
+    total = float(el.get("jobs_wall", 0)) or 1.0
+    out = ["| worker seconds, summed over the jobs | seconds | share |", "| --- | ---: | ---: |",
+           f"| every job, start to done marker ({len(jobs)} jobs) | {total:,.0f} | 100% |"]
+    for key, label in (("train", "training (the loop and its evaluations)"),
+                       ("attribute", "attribution (`strategies.evaluate`)"),
+                       ("predictors", "&nbsp;&nbsp;of which the predictors, once per prompt set"),
+                       ("model_forward", "&nbsp;&nbsp;of which the models' forward passes, every snapshot")):
+        if key in el:
+            out.append(f"| {label} | {float(el[key]):,.0f} | {float(el[key]) / total:.0%} |")
+    return "\n".join(out)
+
+
 def _fmt(v: str) -> str:
     try:
         x = float(v)
@@ -199,6 +258,9 @@ def _fmt(v: str) -> str:
 def all_tables() -> dict:
     out = {"table3": table3(), "bias": bias(), "phenomena": phenomena(), "references": references(), "report": report(),
            "report-checks": report_checks(), "report-findings": report_findings(), "report-time": report_time()}
+    if (ROOT / "figures" / "strategies" / "summary.csv").is_file():
+        out.update({"strategies-seen": strategies("seen"), "strategies-unseen": strategies("unseen"),
+                    "strategies-time": strategies_time()})
     for name in SUMMARY_EXPERIMENTS:
         out[f"summary:{name}"] = summary(name)
     return out

@@ -13,8 +13,9 @@ FEATURES = ("belief", "operator")
 PHENOMENA = ("retrieval", "labels", "shift", "order", "prior")
 #: The candidate predictors of ``strategies`` (which one a trained model follows): exact Bayes over the
 #: pretraining concepts, the theory's kernel (normalised, clipped), label counts, the in-context
-#: n-gram rule (no concepts needed) and the oracle (the true concept).
-PREDICTORS = ("bayes", "kernel", "clipped", "frequency", "ngram", "oracle")
+#: n-gram rule (no concepts needed), the uniform distribution (an untrained model) and the oracle
+#: (the true concept).
+PREDICTORS = ("bayes", "kernel", "clipped", "frequency", "ngram", "uniform", "oracle")
 #: The small GPT-J presets of ``model.MODEL_PRESETS`` (tiny: tests; cpu: the CPU default;
 #: ginc-*: GINC-sized, for a GPU).
 MODEL_NAMES = ("tiny", "cpu", "ginc-4", "ginc-12", "ginc-16")

@@ -36,26 +36,42 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def make_world(preset: str = "paper-c", seed: int = 0, **overrides) -> World:
-    """Build a world from a preset plus overrides (see ``PRESETS`` for names and defaults).
+#: options a preset accepts beyond PRESETS, recorded in the world's options only when given (so
+#: that every world built without them keeps the identity, and the run folders, it always had)
+EXTRA_OPTIONS: dict[str, dict] = {
+    # n_unseen concepts with prior 0 after the n_concepts pretraining ones: with_unseen(world, n_unseen, seed)
+    "random": dict(n_unseen=0),
+}
 
-    ``n_labels=0`` means every symbol but the delimiter is a label."""
+
+def make_world(preset: str = "paper-c", seed: int = 0, **overrides) -> World:
+    """Build a world from a preset plus overrides (see ``PRESETS`` and ``EXTRA_OPTIONS`` for names
+    and defaults).
+
+    ``n_labels=0`` means every symbol but the delimiter is a label; the random preset's
+    ``n_unseen`` appends that many prior-0 concepts (:func:`with_unseen` at the world's seed)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}{did_you_mean(preset, PRESETS)}")
     seed = check_seed("seed", seed)
+    extra = {k: _coerce(preset, k, overrides.pop(k), d) for k, d in EXTRA_OPTIONS.get(preset, {}).items()
+             if k in overrides}
     opts = dict(PRESETS[preset])
     for name, value in overrides.items():
         if name not in opts:
-            raise ValueError(f"unknown option {name!r} for preset {preset!r}; allowed: {', '.join(opts)}"
-                             f"{did_you_mean(name, opts)}")
+            known = list(opts) + list(EXTRA_OPTIONS.get(preset, {}))
+            raise ValueError(f"unknown option {name!r} for preset {preset!r}; allowed: {', '.join(known)}"
+                             f"{did_you_mean(name, known)}")
         opts[name] = _coerce(preset, name, value, opts[name])
     rng = np.random.default_rng(seed)
     builder = {"paper-c": _paper_c, "ginc": _ginc, "ginc-small": _ginc, "random": _random}[preset]
     world = builder(rng, **opts)
-    meta = dict(world.meta, preset=preset, seed=seed, options=opts)
+    meta = dict(world.meta, preset=preset, seed=seed, options=dict(opts, **extra))
     world = World.from_arrays(world.prior, world.start, world.transition, world.emission,
                               world.delimiter, world.labels, world.restart, meta, world.extras)
-    return world
+    n_unseen = extra.get("n_unseen", 0)
+    if n_unseen < 0:
+        raise ValueError(f"n_unseen must be >= 0, got {n_unseen}")
+    return with_unseen(world, n_unseen, seed) if n_unseen else world
 
 
 def _coerce(preset, name, value, default):

@@ -42,14 +42,10 @@ from .claims.base import CHECKS, CI_NOTE, FAMILIES, KINDS, OVERALL, OVERALL_RULE
 FILES = ("index.html", "report.md", "report.json")
 SCREENSHOT = "screenshot.png"
 BROWSER_JSON = "browser_check.json"
-#: The battery's sweeps, in the order :func:`run` runs them (icl-eval trains the runs measure reuses).
-SWEEPS = ("regime", "converge", "phenomena", "icl-eval", "measure")
-#: The trained models of C5 (worlds x training seeds) and C6 (the first world's seeds).
-TRAIN_WORLDS = (0, 1, 2)
+#: The battery's sweeps, in the order :func:`run` runs them.
+SWEEPS = ("regime", "converge", "phenomena", "strategies", "measure")
+#: The trained models of C6 (one world's training seeds); C5's are the strategies map's.
 TRAIN_SEEDS = (0, 1, 2)
-#: C5's n: every prompt inside the trained block (block_size 128, example length 3: n (k + 1) + k - 1
-#: <= 128 gives n <= 31).
-ICL_N_DEMOS = "0,1,2,4,8,16,24,31"
 #: C7's retrieval is judged at a small n, where exact Bayes is still far from the oracle (headroom);
 #: the other phenomena at their defaults.
 PHENOMENA_N_DEMOS = {"retrieval": 2}
@@ -62,13 +58,13 @@ REPORT_MARKS = (*FILES, "sweeps", "battery")
 
 # ---------------------------------------------------------------------- the battery
 def _train_spec(quick: bool) -> dict:
-    """The [train] table of C5 and C6: the ginc-small world, where the kernel vote beats the
-    majority vote (docs/results/measure.md); quick: the tiny model for a few steps."""
+    """The [train] table of C6: the ginc-small world, where the kernel vote beats the majority
+    vote (docs/results/measure.md); quick: the tiny model for a few steps."""
     if quick:
         return {"preset": "ginc-small", "model": "tiny", "max_steps": 30, "eval_every": 15, "batch_size": 16,
                 "n_docs": 64, "doc_length": 512}
-    # target gap 0.02 nats/token (well inside C5/C6's "near the Bayes loss", 0.05): about 400-700 steps
-    # instead of 1,200-1,400 for 0.01, so that nine models fit the report's 20 minutes on 2 cores
+    # target gap 0.02 nats/token (well inside C6's "near the Bayes loss", 0.05): about 400-700 steps
+    # instead of 1,200-1,400 for 0.01
     return {"preset": "ginc-small", "model": "tiny", "max_steps": 3000, "target_gap": 0.02}
 
 
@@ -82,11 +78,12 @@ def battery(quick: bool = False) -> dict[str, dict]:
     converge   C2, C3: the same worlds' exact floors (a few n only: the floors are exact);
     phenomena  C7: one job per phenomenon on 10 'ginc-small' worlds (quick: 3 and phenomena's
                quick sizes), retrieval at a small n where exact Bayes has headroom;
-    icl-eval   C5: one job per trained model, 3 worlds x 3 training seeds of 'ginc-small', every n
-               inside the trained block;
-    measure    C6: one job measuring the first world's three runs on the same prompts (pooled)."""
+    strategies C5: the strategies map (``strategies.DEFAULT_MAP``, quick: ``QUICK_MAP``), one job per
+               trained run (K x worlds x sizes x training seeds), every snapshot attributed;
+    measure    C6: one job measuring one world's three runs on the same prompts (pooled)."""
     from .constants import PHENOMENA
     from .phenomena import defaults as phenomenon_defaults
+    from .strategies import DEFAULT_MAP, QUICK_MAP, sweep_config
 
     n_worlds = 3 if quick else 20
     worlds = list(range(n_worlds))
@@ -108,15 +105,13 @@ def battery(quick: bool = False) -> dict[str, dict]:
                         "quick": bool(quick)},
             "zip": {"name": list(PHENOMENA), "n_demos": [list(n) if isinstance(n, tuple) else n for n in n_demos]}}
     train = _train_spec(quick)
-    icl = {"command": "icl-eval",
-           "options": {"n_demos": "0,1,2,4,8,16" if quick else ICL_N_DEMOS, "example_length": 3,
-                       "n_prompts": 40 if quick else 200, "seed": 0, "device": "cpu"},
-           "train": dict(train), "grid": {"train.world_seed": list(TRAIN_WORLDS), "train.seed": list(TRAIN_SEEDS)}}
+    smap = QUICK_MAP if quick else DEFAULT_MAP
+    strategies = sweep_config(smap, base=smap)
     measure = {"command": "measure",
                "options": {"n_prompts": 100 if quick else 1000, "n_demos": 8 if quick else 16, "example_length": 3,
                            "n_select": 70 if quick else 700, "n_report": 30 if quick else 300, "device": "cpu"},
                "train": dict(train, seeds=list(TRAIN_SEEDS)), "grid": {"seed": [0]}}
-    return {"regime": regime, "converge": converge, "phenomena": phen, "icl-eval": icl, "measure": measure}
+    return {"regime": regime, "converge": converge, "phenomena": phen, "strategies": strategies, "measure": measure}
 
 
 def to_toml(config: dict) -> str:
@@ -176,26 +171,6 @@ def _table(res, name=None):
         return None
 
 
-def _icl_info(res) -> tuple[dict, dict]:
-    """({job: final gap to the Bayes floor}, {job: (block_size, example_length)}) from an
-    icl-eval sweep's job folders (icl_vs_bayes.json: config, train_config, train_done)."""
-    gaps, limits = {}, {}
-    for j in res.jobs:
-        if j.get("status") != "done":
-            continue
-        meta = _read_json(Path(j["folder"]) / "icl_vs_bayes.json")
-        key = Path(j["folder"]).name
-        done = meta.get("train_done") or {}
-        if "gap" in done:
-            gaps[key] = float(done["gap"])
-        tc = meta.get("train_config") or {}
-        block = (tc.get("train") or tc).get("block_size")
-        k = (meta.get("config") or {}).get("example_length")
-        if block is not None and k is not None:
-            limits[key] = (int(block), int(k))
-    return gaps, limits
-
-
 def _measure_info(res) -> tuple[dict, dict]:
     """(measure.json of the finished job, {run name: final gap}) of a measure sweep."""
     done = [j for j in res.jobs if j.get("status") == "done"]
@@ -212,9 +187,10 @@ def _measure_info(res) -> tuple[dict, dict]:
     return meta, gaps
 
 
-def claims_from_sweeps(results: dict) -> list[Result]:
+def claims_from_sweeps(results: dict, sizes: dict | None = None) -> list[Result]:
     """Every registered claim's result from the battery's ``sweep.SweepResult`` s ({name:
-    result}; a missing sweep makes its claims inconclusive, saying so)."""
+    result}; a missing sweep makes its claims inconclusive, saying so); ``sizes``: the strategies
+    map's [sizes] (their names in C5)."""
     tables, info, missing = {}, {}, {}
     for key, res in results.items():
         for name in res.tables:
@@ -224,8 +200,8 @@ def claims_from_sweeps(results: dict) -> list[Result]:
             missing[key] = f"the {key} sweep has no finished job: {err}"
     for key in SWEEPS:
         missing.setdefault(key, f"the {key} sweep did not run")
-    if "icl-eval" in results:
-        info["icl-eval.gaps"], info["icl-eval.limits"] = _icl_info(results["icl-eval"])
+    if "strategies" in results:
+        info["strategies.sizes"] = sizes
     if "measure" in results:
         info["measure.json"], info["measure.gaps"] = _measure_info(results["measure"])
     return claims_mod.judge_all(tables, info, missing)
@@ -767,18 +743,23 @@ def run(quick: bool = False, out=DEFAULT_OUT, workers=None, scheduler=None, prog
                                   "rerun_damaged": sorted(k for k in res.damaged if any(
                                       j["key"] == k and j["ran"] for j in res.jobs)),
                                   "failed": [line for _k, _kind, line in check.of("failed")]}}
-    results_ = claims_from_sweeps(results)
+    from .strategies import DEFAULT_MAP, QUICK_MAP
+
+    smap = QUICK_MAP if quick else DEFAULT_MAP
+    results_ = claims_from_sweeps(results, smap["sizes"])
     grid = configs["regime"]["grid"]
     seeds = {"world": {p: grid["world_seed"] for p in grid["preset"]},
              "phenomena_world": configs["phenomena"]["options"]["world_seeds"],
-             "train": {"worlds": list(TRAIN_WORLDS), "seeds": list(TRAIN_SEEDS)}, "prompt": 0}
+             "train": {"seeds": list(TRAIN_SEEDS)}, "strategies": {"worlds": smap["world"]["seeds"],
+                                                                   "seeds": smap["train"]["seeds"]}, "prompt": 0}
     meta = provenance({"command": "report", "quick": bool(quick), "out": str(out), "sweeps_dir": str(sweeps_dir),
                        "battery": configs}, seeds,
                       extra_packages=("matplotlib", "pandas", "pyarrow", "dask", "distributed", "torch", "markdown"))
     meta.update(title=TITLE,
                 subtitle=(f"{'quick setting (CI-sized: few worlds, tiny models)' if quick else 'default setting'}; "
                           f"{len(grid['world_seed'])} world seeds per preset family for C1-C4, "
-                          f"{len(TRAIN_WORLDS)} worlds x {len(TRAIN_SEEDS)} training seeds for C5, "
+                          f"the strategies map ({len(smap['world']['k'])} K x {len(smap['world']['seeds'])} worlds x "
+                          f"{len(smap['sizes'])} sizes x {len(smap['train']['seeds'])} training seeds) for C5, "
                           f"{len(TRAIN_SEEDS)} training seeds for C6"),
                 sweeps=info, elapsed_s=round(time.perf_counter() - t0, 1))
     return Report(results_, meta, default_commands(quick, out, sweeps_dir))

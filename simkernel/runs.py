@@ -138,7 +138,7 @@ _WEIGHTS = f"{CHECKPOINT}/model/model.safetensors"
 def run_outputs(run_dir) -> dict:
     """done.json's ``outputs``: {path relative to the run folder: ``store.file_record`` (size in
     bytes, sha256)} of what a later call reuses: every file of checkpoint/ (the model, state.pt,
-    the configs), metrics.jsonl and config.json (when there is one: ``train`` called on a bare
+    the configs), of snapshots/ (when training saved any), metrics.jsonl and config.json (when there is one: ``train`` called on a bare
     folder writes none).
 
     Not corpus/: it is an input of training, not a result of it.  Of it a later call reuses
@@ -148,6 +148,9 @@ def run_outputs(run_dir) -> dict:
     folder (icl-eval's tables): only these files are recorded, so those never count as damage."""
     run_dir = Path(run_dir)
     rec = {f"{CHECKPOINT}/{rel}": r for rel, r in outputs_record(run_dir / CHECKPOINT).items()}
+    # snapshots are reused by strategies' attribution, so a flipped byte there is damage too
+    if (run_dir / SNAPSHOTS).is_dir():
+        rec.update({f"{SNAPSHOTS}/{rel}": r for rel, r in outputs_record(run_dir / SNAPSHOTS).items()})
     for name in (METRICS, CONFIG):
         if (run_dir / name).is_file():
             rec[name] = file_record(run_dir / name)

@@ -1,369 +1,57 @@
-"""Which predictor a trained model follows: the candidate predictors on one prompt set, and the
-attribution of a model's label distributions to them (docs/theory.md §23).
+"""Which algorithm a trained transformer runs: ``simkernel strategies CONFIG.toml``.
 
-Candidate predictors (:data:`PREDICTORS`), each exact and each a distribution over the scored
-label set per prompt (:func:`predictors` returns {name: (B, len(ns), L)}):
+Two levels (docs/theory.md §23; the predictors and the attribution are ``attribution``'s):
 
-- ``bayes``      exact Bayes over the world's pretraining concepts (prior > 0): memorising
-- ``kernel``     the theory kernel's normalised estimate, Σ from the pretraining inputs
-- ``clipped``    the same with max(K, 0), non-negative weights like attention's
-- ``frequency``  the label counts of the demonstrations (K ≡ 1)
-- ``ngram``      an in-context n-gram rule that needs no concepts (:func:`ngram`): what followed the
-                 prompt's last ``order - 1`` symbols elsewhere in the same prompt, add-α smoothed
-- ``oracle``     the true concept's predictive P(y | x_test, θ*)
+- :func:`evaluate` one trained run along training: each concept split's prompts drawn once
+  ('seen': prior > 0; 'unseen': prior 0, the concepts ``presets.with_unseen`` adds), every
+  predictor computed once per split, then every checkpoint (:func:`run_checkpoints`: the
+  log-scale snapshots training saved and the final checkpoint) scored on the same prompts and
+  attributed.  Its result (:class:`StrategiesEval`, the result protocol) is strategies.csv
+  (``EVAL_COLUMNS``) and strategies.json.  The sweep runs it as the command ``attribute``.
+- :func:`run` the map: task diversity K (worlds of the ``random`` preset with K pretraining
+  concepts and ``n_unseen`` prior-0 ones, from one generator), world seeds, model sizes and
+  training seeds, every cell trained with snapshots and attributed through the sweep engine
+  (``sweep.run``: Dask, resumable, one folder per job), then gathered into one tidy table with
+  the cell's columns (``MAP_COLUMNS``) and a summary over worlds x training seeds
+  (``SUMMARY_COLUMNS``: 95% t-intervals over worlds, training seeds averaged within a world).
+  The config (:func:`check_map_config`; ``DEFAULT_MAP`` and ``QUICK_MAP`` are the defaults)::
 
-The first five but ``ngram`` come from ``phenomena.common.predict`` (the one implementation the
-phenomena and ``icl_eval`` share); ``ngram`` is here.  No ``generalising`` predictor: the
-``random`` preset draws each concept's HMM from Dirichlet rows, and the posterior predictive
-under that prior sums over hidden paths (no closed form; §23).
+      [world]                # the random preset; every key but k / seeds is a preset option
+      k = [1, 4, 16, 64]     # pretraining concepts: the task-diversity axis
+      seeds = [0, 1, 2]
+      n_unseen = 8
+      [sizes]                # name -> the model preset and its overrides
+      xs = { model = "tiny", n_embd = 32 }
+      [train]                # train_world options (TrainConfig fields, n_docs, doc_length, ...)
+      seeds = [0, 1]
+      max_steps = 512
+      [eval]                 # evaluate's options
+      n_demos = [1, 2, 4, 8, 15]
 
-Attribution (:func:`attribute`) of a model's distributions M (P, L) on the same prompts: TV to
-each predictor, tie-fair agreement (``metrics.tie_agreement``), KL(M || predictor) and the best
-convex mixture of the predictors (:func:`fit_mixture`: the simplex weights minimising the mean
-cross-entropy of the mixture against M, i.e. mean KL(M || mixture)), fitted on a selection split
-of the prompts and scored on the held-out rest, with percentile bootstrap CIs of the weights over
-prompts (one world) or over worlds (several: a cluster bootstrap).  Every row is reported on the
-held-out prompts, so the mixture and each single predictor are scored on the same prompts.
-
-A trained run along training (:func:`evaluate`): training saves model-only snapshots on a log
-scale (``train.TrainConfig.snapshot_steps``, read back by ``runs.snapshots``); :func:`evaluate`
-draws each concept split's prompts once ('seen': prior > 0; 'unseen': prior 0, e.g. the concepts
-``presets.with_unseen`` adds), computes the predictors once per split, then scores every checkpoint
-(:func:`run_checkpoints`) on the same prompts and attributes it.  Its result (:class:`StrategiesEval`,
-the result protocol) is strategies.csv (``EVAL_COLUMNS``) and strategies.json.
-
-Nothing here prints; only :meth:`StrategiesEval.write` writes.
+Nothing here prints; only the results' ``write()`` write (the map's sweep writes its own jobs).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from .constants import PREDICTORS
-from .metrics import KL_MIX, bootstrap_counts, compare, tie_accuracy, tie_agreement, tv, unit_codes, world_ci
-from .validate import check_float, check_int, check_seed, did_you_mean
+from .attribution import (CONCEPT_SPLITS, COLUMNS, DEFAULT_ALPHA, DEFAULT_ORDER, DEFAULT_PREDICTORS,
+                          DEFAULT_SELECT_FRAC, FROM_PREDICT, MIXTURE_OF, NEED_DEMOS, attribute, check_predictors,
+                          predictors, row, split_prompts)
+from .metrics import tie_accuracy, tv, world_ci
+from .validate import check_int, check_seed
 from .world import World
 
-#: What :func:`predictors` computes by default.
-DEFAULT_PREDICTORS = ("bayes", "kernel", "frequency", "ngram", "oracle")
-#: The mixture's components by default: the strategies a model could run.  The oracle is left
-#: out: it knows which concept drew the prompt, and exact Bayes tends to it as n grows, so in a
-#: mixture it would only split the weight that belongs to Bayes.
-MIXTURE_OF = ("bayes", "kernel", "frequency", "ngram")
-#: Names ``phenomena.common.predict`` computes (all at once, from one kernel pass).
-_FROM_PREDICT = ("bayes", "kernel", "clipped", "frequency", "oracle")
-#: Predictors undefined before the first demonstration (a kernel regresses on demonstrations).
-_NEED_DEMOS = ("kernel", "clipped", "frequency")
-DEFAULT_ORDER = 2
-DEFAULT_ALPHA = 1.0
-DEFAULT_N_BOOT = 200
-DEFAULT_SELECT_FRAC = 0.5
-#: The tidy rows of :func:`attribute` (plus the caller's ``tags``).  ``concepts``: 'seen' /
-#: 'unseen' as the caller gives them, 'all' when not given.
-COLUMNS = ("concepts", "predictor", "metric", "mean", "ci_low", "ci_high", "n_prompts", "n_worlds")
-#: Per-prompt metrics of the model against each predictor and against the fitted mixture.
-METRICS = ("tv", "agree", "kl")
-CONCEPT_SPLITS = ("seen", "unseen")
-
-
-def check_predictors(names, name: str = "predictors") -> tuple:
-    """``names`` (a str or a list) as a tuple of known predictor names, in the order given; a
-    one-line ValueError naming the allowed ones for an unknown name or an empty list."""
-    names = (names,) if isinstance(names, str) else tuple(names)
-    if not names:
-        raise ValueError(f"{name} must name at least one predictor; allowed: {', '.join(PREDICTORS)}")
-    for n in names:
-        if n not in PREDICTORS:
-            raise ValueError(f"unknown predictor {n!r} in {name}; allowed: {', '.join(PREDICTORS)}"
-                             f"{did_you_mean(n, PREDICTORS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{name} must not repeat a predictor, got {list(names)}")
-    return names
-
-
-# ---------------------------------------------------------------------- the n-gram rule
-def ngram_counts(tokens, label_set, order: int = DEFAULT_ORDER) -> np.ndarray:
-    """(P, L) counts: how often each label followed the prompt's context inside the prompt.
-
-    tokens (P, T): prompts that stop right before the label to predict (after x_test);
-    label_set (L,) symbols.  The context is the last ``order - 1`` symbols of a row; every window
-    tokens[t - order + 1 .. t] of the row whose first ``order - 1`` symbols equal it counts its
-    last symbol tokens[t] (all positions, not only label positions: a statistical induction head
-    reads the whole prompt).  Order 1 has an empty context: the label counts of the whole row.
-    A row shorter than ``order`` has no window and counts nothing."""
-    tokens = np.asarray(tokens)
-    labels = np.asarray(label_set)
-    P, T = tokens.shape
-    c = order - 1
-    if T < order:
-        return np.zeros((P, labels.size))
-    win = sliding_window_view(tokens, order, axis=1)                     # (P, W, order)
-    context = tokens[:, T - c:]                                          # (P, c)
-    match = (win[:, :, :c] == context[:, None, :]).all(-1)              # (P, W)
-    hit = win[:, :, c, None] == labels[None, None, :]                    # (P, W, L)
-    return (match[:, :, None] & hit).sum(axis=1).astype(np.float64)
-
-
-def ngram(tokens, label_set, order: int = DEFAULT_ORDER, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """(P, L) the in-context n-gram rule: (count_c + α) / (Σ_c' count_c' + α L) over the label set
-    (:func:`ngram_counts`); uniform where nothing counts and α = 0.  tokens (P, T), label_set (L,)."""
-    order = check_int("order", order, 1)
-    alpha = check_float("alpha", alpha, 0.0)
-    n = ngram_counts(tokens, label_set, order) + alpha
-    tot = n.sum(axis=-1, keepdims=True)
-    return np.where(tot > 0, n / np.where(tot > 0, tot, 1.0), 1.0 / n.shape[-1])
-
-
-def ngram_predictive(prompts, label_set, ns, order: int = DEFAULT_ORDER, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """(B, len(ns), L): :func:`ngram` of the prompts cut to their first n demonstrations (then
-    x_test), for each n in ``ns``."""
-    return np.stack([ngram(prompts.truncated(int(n)).tokens, label_set, order, alpha) for n in ns], axis=1)
-
-
-# ---------------------------------------------------------------------- every predictor
-def predictors(world, prompts, names=DEFAULT_PREDICTORS, ns=None, order: int = DEFAULT_ORDER,
-               alpha: float = DEFAULT_ALPHA, seed: int = 0, ctx=None) -> dict:
-    """{name: (B, len(ns), L)} every predictor in ``names`` on ``prompts`` (B prompts of N
-    demonstrations) after the first n demonstrations, n in ``ns`` (default [N]), each a
-    distribution over ``world.labels``.  Compute once per prompt set and reuse across models.
-
-    ``ctx``: a ``phenomena.common.Ctx`` of this world to reuse its kernels (default: built here,
-    Monte Carlo inputs, if any, drawn with ``seed``).  ``bayes`` is NaN on prompts impossible under
-    every pretraining concept.  kernel / clipped / frequency need n >= 1."""
-    names = check_predictors(names)
-    N = prompts.n_demos
-    ns = [N] if ns is None else [check_int("ns", n, 0, N) for n in np.atleast_1d(ns).tolist()]
-    if not ns:
-        raise ValueError(f"ns must hold at least one n in 0..{N}")
-    need = [p for p in names if p in _NEED_DEMOS]
-    if need and min(ns) < 1:
-        raise ValueError(f"{need[0]} needs at least one demonstration; ns must be >= 1, got {min(ns)}")
-    out = {}
-    if set(names) & set(_FROM_PREDICT):
-        from .phenomena.common import context, predict
-        ctx = ctx or context(world, prompts.example_length, seed=seed)
-        out = predict(ctx, prompts, ns=ns)
-    if "ngram" in names:
-        out["ngram"] = ngram_predictive(prompts, world.labels, ns, order, alpha)
-    return {p: out[p] for p in names}
-
-
-# ---------------------------------------------------------------------- the mixture fit
-def blend(weights, comps) -> np.ndarray:
-    """(P, L) Σ_j w_j comps[j] for weights (J,) and comps (J, P, L)."""
-    return np.tensordot(np.asarray(weights, np.float64), comps, axes=1)
-
-
-def _objective(model, comps, omega):
-    """The mean cross-entropy −Σ_p ω_p Σ_l M_pl log m̃_pl / Σ ω and its gradient in w, with m̃ the
-    mixture mixed with KL_MIX of the uniform (as ``metrics.compare``'s KL): a component with a
-    zero where M has mass gives a large but finite loss instead of an infinite one."""
-    L = model.shape[-1]
-    scale = omega / omega.sum()
-
-    def f(w):
-        mix = (1 - KL_MIX) * blend(w, comps) + KL_MIX / L                 # (P, L)
-        loss = -(scale[:, None] * model * np.log(mix)).sum()
-        grad = -(1 - KL_MIX) * np.einsum("p,pl,jpl->j", scale, model / mix, comps)
-        return loss, grad
-    return f
-
-
-def fit_mixture(model, comps, weights=None, init=None) -> np.ndarray:
-    """(J,) simplex weights w minimising the mean cross-entropy of Σ_j w_j comps[j] against the
-    model, i.e. mean KL(M || mixture) (the entropy of M does not depend on w).
-
-    model (P, L) and comps (J, P, L) finite distributions; ``weights`` (P,) non-negative prompt
-    weights (bootstrap counts; default 1); ``init`` (J,) a start (default uniform).  The loss is
-    convex in w, so SLSQP on the simplex finds the global minimum; cross-entropy rather than TV
-    because it is smooth (a unique minimiser where the components differ, so bootstrap weights
-    do not jump between vertices) and it is the likelihood of "the model draws its label from
-    predictor j with probability w_j", the model's own training loss."""
-    from scipy.optimize import minimize
-
-    model = np.asarray(model, np.float64)
-    comps = np.asarray(comps, np.float64)
-    J = comps.shape[0]
-    if J == 1:
-        return np.ones(1)
-    omega = np.ones(model.shape[0]) if weights is None else np.asarray(weights, np.float64)
-    w0 = np.full(J, 1.0 / J) if init is None else np.asarray(init, np.float64)
-    res = minimize(_objective(model, comps, omega), w0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * J,
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(J)}],
-                   options={"ftol": 1e-12, "maxiter": 500})
-    # SLSQP may step a hair outside the bounds: back onto the simplex
-    w = np.clip(res.x, 0.0, None)
-    return w / w.sum()
-
-
-def split_prompts(n_prompts: int, worlds=None, select_frac: float = DEFAULT_SELECT_FRAC, seed: int = 0) -> np.ndarray:
-    """(P,) bool, True for the selection prompts: a seeded random ``select_frac`` of each world's
-    prompts (rounded, at least one on each side where the world has two), so every world is on
-    both sides of the split."""
-    units = np.zeros(n_prompts, np.int64) if worlds is None else unit_codes(list(worlds))
-    rng = np.random.default_rng(seed)
-    sel = np.zeros(n_prompts, bool)
-    for u in np.unique(units):
-        idx = np.flatnonzero(units == u)
-        k = int(round(select_frac * idx.size))
-        k = min(max(k, 1), idx.size - 1) if idx.size >= 2 else idx.size
-        sel[rng.permutation(idx)[:k]] = True
-    return sel
-
-
-@dataclass(frozen=True)
-class MixtureFit:
-    """The fitted mixture: component ``names`` (J,), ``weights`` (J,) on the simplex, the 95%
-    percentile bootstrap interval of each (``ci_low``, ``ci_high``, (J,)), the bootstrap weights
-    ``boot`` (n_boot, J), the unit it resampled ('prompts' or 'worlds') and the number of
-    selection prompts it was fitted on."""
-
-    names: tuple
-    weights: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
-    boot: np.ndarray
-    unit: str
-    n_select: int
-
-
-def mixture(model, comps: dict, worlds=None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> MixtureFit:
-    """:func:`fit_mixture` of ``model`` (P, L) on ``comps`` {name: (P, L)} (finite rows only: the
-    caller drops the rest) and its bootstrap: ``n_boot`` refits with prompt weights drawn by
-    ``metrics.bootstrap_counts``, over prompts or, when ``worlds`` (P,) holds two or more worlds,
-    over whole worlds (a cluster bootstrap: a world's prompts come and go together)."""
-    names = tuple(comps)
-    C = np.stack([np.asarray(comps[n], np.float64) for n in names])
-    w = fit_mixture(model, C)
-    units = None if worlds is None else unit_codes(list(worlds))
-    by_world = units is not None and units.max() >= 1
-    if not by_world:
-        units = np.arange(model.shape[0])
-    boot = np.empty((n_boot, len(names)))
-    for b, counts in enumerate(bootstrap_counts(int(units.max()) + 1, n_boot, seed)):
-        # a prompt's weight is how often its unit was drawn; warm start at the full fit
-        boot[b] = fit_mixture(model, C, weights=counts[units], init=w) if counts[units].sum() > 0 else w
-    lo, hi = (np.quantile(boot, q, axis=0) if n_boot else w for q in (0.025, 0.975))
-    return MixtureFit(names, w, lo, hi, boot, "worlds" if by_world else "prompts", int(model.shape[0]))
-
-
-# ---------------------------------------------------------------------- attribution
-def prompt_scores(model, pred) -> dict:
-    """{metric: (P,)} of the model M (P, L) against one predictor (P, L): tv, tie-fair agree and
-    kl = KL(M || predictor) (``metrics.compare``'s, predictor mixed with KL_MIX of the uniform);
-    NaN where either row is not finite."""
-    ok = np.isfinite(model).all(-1) & np.isfinite(pred).all(-1)
-    m = np.where(ok[:, None], model, 0.0)
-    p = np.where(ok[:, None], pred, 0.0)
-    kl = compare(m, p, np.zeros(len(m), np.int64))["kl"]
-    return {"tv": np.where(ok, tv(m, p), np.nan), "agree": np.where(ok, tie_agreement(m, p), np.nan),
-            "kl": np.where(ok, kl, np.nan)}
-
-
-def _row(concepts, predictor, metric, mean, lo, hi, n_prompts, n_worlds, tags) -> dict:
-    return {"concepts": concepts, "predictor": predictor, "metric": metric, "mean": float(mean),
-            "ci_low": float(lo), "ci_high": float(hi), "n_prompts": int(n_prompts), "n_worlds": int(n_worlds),
-            **tags}
-
-
-def _metric_rows(concepts, predictor, per: dict, units, tags) -> list[dict]:
-    """One row per metric: the mean and 95% CI over worlds (``metrics.world_ci``; over prompts
-    with one world) of the per-prompt values ``per`` {metric: (P,)}."""
-    out = []
-    for metric in METRICS:
-        m, lo, hi, n, nw = world_ci(per[metric][:, None], units)
-        out.append(_row(concepts, predictor, metric, m[0], lo[0], hi[0], n[0], nw[0], tags))
-    return out
-
-
-def _check_inputs(model, preds, worlds, concepts, mixture_names):
-    """The arrays as float (P, L), the predictor and mixture names checked; one-line errors."""
-    model = np.asarray(model, np.float64)
-    if model.ndim != 2:
-        raise ValueError(f"model must be a (P, L) array of distributions, got shape {model.shape}")
-    check_predictors(list(preds), "preds")
-    preds = {k: np.asarray(v, np.float64) for k, v in preds.items()}
-    for k, v in preds.items():
-        if v.shape != model.shape:
-            raise ValueError(f"preds[{k!r}] has shape {v.shape}; the model's is {model.shape}")
-    mixture_names = check_predictors(mixture_names, "mixture_of")
-    missing = [p for p in mixture_names if p not in preds]
-    if missing:
-        raise ValueError(f"mixture_of names {missing[0]!r}, which preds lacks; preds has {', '.join(preds)}")
-    for name, arr in (("worlds", worlds), ("concepts", concepts)):
-        if arr is not None and len(arr) != model.shape[0]:
-            raise ValueError(f"{name} has {len(arr)} entries for {model.shape[0]} prompts; give one per prompt")
-    if concepts is not None:
-        bad = sorted(set(map(str, concepts)) - set(CONCEPT_SPLITS))
-        if bad:
-            raise ValueError(f"concepts must be 'seen' or 'unseen' per prompt, got {bad[0]!r}")
-    return model, preds, mixture_names
-
-
-def attribute(model, preds: dict, worlds=None, concepts=None, mixture_of=MIXTURE_OF,
-              select_frac: float = DEFAULT_SELECT_FRAC, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-              tags: dict | None = None) -> list[dict]:
-    """Tidy rows (``COLUMNS`` + ``tags``): which predictor the model's distributions follow.
-
-    model (P, L) the model's label distributions; preds {name: (P, L)} the predictors on the same
-    prompts (one n of :func:`predictors`); worlds (P,) each prompt's world (the CI unit; default one
-    world); concepts (P,) 'seen' / 'unseen' (each split attributed on its own; default 'all').
-    Per split the prompts are divided by :func:`split_prompts` (``select_frac``, ``seed``); the
-    mixture of ``mixture_of`` is fitted on the selection prompts (:func:`mixture`, ``n_boot``
-    resamples) and every row is scored on the held-out ones:
-
-    - predictor = each name in preds, metric tv / agree / kl: the model against that predictor;
-    - predictor = 'mixture', the same metrics against the fitted mixture;
-    - predictor = each component, metric 'weight': its mixture weight, CI from the bootstrap,
-      n_prompts the selection prompts it was fitted on.
-
-    ``tags`` (e.g. {'n_demos': 8, 'step': 1000}) are added to every row."""
-    model, preds, comps = _check_inputs(model, preds, worlds, concepts, mixture_of)
-    select_frac = check_float("select_frac", select_frac, 0.0, 1.0, lo_open=True, hi_open=True)
-    n_boot = check_int("n_boot", n_boot, 0)
-    seed = check_seed("seed", seed)
-    tags = dict(tags or {})
-    P = model.shape[0]
-    split = np.full(P, "all", dtype=object) if concepts is None else np.asarray(list(map(str, concepts)), object)
-    units = np.zeros(P, np.int64) if worlds is None else unit_codes(list(worlds))
-    rows = []
-    for group in [g for g in ("all",) + CONCEPT_SPLITS if (split == g).any()]:
-        idx = np.flatnonzero(split == group)
-        rows += _attribute_group(group, model[idx], {k: v[idx] for k, v in preds.items()}, units[idx], comps,
-                                 select_frac, n_boot, seed, tags)
-    return rows
-
-
-def _attribute_group(group, model, preds, units, comps, select_frac, n_boot, seed, tags) -> list[dict]:
-    """:func:`attribute`'s rows of one concept split (arrays already cut to its prompts)."""
-    if model.shape[0] < 2:
-        raise ValueError(f"the {group!r} prompts number {model.shape[0]}; attribution needs at least 2 "
-                         f"(a selection and a held-out prompt)")
-    sel = split_prompts(model.shape[0], units, select_frac, seed)
-    held = ~sel
-    rows = []
-    for name, pred in preds.items():
-        rows += _metric_rows(group, name, prompt_scores(model[held], pred[held]), units[held], tags)
-    # the mixture is fitted where the model and every component are defined
-    ok = np.isfinite(model).all(-1) & np.all([np.isfinite(preds[c]).all(-1) for c in comps], axis=0)
-    fit_on = sel & ok
-    if fit_on.sum() == 0:
-        raise ValueError(f"no {group!r} selection prompt has the model and every one of {', '.join(comps)} defined")
-    fit = mixture(model[fit_on], {c: preds[c][fit_on] for c in comps}, units[fit_on], n_boot, seed)
-    mixed = blend(fit.weights, np.stack([np.where(ok[:, None], preds[c], np.nan) for c in comps]))
-    rows += _metric_rows(group, "mixture", prompt_scores(model[held], mixed[held]), units[held], tags)
-    n_worlds = len(np.unique(units[fit_on]))
-    for j, name in enumerate(fit.names):
-        rows.append(_row(group, name, "weight", fit.weights[j], fit.ci_low[j], fit.ci_high[j], fit.n_select,
-                         n_worlds, tags))
-    return rows
-
+#: Attribution rows along training need no bootstrap over prompts by default: the map's intervals
+#: are over worlds and training seeds.
+EVAL_N_BOOT = 20
 
 # ---------------------------------------------------------------------- a trained run along training
 #: strategies.csv: :func:`attribute`'s rows tagged with the checkpoint's step and n, plus the
@@ -374,8 +62,11 @@ EVAL_DTYPES = {"step": "int", "n_demos": "int", "concepts": "str", "predictor": 
 #: Beside the attribution, on the same held-out prompts: 'acc' (tie-fair accuracy of the argmax
 #: against y_test) of predictor 'model' and of every predictor, and 'tv_oracle' (TV to the oracle)
 #: of the model and of every predictor but the oracle.  They show where each predictor stands (exact
-#: Bayes far from the oracle on unseen concepts); the predictors' rows repeat at every step.
-REFERENCE_METRICS = ("acc", "tv_oracle")
+#: Bayes far from the oracle on unseen concepts); the predictors' rows repeat at every step.  And
+#: 'gap' of predictor 'model': the run's validation loss minus the exact Bayes floor (nats/token)
+#: at its last evaluation up to the checkpoint's step (NaN before the first), which says whether
+#: the checkpoint is "trained near the Bayes loss".
+REFERENCE_METRICS = ("acc", "tv_oracle", "gap")
 #: A concept split's prompts: ``sampling.sample_prompt_set``'s group (icl_eval's id / ood) and the
 #: offset added to the seed, so the two splits draw from different streams.
 SPLIT_GROUPS = {"seen": ("id", 0), "unseen": ("ood", 1_000_003)}
@@ -430,7 +121,7 @@ def _check_ns(n_demos, names, example_length, block, run_dir) -> list[int]:
     from .sampling import prompt_length
     from .validate import check_ints
 
-    ns = check_ints("n_demos", n_demos, 1 if set(names) & set(_NEED_DEMOS) else 0)
+    ns = check_ints("n_demos", n_demos, 1 if set(names) & set(NEED_DEMOS) else 0)
     if prompt_length(ns[-1], example_length) > block:
         fit = (block - example_length + 1) // (example_length + 1)
         raise ValueError(f"n_demos {ns[-1]} needs prompts of {prompt_length(ns[-1], example_length)} symbols, beyond "
@@ -477,6 +168,23 @@ def _pick_steps(checkpoints, steps, run_dir):
     return [(s, have[s]) for s in want]
 
 
+def gaps_at(run_dir, steps) -> dict:
+    """{step: the run's gap to the exact Bayes floor (nats/token) at its last evaluation at or
+    before that step}, NaN before the first; the final checkpoint's from done.json when it has one."""
+    from .runs import read_metrics, run_status
+
+    evals = sorted((int(r["step"]), float(r["gap"])) for r in read_metrics(run_dir)
+                   if isinstance(r.get("gap"), (int, float)) and "step" in r)
+    done = run_status(Path(run_dir)) or {}
+    out = {}
+    for s in steps:
+        past = [g for t, g in evals if t <= s]
+        out[s] = past[-1] if past else math.nan
+        if done.get("step") == s and isinstance(done.get("gap"), (int, float)):
+            out[s] = float(done["gap"])
+    return out
+
+
 def _load_model(folder, device):
     from . import model as model_mod
 
@@ -499,7 +207,7 @@ def _reference_rows(split, q, preds, y, held, tags) -> list[dict]:
             per["tv_oracle"] = np.where(ok, tv(np.where(ok[:, None], d, 0.0), preds["oracle"][held]), np.nan)
         for metric, x in per.items():
             m, lo, hi, n, nw = world_ci(x[:, None], units)
-            rows.append(_row(split, name, metric, m[0], lo[0], hi[0], n[0], nw[0], tags))
+            rows.append(row(split, name, metric, m[0], lo[0], hi[0], n[0], nw[0], tags))
     return rows
 
 
@@ -551,7 +259,7 @@ def _prompt_sets(world, splits, ns, names, n_prompts, example_length, seed, orde
     from .phenomena.common import context
     from .sampling import sample_prompt_set
 
-    ctx = context(world, example_length, seed=seed) if set(names) & set(_FROM_PREDICT) else None
+    ctx = context(world, example_length, seed=seed) if set(names) & set(FROM_PREDICT) else None
     idx = np.full(world.n_symbols, -1)
     idx[world.labels] = np.arange(world.labels.size)
     sets = {}
@@ -565,7 +273,7 @@ def _prompt_sets(world, splits, ns, names, n_prompts, example_length, seed, orde
 
 def evaluate(run_dir, *, n_demos, n_prompts: int = 200, concepts=CONCEPT_SPLITS, steps=None, seed: int = 0,
              device="cpu", example_length: int = 3, predictor_names=DEFAULT_PREDICTORS, mixture_of=MIXTURE_OF,
-             order: int = DEFAULT_ORDER, alpha: float = DEFAULT_ALPHA, n_boot: int = DEFAULT_N_BOOT,
+             order: int = DEFAULT_ORDER, alpha: float = DEFAULT_ALPHA, n_boot: int = EVAL_N_BOOT,
              select_frac: float = DEFAULT_SELECT_FRAC, world=None, progress=None) -> StrategiesEval:
     """Which predictor a trained run follows, at every checkpoint it saved.
 
@@ -602,6 +310,7 @@ def evaluate(run_dir, *, n_demos, n_prompts: int = 200, concepts=CONCEPT_SPLITS,
     ns = _check_ns(n_demos, names, example_length, block, run_dir)
     dev = resolve_device(device)
     tick = progress or (lambda _msg: None)
+    gaps = gaps_at(run_dir, [s for s, _ in checkpoints])
     sets = _prompt_sets(own, splits, ns, names, n_prompts, example_length, seed, order, alpha, tick)
     t_pred = time.perf_counter() - t0
     rows, t_model = [], 0.0
@@ -619,6 +328,8 @@ def evaluate(run_dir, *, n_demos, n_prompts: int = 200, concepts=CONCEPT_SPLITS,
                               n_boot=n_boot, seed=seed, tags=tags)
             held = ~split_prompts(len(q), np.zeros(len(q), np.int64), select_frac, seed)
             rows += _reference_rows(split, q, pn, y, held, tags)
+            g = gaps.get(step, math.nan)
+            rows.append(row(split, "model", "gap", g, g, g, 0, 1, tags))
     rows = [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in rows]
     config = {"command": "strategies", "run": str(run_dir), "n_demos": ns, "n_prompts": n_prompts,
               "concepts": list(splits), "example_length": example_length, "predictors": list(names),
@@ -630,3 +341,314 @@ def evaluate(run_dir, *, n_demos, n_prompts: int = 200, concepts=CONCEPT_SPLITS,
                 elapsed_s={"total": round(time.perf_counter() - t0, 3), "predictors": round(t_pred, 3),
                            "model": round(t_model, 3)})
     return StrategiesEval(rows, meta)
+
+
+# ---------------------------------------------------------------------- the map
+#: The default map: 4 values of K x 3 worlds x 2 sizes x 2 training seeds = 48 runs of 768 steps
+#: (1.6 M tokens each, from a corpus of 1 M: under 2 epochs, so no run memorises its documents)
+#: with snapshots at 1, 2, 4, ..., 512 and the last step (experiments/strategies.toml holds the
+#: same).  Blocks of 64 symbols: with example length 3, n <= 15 demonstrations fit the trained context.
+DEFAULT_MAP = {
+    "world": {"k": [1, 4, 16, 64], "seeds": [0, 1, 2], "n_unseen": 8, "n_states": 8, "n_symbols": 12,
+              "concentration": 0.1},
+    "sizes": {"xs": {"model": "tiny", "n_embd": 32}, "s": {"model": "tiny"}},
+    "train": {"seeds": [0, 1], "n_docs": 4000, "doc_length": 256, "block_size": 64, "batch_size": 32,
+              "max_steps": 768, "lr": 0.002, "warmup_steps": 32, "eval_every": 64, "target_gap": 1e-9,
+              "snapshot_steps": "log"},
+    "eval": {"n_demos": [1, 2, 4, 8, 15], "n_prompts": 200, "example_length": 3, "n_boot": EVAL_N_BOOT, "seed": 0},
+}
+#: CI's map (``--quick``): two K, one world, one training seed, the two sizes, 48 steps.
+QUICK_MAP = {
+    "world": {"k": [2, 8], "seeds": [0], "n_unseen": 4, "n_states": 6, "n_symbols": 10, "concentration": 0.1},
+    "sizes": {"xs": {"model": "tiny", "n_embd": 32, "n_layer": 1}, "s": {"model": "tiny", "n_embd": 32}},
+    "train": {"seeds": [0], "n_docs": 200, "doc_length": 128, "block_size": 32, "batch_size": 16, "max_steps": 48,
+              "warmup_steps": 8, "eval_every": 16, "eval_blocks": 16, "target_gap": 1e-9, "snapshot_steps": "log"},
+    "eval": {"n_demos": [1, 2, 4, 7], "n_prompts": 40, "example_length": 3, "n_boot": 5, "seed": 0},
+}
+MAP_KEYS = ("description", "world", "sizes", "train", "eval")
+#: Concepts a map's world may hold (pretraining plus unseen): exact Bayes and the kernel run one
+#: forward pass per concept per prompt, so the cost grows with them.
+MAX_CONCEPTS = 512
+#: The cell a map row belongs to, before :data:`EVAL_COLUMNS`.
+MAP_COLUMNS = ("k", "size", "world_seed", "train_seed")
+MAP_DTYPES = {"k": "int", "size": "str", "world_seed": "int", "train_seed": "int", **EVAL_DTYPES}
+#: summary.csv: per cell of K, size, step, n, split, predictor and metric, the mean and 95%
+#: t-interval over worlds (training seeds averaged within a world first), and how many worlds and
+#: runs it rests on.
+SUMMARY_COLUMNS = ("k", "size", "step", "n_demos", "concepts", "predictor", "metric", "mean", "ci_low", "ci_high",
+                   "n_worlds", "n_runs")
+SUMMARY_DTYPES = {"k": "int", "size": "str", "step": "int", "n_demos": "int", "concepts": "str", "predictor": "str",
+                  "metric": "str", "mean": "float", "ci_low": "float", "ci_high": "float", "n_worlds": "int",
+                  "n_runs": "int"}
+#: The train_world options the map sets itself.
+_MAP_TRAIN_OWN = ("preset", "world_seed", "overrides", "world_file", "model", "model_overrides", "seed", "runs_dir")
+
+
+def _table(config, key) -> dict:
+    block = config.get(key, {})
+    if not isinstance(block, dict):
+        raise ValueError(f"[{key}] must be a table, got {type(block).__name__}")
+    return dict(block)
+
+
+def check_map_config(config: dict, base: dict = DEFAULT_MAP) -> dict:
+    """The map config with every value checked (one-line ValueErrors naming the key) and
+    defaults filled in from ``base`` (:data:`DEFAULT_MAP`, or :data:`QUICK_MAP`): each of its
+    tables replaces the keys it names, [sizes] as a whole.  Before anything is trained or written: the
+    world (K >= 1, distinct, K + n_unseen <= MAX_CONCEPTS, every other key a random-preset option),
+    the sizes (a model preset and its overrides), the training options (train_world's), and the
+    evaluation (known predictors, every n inside the trained block)."""
+    from .model import MODEL_PRESETS
+    from .presets import EXTRA_OPTIONS, PRESETS, make_world
+    from .sampling import prompt_length
+    from .sweep import train_allowed
+    from .validate import check_ints, did_you_mean
+
+    if not isinstance(config, dict):
+        raise ValueError(f"a strategies config is a table, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(MAP_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in the strategies config{did_you_mean(unknown[0], MAP_KEYS)}; "
+                         f"allowed: {', '.join(MAP_KEYS)}")
+    cfg = {k: dict(copy.deepcopy(base[k]), **_table(config, k)) for k in ("world", "train", "eval")}
+    cfg["sizes"] = _table(config, "sizes") or copy.deepcopy(base["sizes"])
+    if "description" in config:
+        cfg["description"] = str(config["description"])
+    world = cfg["world"]
+    world["k"] = check_ints("k", world["k"], 1, distinct=True)
+    world["seeds"] = check_ints("world seeds", world["seeds"], 0, distinct=True)
+    world["n_unseen"] = check_int("n_unseen", world["n_unseen"], 1)
+    if max(world["k"]) + world["n_unseen"] > MAX_CONCEPTS:
+        raise ValueError(f"k {max(world['k'])} with n_unseen {world['n_unseen']} gives {max(world['k']) + world['n_unseen']} "
+                         f"concepts; the random preset's map allows at most {MAX_CONCEPTS}")
+    allowed = set(PRESETS["random"]) | set(EXTRA_OPTIONS["random"]) - {"n_concepts"}
+    for key in set(world) - {"k", "seeds"}:
+        if key not in allowed:
+            raise ValueError(f"unknown world option {key!r}{did_you_mean(key, allowed)}; allowed: k, seeds, "
+                             f"{', '.join(sorted(allowed))}")
+    make_world("random", 0, **_world_options(world, world["k"][0]))      # the preset checks its values
+    sizes = cfg["sizes"]
+    for name, spec in sizes.items():
+        if not isinstance(spec, dict) or spec.get("model") not in MODEL_PRESETS:
+            raise ValueError(f"size {name!r} must be a table with model = one of {', '.join(MODEL_PRESETS)}, "
+                             f"got {spec!r}")
+    train = cfg["train"]
+    train["seeds"] = check_ints("training seeds", train["seeds"], 0, distinct=True)
+    t_allowed = train_allowed() - set(_MAP_TRAIN_OWN)
+    for key in train:
+        if key not in t_allowed:
+            raise ValueError(f"unknown training option {key!r}{did_you_mean(key, t_allowed)}; allowed: "
+                             f"{', '.join(sorted(t_allowed))} (world, size and seed come from [world] and [sizes])")
+    ev = cfg["eval"]
+    e_allowed = {"n_demos", "n_prompts", "example_length", "n_boot", "seed", "predictor_names", "mixture_of", "order",
+                 "alpha", "select_frac", "concepts", "device"}
+    for key in ev:
+        if key not in e_allowed:
+            raise ValueError(f"unknown eval option {key!r}{did_you_mean(key, e_allowed)}; allowed: "
+                             f"{', '.join(sorted(e_allowed))}")
+    names = check_predictors(ev.get("predictor_names", DEFAULT_PREDICTORS), "predictor_names")
+    comps = check_predictors(ev.get("mixture_of", MIXTURE_OF), "mixture_of")
+    if [c for c in comps if c not in names]:
+        raise ValueError(f"mixture_of names {[c for c in comps if c not in names][0]!r}, which predictor_names lacks")
+    if isinstance(ev["n_demos"], str):
+        from .options import parse_n_demos
+        ev["n_demos"] = parse_n_demos(ev["n_demos"], minimum=1)
+    ev["n_demos"] = check_ints("n_demos", ev["n_demos"], 1 if set(names) & set(NEED_DEMOS) else 0)
+    block, k_ex = int(train.get("block_size", 128)), check_int("example_length", ev.get("example_length", 3), 2)
+    if prompt_length(ev["n_demos"][-1], k_ex) > block:
+        fit = (block - k_ex + 1) // (k_ex + 1)
+        raise ValueError(f"n_demos {ev['n_demos'][-1]} needs prompts of {prompt_length(ev['n_demos'][-1], k_ex)} "
+                         f"symbols, beyond the trained context (block_size {block}); with example length {k_ex} at "
+                         f"most n = {fit}")
+    return cfg
+
+
+def _world_options(world: dict, k: int) -> dict:
+    return dict({key: v for key, v in world.items() if key not in ("k", "seeds")}, n_concepts=k)
+
+
+def sweep_config(config: dict, runs_dir="runs", base: dict = DEFAULT_MAP) -> dict:
+    """The ``sweep.run`` config of a map (checked, defaults from ``base``): the command
+    ``attribute`` on every cell, its runs trained first into ``runs_dir`` (K through the world's
+    overrides, the sizes zipped)."""
+    cfg = check_map_config(config, base)
+    world, train, ev = cfg["world"], dict(cfg["train"]), dict(cfg["eval"])
+    seeds = train.pop("seeds")
+    sizes = list(cfg["sizes"].values())
+    return {"description": cfg.get("description", "simkernel strategies"), "command": "attribute",
+            "options": dict(ev, device=ev.get("device", "cpu")),
+            "train": dict(train, preset="random", runs_dir=str(runs_dir)),
+            "grid": {"train.overrides": [_world_options(world, k) for k in world["k"]],
+                     "train.world_seed": world["seeds"], "train.seed": seeds},
+            "zip": {"train.model": [s["model"] for s in sizes],
+                    "train.model_overrides": [{k: v for k, v in s.items() if k != "model"} for s in sizes]}}
+
+
+def size_label(model: str, overrides) -> str:
+    """A size's name when the map's [sizes] is not at hand: the model preset and its overrides."""
+    over = overrides if isinstance(overrides, dict) else json.loads(overrides or "{}")
+    return model + "".join(f" {k}={v}" for k, v in sorted(over.items()))
+
+
+def cells(frame, sizes: dict | None = None):
+    """The map's rows from its sweep's combined table (a DataFrame): the grid's columns replaced
+    by ``MAP_COLUMNS`` (K from the world's overrides; the size's name from ``sizes``, the map's
+    [sizes], else :func:`size_label`), the finished jobs' rows only; and the failed or missing
+    jobs as [(k, size, world_seed, train_seed, error)]."""
+    names = {size_label(s["model"], {k: v for k, v in s.items() if k != "model"}): n for n, s in (sizes or {}).items()}
+    df = frame.copy()
+    over = df["train.overrides"].map(lambda v: v if isinstance(v, dict) else json.loads(v))
+    df["k"] = over.map(lambda o: int(o["n_concepts"]))
+    labels = [size_label(m, o) for m, o in zip(df["train.model"], df["train.model_overrides"])]
+    df["size"] = [names.get(lab, lab) for lab in labels]
+    df["world_seed"] = df["train.world_seed"].astype(int)
+    df["train_seed"] = df["train.seed"].astype(int)
+    bad = df[df["status"] != "done"]
+    missing = [(int(r.k), r.size, int(r.world_seed), int(r.train_seed), str(r.error)) for r in bad.itertuples()]
+    good = df[df["status"] == "done"]
+    return good[list(MAP_COLUMNS + EVAL_COLUMNS)].reset_index(drop=True), missing
+
+
+def summarise(frame) -> list[dict]:
+    """``SUMMARY_COLUMNS`` rows of the map's rows (a DataFrame of ``MAP_COLUMNS + EVAL_COLUMNS``):
+    the units are worlds; a world's training seeds are averaged first (``metrics.unit_ci``)."""
+    from .metrics import unit_ci
+
+    out = []
+    keys = ["k", "size", "step", "n_demos", "concepts", "predictor", "metric"]
+    for key, g in frame.groupby(keys, sort=True):
+        m, lo, hi, w = unit_ci(g["mean"].to_numpy(float), g["world_seed"].to_numpy())
+        out.append(dict(zip(keys, key), mean=m, ci_low=lo, ci_high=hi, n_worlds=int(w), n_runs=len(g)))
+    return [dict(r, **{c: float(f"{r[c]:.6g}") for c in ("mean", "ci_low", "ci_high")}) for r in out]
+
+
+@dataclass
+class StrategiesMap:
+    """What :func:`run` returns: ``rows`` (``MAP_COLUMNS + EVAL_COLUMNS``, one per finished
+    run's attribution row), ``summary`` (``SUMMARY_COLUMNS``), ``missing`` (the cells whose job
+    failed or did not run: k, size, world seed, training seed, error), ``meta`` (the checked
+    config, versions, the sweep's folder and per-job wall times, where the time went)."""
+
+    rows: list
+    summary: list
+    missing: list
+    meta: dict
+
+    FILES = ("strategies.csv", "summary.csv", "strategies.json")
+
+    def tables(self) -> dict:
+        from .results import Table
+
+        return {None: Table(self.FILES[0], MAP_COLUMNS + EVAL_COLUMNS, MAP_DTYPES, self.rows),
+                "summary": Table(self.FILES[1], SUMMARY_COLUMNS, SUMMARY_DTYPES, self.summary)}
+
+    def write(self, out) -> list:
+        """Publish strategies.csv, summary.csv and strategies.json into ``out``; returns the paths."""
+        from .store import check_results_dir, publish, write_csv, write_json
+
+        out = check_results_dir(Path(out))
+        return publish(out, {self.FILES[0]: lambda p: write_csv(p, self.rows, MAP_COLUMNS + EVAL_COLUMNS),
+                             self.FILES[1]: lambda p: write_csv(p, self.summary, SUMMARY_COLUMNS),
+                             self.FILES[2]: lambda p: write_json(p, dict(self.meta, missing=self.missing))})
+
+    @property
+    def components(self) -> tuple:
+        """The mixture's components: the single predictors a model could be running."""
+        return tuple(self.meta["config"]["eval"].get("mixture_of", MIXTURE_OF))
+
+    def closest(self, concepts: str = "seen", n: int | None = None) -> dict:
+        """{(k, size, step): (the single predictor with the smallest mean TV to the model, its TV,
+        the kernel's mixture weight)} at ``n`` (default the largest), over the mixture's components."""
+        comps = self.components
+        n = n if n is not None else max(self.meta["config"]["eval"]["n_demos"])
+        tvs, weights = {}, {}
+        for r in self.summary:
+            if r["concepts"] != concepts or r["n_demos"] != n:
+                continue
+            cell = (r["k"], r["size"], r["step"])
+            if r["metric"] == "tv" and r["predictor"] in comps:
+                tvs.setdefault(cell, {})[r["predictor"]] = r["mean"]
+            if r["metric"] == "weight" and r["predictor"] == "kernel":
+                weights[cell] = r["mean"]
+        out = {}
+        for cell, d in tvs.items():
+            best = min(d, key=lambda p: d[p] if math.isfinite(d[p]) else math.inf)
+            out[cell] = (best, d[best], weights.get(cell, math.nan))
+        return out
+
+    def summary_lines(self) -> list[str]:
+        """Per split: the predictor closest to the model at the last step and the largest n, per
+        K and size, with its TV and the kernel's mixture weight; then the missing cells."""
+        cfg = self.meta["config"]
+        n = max(cfg["eval"]["n_demos"])
+        out = [f"strategies: {len(self.meta['cells'])} runs ({len(cfg['world']['k'])} K x {len(cfg['world']['seeds'])} "
+               f"worlds x {len(cfg['sizes'])} sizes x {len(cfg['train']['seeds'])} training seeds), "
+               f"n = {n}, the last checkpoint; 95% CIs over worlds"]
+        for split in cfg["eval"].get("concepts", CONCEPT_SPLITS):
+            best = self.closest(split, n)
+            last = {}
+            for (k, size, step), v in best.items():
+                if step >= last.get((k, size), (-1, None))[0]:
+                    last[(k, size)] = (step, v)
+            out.append(f"  concepts {split}:")
+            for (k, size), (step, (p, d, w)) in sorted(last.items()):
+                out.append(f"    K = {k:>4}  size {size:<4} step {step:>6}: closest {p:<9} TV {d:.3f}; "
+                           f"kernel weight {w:.2f}")
+        for k, size, ws, ts, err in self.missing:
+            out.append(f"  missing: K = {k}, size {size}, world {ws}, training seed {ts}: {err}")
+        return out
+
+
+def _time_split(jobs) -> dict:
+    """Worker seconds summed over the finished jobs: training (each run's training loop, its
+    evaluations included, from metrics.jsonl) and attribution (evaluate's own clock), and within
+    attribution the predictors and the models' forward passes."""
+    from .runs import read_metrics
+
+    out = {"train": 0.0, "attribute": 0.0, "predictors": 0.0, "model_forward": 0.0}
+    for j in jobs:
+        try:
+            meta = json.loads((Path(j["folder"]) / StrategiesEval.FILES[1]).read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        el = meta.get("elapsed_s", {})
+        out["attribute"] += float(el.get("total", 0.0))
+        out["predictors"] += float(el.get("predictors", 0.0))
+        out["model_forward"] += float(el.get("model", 0.0))
+        evals = [r.get("elapsed_s") for r in read_metrics(meta["config"]["run"]) if r.get("elapsed_s") is not None]
+        out["train"] += float(evals[-1]) if evals else 0.0
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def run(config: dict | None = None, out="results/strategies", *, quick: bool = False, sweeps=None, runs_dir="runs",
+        workers: int | None = None, scheduler: str | None = None, retry_failed: bool = False, progress=None,
+        notify=None) -> StrategiesMap:
+    """The map: every cell of ``config`` (default :data:`DEFAULT_MAP`, or :data:`QUICK_MAP` with
+    ``quick``; a config's tables replace those keys of the default, :func:`check_map_config`) trained with snapshots into
+    ``runs_dir`` and attributed (:func:`evaluate`) through ``sweep.run`` in ``sweeps`` (default
+    ``out``/sweep; a rerun resumes), gathered into a :class:`StrategiesMap` (not written: the CLI
+    writes it into ``out``).  ``workers``/``scheduler``/``retry_failed``/``progress``: the sweep's.
+    Every check happens before any training (one-line ValueErrors)."""
+    from . import sweep
+    from .store import provenance
+
+    t0 = time.perf_counter()
+    base = QUICK_MAP if quick else DEFAULT_MAP
+    cfg = check_map_config({} if config is None else config, base)
+    sweeps = Path(sweeps) if sweeps is not None else Path(out) / "sweep"
+    scfg = sweep_config(cfg, runs_dir, base)
+    res = sweep.run(scfg, sweeps, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=progress,
+                    notify=notify)
+    frame, missing = cells(res.table(), cfg["sizes"])
+    t1 = time.perf_counter()
+    rows = frame.to_dict("records")
+    summary = summarise(frame)
+    jobs = [{"key": j["key"], "status": j["status"], "wall_s": j.get("wall_s"), "ran": j.get("ran")} for j in res.jobs]
+    meta = provenance({"command": "strategies", **cfg, "runs_dir": str(runs_dir), "sweeps": str(sweeps)},
+                      cfg["eval"].get("seed", 0), extra_packages=("torch",))
+    meta.update(columns=list(MAP_COLUMNS + EVAL_COLUMNS), summary_columns=list(SUMMARY_COLUMNS),
+                cells=[dict(zip(MAP_COLUMNS, c)) for c in sorted({tuple(r[c] for c in MAP_COLUMNS) for r in rows})],
+                jobs=jobs, elapsed_s={"total": round(time.perf_counter() - t0, 3), "sweep": round(t1 - t0, 3),
+                                      "jobs_wall": round(sum(j.get("wall_s") or 0 for j in res.jobs), 3),
+                                      **_time_split(res.jobs)})
+    return StrategiesMap(rows, summary, missing, meta)

@@ -114,7 +114,7 @@ def _allowed_options(command: str) -> set:
     return params - {"worlds", "world_source", "world_labels"}
 
 
-def _train_allowed() -> set:
+def train_allowed() -> set:
     from .train import TrainConfig, train_world
     return ((set(inspect.signature(train_world).parameters) | set(TrainConfig.__dataclass_fields__))
             - {"config", "corpus", "progress", "sample_progress", "resume"}) | {"seeds"}
@@ -166,7 +166,7 @@ def check_config(config: dict) -> tuple[str, dict, list, list, dict | None]:
                          f"not {command!r}")
     allowed = _allowed_options(command)
     # the training options import torch: only looked up when the config trains
-    t_allowed = _train_allowed() if train is not None else set()
+    t_allowed = train_allowed() if train is not None else set()
     keys = [k for k, _ in grid] + [k for g in groups for k, _ in g]
     dup = sorted({k for k in keys if keys.count(k) > 1} | (set(keys) & set(options)))
     if dup:

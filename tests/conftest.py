@@ -5,6 +5,7 @@
 - ``worlds()``: a hypothesis strategy for small random worlds (K 1-3 concepts, S 1-4 states,
   V 2-5 symbols, both restart semantics, Dirichlet rows that sometimes contain exact zeros,
   sometimes a strict subset of labels).
+- ``cluster``: a module-scoped 2-worker Dask LocalCluster (one thread each), closed after the module.
 - ``token_batches()``: a (B, L) batch of arbitrary in-vocabulary symbols, L in 0..6.
 - ``brute_prob`` / ``brute_next_state``: the probability of a token sequence under one concept
   and the distribution of the next hidden state, by enumerating every hidden path.  These are
@@ -25,6 +26,24 @@ from hypothesis import strategies as st
 from simkernel import World
 
 GINC_DIR = Path(__file__).resolve().parent / "data" / "ginc"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A 2-worker LocalCluster of one-thread processes (as the sweep starts by default), closed
+    after the module's tests; started with a timeout so that a broken install fails fast."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from simkernel.sweep_job import THREAD_ENV
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", timeout="60s",
+                     env={k: "1" for k in THREAD_ENV}, silence_logs=logging.ERROR)
+    try:
+        yield c
+    finally:
+        c.close(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """simkernel.claims: every rule on synthetic tables with known answers (no sweeps here).
 
-The synthetic builders below (``regime_worlds``, ``floors_frame``, ``icl_rows``, ``phenomenon``,
+The synthetic builders below (``regime_worlds``, ``floors_frame``, ``map_rows``, ``phenomenon``,
 ...) make combined sweep tables shaped like ``sweep.SweepResult.table(...)``, with the columns'
 real dtypes; tests/test_report.py builds its page from them too.
 """
@@ -319,60 +319,68 @@ def test_c4_no_crossover_says_so_and_few_worlds_are_inconclusive():
 
 
 # ---------------------------------------------------------------------- C5
-def icl_rows(tv_bayes, tv_kernel, dirs=(0.3, 0.1), ns=(0, 1, 4, 16, 31, 32, 48), group="id", worlds=3, seeds=3,
-             beyond_tv=0.6):
-    """icl-eval rows: per trained model (worlds x seeds) and n, TV to Bayes, to the kernel, the
-    directional metrics; n whose prompt is longer than the block (n > 31 at k = 3) get beyond_tv."""
+def map_rows(regions, worlds=3, seeds=2, steps=(8, 64), n_max=15):
+    """A strategies sweep's combined table: ``regions`` {(k, size): (tv_bayes, tv_kernel,
+    w_kernel, gap)} at the last step and n = n_max (world w adds 0.01 w to TV(model, Bayes));
+    earlier steps, smaller n and the unseen split get other numbers that must not count."""
+    sizes = {"xs": {"n_embd": 32}, "s": {}}
     rows = []
-    dk, df = dirs
-    for w in range(worlds):
-        for s in range(seeds):
-            for n in ns:
-                vals = {"tv_bayes": tv_bayes + 0.01 * w, "tv_kernel": tv_kernel + 0.01 * s, "tv_frequency": 0.5,
-                        "tv_kernel_bayes": 0.2, "dir_kernel": dk + 0.01 * s, "dir_frequency": df - 0.01 * w,
-                        "dir_gap": dk - df + 0.01 * (s + w)}
-                if n > 31:
-                    vals["tv_bayes"] = beyond_tv
-                for metric, v in vals.items():
-                    if n == 0 and metric != "tv_bayes":
-                        continue
-                    rows.append({"job": f"j{w}{s}", "train.world_seed": w, "train.seed": s, "status": "done",
-                                 "error": None, "n_demos": n, "concepts": group, "metric": metric, "mean": v,
-                                 "ci_low": v - 0.01, "ci_high": v + 0.01, "n_prompts": 200})
+    for (k, size), (tb, tk, wk, gap) in regions.items():
+        for w in range(worlds):
+            for s in range(seeds):
+                for step in steps:
+                    for n in (1, n_max):
+                        for concepts in ("seen", "unseen"):
+                            last = step == steps[-1] and n == n_max and concepts == "seen"
+                            vals = {("bayes", "tv"): tb + 0.01 * w if last else 0.9,
+                                    ("kernel", "tv"): tk + 0.005 * s if last else 0.1,
+                                    ("frequency", "tv"): 0.5, ("ngram", "tv"): 0.4, ("uniform", "tv"): 0.6,
+                                    ("kernel", "weight"): wk if last else 0.0, ("bayes", "weight"): 1 - wk,
+                                    ("model", "gap"): gap}
+                            for (pred, metric), v in vals.items():
+                                rows.append({"job": f"{k}{size}{w}{s}",
+                                             "train.overrides": json.dumps({"n_concepts": k, "n_unseen": 8}),
+                                             "train.world_seed": w, "train.seed": s, "train.model": "tiny",
+                                             "train.model_overrides": json.dumps(sizes[size]), "status": "done",
+                                             "error": None, "step": step, "n_demos": n, "concepts": concepts,
+                                             "predictor": pred, "metric": metric, "mean": v, "ci_low": v,
+                                             "ci_high": v, "n_prompts": 100, "n_worlds": 1})
     return pd.DataFrame(rows)
 
 
-def test_c5_judges_only_n_inside_the_trained_block():
-    c = c5.verdict(icl_rows(0.2, 0.05))
-    assert c.plot["n"] == 31                                        # 31 (k + 1) + k - 1 = 126 <= 128
-    assert [o["setting"] for o in c.outside] == ["n = 32", "n = 48"]
-    assert all("0.6" in o["text"] for o in c.outside)
-    assert c.verdict == base.SUPPORTED
-    # a bigger block (per job) brings n = 32 in
-    limits = {f"j{w}{s}": (256, 3) for w in range(3) for s in range(3)}
-    assert c5.verdict(icl_rows(0.2, 0.05), limits=limits).plot["n"] == 48
+SIZES = {"xs": {"model": "tiny", "n_embd": 32}, "s": {"model": "tiny"}}
 
 
-def test_c5_nearer_bayes_without_direction_is_refuted_and_label_counting_direction_refutes():
-    assert c5.verdict(icl_rows(0.05, 0.2, dirs=(0.02, 0.03))).verdict == base.REFUTED
-    c = c5.verdict(icl_rows(0.2, 0.05, dirs=(0.1, 0.5)))        # the label frequencies point better
-    assert c.verdict == base.REFUTED and "label counting" in c.text
+def test_c5_is_judged_per_region_and_its_word_is_the_worst():
+    near = {(1, "s"): (0.05, 0.2, 0.0, 0.01), (4, "s"): (0.3, 0.1, 0.6, 0.02)}
+    c = c5.verdict(map_rows(near), SIZES)
+    words = {p["name"]: p["verdict"] for p in c.parts}
+    assert words == {"K = 1, size s": base.REFUTED, "K = 4, size s": base.SUPPORTED}
+    assert c.verdict == base.REFUTED and "supported in (K = 4, size s)" in c.text
+    only = c5.verdict(map_rows({(4, "s"): (0.3, 0.1, 0.6, 0.02)}), SIZES)
+    assert only.verdict == base.SUPPORTED
+    # nearer the kernel but the kernel carries no weight in the mixture: not supported
+    assert c5.verdict(map_rows({(4, "s"): (0.3, 0.1, 0.0, 0.02)}), SIZES).verdict == base.INCONCLUSIVE
 
 
-def test_c5_needs_worlds_seeds_the_bayes_loss_and_the_direction():
-    c = c5.verdict(icl_rows(0.2, 0.05), gaps={"j00": 0.2, "j11": 0.004})
-    assert c.verdict == base.INCONCLUSIVE and "not near the Bayes loss" in c.text
-    assert "only 2 worlds" in c5.verdict(icl_rows(0.2, 0.05, worlds=2)).text
-    assert "fewer than 3 training seeds" in c5.verdict(icl_rows(0.2, 0.05, seeds=2)).text
-    no_dir = icl_rows(0.2, 0.05)
-    no_dir = no_dir[~no_dir["metric"].str.startswith("dir")]
-    assert "no directional metrics" in c5.verdict(no_dir).text
+def test_c5_judges_only_regions_near_the_bayes_loss_and_reports_the_rest():
+    regions = {(1, "xs"): (0.05, 0.2, 0.0, 0.01), (64, "xs"): (0.4, 0.1, 0.5, 0.3)}
+    c = c5.verdict(map_rows(regions), SIZES)
+    assert [p["name"] for p in c.parts] == ["K = 1, size xs"]
+    settings = [o["setting"] for o in c.outside]
+    assert "K = 64, size xs" in settings and "K = 1, size xs, unseen concepts" in settings
+    assert c.verdict == base.REFUTED                    # the far region's "support" does not count
+    far = c5.verdict(map_rows({(64, "xs"): (0.4, 0.1, 0.5, 0.3)}), SIZES)
+    assert far.verdict == base.INCONCLUSIVE and "no region of the map is in the claim's scope" in far.text
 
 
-def test_c5_world_is_the_unit_seeds_pooled():
-    c = c5.verdict(icl_rows(0.2, 0.05))
-    m, lo, hi = c.numbers["TV(model, exact Bayes) at n = 31"]
-    assert m == pytest.approx(0.21) and lo < m < hi                  # 3 worlds: 0.20, 0.21, 0.22
+def test_c5_world_is_the_unit_seeds_averaged_and_needs_three_worlds():
+    c = c5.verdict(map_rows({(4, "s"): (0.3, 0.1, 0.6, 0.02)}), SIZES)
+    m, lo, hi = c.numbers["K = 4, size s: TV(model, kernel) - TV(model, exact Bayes)"]
+    # per world: kernel 0.1025 (seeds 0.1, 0.105) minus Bayes 0.30, 0.31, 0.32
+    assert m == pytest.approx(0.1025 - 0.31) and lo < m < hi
+    two = c5.verdict(map_rows({(4, "s"): (0.3, 0.1, 0.6, 0.02)}, worlds=2), SIZES)
+    assert two.verdict == base.INCONCLUSIVE and "only 2 worlds" in two.text
 
 
 # ---------------------------------------------------------------------- C6

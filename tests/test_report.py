@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from test_claims import (around, c1_rows, c1_worlds, c4_worlds, floors_frame, icl_rows, measure_meta, pooled_frame,
+from test_claims import (around, c1_rows, c1_worlds, c4_worlds, floors_frame, map_rows, SIZES, measure_meta, pooled_frame,
                          retrieval_json)
 
 from simkernel import claims, report
@@ -31,11 +31,10 @@ def test_battery_configs_expand_and_round_trip_toml():
         for key in ("regime", "converge"):
             assert configs[key]["grid"]["preset"] == ["ginc-small", "paper-c"]
             assert len(configs[key]["grid"]["world_seed"]) == (3 if quick else 20)
-        icl = configs["icl-eval"]
-        assert icl["grid"] == {"train.world_seed": [0, 1, 2], "train.seed": [0, 1, 2]}
-        block = icl["train"].get("block_size", 128)
-        assert all(prompt_length(int(n), icl["options"]["example_length"]) <= block
-                   for n in icl["options"]["n_demos"].split(","))
+        smap = configs["strategies"]
+        assert smap["command"] == "attribute" and smap["train"]["snapshot_steps"] == "log"
+        assert prompt_length(max(smap["options"]["n_demos"]), smap["options"]["example_length"]) <= \
+            smap["train"]["block_size"]
         assert configs["measure"]["train"]["seeds"] == [0, 1, 2]
         zipped = dict(zip(configs["phenomena"]["zip"]["name"], configs["phenomena"]["zip"]["n_demos"]))
         assert zipped["retrieval"] == report.PHENOMENA_N_DEMOS["retrieval"]
@@ -43,7 +42,8 @@ def test_battery_configs_expand_and_round_trip_toml():
             assert tomllib.loads(report.to_toml(cfg)) == cfg
             if cfg["command"] in sweep.COMMANDS:
                 assert sweep.expand(cfg)
-        assert len(sweep.expand(configs["icl-eval"])) == 9
+        # the default map: 4 K x 3 worlds x 2 training seeds x 2 sizes
+        assert len(sweep.expand(configs["strategies"])) == (4 if quick else 48)
 
 
 def test_default_commands_name_each_claims_sweeps(tmp_path):
@@ -67,31 +67,25 @@ def test_claims_from_sweeps_reads_the_tables_and_the_job_folders(tmp_path):
     worlds = pd.concat([c1_worlds(8192, family="ginc-small"), c4_worlds([512.0, 1024.0, 2048.0], family="paper-c")],
                        ignore_index=True)
     fl = floors_frame("ginc-small", 4, lambda w, c: 0.2, lambda w, c: 0.01)
-    icl_jobs = []
-    for w in range(3):
-        for s in range(3):
-            folder = tmp_path / f"j{w}{s}"
-            folder.mkdir()
-            (folder / "icl_vs_bayes.json").write_text(json.dumps({
-                "config": {"example_length": 3}, "train_config": {"train": {"block_size": 128}},
-                "train_done": {"gap": 0.9 if (w, s) == (2, 2) else 0.004}}))
-            icl_jobs.append({"status": "done", "folder": str(folder)})
     results = {
         "regime": FakeSweep(tables={None: 1, "worlds": 1}, frames={None: c1_rows(worlds), "worlds": worlds},
                             jobs=[{"status": "done"}]),
         "converge": FakeSweep(tables={None: 1, "floors": 1}, frames={None: None, "floors": fl},
                               jobs=[{"status": "done"}]),
-        "icl-eval": FakeSweep(tables={None: 1}, frames={None: icl_rows(0.2, 0.05)}, jobs=icl_jobs),
+        "strategies": FakeSweep(tables={None: 1}, frames={None: map_rows({(4, "s"): (0.3, 0.1, 0.6, 0.02),
+                                                                            (64, "s"): (0.3, 0.1, 0.6, 0.4)})},
+                                jobs=[{"status": "done"}]),
         "measure": FakeSweep(tables={None: 1, "pooled": 1}, frames={None: None, "pooled": None},
                              jobs=[{"status": "failed", "error": "ValueError: boom"}]),
     }
-    got = {r.claim: r for r in report.claims_from_sweeps(results)}
+    got = {r.claim: r for r in report.claims_from_sweeps(results, SIZES)}
     assert list(got) == [c.id for c in claims.REGISTRY]
     assert got["C1"].families["ginc-small"]["verdict"] == base.SUPPORTED
     assert got["C4"].extra["crossover"]["paper-c"]["worlds_crossed"] == 3
     assert got["C2"].verdict == base.SUPPORTED
-    # the gap read from job j22's folder keeps C5 from a verdict
-    assert got["C5"].verdict == base.INCONCLUSIVE and "not near the Bayes loss" in got["C5"].text
+    # C5 from the map: judged where the runs are near the Bayes loss, the far region reported outside
+    assert got["C5"].verdict == base.SUPPORTED and [p["name"] for p in got["C5"].parts] == ["K = 4, size s"]
+    assert any(o["setting"] == "K = 64, size s" for o in got["C5"].outside)
     assert "boom" in got["C6"].text and got["C6"].verdict == base.INCONCLUSIVE
     assert "the phenomena sweep did not run" in got["C7-order"].text
 
@@ -106,7 +100,7 @@ def synthetic_results():
     labels = {"n_demos": 16, "fraction": 1.0, "rule": "r",
               "flip": {"bayes": {"mean": -0.38, "ci_low": -0.45, "ci_high": -0.3, "n_prompts": 200}}}
     out = [c1.verdict(worlds, c1_rows(worlds)), c2.verdict(fl), c3.verdict(fl, n_boot=100), c4.verdict(c4t, c1_rows(c4t)),
-           c5.verdict(icl_rows(0.05, 0.2, dirs=(0.02, 0.03))),
+           c5.verdict(map_rows({(1, "s"): (0.05, 0.2, 0.0, 0.01)}), SIZES),
            c6.verdict(pooled_frame((0.07, 0.03, 0.11), (0.1, 0.07, 0.13)), measure_meta("detected", [0.1, 0.2, 0.15])),
            c7.verdict("retrieval", retrieval_json(around(0.0), around(-0.3, seed=1), around(-0.29, seed=2))),
            c7.verdict("labels", labels)]
@@ -150,7 +144,8 @@ def test_headline_table_has_a_column_per_family_and_the_checks_apart(written):
     page = (out / "index.html").read_text()
     table = page.split('<table id="verdicts"')[1].split("</table>")[0]
     head = re.findall(r"<th>(.*?)</th>", table)
-    assert head == ["claim", "statement", "kind", "source · scope", "ginc-small", "paper-c", "overall"]
+    # C5 is measured in the strategies map's world family (the random preset), a column of its own
+    assert head == ["claim", "statement", "kind", "source · scope", "ginc-small", "paper-c", "random", "overall"]
     assert table.count("<tr data-claim=") == len(results)
     row = table.split('<tr data-claim="C1">')[1].split("</tr>")[0]
     assert 'class="v supported"' in row and 'class="v not-reached"' in row and 'class="v mixed"' in row
@@ -158,7 +153,9 @@ def test_headline_table_has_a_column_per_family_and_the_checks_apart(written):
     c4row = table.split('<tr data-claim="C4">')[1].split("</tr>")[0]
     assert "n× ≈ 1,500" in c4row and "measured" in c4row
     c5row = table.split('<tr data-claim="C5">')[1].split("</tr>")[0]
-    assert c5row.count("–") == 1                                    # not measured in paper-c
+    assert c5row.count("–") == 2                                    # measured in the random family only
+    c1row = row
+    assert c1row.count("–") == 1                                    # C1: in ginc-small and paper-c, not random
     checks = page.split("Identity checks (a failure is a bug, not evidence)")[1].split("</table>")[0]
     assert "Σ_θ* removes the floor" in checks and "passed" in checks
     assert "Outside the claim" in page.split('<section id="c7-labels"')[1]

@@ -89,22 +89,6 @@ def test_bad_configs_are_one_line_errors(cfg, message, tmp_path):
 
 # ---------------------------------------------------------------------- a real Dask cluster
 @pytest.fixture(scope="module")
-def cluster():
-    """A 2-worker LocalCluster of one-thread processes (as the sweep starts by default), closed
-    after the module's tests; started with a timeout so that a broken install fails fast."""
-    import logging
-
-    from distributed import LocalCluster
-
-    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", timeout="60s",
-                     env={k: "1" for k in sweep.THREAD_ENV}, silence_logs=logging.ERROR)
-    try:
-        yield c
-    finally:
-        c.close(timeout=30)
-
-
-@pytest.fixture(scope="module")
 def failing_sweep(cluster, tmp_path_factory):
     """3 worlds x 2 concept settings on the cluster; concepts 99 does not exist: those jobs fail."""
     out = tmp_path_factory.mktemp("sweep") / "out"

@@ -1,9 +1,12 @@
 """C5: a transformer trained near the Bayes loss predicts like the kernel rather than like exact Bayes.
 
-Evidence: the ``icl-eval`` sweep over trained models (worlds x training seeds), prompts inside
-the trained block only.  Distances (is the model nearer the kernel or exact Bayes?) and direction
-(over the labels of a prompt, does the model's departure from exact Bayes point where the kernel's
-departure points, more than where the label frequencies' does?).
+Evidence: the ``strategies`` map (``simkernel strategies``): transformers trained in worlds of K
+pretraining concepts (task diversity), at two model sizes, over worlds x training seeds, each
+checkpoint scored against exact Bayes, the theory kernel, label frequencies, an in-context bigram
+rule and the uniform vote on prompts from the pretraining concepts ('seen') and new ones
+('unseen').  The claim is judged only where the map says it could hold: seen concepts (the
+kernel's Σ is the pretraining one), the last checkpoint, runs near the Bayes loss.  Every other
+region of the map is reported beside it, with its numbers, not counted.
 """
 
 from __future__ import annotations
@@ -14,213 +17,173 @@ import numpy as np
 
 from ..constants import NEAR_BAYES_GAP
 from ..metrics import unit_ci
-from ..plots.style import EXTRA_COLOURS, PREDICTOR_STYLE, REFERENCE_COLOUR, SHADE_GREY
-from .base import (INCONCLUSIVE, MIN_UNITS, NAN, REFUTED, SUPPORTED, Claim, as_float, ci_text, done, failed_note,
-                   few, fmt, overall)
+from ..plots.style import CI_ALPHA, FAMILY_COLOURS, PREDICTOR_STYLE, REFERENCE_COLOUR
+from .base import (INCONCLUSIVE, MIN_UNITS, NAN, REFUTED, SUPPORTED, Claim, ci_text, done, failed_note, few, fmt,
+                   worst)
 
 ID = "C5"
 TITLE = "A transformer trained to near the Bayes loss predicts like the kernel estimate rather than like exact Bayes"
 KIND = "finite-n"
 SOURCE = ("the paper's central empirical claim: a trained transformer's attention carries out the kernel regression "
           "(THEORY.md §7, §10; the paper's Table 2, GPT-J)")
-SCOPE = ("prompts within the trained context (block size)", f">= {MIN_UNITS} worlds x {MIN_UNITS} training seeds",
-         "models trained near the Bayes loss")
-#: train.TrainConfig's default block size and icl-eval's default example length, for a job whose
-#: own are unknown.
-DEFAULT_BLOCK, DEFAULT_K = 128, 3
-RULE = (f"Per world of the trained models (the unit; training seeds pooled within a world) at the largest n whose "
-        f"prompt fits in the trained block (n (k + 1) + k - 1 <= block size; longer prompts are not judged and are "
-        f"reported under 'outside'), the theory kernel's normalised estimate: d = TV(model, kernel) - TV(model, exact "
-        f"Bayes), dir_kernel = the per-prompt correlation over the labels of (model - Bayes) with (kernel - Bayes), "
-        f"dir_gap = dir_kernel - the same with the label frequencies in place of the kernel (paired per prompt); "
-        f"95% t-intervals over worlds.  Supported when d's interval lies below 0 (nearer the kernel), dir_kernel's "
-        f"above 0 and dir_gap's above 0 (the model departs from Bayes the kernel's way, more than label counting's "
-        f"way).  Refuted when dir_kernel's interval lies below 0, or dir_gap's lies below 0, or d's lies above 0 "
-        f"(nearer exact Bayes) while dir_gap's does not lie above 0.  Inconclusive otherwise, with < {MIN_UNITS} "
-        f"worlds or a world with < {MIN_UNITS} training seeds, without the directional metrics, or when a run ends "
-        f"more than {NEAR_BAYES_GAP:g} nats/token above the Bayes floor (not the claim's model).")
-_SERIES = (("tv_bayes", "TV(model, exact Bayes)"), ("tv_kernel", "TV(model, kernel)"),
-           ("tv_frequency", "TV(model, label frequencies)"), ("tv_kernel_bayes", "TV(kernel, exact Bayes)"),
-           ("dir_kernel", "direction: corr(model - Bayes, kernel - Bayes)"),
-           ("dir_frequency", "direction: corr(model - Bayes, frequencies - Bayes)"),
-           ("dir_gap", "direction: kernel minus label frequencies"))
-_REFERENCE = ("tv_frequency", "tv_kernel_bayes", "dir_frequency")
+SCOPE = ("prompts from the pretraining concepts, within the trained context", "the last checkpoint of each run",
+         f"runs near the Bayes loss (gap <= {NEAR_BAYES_GAP:g} nats/token)",
+         f">= {MIN_UNITS} worlds per region of the map (K, model size)")
+FAMILY = "random"
+RULE = (f"Per region of the strategies map (K pretraining concepts x model size), at the last checkpoint and the "
+        f"largest n inside the trained block, on prompts from the pretraining concepts: d = TV(model, kernel) - "
+        f"TV(model, exact Bayes) per run, and the kernel's weight in the best convex mixture of the predictors "
+        f"(fitted on a selection split, scored on held-out prompts); 95% t-intervals over worlds (the unit; training "
+        f"seeds averaged within a world).  A region is judged only when every run ends within {NEAR_BAYES_GAP:g} "
+        f"nats/token of the Bayes floor and it has >= {MIN_UNITS} worlds; the rest (too far from the Bayes loss, "
+        f"unseen concepts, earlier checkpoints) is reported, not counted.  Supported in a region when d's interval "
+        f"lies below 0 and the kernel weight's above 0; refuted when d's interval lies above 0 (nearer exact Bayes); "
+        f"inconclusive otherwise.  The claim's word is the worst of its judged regions (refuted when any is); "
+        f"inconclusive when no region is judged.")
+_METRICS = (("bayes", "tv"), ("kernel", "tv"), ("frequency", "tv"), ("ngram", "tv"), ("uniform", "tv"),
+            ("kernel", "weight"), ("bayes", "weight"), ("model", "gap"))
 
 
-def in_block(rows, limits=None):
-    """(rows inside the trained block, rows beyond it): a row is inside when its prompt of n
-    demonstrations, n (k + 1) + k - 1 symbols, fits the job's block size.  ``limits``: {job:
-    (block_size, example_length)}; unknown jobs get (DEFAULT_BLOCK, DEFAULT_K)."""
-    from ..sampling import prompt_length
-
-    limits = limits or {}
-    lim = [limits.get(j, (DEFAULT_BLOCK, DEFAULT_K)) for j in rows["job"]]
-    fits = np.array([prompt_length(int(n), int(k)) <= int(b) for n, (b, k) in zip(rows["n_demos"], lim)], bool)
-    return rows[fits], rows[~fits]
-
-
-def _at(r, n, metric, world):
-    s = r[(r["n_demos"] == n) & (r["metric"] == metric)]
-    return s["mean"].to_numpy(float), s[world].to_numpy(), s
-
-
-def _series(r, beyond, world) -> tuple[dict, list]:
-    """({metric: {'label', 'n', 'ci'}} per n over every prompt group's n >= 1, for the figure;
-    the 'outside' entries of the n beyond the trained block, with their numbers, not judged)."""
-    series = {}
-    ns_all = sorted(set(r["n_demos"]))
-    for metric, label in _SERIES:
-        cis = []
-        for n in ns_all:
-            v, u, _ = _at(r, n, metric, world)
-            cis.append(list(unit_ci(v, u)[:3]) if v.size else [NAN] * 3)
-        series[metric] = {"label": label, "n": [float(n) for n in ns_all], "ci": cis}
-    outside = []
-    for n in sorted(set(beyond["n_demos"])):
-        v, u, _ = _at(beyond, n, "tv_bayes", world)
-        vk, uk, _ = _at(beyond, n, "tv_kernel", world)
-        outside.append({"setting": f"n = {n}", "why": "the prompt is longer than the trained block",
-                        "text": f"n = {n}: TV(model, exact Bayes) {ci_text(unit_ci(v, u, lower=0.0))}, TV(model, "
-                                f"kernel) {ci_text(unit_ci(vk, uk, lower=0.0))} (not judged)"})
-    return series, outside
+def per_run(frame, concepts: str = "seen"):
+    """{(k, size): DataFrame per run (world_seed, train_seed) at its last step and the largest n,
+    one column per ``predictor:metric`` of :data:`_METRICS` plus 'd' (TV to the kernel minus TV to
+    exact Bayes)} for one concept split of the map's rows (``strategies.MAP_COLUMNS`` +
+    ``EVAL_COLUMNS``)."""
+    r = frame[frame["concepts"] == concepts]
+    if r.empty:
+        return {}
+    last = r.groupby(["k", "size", "world_seed", "train_seed"])["step"].transform("max")
+    r = r[(r["step"] == last) & (r["n_demos"] == r["n_demos"].max())]
+    r = r.assign(name=r["predictor"] + ":" + r["metric"])
+    piv = r.pivot_table(index=["k", "size", "world_seed", "train_seed"], columns="name", values="mean",
+                        aggfunc="mean").reset_index()
+    if {"kernel:tv", "bayes:tv"} <= set(piv.columns):
+        piv["d"] = piv["kernel:tv"] - piv["bayes:tv"]
+    return {key: g for key, g in piv.groupby(["k", "size"], sort=True)}
 
 
-def _word(W, few_seeds, far, has_dir, d, dk, dg) -> tuple[str, str]:
-    """(verdict, why) by :data:`RULE` from the units, the runs' gaps and the three intervals."""
+def _ci(g, col, lower=None):
+    if col not in g.columns:
+        return (NAN, NAN, NAN, 0)
+    return unit_ci(g[col].to_numpy(float), g["world_seed"].to_numpy(), lower=lower)
+
+
+def _region(key, g) -> dict:
+    """One region's numbers, scope and word."""
+    k, size = key
+    d, wk, wb = _ci(g, "d"), _ci(g, "kernel:weight"), _ci(g, "bayes:weight")
+    gaps = g["model:gap"].to_numpy(float) if "model:gap" in g.columns else np.array([np.nan])
+    tvs = {p: _ci(g, f"{p}:tv", lower=0.0) for p in ("bayes", "kernel", "frequency", "ngram", "uniform")}
+    near = bool(np.isfinite(gaps).all() and gaps.max() <= NEAR_BAYES_GAP)
+    W = d[3]
+    closest = min((p for p in tvs if math.isfinite(tvs[p][0])), key=lambda p: tvs[p][0], default="-")
+    seeds = sorted({int(s) for s in g["train_seed"]})
+    name = f"K = {k}, size {size}"
+    ko, bo = _ci(g, "kernel:tv_oracle", lower=0.0), _ci(g, "bayes:tv_oracle", lower=0.0)
+    text = (f"{name}, {W} worlds x {len(seeds)} training seeds: TV(model, exact Bayes) {ci_text(tvs['bayes'])}, "
+            f"TV(model, kernel) {ci_text(tvs['kernel'])}, d {ci_text(d)}; mixture weight: kernel {ci_text(wk)}, "
+            f"exact Bayes {ci_text(wb)}; nearest: {closest}; the kernel's own TV to the oracle {fmt(ko[0], 2)} "
+            f"(exact Bayes' {fmt(bo[0], 2)}); gap to the Bayes floor {fmt(np.nanmax(gaps), 2)} nats/token at most")
+    if not near:
+        return {"name": name, "judged": False, "why": f"runs end up to {fmt(np.nanmax(gaps), 2)} nats/token above the "
+                f"Bayes floor (> {NEAR_BAYES_GAP:g}): not the claim's model", "text": text, "d": d, "wk": wk}
     if W < MIN_UNITS:
-        return INCONCLUSIVE, few(W)
-    if few_seeds:
-        return INCONCLUSIVE, (f"world{'s' if len(few_seeds) > 1 else ''} {', '.join(map(str, few_seeds))} "
-                              f"{'have' if len(few_seeds) > 1 else 'has'} fewer than {MIN_UNITS} training seeds")
-    if far:
-        return INCONCLUSIVE, (f"{len(far)} run{'s are' if len(far) > 1 else ' is'} not near the Bayes loss (gap > "
-                              f"{NEAR_BAYES_GAP:g} nats/token)")
-    if not has_dir:
-        return INCONCLUSIVE, "no directional metrics (dir_kernel, dir_gap) in the table: an older icl-eval"
-    if dk[2] < 0 or dg[2] < 0:
-        return REFUTED, ("the model departs from exact Bayes against the kernel's direction" if dk[2] < 0 else
-                         "label counting points where the model departs better than the kernel does")
-    if d[1] > 0 and not dg[1] > 0:
-        return REFUTED, "nearer exact Bayes than the kernel, and its departures do not follow the kernel's way"
-    if d[2] < 0 and dk[1] > 0 and dg[1] > 0:
-        return SUPPORTED, "nearer the kernel, and its departures from exact Bayes point the kernel's way"
-    return INCONCLUSIVE, "the distances and the direction do not agree, or an interval includes 0"
+        return {"name": name, "judged": True, "verdict": INCONCLUSIVE, "why": few(W), "text": text, "d": d, "wk": wk}
+    if d[1] > 0:
+        v, why = REFUTED, "nearer exact Bayes than the kernel"
+    elif d[2] < 0 and wk[1] > 0:
+        v, why = SUPPORTED, "nearer the kernel, which carries weight in the mixture"
+    else:
+        v, why = INCONCLUSIVE, "an interval includes 0"
+    return {"name": name, "judged": True, "verdict": v, "why": why, "text": text, "d": d, "wk": wk}
 
 
-def verdict(rows, *, world: str = "train.world_seed", seed: str = "train.seed", gaps=None, limits=None,
-            group: str | None = None, family: str = "ginc-small"):
-    """C5 from an icl-eval sweep's main table (icl_vs_bayes.csv rows: n_demos, concepts, metric,
-    mean; one job per trained model, the grid columns ``world`` and ``seed``), ``gaps`` ({job:
-    the run's final gap to the Bayes floor, nats/token}; unknown jobs are not checked) and
-    ``limits`` ({job: (block_size, example_length)})."""
+def verdict(rows, sizes: dict | None = None):
+    """C5 from the strategies sweep's combined table (one job per run: the grid columns
+    train.overrides, train.world_seed, train.seed, train.model, train.model_overrides, then
+    strategies.csv's columns); ``sizes``: the map's [sizes] (names for the model columns)."""
+    from ..strategies import cells
+
     rows_all, rows = rows, done(rows)
-    plot = {"series": {}}
     if rows is None or rows.empty:
         note = failed_note(rows_all)
-        return CLAIM.result(INCONCLUSIVE, {family: {"verdict": INCONCLUSIVE, "text": "no icl-eval rows",
+        return CLAIM.result(INCONCLUSIVE, {FAMILY: {"verdict": INCONCLUSIVE, "text": "no strategies rows",
                                                     "short": "no data"}},
-                            "no icl-eval rows" + (f"; {note}" if note else ""), plot=plot)
-    if world not in rows.columns:
-        world = "job"
-    groups = list(dict.fromkeys(rows["concepts"]))
-    g = group or next((x for x in ("id", "prior") if x in groups), groups[0])
-    r = rows[(rows["concepts"] == g) & (rows["n_demos"] >= 1)]
-    inside, beyond = in_block(r, limits)
-    ns = sorted(set(inside["n_demos"]))
-    plot["series"], outside = _series(r, beyond, world)
-    plot["n_inside"] = [float(n) for n in ns]
-    n_use = next((n for n in reversed(ns) if {"tv_bayes", "tv_kernel"} <= set(inside[inside["n_demos"] == n]["metric"])),
-                 None)
-    numbers = {}
-    if n_use is None:
-        txt = f"concepts {g}: no n >= 1 inside the trained block with TV(model, Bayes) and TV(model, kernel)"
-        return CLAIM.result(INCONCLUSIVE, {family: {"verdict": INCONCLUSIVE, "text": txt, "short": "no data"}}, txt,
-                            plot=plot, outside=outside)
-    at = inside[inside["n_demos"] == n_use]
-    piv = at.pivot_table(index=["job", world, seed] if seed in at.columns else ["job", world], columns="metric",
-                         values="mean", aggfunc="mean").reset_index()
-    units = piv[world].to_numpy()
-
-    def ci(metric, lower=None):
-        if metric not in piv.columns:
-            return (NAN, NAN, NAN, 0)
-        return unit_ci(piv[metric].to_numpy(float), units, lower=lower)
-
-    d = unit_ci((piv["tv_kernel"] - piv["tv_bayes"]).to_numpy(float), units)
-    dk, df, dg = ci("dir_kernel"), ci("dir_frequency"), ci("dir_gap")
-    for metric, label in _SERIES:
-        if metric in piv.columns:
-            numbers[f"{label} at n = {n_use}" + (" (reference)" if metric in _REFERENCE else "")] = \
-                ci(metric, lower=0.0 if metric.startswith("tv") else None)[:3]
-    numbers[f"TV(model, kernel) - TV(model, exact Bayes) at n = {n_use}"] = d[:3]
-    W = d[3]
-    seeds_per_world = {w: len(set(piv[piv[world] == w][seed])) if seed in piv.columns else 1 for w in set(units)}
-    gaps = {k: as_float(v) for k, v in (gaps or {}).items()}
-    known = [gaps[j] for j in piv["job"] if j in gaps and math.isfinite(gaps[j])]
-    if known:
-        numbers["gap to the Bayes floor (nats/token), mean over runs"] = unit_ci(known)[:3]
-    far = [j for j in piv["job"] if gaps.get(j, -math.inf) > NEAR_BAYES_GAP]
-    few_seeds = sorted(w for w, c in seeds_per_world.items() if c < MIN_UNITS)
-    has_dir = math.isfinite(dk[0]) and math.isfinite(dg[0])
-    v, why = _word(W, few_seeds, far, has_dir, d, dk, dg)
-    tvb = numbers.get(f"TV(model, exact Bayes) at n = {n_use}", (NAN,) * 3)
-    tvk = numbers.get(f"TV(model, kernel) at n = {n_use}", (NAN,) * 3)
-    nseeds = sorted(set(seeds_per_world.values()))
-    txt = (f"concepts {g}, n = {n_use} (the largest inside the trained block), {W} worlds x "
-           f"{'/'.join(map(str, nseeds))} training seeds: TV(model, exact Bayes) {ci_text(tvb)}, TV(model, kernel) "
-           f"{ci_text(tvk)}, difference {ci_text(d)}; direction: kernel {ci_text(dk)}, label frequencies "
-           f"{ci_text(df)}, kernel minus frequencies {ci_text(dg)} ({why})")
-    if known:
-        txt += f"; gap to the Bayes floor {ci_text(numbers['gap to the Bayes floor (nats/token), mean over runs'])}"
+                            "no strategies rows" + (f"; {note}" if note else ""), plot={"regions": []})
+    frame, _missing = cells(rows, sizes)
+    seen = [_region(key, g) for key, g in per_run(frame, "seen").items()]
+    unseen = [_region(key, g) for key, g in per_run(frame, "unseen").items()]
+    judged = [r for r in seen if r["judged"]]
+    parts = [{"name": r["name"], "verdict": r["verdict"], "text": f"{r['text']} ({r['why']})"} for r in judged]
+    outside = [{"setting": r["name"], "why": r["why"], "text": r["text"]} for r in seen if not r["judged"]]
+    outside += [{"setting": f"{r['name']}, unseen concepts", "text": r["text"],
+                 "why": "prompts from concepts outside pretraining: the kernel's Σ and exact Bayes are both over the "
+                        "pretraining concepts, and the theory says nothing of new ones"} for r in unseen]
+    n = int(frame["n_demos"].max()) if not frame.empty else 0
+    if not judged:
+        v, txt = INCONCLUSIVE, (f"no region of the map is in the claim's scope (every region's runs end more than "
+                                f"{NEAR_BAYES_GAP:g} nats/token above the Bayes floor); the regions are listed outside")
+    else:
+        v = worst(r["verdict"] for r in judged)
+        by = {w: [r["name"] for r in judged if r["verdict"] == w] for w in (SUPPORTED, REFUTED, INCONCLUSIVE)}
+        txt = (f"n = {n}, the last checkpoint, seen concepts; {len(judged)} of {len(seen)} regions near the Bayes "
+               f"loss: " + "; ".join(f"{w} in " + " and ".join(f"({x})" for x in names)
+                                     for w, names in by.items() if names) + ". "
+               + " | ".join(f"{r['text']} ({r['why']})" for r in judged))
     note = failed_note(rows_all)
-    text = txt + (f"; {note}" if note else "")
-    refs = [f"{k} {ci_text(x)}" for k, x in numbers.items() if "(reference)" in k]
-    reference = ("the label frequencies beside the kernel (distance and direction), and the kernel's own distance to "
-                 "exact Bayes: " + "; ".join(refs))
-    families = {family: {"verdict": v, "text": txt,
-                         "short": f"TV(model, kernel) - TV(model, Bayes) {fmt(d[0], 2)}; direction: kernel "
-                                  f"{fmt(dk[0], 2)}, label frequencies {fmt(df[0], 2)}"}}
-    return CLAIM.result(overall(families), families, text, reference=reference, numbers=numbers,
-                        parts=[{"name": f"concepts {g}", "verdict": v, "text": txt}], outside=outside,
-                        plot=dict(plot, group=g, n=float(n_use)))
+    numbers = {f"{r['name']}: TV(model, kernel) - TV(model, exact Bayes)": r["d"][:3] for r in seen}
+    numbers.update({f"{r['name']}: the kernel's mixture weight": r["wk"][:3] for r in seen})
+    short = (f"{len(judged)} of {len(seen)} regions judged; " +
+             "; ".join(f"({r['name']}) d {fmt(r['d'][0], 2)}" for r in judged)) if judged else "no region in scope"
+    families = {FAMILY: {"verdict": v, "text": txt, "short": short}}
+    reference = ("exact Bayes, label frequencies, the in-context bigram rule and the uniform vote beside the kernel in "
+                 "every region (their TVs are in the strategies map: figures/strategies)")
+    plot = {"regions": [{"name": r["name"], "k": key[0], "size": key[1], "judged": r["judged"], "d": list(r["d"][:3]),
+                         "wk": list(r["wk"][:3])} for key, r in zip(per_run(frame, "seen"), seen)],
+            "unseen": [{"k": key[0], "size": key[1], "d": list(r["d"][:3])}
+                       for key, r in zip(per_run(frame, "unseen"), unseen)], "n": n}
+    return CLAIM.result(v, families, txt + (f"; {note}" if note else ""), reference=reference, numbers=numbers,
+                        parts=parts, outside=outside, plot=plot)
 
 
 def judge(tables: dict, info: dict):
-    return verdict(tables["icl-eval"], gaps=info.get("icl-eval.gaps"), limits=info.get("icl-eval.limits"))
+    return verdict(tables["strategies"], sizes=info.get("strategies.sizes"))
 
 
 def draw(result, fig) -> None:
-    """TV of the model to exact Bayes, to the kernel and to the label frequencies against n (95%
-    CI over worlds; the grey span: beyond the trained block, not judged), and the direction."""
+    """Per model size against K: d = TV(model, kernel) - TV(model, exact Bayes) (left; filled:
+    judged regions, open: outside the scope, dashed grey: unseen concepts) and the kernel's mixture
+    weight (right); 95% CIs over worlds."""
     plot = result.plot
-    if not plot.get("series"):
+    if not plot.get("regions"):
         raise ValueError("no data for a figure")
     ax, ax2 = fig.subplots(1, 2)
-    bayes, kernel, freq = (PREDICTOR_STYLE[p][0] for p in ("bayes", "kernel", "frequency"))
-    styles = {"tv_bayes": (bayes, "-"), "tv_kernel": (kernel, "-"), "tv_frequency": (freq, "--"),
-              "tv_kernel_bayes": (kernel, ":"), "dir_kernel": (kernel, "-"),
-              "dir_frequency": (freq, "--"), "dir_gap": (EXTRA_COLOURS[1], "-")}
-    for metric, s in plot["series"].items():
-        ci = np.array(s["ci"], float).reshape(-1, 3)
-        if not np.isfinite(ci[:, 0]).any():
-            continue
-        a = ax2 if metric.startswith("dir") else ax
-        col, ls = styles.get(metric, (EXTRA_COLOURS[0], "-"))
-        a.plot(s["n"], ci[:, 0], ls, marker="o", ms=3, color=col, label=s["label"])
-        a.fill_between(s["n"], ci[:, 1], ci[:, 2], color=col, alpha=0.12, lw=0)
-    inside = plot.get("n_inside") or []
+    sizes = list(dict.fromkeys(r["size"] for r in plot["regions"]))
+    for i, size in enumerate(sizes):
+        col = FAMILY_COLOURS[i % len(FAMILY_COLOURS)]
+        reg = [r for r in plot["regions"] if r["size"] == size]
+        ks = np.array([r["k"] for r in reg], float)
+        for a, key in ((ax, "d"), (ax2, "wk")):
+            ci = np.array([r[key] for r in reg], float)
+            a.plot(ks, ci[:, 0], "-", color=col, lw=1.0, label=f"size {size}")
+            a.fill_between(ks, ci[:, 1], ci[:, 2], color=col, alpha=CI_ALPHA, lw=0)
+            for r, x, y in zip(reg, ks, ci[:, 0]):
+                a.plot([x], [y], "o", ms=5, color=col, mfc=col if r["judged"] else "white")
+        un = [r for r in plot.get("unseen", []) if r["size"] == size]
+        if un:
+            ax.plot([r["k"] for r in un], [r["d"][0] for r in un], "--", color=col, alpha=0.6, lw=0.9,
+                    label=f"size {size}, unseen concepts")
+    ax.axhline(0, color=REFERENCE_COLOUR, lw=0.8)
+    ax.set_ylabel("TV(model, kernel) - TV(model, exact Bayes)")
+    ax2.set_ylabel("the kernel's weight in the fitted mixture")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.plot([], [], "o", color=PREDICTOR_STYLE["kernel"][0], mfc="white", label="open: outside the scope")
     for a in (ax, ax2):
-        if inside:
-            a.axvspan(max(inside) * 1.02, a.get_xlim()[1] * 2, color=SHADE_GREY, alpha=0.5, lw=0)
         a.set_xscale("log", base=2)
-        a.set_xlabel("n (demonstrations); grey: beyond the trained block")
+        a.set_xlabel(f"K (pretraining concepts); last checkpoint, n = {plot.get('n')}")
         a.grid(True, alpha=0.3)
         a.legend(fontsize=6, frameon=False)
-    ax.set_ylabel("total variation (95% CI over worlds)")
-    ax.set_ylim(bottom=0)
-    ax2.axhline(0, color=REFERENCE_COLOUR, lw=0.8)
-    ax2.set_ylabel("mean per-prompt correlation over the labels")
 
 
-CLAIM = Claim(ID, TITLE, KIND, SOURCE, SCOPE, RULE, reads=("icl-eval",), judge=judge, draw=draw,
-              families=("ginc-small",))
+CLAIM = Claim(ID, TITLE, KIND, SOURCE, SCOPE, RULE, reads=("strategies",), judge=judge, draw=draw,
+              families=(FAMILY,))

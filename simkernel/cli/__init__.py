@@ -59,5 +59,6 @@ def main():
 
 for _cmd in (simulate.world_cmd, simulate.sample, simulate.bayes_cmd, simulate.converge_cmd, simulate.regime_cmd,
              simulate.phenomena_cmd, orchestrate.plot_group, orchestrate.sweep_cmd, orchestrate.report_cmd,
+             orchestrate.strategies_cmd,
              models.train_cmd, models.icl_eval_cmd, models.measure_cmd, models.llm_cmd):
     main.add_command(_cmd)

@@ -46,6 +46,9 @@ _plot_command("measure", "the measurement figures", "Redraw attention_profile.pn
                                                     "from FOLDER's heads.csv, best.csv, profile.csv and probes.csv "
                                                     "(written by `simkernel measure` or `simkernel llm`).",
               "measurements")
+_plot_command("strategies", "the strategies figures", "Redraw strategies_phase.png, strategies_training.png and "
+                                                      "strategies_unseen.png from FOLDER's summary.csv and "
+                                                      "strategies.json (written by `simkernel strategies`).")
 
 
 @plot_group.command("sweep", short_help="A metric of a sweep against a grid column (seaborn).")
@@ -143,6 +146,65 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed, verify):
     if failed:
         return fail(f"{failed} of {len(res.jobs)} jobs failed (their errors are above and in sweep.csv); fix the "
                      f"config and rerun, with --retry-failed to run them again", 1)
+    return 0
+
+
+# ---------------------------------------------------------------------- strategies
+@click.command("strategies", short_help="Which predictor a trained transformer follows, over K, training and size.")
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--quick", is_flag=True, help="Two K, one world, tiny models, 48 steps (the CI's setting, about 2 minutes).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for strategies.csv, summary.csv, strategies.json and the figures "
+                   "(default results/strategies, results/strategies-quick with --quick).")
+@click.option("--sweeps", "sweeps_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the map's sweep (default OUT/sweep); a rerun resumes it.")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where the trained runs go (shared with train, icl-eval and the report).")
+@click.option("--workers", type=POSITIVE, default=None, help="Local Dask worker processes (default: the cores).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="A running Dask scheduler instead of a local cluster.")
+@click.option("--retry-failed", is_flag=True, help="Run the cells whose job failed again.")
+def strategies_cmd(config, quick, out, sweeps_dir, runs_dir, workers, scheduler, retry_failed):
+    """The map of which algorithm a transformer trained in a simulator world runs: for every
+    number of pretraining concepts K, world, model size and training seed of CONFIG (a TOML with
+    [world], [sizes], [train], [eval]; default: 4 K x 3 worlds x 2 sizes x 2 seeds), train with
+    snapshots on a log scale, then score every snapshot against exact Bayes, the kernel, label
+    frequencies, an in-context bigram rule and the oracle, on prompts from the pretraining
+    concepts ('seen') and from new ones ('unseen'), with the best convex mixture of them.  Runs
+    through the sweep engine (Dask, resumable); writes tidy tables and three figures."""
+    import time
+    import tomllib
+
+    from .. import plots, strategies
+
+    t0 = time.perf_counter()
+    out = out or Path("results/strategies-quick" if quick else "results/strategies")
+    cfg = None
+    if config is not None:
+        try:
+            cfg = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise click.UsageError(f"cannot read {str(config)!r}: {' '.join(str(e).split())}") from None
+    bar = progress_bar(None, "strategies", "run")
+
+    def tick(done, failed, running, total):
+        bar.total = total
+        bar.set_postfix(done=done, failed=failed, running=running, refresh=False)
+        bar.update(done + failed - bar.n)
+
+    with bar:
+        res = strategies.run(cfg, out, quick=quick, sweeps=sweeps_dir, runs_dir=runs_dir, workers=workers,
+                             scheduler=scheduler, retry_failed=retry_failed, progress=tick,
+                             notify=lambda line: click.echo(f"warning: {line}", err=True))
+    written = res.write(out)
+    if res.summary:
+        written += plots.plot_strategies(res.summary, out, components=res.components,
+                                         sizes=list(res.meta["config"]["sizes"]))
+    for line in res.summary_lines():
+        click.echo(line)
+    click.echo(f"wrote {len(written)} files into {out} ({time.perf_counter() - t0:.1f} s)")
+    if res.missing:
+        return fail(f"{len(res.missing)} runs of the map failed or did not run (listed above); rerun with "
+                    f"--retry-failed", 1)
     return 0
 
 

@@ -9,7 +9,7 @@ and the power-law fits stored under "fits" in ``convergence.json``;
 ``load_icl`` and ``redraw_icl`` do the same for ``simkernel icl-eval``'s icl_vs_bayes.csv and
 .json.  One module per figure family (``convergence``, ``icl``, ``measure``, ``phenomena``, ``regime``,
 ``llm_world``,
-``sweep``), all drawn through ``style``: DPI, the kernel and predictor palettes, the reference
+``sweep``, ``strategies``), all drawn through ``style``: DPI, the kernel and predictor palettes, the reference
 greys, shared widths and layers, metadata and the atomic save; the report's and the claims'
 figures take their look from it too.  Nothing here runs an experiment or computes a statistic.
 
@@ -29,3 +29,4 @@ from .phenomena import PHENOMENON_COLUMNS, plot_phenomenon
 from .sweep import plot_sweep
 from .regime import plot_regime
 from .llm_world import plot_documents
+from .strategies import load_strategies, plot_strategies, redraw_strategies

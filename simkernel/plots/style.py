@@ -59,11 +59,15 @@ KERNEL_ZORDER = {"theory": 9, "oracle": 3, "similarity": 6, "frequency": 5}
 
 # ---------------------------------------------------------------------- predictors
 #: Who predicts: exact Bayes black, the kernel blue, the label-frequency baseline grey and dashed
-#: with squares, the oracle orange and dotted, a trained model red.
+#: with squares, the oracle orange and dotted, a trained model red, the in-context n-gram rule
+#: green, the uniform vote brown and dotted, a fitted mixture of predictors purple.
 PREDICTOR_COLOURS = {"bayes": REFERENCE_COLOUR, "kernel": "tab:blue", "clipped": "tab:cyan", "frequency": "0.45",
-                     "oracle": "tab:orange", "model": "tab:red"}
-PREDICTOR_LINES = {"bayes": "-", "kernel": "-", "clipped": "-.", "frequency": "--", "oracle": ":", "model": "-"}
-PREDICTOR_MARKERS = {"bayes": "o", "kernel": "o", "clipped": "^", "frequency": "s", "oracle": "D", "model": "*"}
+                     "oracle": "tab:orange", "model": "tab:red", "ngram": "tab:green", "uniform": "tab:brown",
+                     "mixture": "tab:purple"}
+PREDICTOR_LINES = {"bayes": "-", "kernel": "-", "clipped": "-.", "frequency": "--", "oracle": ":", "model": "-",
+                   "ngram": "-", "uniform": ":", "mixture": "-."}
+PREDICTOR_MARKERS = {"bayes": "o", "kernel": "o", "clipped": "^", "frequency": "s", "oracle": "D", "model": "*",
+                     "ngram": "v", "uniform": ".", "mixture": "x"}
 #: {predictor: (colour, line style, marker)}.
 PREDICTOR_STYLE = {p: (PREDICTOR_COLOURS[p], PREDICTOR_LINES[p], PREDICTOR_MARKERS[p]) for p in PREDICTOR_COLOURS}
 #: A predictor not named above.
