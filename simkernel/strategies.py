@@ -346,7 +346,7 @@ def evaluate(run_dir, *, n_demos, n_prompts: int = 200, concepts=CONCEPT_SPLITS,
 # ---------------------------------------------------------------------- the map
 #: The default map: 4 values of K x 3 worlds x 2 sizes x 2 training seeds = 48 runs of 768 steps
 #: (1.6 M tokens each, from a corpus of 1 M: under 2 epochs, so no run memorises its documents)
-#: with snapshots at 1, 2, 4, ..., 512 and the last step (experiments/strategies.toml holds the
+#: with snapshots at 1, 2, 4, ..., 512 and the last step (experiments/strategies/default.toml holds the
 #: same).  Blocks of 64 symbols: with example length 3, n <= 15 demonstrations fit the trained context.
 DEFAULT_MAP = {
     "world": {"k": [1, 4, 16, 64], "seeds": [0, 1, 2], "n_unseen": 8, "n_states": 8, "n_symbols": 12,
@@ -630,11 +630,12 @@ def run(config: dict | None = None, out="results/strategies", *, quick: bool = F
     writes it into ``out``).  ``workers``/``scheduler``/``retry_failed``/``progress``: the sweep's.
     Every check happens before any training (one-line ValueErrors)."""
     from . import sweep
-    from .store import provenance
+    from .store import check_results_dir, provenance
 
     t0 = time.perf_counter()
     base = QUICK_MAP if quick else DEFAULT_MAP
     cfg = check_map_config({} if config is None else config, base)
+    check_results_dir(Path(out))          # an output in the way is refused before hours of training
     sweeps = Path(sweeps) if sweeps is not None else Path(out) / "sweep"
     scfg = sweep_config(cfg, runs_dir, base)
     res = sweep.run(scfg, sweeps, workers=workers, scheduler=scheduler, retry_failed=retry_failed, progress=progress,

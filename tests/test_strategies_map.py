@@ -74,6 +74,18 @@ def test_bad_config_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
+def test_an_output_in_the_way_is_refused_before_anything_is_trained(tmp_path):
+    from simkernel.cli import main
+
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(main, ["strategies", "--quick", "--out", str(tmp_path / "file"), "--runs",
+                                  str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "is a file" in r.output
+    with pytest.raises(ValueError, match="exists and is not a folder"):        # the library's own check
+        S.run(TINY, tmp_path / "file", runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_sweep_config_trains_every_cell_and_attributes_it():
     from simkernel import sweep
     from simkernel.commands import run_function

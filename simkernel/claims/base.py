@@ -41,7 +41,8 @@ OVERALL = VERDICTS + (MIXED,)
 CHECKS = (PASSED, FAILED)
 #: What kind of statement a claim is (THEORY.md §10).
 KINDS = ("identity", "asymptotic", "bound", "finite-n", "comparison")
-#: The preset families of the battery; C5-C7 are measured in the first only.
+#: The preset families of the battery; C6-C7 are measured in the first only, C5 in the strategies
+#: map's world family ('random').
 FAMILIES = ("ginc-small", "paper-c")
 #: Fewer worlds (or training seeds) than this: no interval worth a verdict.
 MIN_UNITS = 3

@@ -152,7 +152,7 @@ def sweep_cmd(config, out, workers, scheduler, retry_failed, verify):
 # ---------------------------------------------------------------------- strategies
 @click.command("strategies", short_help="Which predictor a trained transformer follows, over K, training and size.")
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--quick", is_flag=True, help="Two K, one world, tiny models, 48 steps (the CI's setting, about 2 minutes).")
+@click.option("--quick", is_flag=True, help="Two K, one world, tiny models, 48 steps (the CI's setting, about 20 s).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for strategies.csv, summary.csv, strategies.json and the figures "
                    "(default results/strategies, results/strategies-quick with --quick).")
@@ -168,7 +168,7 @@ def strategies_cmd(config, quick, out, sweeps_dir, runs_dir, workers, scheduler,
     number of pretraining concepts K, world, model size and training seed of CONFIG (a TOML with
     [world], [sizes], [train], [eval]; default: 4 K x 3 worlds x 2 sizes x 2 seeds), train with
     snapshots on a log scale, then score every snapshot against exact Bayes, the kernel, label
-    frequencies, an in-context bigram rule and the oracle, on prompts from the pretraining
+    frequencies, an in-context bigram rule, the uniform vote and the oracle, on prompts from the pretraining
     concepts ('seen') and from new ones ('unseen'), with the best convex mixture of them.  Runs
     through the sweep engine (Dask, resumable); writes tidy tables and three figures."""
     import time
@@ -219,8 +219,8 @@ def strategies_cmd(config, quick, out, sweeps_dir, runs_dir, workers, scheduler,
               help="Folder of the battery's sweeps (default OUT/sweeps); a rerun resumes them.")
 def report_cmd(quick, out, workers, scheduler, sweeps_dir):
     """Run the verification battery through `simkernel sweep` (regime and converge over 20
-    worlds of two preset families, the phenomena over 10 worlds, icl-eval on 3 worlds x 3
-    trained models, measure) and write a page with one section per claim of the theory: its
+    worlds of two preset families, the phenomena over 10 worlds, the strategies map of 48 trained
+    models for C5, measure) and write a page with one section per claim of the theory: its
     kind (identity, asymptotic, bound, finite-n, comparison), source and scope, its figure, its
     numbers with CIs over worlds or training seeds, a word per preset family by a stated rule
     (supported / refuted / inconclusive / not reached / out of scope; a comparison gives its
