@@ -116,8 +116,9 @@ def _check_splits(concepts, world, run_dir) -> tuple:
     return names
 
 
-def _check_ns(n_demos, names, example_length, block, run_dir) -> list[int]:
-    """n_demos as a sorted list; one-line error for an n whose prompt is beyond the trained context."""
+def _check_ns(n_demos, names, example_length, block, run_dir=None) -> list[int]:
+    """n_demos as a sorted list; one-line error for an n whose prompt is beyond the trained context
+    (of the run folder ``run_dir``, or of the map's runs when None)."""
     from .sampling import prompt_length
     from .validate import check_ints
 
@@ -125,7 +126,8 @@ def _check_ns(n_demos, names, example_length, block, run_dir) -> list[int]:
     if prompt_length(ns[-1], example_length) > block:
         fit = (block - example_length + 1) // (example_length + 1)
         raise ValueError(f"n_demos {ns[-1]} needs prompts of {prompt_length(ns[-1], example_length)} symbols, beyond "
-                         f"the trained context of run {str(run_dir)!r} (block_size {block}); with example length "
+                         f"the trained context{'' if run_dir is None else f' of run {str(run_dir)!r}'} "
+                         f"(block_size {block}); with example length "
                          f"{example_length} at most n = {fit}")
     return ns
 
@@ -400,7 +402,6 @@ def check_map_config(config: dict, base: dict = DEFAULT_MAP) -> dict:
     evaluation (known predictors, every n inside the trained block)."""
     from .model import MODEL_PRESETS
     from .presets import EXTRA_OPTIONS, PRESETS, make_world
-    from .sampling import prompt_length
     from .sweep import train_allowed
     from .validate import check_ints, did_you_mean
 
@@ -453,13 +454,8 @@ def check_map_config(config: dict, base: dict = DEFAULT_MAP) -> dict:
     if isinstance(ev["n_demos"], str):
         from .options import parse_n_demos
         ev["n_demos"] = parse_n_demos(ev["n_demos"], minimum=1)
-    ev["n_demos"] = check_ints("n_demos", ev["n_demos"], 1 if set(names) & set(NEED_DEMOS) else 0)
-    block, k_ex = int(train.get("block_size", 128)), check_int("example_length", ev.get("example_length", 3), 2)
-    if prompt_length(ev["n_demos"][-1], k_ex) > block:
-        fit = (block - k_ex + 1) // (k_ex + 1)
-        raise ValueError(f"n_demos {ev['n_demos'][-1]} needs prompts of {prompt_length(ev['n_demos'][-1], k_ex)} "
-                         f"symbols, beyond the trained context (block_size {block}); with example length {k_ex} at "
-                         f"most n = {fit}")
+    k_ex = check_int("example_length", ev.get("example_length", 3), 2)
+    ev["n_demos"] = _check_ns(ev["n_demos"], names, k_ex, int(train.get("block_size", 128)))
     return cfg
 
 

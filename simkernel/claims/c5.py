@@ -111,8 +111,9 @@ def verdict(rows, sizes: dict | None = None):
                                                     "short": "no data"}},
                             "no strategies rows" + (f"; {note}" if note else ""), plot={"regions": []})
     frame, _missing = cells(rows, sizes)
-    seen = [_region(key, g) for key, g in per_run(frame, "seen").items()]
-    unseen = [_region(key, g) for key, g in per_run(frame, "unseen").items()]
+    seen_runs, unseen_runs = per_run(frame, "seen"), per_run(frame, "unseen")
+    seen = [_region(key, g) for key, g in seen_runs.items()]
+    unseen = [_region(key, g) for key, g in unseen_runs.items()]
     judged = [r for r in seen if r["judged"]]
     parts = [{"name": r["name"], "verdict": r["verdict"], "text": f"{r['text']} ({r['why']})"} for r in judged]
     outside = [{"setting": r["name"], "why": r["why"], "text": r["text"]} for r in seen if not r["judged"]]
@@ -139,9 +140,9 @@ def verdict(rows, sizes: dict | None = None):
     reference = ("exact Bayes, label frequencies, the in-context bigram rule and the uniform vote beside the kernel in "
                  "every region (their TVs are in the strategies map: figures/strategies)")
     plot = {"regions": [{"name": r["name"], "k": key[0], "size": key[1], "judged": r["judged"], "d": list(r["d"][:3]),
-                         "wk": list(r["wk"][:3])} for key, r in zip(per_run(frame, "seen"), seen)],
+                         "wk": list(r["wk"][:3])} for key, r in zip(seen_runs, seen)],
             "unseen": [{"k": key[0], "size": key[1], "d": list(r["d"][:3])}
-                       for key, r in zip(per_run(frame, "unseen"), unseen)], "n": n}
+                       for key, r in zip(unseen_runs, unseen)], "n": n}
     return CLAIM.result(v, families, txt + (f"; {note}" if note else ""), reference=reference, numbers=numbers,
                         parts=parts, outside=outside, plot=plot)
 
